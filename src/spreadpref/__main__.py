@@ -1,0 +1,3 @@
+from spreadpref.cli import main
+
+main()

@@ -1,0 +1,325 @@
+"""Typed configuration: one section per concern, a YAML file plus dotted command-line overrides.
+
+Overrides such as ``train.learning_rate=5e-7`` are converted to the field's declared type (the
+reference implementation passed them on as strings). Unknown keys are rejected with the nearest
+valid key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from spreadpref.errors import ConfigError
+from spreadpref.io import atomic_write_text
+
+EMBEDDED_MODEL = "embedded:SmolLM2-135M-Instruct"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraSettings(Section):
+    enabled: bool = False
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = "all-linear"
+    merge_on_save: bool = Field(False, description="Also save the merged full model in `model/`.")
+
+
+class ModelSettings(Section):
+    name_or_path: str = Field(
+        EMBEDDED_MODEL,
+        description="Local Hugging Face directory, hub id, or `embedded:SmolLM2-135M-Instruct`.",
+    )
+    tokenizer: str | None = Field(None, description="Defaults to `name_or_path`.")
+    revision: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    trust_remote_code: bool = False
+    attn_implementation: str | None = None
+    gradient_checkpointing: bool = False
+    lora: LoraSettings = LoraSettings()
+
+
+class ColumnMap(Section):
+    prompt: str = "prompt"
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+    label: str = "label"
+    weight: str = "weight"
+    id: str = "id"
+    ref_chosen_logps: str = "ref_chosen_logps"
+    ref_rejected_logps: str = "ref_rejected_logps"
+
+
+class DataSettings(Section):
+    train: str = Field(
+        "builtin:seed_pairs",
+        description="JSONL, JSON or Parquet file, a `save_to_disk` directory, a hub dataset id, "
+        "or `builtin:seed_pairs`.",
+    )
+    prompts: str = Field("builtin:prompts", description="Unlabelled prompt pool for later rounds.")
+    split: str = "train"
+    subset: str | None = Field(None, description="Hub dataset configuration name.")
+    columns: ColumnMap = ColumnMap()
+    system_prompt: str | None = Field(None, description="Prepended as a system message when a prompt has none.")
+    max_length: int = Field(512, gt=1, description="Prompt + reply tokens.")
+    max_prompt_length: int = Field(256, gt=0, description="The start of longer prompts is cut.")
+    skip_invalid: bool = Field(False, description="Skip and count bad records instead of stopping.")
+    limit: int | None = Field(None, gt=0, description="Use only the first N records.")
+
+    @model_validator(mode="after")
+    def _prompt_shorter_than_total(self) -> "DataSettings":
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError(
+                f"data.max_prompt_length ({self.max_prompt_length}) must be smaller than "
+                f"data.max_length ({self.max_length}), or no reply token would fit"
+            )
+        return self
+
+
+class TrainSettings(Section):
+    beta: float = Field(0.1, gt=0.0)
+    label_smoothing: float = Field(
+        0.0, ge=0.0, le=0.5, description="Constant soft target q = 1 - eps for every pair (cDPO)."
+    )
+    learning_rate: float = Field(5e-7, gt=0.0)
+    num_epochs: float = Field(3.0, gt=0.0)
+    max_steps: int = Field(-1, description="Overrides num_epochs when > 0.")
+    per_device_batch_size: int = Field(2, gt=0, description="Pairs per device and micro-batch.")
+    gradient_accumulation_steps: int = Field(16, gt=0)
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    optimizer: str = "adamw_torch"
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    logging_steps: int = Field(1, gt=0)
+    save_strategy: Literal["no", "steps", "epoch"] = "epoch"
+    save_steps: int = Field(500, gt=0)
+    save_total_limit: int | None = Field(2, gt=0)
+    report_to: list[str] = Field(default_factory=lambda: ["none"], description="tensorboard, wandb, ...")
+    disable_dropout: bool = True
+    logprob_batch_size: int = Field(8, gt=0, description="Pairs per no-grad batch (reference, evaluation).")
+    ref_cache_dir: str | None = Field(None, description="Defaults to <cache>/ref_logps.")
+    reference_model: str | None = Field(
+        None, description="Reference for DPO; defaults to the starting policy (pi_init for the seed stage)."
+    )
+    evaluate_after: bool = Field(True, description="Score the training pairs with the trained policy at the end.")
+
+
+class GenerationSettings(Section):
+    """Used by the SPA loop (later rounds)."""
+
+    num_samples: int = Field(2, ge=2)
+    temperature: float = Field(0.7, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(300, gt=0)
+    batch_size: int = Field(8, gt=0)
+
+
+class JudgeSettings(Section):
+    """Used by the SPA loop (later rounds)."""
+
+    kind: str = "implicit"
+    reference: Literal["initial", "previous", "none"] = "initial"
+    length_normalize: bool = False
+
+
+class RefineSettings(Section):
+    """Self-refinement (confidence-based label smoothing), used by the SPA loop."""
+
+    enabled: bool = True
+    alpha: float = Field(0.1, ge=0.0, le=1.0)
+    quantile: float = Field(0.1, gt=0.0, lt=1.0)
+    window: int = Field(50, gt=0)
+    warmup_fraction: float = Field(0.2, ge=0.0, le=1.0)
+    decoupled: bool = True
+    lambdas: list[float] = Field(default_factory=lambda: [0.5, 0.25, 0.125])
+
+
+class LoopSettings(Section):
+    """Rounds of the SPA loop."""
+
+    rounds: int = Field(3, ge=0)
+    prompts_per_round: list[int] = Field(default_factory=lambda: [8000, 20000, 30000])
+
+
+class Config(Section):
+    output_dir: str = "runs/spreadpref"
+    seed: int = 42
+    model: ModelSettings = ModelSettings()
+    data: DataSettings = DataSettings()
+    train: TrainSettings = TrainSettings()
+    generation: GenerationSettings = GenerationSettings()
+    judge: JudgeSettings = JudgeSettings()
+    refine: RefineSettings = RefineSettings()
+    loop: LoopSettings = LoopSettings()
+
+    def fingerprint(self, *sections: str) -> str:
+        """Short hash of the named sections (or the whole config): decides whether outputs are stale."""
+        dump = self.model_dump(mode="json")
+        chosen = {name: dump[name] for name in sections} if sections else dump
+        blob = json.dumps(chosen, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_text(Path(path), self.to_yaml())
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and overrides
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Build a config from the defaults, an optional YAML file, then ``dotted.key=value`` overrides."""
+    raw: dict[str, Any] = {}
+    source = "the defaults"
+    if path is not None:
+        source = str(path)
+        raw = _read_yaml(Path(path))
+    for item in overrides or []:
+        key, value = _split_override(item)
+        _set_override(raw, key, value)
+    check_unknown_keys(raw, Config)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_describe_validation_error(err, source)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _split_override(item: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value (e.g. train.beta=0.1)")
+    key, value = item.split("=", 1)
+    key = key.strip().lstrip("-")
+    if not key:
+        raise ConfigError(f"override {item!r} has an empty key")
+    return key, value
+
+
+def _set_override(raw: dict[str, Any], dotted: str, text: str) -> None:
+    """Place an override into the raw dict, converted to the type its field declares."""
+    parts = dotted.split(".")
+    model: type[BaseModel] = Config
+    node = raw
+    for depth, part in enumerate(parts):
+        fields = model.model_fields
+        if part not in fields:
+            raise ConfigError(_unknown_key_message(".".join(parts[: depth + 1]), part, list(fields)))
+        annotation = fields[part].annotation
+        if depth == len(parts) - 1:
+            node[part] = _convert_override(dotted, text, annotation)
+            return
+        sub = _section_type(annotation)
+        if sub is None:
+            raise ConfigError(f"override {dotted!r}: {'.'.join(parts[: depth + 1])} is a value, not a section")
+        model = sub
+        existing = node.get(part)
+        if not isinstance(existing, dict):
+            existing = {}
+            node[part] = existing
+        node = existing
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def _convert_override(dotted: str, text: str, annotation: Any) -> Any:
+    """Turn the command-line string into the field's type: floats stay floats, lists parse as YAML."""
+    adapter = TypeAdapter(annotation)
+    stripped = text.strip()
+    allows_none = _allows_none(annotation)
+    if allows_none and stripped.lower() in {"null", "none", "~", ""}:
+        return None
+    candidates: list[Any] = [stripped]
+    try:
+        parsed = yaml.safe_load(stripped)
+        candidates.append(parsed)
+    except yaml.YAMLError:
+        pass
+    errors = []
+    for candidate in candidates:
+        try:
+            value = adapter.validate_python(candidate)
+        except ValidationError as err:
+            errors.append(err)
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"override {dotted}={text!r}: must be a finite number")
+        return value
+    detail = errors[-1].errors()[0]["msg"] if errors else "cannot parse"
+    raise ConfigError(f"override {dotted}={text!r}: {detail} (expected {_type_name(annotation)})")
+
+
+def _allows_none(annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return type(None) in typing.get_args(annotation)
+    return annotation is type(None)
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def check_unknown_keys(raw: Any, model: type[BaseModel], prefix: str = "") -> None:
+    """Reject keys the schema does not know, naming the closest valid one."""
+    if not isinstance(raw, dict):
+        return
+    fields = model.model_fields
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(_unknown_key_message(dotted, str(key), list(fields)))
+        sub = _section_type(fields[key].annotation)
+        if sub is not None:
+            check_unknown_keys(value, sub, prefix=f"{dotted}.")
+
+
+def _unknown_key_message(dotted: str, key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown config key {dotted!r}{hint} Valid keys here: {', '.join(sorted(valid))}"
+
+
+def _describe_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration (from {source}):"]
+    for item in err.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "<root>"
+        got = item.get("input")
+        shown = f" (got {got!r})" if not isinstance(got, dict) else ""
+        lines.append(f"  {where}: {item['msg']}{shown}")
+    return "\n".join(lines)

@@ -1,0 +1,88 @@
+"""Tiny models and tokenizers built in code, for tests and examples that must not download anything.
+
+``make_tiny_model_dir(path)`` writes a random Llama-style causal LM (a few hundred thousand
+parameters) and a byte-level BPE tokenizer with a ChatML chat template, as a normal Hugging Face
+directory that every part of spreadpref can load.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<pad>", "<|im_start|>", "<|im_end|>", "<unk>"]
+
+_CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "What is the capital of France? The capital of France is Paris.",
+    "Write a short poem about the sea. Waves fold and unfold on the sand.",
+    "Give me three tips for staying healthy: drink water, sleep well, move every day.",
+    "def add(a, b):\n    return a + b\n",
+    "I am not sure. Maybe. I cannot help with that request.",
+    "user assistant system: helpful, correct and to the point replies are preferred.",
+    "0 1 2 3 4 5 6 7 8 9 + - * / = ( ) [ ] { } , . ; : ! ? ' \"",
+]
+
+
+def make_tiny_tokenizer(chat_template: str | None = CHATML_TEMPLATE, vocab_size: int = 320):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE(unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def make_tiny_model(vocab_size: int, seed: int = 0, hidden_size: int = 32, layers: int = 2):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    return LlamaForCausalLM(config)
+
+
+def make_tiny_model_dir(path: str | Path, seed: int = 0, chat_template: str | None = CHATML_TEMPLATE) -> Path:
+    """Write a tiny model and tokenizer as a save_pretrained directory; return the path."""
+    path = Path(path)
+    tokenizer = make_tiny_tokenizer(chat_template)
+    model = make_tiny_model(len(tokenizer), seed=seed)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

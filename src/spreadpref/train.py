@@ -21,7 +21,7 @@ import torch
 from spreadpref.config import Config
 from spreadpref.data import load_preferences
 from spreadpref.errors import SpreadprefError
-from spreadpref.io import atomic_directory
+from spreadpref.io import atomic_directory, atomic_write_json
 from spreadpref.logprobs import score_pairs
 from spreadpref.manifest import Manifest
 from spreadpref.models import (
@@ -113,6 +113,7 @@ def train_policy(config: Config, force: bool = False) -> TrainResult:
     if not all(torch.isfinite(p).all() for p in model.parameters() if p.requires_grad):
         raise SpreadprefError("training produced non-finite weights; the model was not saved")
 
+    atomic_write_json(out / "log_history.json", trainer.state.log_history)
     outputs = save_outputs(config, model, tokenizer, out)
     metrics: dict[str, Any] = {
         "train_loss": train_output.training_loss,

@@ -1,0 +1,164 @@
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from spreadpref import trainer as trainer_module
+from spreadpref.config import load_config
+from spreadpref.errors import SpreadprefError, TrainingError
+from spreadpref.manifest import Manifest
+from spreadpref.train import train_policy
+
+from conftest import arithmetic_pairs, write_jsonl
+
+
+def tiny_config(model_dir, data, out, *extra):
+    return load_config(None, [
+        f"model.name_or_path={model_dir}", f"data.train={data}", f"output_dir={out}",
+        "data.max_length=64", "data.max_prompt_length=32", "train.learning_rate=2e-3",
+        "train.per_device_batch_size=4", "train.gradient_accumulation_steps=1", "train.num_epochs=3",
+        "train.save_strategy=no", "train.warmup_ratio=0.0", *extra,
+    ])
+
+
+def train_logs(out):
+    return [row for row in json.loads((out / "log_history.json").read_text()) if "loss" in row]
+
+
+def test_end_to_end_loss_falls_accuracy_rises_and_checkpoint_reloads(tiny_model_dir, pairs_file, tmp_path):
+    out = tmp_path / "run"
+    result = train_policy(tiny_config(tiny_model_dir, pairs_file, out))
+    logs = train_logs(out)
+    # Reference = policy at the start: the first logged step has zero margins and rewards.
+    assert logs[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-5)
+    assert logs[0]["rewards/chosen"] == pytest.approx(0.0, abs=1e-5)
+    assert logs[0]["loss"] == pytest.approx(0.6931, abs=1e-3)
+    assert logs[-1]["loss"] < logs[0]["loss"] - 0.05
+    assert logs[-1]["rewards/accuracies"] > logs[0]["rewards/accuracies"]
+    assert {"logps/chosen", "logps/rejected", "labels/mean", "tokens_per_second"} <= set(logs[0])
+    assert result.metrics["final/rewards_accuracy"] > 0.9
+
+    # The checkpoint is a plain save_pretrained directory that transformers loads back exactly.
+    assert (out / "model" / "model.safetensors").is_file() and (out / "model" / "tokenizer.json").is_file()
+    reloaded = AutoModelForCausalLM.from_pretrained(out / "model").eval()
+    ids = torch.tensor([[1, 20, 30, 40, 2]])
+    from spreadpref.models import ModelSettings, load_model
+
+    trained = load_model(ModelSettings(name_or_path=str(out / "model"))).eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, trained(ids).logits)
+    manifest = Manifest(out).stage("train")
+    assert manifest["status"] == "complete" and manifest["data"]["pairs"] == 16
+    assert (out / "config.yaml").is_file()
+
+
+def test_finished_stage_is_not_redone_and_changed_config_is_refused(tiny_model_dir, pairs_file, tmp_path):
+    out = tmp_path / "run"
+    config = tiny_config(tiny_model_dir, pairs_file, out, "train.num_epochs=1")
+    train_policy(config)
+    again = train_policy(config)
+    assert again.skipped
+    # Logging settings do not invalidate a finished stage; the learning rate does.
+    assert train_policy(tiny_config(tiny_model_dir, pairs_file, out, "train.num_epochs=1",
+                                    "train.logging_steps=5")).skipped
+    changed = tiny_config(tiny_model_dir, pairs_file, out, "train.num_epochs=1", "train.learning_rate=1e-3")
+    with pytest.raises(SpreadprefError, match="different configuration"):
+        train_policy(changed)
+    assert not train_policy(changed, force=True).skipped
+
+
+def test_reference_from_data_runs_no_reference_pass(tiny_model_dir, tmp_path, monkeypatch):
+    rows = [dict(row, ref_chosen_logps=-20.0, ref_rejected_logps=-30.0) for row in arithmetic_pairs(8)]
+    data = write_jsonl(tmp_path / "with_ref.jsonl", rows)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the reference model must not run when the data carries its log-probs")
+
+    monkeypatch.setattr(trainer_module, "score_pairs", forbidden)
+    out = tmp_path / "run"
+    train_policy(tiny_config(tiny_model_dir, data, out, "train.max_steps=1", "train.evaluate_after=false"))
+    reference = Manifest(out).stage("train")["reference"]
+    assert reference["from_data"] == 8 and reference["computed"] == 0
+
+
+def test_reference_logps_are_cached_by_model_and_data(tiny_model_dir, pairs_file, tmp_path):
+    first = tmp_path / "a"
+    train_policy(tiny_config(tiny_model_dir, pairs_file, first, "train.max_steps=1"))
+    second = tmp_path / "b"
+    train_policy(tiny_config(tiny_model_dir, pairs_file, second, "train.max_steps=1"))
+    ref_a, ref_b = (Manifest(d).stage("train")["reference"] for d in (first, second))
+    assert ref_a["computed"] == 16 and not ref_a["cache_hit"]
+    assert ref_b["cache_hit"] and ref_b["cache_file"] == ref_a["cache_file"]
+
+
+def test_interrupted_training_resumes_from_its_checkpoint(tiny_model_dir, pairs_file, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    config = tiny_config(tiny_model_dir, pairs_file, out, "train.per_device_batch_size=2", "train.max_steps=4",
+                         "train.save_strategy=steps", "train.save_steps=2")
+    original = trainer_module.SoftDPOTrainer.training_step
+    calls = {"n": 0}
+
+    def crash_on_third_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module.SoftDPOTrainer, "training_step", crash_on_third_step)
+    with pytest.raises(KeyboardInterrupt):
+        train_policy(config)
+    assert Manifest(out).stage("train")["status"] == "running"
+    assert (out / "checkpoints" / "checkpoint-2").is_dir() and not (out / "model").exists()
+    monkeypatch.setattr(trainer_module.SoftDPOTrainer, "training_step", original)
+    result = train_policy(config)
+    stage = Manifest(out).stage("train")
+    assert stage["status"] == "complete" and stage["attempts"] == 2
+    assert result.metrics["global_steps"] == 4
+    steps = [row["step"] for row in json.loads((out / "log_history.json").read_text()) if "loss" in row]
+    assert steps[-1] == 4
+
+
+def test_gradient_accumulation_matches_a_larger_batch(tiny_model_dir, pairs_file, tmp_path):
+    weights = []
+    for batch, accumulation in ((4, 1), (2, 2)):
+        out = tmp_path / f"b{batch}"
+        train_policy(tiny_config(tiny_model_dir, pairs_file, out, f"train.per_device_batch_size={batch}",
+                                 f"train.gradient_accumulation_steps={accumulation}", "train.max_steps=2",
+                                 "train.evaluate_after=false", "train.optimizer=sgd", "train.max_grad_norm=1e9"))
+        weights.append(AutoModelForCausalLM.from_pretrained(out / "model").state_dict())
+    for name in weights[0]:
+        assert torch.allclose(weights[0][name], weights[1][name], atol=1e-6), name
+
+
+def test_soft_labels_and_cdpo_reach_the_loss(tiny_model_dir, tmp_path):
+    rows = [dict(row, label=0.5) for row in arithmetic_pairs(8)]
+    data = write_jsonl(tmp_path / "half.jsonl", rows)
+    out = tmp_path / "run"
+    train_policy(tiny_config(tiny_model_dir, data, out, "train.max_steps=3"))
+    logs = train_logs(out)
+    assert logs[0]["labels/mean"] == 0.5
+    # With q = 0.5 the optimum is z = 0: training must not push the margin far from it.
+    assert abs(logs[-1]["rewards/margins"]) < 0.05
+
+
+def test_lora_saves_adapter_and_merged_model(tiny_model_dir, pairs_file, tmp_path):
+    out = tmp_path / "run"
+    train_policy(tiny_config(tiny_model_dir, pairs_file, out, "model.lora.enabled=true", "model.lora.r=4",
+                             "model.lora.merge_on_save=true", "train.max_steps=2", "train.learning_rate=1e-2"))
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(out / "model")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    changed = any(not torch.equal(a, b) for a, b in zip(merged.state_dict().values(), base.state_dict().values()))
+    assert changed
+    assert Manifest(out).stage("train")["reference"]["model"].endswith("(LoRA adapter off)")
+
+
+def test_non_finite_loss_stops_with_step_and_batch(tiny_model_dir, tmp_path):
+    rows = [dict(row, ref_chosen_logps=-1e30, ref_rejected_logps=0.0) for row in arithmetic_pairs(4)]
+    rows[0]["ref_chosen_logps"] = -float("inf") if False else -1e308
+    data = write_jsonl(tmp_path / "bad_ref.jsonl", rows)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError, match=r"non-finite DPO loss .* step 1, batch of pairs \["):
+        train_policy(tiny_config(tiny_model_dir, data, out, "train.max_steps=1", "train.beta=1e10"))
+    assert not (out / "model").exists()

@@ -84,3 +84,14 @@ def test_resolved_config_round_trips(tmp_path):
     again = load_config(tmp_path / "config.yaml")
     assert again == config
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["train"]["learning_rate"] == 3e-6
+
+
+def test_configuration_reference_is_up_to_date():
+    from pathlib import Path
+
+    from spreadpref.config import reference_markdown
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+    assert doc.read_text().strip() == reference_markdown().strip(), (
+        "docs/configuration.md is stale: run `spreadpref config --reference > docs/configuration.md`"
+    )

@@ -163,3 +163,29 @@ def test_bundled_seed_pairs_and_prompts():
     seed_prompts = {r.prompt[-1]["content"] for r in records}
     assert not seed_prompts & {p.prompt[-1]["content"] for p in prompts}
     assert math.isfinite(sum(len(r.chosen) for r in records))
+
+
+def test_hub_dataset_name_goes_to_datasets(monkeypatch):
+    import datasets
+
+    calls = {}
+
+    def fake_load_dataset(name, subset, split):
+        calls.update(name=name, subset=subset, split=split)
+        return datasets.Dataset.from_list([good_row(id="h1")])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    records, _ = load_preferences("someone/prefs", subset="default", split="train_prefs")
+    assert calls == {"name": "someone/prefs", "subset": "default", "split": "train_prefs"}
+    assert records[0].id == "h1"
+
+
+def test_unreachable_hub_dataset_is_explained(monkeypatch):
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataError, match="could not load it as a local file or a hub dataset.*no network"):
+        load_preferences("someone/prefs")

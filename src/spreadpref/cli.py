@@ -91,10 +91,19 @@ def inspect(
 
 
 @app.command("config")
-def show_config(config: ConfigOption = None, overrides: Overrides = None) -> None:
+def show_config(
+    config: ConfigOption = None,
+    overrides: Overrides = None,
+    reference: Annotated[bool, typer.Option("--reference", help="Print every key with its type and default.")] = False,
+) -> None:
     """Print the resolved configuration (defaults, file and overrides) as YAML."""
 
     def action() -> None:
+        if reference:
+            from spreadpref.config import reference_markdown
+
+            typer.echo(reference_markdown())
+            return
         typer.echo(_load(config, overrides).to_yaml(), nl=False)
 
     _run(action)

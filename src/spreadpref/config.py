@@ -30,7 +30,7 @@ class Section(BaseModel):
 
 
 class LoraSettings(Section):
-    enabled: bool = False
+    enabled: bool = Field(False, description="Train a LoRA adapter (peft); the reference is the adapter-off base.")
     r: int = Field(16, gt=0)
     alpha: int = Field(32, gt=0)
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
@@ -44,12 +44,12 @@ class ModelSettings(Section):
         description="Local Hugging Face directory, hub id, or `embedded:SmolLM2-135M-Instruct`.",
     )
     tokenizer: str | None = Field(None, description="Defaults to `name_or_path`.")
-    revision: str | None = None
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    trust_remote_code: bool = False
-    attn_implementation: str | None = None
-    gradient_checkpointing: bool = False
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype at load time.")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: CUDA when available.")
+    trust_remote_code: bool = Field(False, description="Run model code from the hub; off unless you trust it.")
+    attn_implementation: str | None = Field(None, description="e.g. sdpa, flash_attention_2, eager.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
     lora: LoraSettings = LoraSettings()
 
 
@@ -71,7 +71,7 @@ class DataSettings(Section):
         "or `builtin:seed_pairs`.",
     )
     prompts: str = Field("builtin:prompts", description="Unlabelled prompt pool for later rounds.")
-    split: str = "train"
+    split: str = Field("train", description="Split of a hub or save_to_disk dataset.")
     subset: str | None = Field(None, description="Hub dataset configuration name.")
     columns: ColumnMap = ColumnMap()
     system_prompt: str | None = Field(None, description="Prepended as a system message when a prompt has none.")
@@ -91,12 +91,12 @@ class DataSettings(Section):
 
 
 class TrainSettings(Section):
-    beta: float = Field(0.1, gt=0.0)
+    beta: float = Field(0.1, gt=0.0, description="DPO inverse temperature.")
     label_smoothing: float = Field(
         0.0, ge=0.0, le=0.5, description="Constant soft target q = 1 - eps for every pair (cDPO)."
     )
-    learning_rate: float = Field(5e-7, gt=0.0)
-    num_epochs: float = Field(3.0, gt=0.0)
+    learning_rate: float = Field(5e-7, gt=0.0, description="The paper's 7B value; small models need more.")
+    num_epochs: float = Field(3.0, gt=0.0, description="3 for seeds under ~2K pairs (the method), else 1.")
     max_steps: int = Field(-1, description="Overrides num_epochs when > 0.")
     per_device_batch_size: int = Field(2, gt=0, description="Pairs per device and micro-batch.")
     gradient_accumulation_steps: int = Field(16, gt=0)
@@ -105,13 +105,13 @@ class TrainSettings(Section):
     weight_decay: float = Field(0.0, ge=0.0)
     max_grad_norm: float = Field(1.0, gt=0.0)
     optimizer: str = "adamw_torch"
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="Autocast on GPU; keep no on CPU.")
     logging_steps: int = Field(1, gt=0)
     save_strategy: Literal["no", "steps", "epoch"] = "epoch"
     save_steps: int = Field(500, gt=0)
     save_total_limit: int | None = Field(2, gt=0)
     report_to: list[str] = Field(default_factory=lambda: ["none"], description="tensorboard, wandb, ...")
-    disable_dropout: bool = True
+    disable_dropout: bool = Field(True, description="As TRL: dropout would make policy and reference differ.")
     logprob_batch_size: int = Field(8, gt=0, description="Pairs per no-grad batch (reference, evaluation).")
     ref_cache_dir: str | None = Field(None, description="Defaults to <cache>/ref_logps.")
     reference_model: str | None = Field(
@@ -133,8 +133,8 @@ class GenerationSettings(Section):
 class JudgeSettings(Section):
     """Used by the SPA loop (later rounds)."""
 
-    kind: str = "implicit"
-    reference: Literal["initial", "previous", "none"] = "initial"
+    kind: str = Field("implicit", description="implicit: the DPO reward of the model itself.")
+    reference: Literal["initial", "previous", "none"] = Field("initial", description="Judge reference (paper: the initial SFT model).")
     length_normalize: bool = False
 
 
@@ -158,8 +158,8 @@ class LoopSettings(Section):
 
 
 class Config(Section):
-    output_dir: str = "runs/spreadpref"
-    seed: int = 42
+    output_dir: str = Field("runs/spreadpref", description="Where every output of the run goes.")
+    seed: int = Field(42, description="Seeds data order, initialisation of LoRA adapters and sampling.")
     model: ModelSettings = ModelSettings()
     data: DataSettings = DataSettings()
     train: TrainSettings = TrainSettings()
@@ -292,6 +292,15 @@ def _allows_none(annotation: Any) -> bool:
 
 
 def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return " / ".join(str(a) for a in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(annotation))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(annotation)[0])}"
+    if annotation is type(None):
+        return "null"
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
@@ -322,4 +331,37 @@ def _describe_validation_error(err: ValidationError, source: str) -> str:
         got = item.get("input")
         shown = f" (got {got!r})" if not isinstance(got, dict) else ""
         lines.append(f"  {where}: {item['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def reference_markdown() -> str:
+    """The configuration reference (docs/configuration.md), generated from the schema itself."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from the schema by `spreadpref config --reference`; do not edit by hand.",
+        "Every key can be set in the YAML file or on the command line as `section.key=value`.",
+        "",
+    ]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        rows = []
+        subsections = []
+        for name, info in model.model_fields.items():
+            sub = _section_type(info.annotation)
+            if sub is not None:
+                subsections.append((name, sub))
+                continue
+            default = info.get_default(call_default_factory=True)
+            note = (info.description or "").replace("|", "\\|")
+            rows.append(f"| `{prefix}{name}` | `{_type_name(info.annotation)}` | `{default!r}` | {note} |")
+        if rows:
+            title = prefix.rstrip(".") or "top level"
+            doc = (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ and model is not Config else ""
+            lines.extend([f"## {title}", ""] + ([doc, ""] if doc else []))
+            lines.extend(["| key | type | default | notes |", "|---|---|---|---|", *rows, ""])
+        for name, sub in subsections:
+            walk(sub, f"{prefix}{name}.")
+
+    walk(Config, "")
     return "\n".join(lines)

@@ -1,0 +1,95 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from spreadpref.cli import app, default_config_path
+from spreadpref.config import load_config
+
+runner = CliRunner()
+
+
+def test_env_lists_versions_device_and_cache():
+    result = runner.invoke(app, ["env"])
+    assert result.exit_code == 0, result.output
+    for key in ("python:", "torch:", "transformers:", "datasets:", "accelerate:", "peft:", "device:",
+                "embedded model cache:"):
+        assert key in result.output
+
+
+def test_config_shows_resolved_overrides():
+    result = runner.invoke(app, ["config", "train.learning_rate=1e-6", "model.lora.enabled=true"])
+    assert result.exit_code == 0, result.output
+    assert "learning_rate: 1.0e-06" in result.output and "enabled: true" in result.output
+
+
+def test_bad_override_is_a_message_not_a_traceback():
+    result = runner.invoke(app, ["config", "train.lerning_rate=1e-6"])
+    assert result.exit_code == 2
+    assert "did you mean 'learning_rate'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_default_profile_is_valid_and_uses_the_embedded_model():
+    config = load_config(default_config_path())
+    assert config.model.name_or_path.startswith("embedded:")
+    assert config.data.train == "builtin:seed_pairs"
+
+
+def test_inspect_marks_prompt_and_reply(tiny_model_dir, pairs_file):
+    result = runner.invoke(app, ["inspect", f"model.name_or_path={tiny_model_dir}", f"data.train={pairs_file}",
+                                 "--plain", "-n", "1"])
+    assert result.exit_code == 0, result.output
+    assert "[PROMPT]" in result.output and "[/PROMPT][REPLY]" in result.output
+    assert "⟨<|im_end|>⟩[/REPLY]" in result.output
+    assert "ends with EOS: yes" in result.output
+    assert "16 of 16 records kept" in " ".join(result.output.split())
+
+
+def test_inspect_reports_truncation(tiny_model_dir, pairs_file):
+    result = runner.invoke(app, ["inspect", f"model.name_or_path={tiny_model_dir}", f"data.train={pairs_file}",
+                                 "data.max_length=20", "data.max_prompt_length=12", "--plain", "-n", "1"])
+    assert result.exit_code == 0, result.output
+    assert "16 prompts cut at the start" in result.output
+    assert "reply truncated: yes" in result.output
+
+
+def test_train_writes_checkpoint_and_resolved_config(tiny_model_dir, pairs_file, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", f"model.name_or_path={tiny_model_dir}", f"data.train={pairs_file}", "train.max_steps=1",
+            "data.max_length=64", "data.max_prompt_length=32", "--output", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (out / "model" / "config.json").is_file()
+    saved = load_config(out / "config.yaml")
+    assert saved.train.max_steps == 1 and saved.output_dir == str(out)
+    assert json.loads((out / "manifest.json").read_text())["stages"]["train"]["status"] == "complete"
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "already complete" in " ".join(again.output.split())
+
+
+def test_bad_data_names_file_line_and_field(tiny_model_dir, tmp_path):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go."}\n'
+                    '{"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go.", "label": 1.5}\n')
+    result = runner.invoke(app, ["train", f"model.name_or_path={tiny_model_dir}", f"data.train={data}",
+                                 "--output", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    flat = " ".join(result.output.split())
+    assert "line 2" in flat and "'label'" in flat and "[0, 1]" in flat
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("missing", ["nope.yaml"])
+def test_missing_config_file(tmp_path, missing):
+    result = runner.invoke(app, ["train", "--config", str(tmp_path / missing)])
+    assert result.exit_code == 2 and "config file not found" in result.output
+
+
+def test_shipped_configs_are_valid():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        load_config(path)

@@ -25,7 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from spreadpref.config import ColumnMap
+from spreadpref.config import ColumnMap, DataSettings
 from spreadpref.errors import DataError
 
 BUILTIN_PREFIX = "builtin:"
@@ -409,6 +409,12 @@ def load_preferences(source: str, columns: ColumnMap | None = None, *, split: st
             columns.ref_chosen_logps, columns.ref_rejected_logps, "chosen_truncated", "rejected_truncated"}
     return _load(source, split, subset, skip_invalid, limit, used,
                  lambda row, loc: parse_preference(row, columns, source, loc, system_prompt))
+
+
+def load_training_preferences(data: DataSettings) -> tuple[list[PreferenceRecord], LoadReport]:
+    """The preference records that ``data.train`` names, with the config's columns and options."""
+    return load_preferences(data.train, data.columns, split=data.split, subset=data.subset,
+                            skip_invalid=data.skip_invalid, limit=data.limit, system_prompt=data.system_prompt)
 
 
 def load_prompts(source: str, columns: ColumnMap | None = None, *, split: str = "train",

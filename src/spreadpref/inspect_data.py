@@ -13,7 +13,7 @@ from rich.panel import Panel
 from rich.text import Text
 
 from spreadpref.config import Config
-from spreadpref.data import load_preferences
+from spreadpref.data import load_training_preferences
 from spreadpref.tokenize import TokenizedPair, tokenize_pairs
 
 PROMPT_STYLE = "cyan"
@@ -64,10 +64,7 @@ def inspect_dataset(config: Config, count: int = 3, plain: bool = False, console
     console = console or Console()
     tokenizer = load_tokenizer(config.model)
     data = config.data
-    records, report = load_preferences(
-        data.train, data.columns, split=data.split, subset=data.subset, skip_invalid=data.skip_invalid,
-        limit=data.limit, system_prompt=data.system_prompt,
-    )
+    records, report = load_training_preferences(data)
     pairs, truncation = tokenize_pairs(tokenizer, records, data.max_length, data.max_prompt_length)
     if not plain:
         console.print(

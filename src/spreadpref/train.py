@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from spreadpref.config import Config
-from spreadpref.data import load_preferences
+from spreadpref.data import load_training_preferences
 from spreadpref.errors import SpreadprefError
 from spreadpref.io import atomic_directory, atomic_write_json
 from spreadpref.logprobs import score_pairs
@@ -113,17 +113,14 @@ def train_policy(config: Config, force: bool = False) -> TrainResult:
     if not all(torch.isfinite(p).all() for p in model.parameters() if p.requires_grad):
         raise SpreadprefError("training produced non-finite weights; the model was not saved")
 
-    atomic_write_json(out / "log_history.json", trainer.state.log_history)
-    outputs = save_outputs(config, model, tokenizer, out)
-    metrics: dict[str, Any] = {
-        "train_loss": train_output.training_loss,
-        "global_steps": train_output.global_step,
-        "seconds": round(time.perf_counter() - started, 1),
-        "peak_rss_gb": round(peak_rss_gb(), 2),
-    }
+    metrics: dict[str, Any] = {"train_loss": train_output.training_loss, "global_steps": train_output.global_step}
     if config.train.evaluate_after:
         metrics.update(evaluate_pairs(model, pairs, tokenizer.pad_token_id, config.train.beta,
                                       config.train.logprob_batch_size))
+    atomic_write_json(out / "log_history.json", trainer.state.log_history)
+    outputs = save_outputs(config, model, tokenizer, out)
+    metrics["seconds"] = round(time.perf_counter() - started, 1)
+    metrics["peak_rss_gb"] = round(peak_rss_gb(), 2)
     manifest.complete(STAGE, outputs=outputs, metrics=metrics)
     print_summary(config, data_info, metrics, outputs)
     return TrainResult(out, Path(outputs["model"]), metrics=metrics)
@@ -131,10 +128,7 @@ def train_policy(config: Config, force: bool = False) -> TrainResult:
 
 def prepare_pairs(config: Config, tokenizer: Any) -> tuple[list[TokenizedPair], dict[str, Any]]:
     data = config.data
-    records, load_report = load_preferences(
-        data.train, data.columns, split=data.split, subset=data.subset, skip_invalid=data.skip_invalid,
-        limit=data.limit, system_prompt=data.system_prompt,
-    )
+    records, load_report = load_training_preferences(data)
     console.print(load_report.summary())
     for reason in load_report.skip_reasons[:3]:
         console.print(f"  skipped: {reason}")
@@ -232,25 +226,20 @@ def last_checkpoint(directory: Path) -> str | None:
 
 def save_outputs(config: Config, model: Any, tokenizer: Any, out: Path) -> dict[str, str]:
     """Write the trained model as ``save_pretrained`` directories, each replaced in one rename."""
-    outputs: dict[str, str] = {}
-    if is_peft_model(model):
-        with atomic_directory(out / "adapter") as tmp:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-        outputs["adapter"] = str(out / "adapter")
-        outputs["model"] = outputs["adapter"]
-        if config.model.lora.merge_on_save:
-            merged = model.merge_and_unload()
-            with atomic_directory(out / "model") as tmp:
-                merged.save_pretrained(tmp)
-                tokenizer.save_pretrained(tmp)
-            outputs["model"] = str(out / "model")
-    else:
-        with atomic_directory(out / "model") as tmp:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-        outputs["model"] = str(out / "model")
+    if not is_peft_model(model):
+        return {"model": save_pretrained_atomically(model, tokenizer, out / "model")}
+    outputs = {"adapter": save_pretrained_atomically(model, tokenizer, out / "adapter")}
+    outputs["model"] = outputs["adapter"]
+    if config.model.lora.merge_on_save:
+        outputs["model"] = save_pretrained_atomically(model.merge_and_unload(), tokenizer, out / "model")
     return outputs
+
+
+def save_pretrained_atomically(model: Any, tokenizer: Any, directory: Path) -> str:
+    with atomic_directory(directory) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return str(directory)
 
 
 def evaluate_pairs(model: Any, pairs: list[TokenizedPair], pad_token_id: int, beta: float,

@@ -121,40 +121,60 @@ class TrainSettings(Section):
 
 
 class GenerationSettings(Section):
-    """Used by the SPA loop (later rounds)."""
+    """Sampling the K replies per prompt in each round."""
 
-    num_samples: int = Field(2, ge=2)
+    num_samples: int = Field(2, ge=2, description="K replies per prompt; chosen = best score, rejected = worst.")
     temperature: float = Field(0.7, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(300, gt=0)
-    batch_size: int = Field(8, gt=0)
+    max_new_tokens: int = Field(300, gt=0, description="Replies cut off here are kept, marked, and get no EOS.")
+    batch_size: int = Field(8, gt=0, description="Prompts per generation batch (x num_samples sequences).")
 
 
 class JudgeSettings(Section):
-    """Used by the SPA loop (later rounds)."""
+    """Scoring each sample by the implicit DPO reward s = log pi_{i-1}(y|x) - log pi_ref(y|x)."""
 
-    kind: str = Field("implicit", description="implicit: the DPO reward of the model itself.")
-    reference: Literal["initial", "previous", "none"] = Field("initial", description="Judge reference (paper: the initial SFT model).")
-    length_normalize: bool = False
+    kind: Literal["implicit"] = Field("implicit", description="implicit: the DPO reward of the model itself.")
+    reference: Literal["initial", "previous", "none"] = Field(
+        "initial", description="Judge reference: initial SFT model (paper), the round before pi_{i-1}, or none."
+    )
+    length_normalize: bool = Field(False, description="Score with per-token mean log-probs instead of sums.")
+    batch_size: int = Field(8, gt=0, description="Samples per no-grad scoring batch.")
+    seed_agreement: bool = Field(True, description="Each round, judge the seed pairs and report agreement.")
 
 
 class RefineSettings(Section):
-    """Self-refinement (confidence-based label smoothing), used by the SPA loop."""
+    """Self-refinement (confidence-based label smoothing) and decoupled noise detection (DND)."""
 
-    enabled: bool = True
-    alpha: float = Field(0.1, ge=0.0, le=1.0)
-    quantile: float = Field(0.1, gt=0.0, lt=1.0)
-    window: int = Field(50, gt=0)
-    warmup_fraction: float = Field(0.2, ge=0.0, le=1.0)
-    decoupled: bool = True
-    lambdas: list[float] = Field(default_factory=lambda: [0.5, 0.25, 0.125])
+    enabled: bool = Field(True, description="Smooth the least confident self-labels.")
+    alpha: float = Field(0.1, ge=0.0, le=1.0, description="Low-confidence pairs get q = 1 - alpha.")
+    quantile: float = Field(0.1, gt=0.0, lt=1.0, description="tau = this quantile of the margin window.")
+    window: int = Field(50, gt=0, description="Sliding window of per-sample margins.")
+    warmup_fraction: float = Field(0.2, ge=0.0, le=1.0, description="No smoothing in this first share of steps.")
+    decoupled: bool = Field(True, description="DND: judge confidence with the extrapolated detector.")
+    lambdas: list[float] = Field(
+        default_factory=lambda: [0.5, 0.25, 0.125],
+        description="DND lambda per round; later rounds keep halving.",
+    )
+
+    def lam(self, round_index: int) -> float:
+        """lambda for round ``round_index`` (1-based)."""
+        if not self.decoupled or not self.lambdas:
+            return 0.0
+        if round_index <= len(self.lambdas):
+            return self.lambdas[round_index - 1]
+        return self.lambdas[-1] / 2 ** (round_index - len(self.lambdas))
 
 
 class LoopSettings(Section):
-    """Rounds of the SPA loop."""
+    """Rounds of the SPA loop after the seed stage."""
 
-    rounds: int = Field(3, ge=0)
-    prompts_per_round: list[int] = Field(default_factory=lambda: [8000, 20000, 30000])
+    rounds: int = Field(3, ge=0, description="Rounds of generate, judge, train after the seed stage.")
+    prompts_per_round: list[int] | None = Field(
+        None, description="Fresh prompts per round; default: the paper's 8K/20K/30K, scaled to the pool."
+    )
+    epochs_per_round: float = Field(1.0, gt=0.0, description="Training epochs on each round's pairs.")
+    learning_rate: float | None = Field(None, gt=0.0, description="Round learning rate; default train.learning_rate.")
+    keep_models: int = Field(2, ge=1, description="Keep the last N round models (the seed model is always kept).")
 
 
 class Config(Section):
@@ -167,6 +187,12 @@ class Config(Section):
     judge: JudgeSettings = JudgeSettings()
     refine: RefineSettings = RefineSettings()
     loop: LoopSettings = LoopSettings()
+
+    @model_validator(mode="after")
+    def _previous_judge_needs_two_models(self) -> "Config":
+        if self.judge.reference == "previous" and self.loop.keep_models < 2:
+            raise ValueError("judge.reference=previous needs loop.keep_models >= 2")
+        return self
 
     def fingerprint(self, *sections: str) -> str:
         """Short hash of the named sections (or the whole config): decides whether outputs are stale."""

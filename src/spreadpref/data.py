@@ -48,6 +48,12 @@ class PreferenceRecord:
     rejected_truncated: bool = False
     ref_chosen_logps: float | None = None
     ref_rejected_logps: float | None = None
+    # Token ids (prompt_ids, chosen_ids, rejected_ids) when the data was made in token space, e.g.
+    # by `spreadpref judge`: used as they are, never re-tokenised from the text.
+    token_ids: dict[str, list[int]] | None = None
+
+
+TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 
 
 @dataclass
@@ -230,7 +236,26 @@ def parse_preference(row: Any, columns: ColumnMap, source: str, location: str,
         rejected_truncated=_flag(row.get("rejected_truncated", False), "rejected_truncated", fail),
         ref_chosen_logps=_optional_logp(row.get(columns.ref_chosen_logps), columns.ref_chosen_logps, fail),
         ref_rejected_logps=_optional_logp(row.get(columns.ref_rejected_logps), columns.ref_rejected_logps, fail),
+        token_ids=_token_ids(row, fail),
     )
+
+
+def _token_ids(row: dict, fail) -> dict[str, list[int]] | None:
+    present = [name for name in TOKEN_COLUMNS if row.get(name) is not None]
+    if not present:
+        return None
+    if len(present) != len(TOKEN_COLUMNS):
+        missing = sorted(set(TOKEN_COLUMNS) - set(present))
+        raise fail(missing[0], "token ids must be given for prompt, chosen and rejected together")
+    ids = {}
+    for name in TOKEN_COLUMNS:
+        value = row[name]
+        if not isinstance(value, list) or not value or not all(
+            isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value
+        ):
+            raise fail(name, "must be a non-empty list of non-negative integers")
+        ids[name] = value
+    return ids
 
 
 def parse_prompt(row: Any, columns: ColumnMap, source: str, location: str,
@@ -406,7 +431,8 @@ def load_preferences(source: str, columns: ColumnMap | None = None, *, split: st
                      system_prompt: str | None = None) -> tuple[list[PreferenceRecord], LoadReport]:
     columns = columns or ColumnMap()
     used = {columns.prompt, columns.chosen, columns.rejected, columns.label, columns.weight, columns.id,
-            columns.ref_chosen_logps, columns.ref_rejected_logps, "chosen_truncated", "rejected_truncated"}
+            columns.ref_chosen_logps, columns.ref_rejected_logps, "chosen_truncated", "rejected_truncated",
+            *TOKEN_COLUMNS}
     return _load(source, split, subset, skip_invalid, limit, used,
                  lambda row, loc: parse_preference(row, columns, source, loc, system_prompt))
 

@@ -57,3 +57,41 @@ def atomic_directory(final: Path) -> Iterator[Path]:
 def read_json(path: Path) -> Any:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def run_in_parts(final: Path, units: list[Any], process, description: str, order=None) -> list[dict[str, Any]]:
+    """Process ``units`` one by one, each result saved as its own part, then merged into ``final``.
+
+    A killed run keeps every finished part; the next run skips them, so at most the unit in flight
+    is redone. ``process(index, unit)`` must be deterministic given its index (seed it from it).
+    """
+    from spreadpref.progress import track
+
+    final = Path(final)
+    if final.is_file():
+        return read_jsonl(final)
+    parts = final.parent / f".{final.name}.parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    for index, unit in track(list(enumerate(units)), description):
+        part = parts / f"{index:06d}.jsonl"
+        if part.is_file():
+            rows.extend(read_jsonl(part))
+            continue
+        produced = process(index, unit)
+        write_jsonl(part, produced)
+        rows.extend(produced)
+    if order is not None:
+        rows.sort(key=order)
+    write_jsonl(final, rows)
+    shutil.rmtree(parts, ignore_errors=True)
+    return rows

@@ -38,22 +38,27 @@ class PairLogps:
         return self.rejected / self.rejected_tokens.clamp(min=1)
 
 
-def collate_pairs(pairs: Sequence[TokenizedPair | dict], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Stack prompt+chosen rows, then prompt+rejected rows, right-padded, with a reply-token mask."""
-    items = [p if isinstance(p, dict) else vars(p) for p in pairs]
-    sequences = [it["prompt_ids"] + it["chosen_ids"] for it in items] + [
-        it["prompt_ids"] + it["rejected_ids"] for it in items
-    ]
-    prompt_lengths = [len(it["prompt_ids"]) for it in items] * 2
+def collate_sequences(prompts: Sequence[list[int]], replies: Sequence[list[int]],
+                      pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded prompt+reply rows with a mask of the reply tokens."""
+    sequences = [p + r for p, r in zip(prompts, replies)]
     width = max(len(seq) for seq in sequences)
     input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
     response_mask = torch.zeros((len(sequences), width), dtype=torch.bool)
-    for row, (seq, prompt_length) in enumerate(zip(sequences, prompt_lengths)):
+    for row, (seq, prompt) in enumerate(zip(sequences, prompts)):
         input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
         attention_mask[row, : len(seq)] = 1
-        response_mask[row, prompt_length : len(seq)] = True
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
+        response_mask[row, len(prompt) : len(seq)] = True
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
+
+
+def collate_pairs(pairs: Sequence[TokenizedPair | dict], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Stack prompt+chosen rows, then prompt+rejected rows, right-padded, with a reply-token mask."""
+    items = [p if isinstance(p, dict) else vars(p) for p in pairs]
+    prompts = [it["prompt_ids"] for it in items] * 2
+    replies = [it["chosen_ids"] for it in items] + [it["rejected_ids"] for it in items]
+    batch = collate_sequences(prompts, replies, pad_token_id)
     batch["label"] = torch.tensor([float(it.get("label", 1.0)) for it in items])
     batch["weight"] = torch.tensor([float(it.get("weight", 1.0)) for it in items])
     refs = [(it.get("ref_chosen_logps"), it.get("ref_rejected_logps")) for it in items]
@@ -63,19 +68,45 @@ def collate_pairs(pairs: Sequence[TokenizedPair | dict], pad_token_id: int) -> d
     return batch
 
 
-def sequence_logps(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-prob of the reply tokens of every row, and the number of reply tokens."""
+@dataclass
+class ReplyLogits:
+    """Logits at the positions that predict reply tokens, flattened row by row."""
+
+    logits: torch.Tensor  # (reply tokens in the batch, vocab)
+    targets: torch.Tensor  # the reply token each position predicts
+    rows: torch.Tensor  # which sequence each position belongs to
+    num_rows: int
+
+
+def reply_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 response_mask: torch.Tensor) -> ReplyLogits:
     # Position p predicts token p + 1: keep the positions whose next token is a reply token.
     keep = torch.zeros_like(response_mask)
     keep[:, :-1] = response_mask[:, 1:]
     targets = input_ids[:, 1:][response_mask[:, 1:]]
     logits = _reply_logits(model, input_ids, attention_mask, keep)
-    token_logps = _chunked_token_logps(logits, targets)
     rows = keep.nonzero(as_tuple=True)[0]
-    sums = torch.zeros(input_ids.shape[0], dtype=token_logps.dtype, device=token_logps.device)
-    sums = sums.index_add(0, rows, token_logps)
+    return ReplyLogits(logits, targets, rows, input_ids.shape[0])
+
+
+def sum_by_row(values: torch.Tensor, rows: torch.Tensor, num_rows: int) -> torch.Tensor:
+    out = torch.zeros(num_rows, dtype=values.dtype, device=values.device)
+    return out.index_add(0, rows, values)
+
+
+def sequence_logps(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-prob of the reply tokens of every row, and the number of reply tokens."""
+    sums, _ = sequence_logps_and_logits(model, input_ids, attention_mask, response_mask)
     return sums, response_mask.sum(dim=1)
+
+
+def sequence_logps_and_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                              response_mask: torch.Tensor) -> tuple[torch.Tensor, ReplyLogits]:
+    """Summed reply log-probs per row, plus the reply logits (for the DND detector)."""
+    out = reply_logits(model, input_ids, attention_mask, response_mask)
+    token_logps = _chunked_token_logps(out.logits, out.targets)
+    return sum_by_row(token_logps, out.rows, out.num_rows), out
 
 
 def _reply_logits(model: Any, input_ids, attention_mask, keep: torch.Tensor) -> torch.Tensor:
@@ -147,36 +178,42 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
 
 
 @torch.no_grad()
-def score_pairs(model: Any, pairs: Sequence[TokenizedPair], pad_token_id: int, batch_size: int = 8,
-                description: str = "Scoring pairs", as_reference: bool = False) -> PairLogps:
-    """No-grad log-probs of both replies of every pair, batched by length."""
+def score_sequences(model: Any, prompts: Sequence[list[int]], replies: Sequence[list[int]], pad_token_id: int,
+                    batch_size: int = 16, description: str = "Scoring", as_reference: bool = False,
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """No-grad summed log-prob of each reply given its prompt, and its token count, in input order.
+
+    Sequences are batched by length; ``as_reference`` switches a LoRA adapter off (the base model).
+    """
     from spreadpref.progress import track
 
     device = next(model.parameters()).device
-    n = len(pairs)
-    chosen = torch.zeros(n, dtype=torch.float64)
-    rejected = torch.zeros(n, dtype=torch.float64)
-    chosen_tokens = torch.zeros(n, dtype=torch.long)
-    rejected_tokens = torch.zeros(n, dtype=torch.long)
+    n = len(prompts)
+    sums = torch.zeros(n, dtype=torch.float64)
+    counts = torch.zeros(n, dtype=torch.long)
+    lengths = [len(p) + len(r) for p, r in zip(prompts, replies)]
     was_training = model.training
     model.eval()
     context = adapter_disabled(model) if as_reference else contextlib.nullcontext()
     try:
         with context:
-            for indices in track(length_batches([p.length for p in pairs], batch_size), description):
-                batch = collate_pairs([pairs[i] for i in indices], pad_token_id)
-                sums, counts = sequence_logps(
-                    model,
-                    batch["input_ids"].to(device),
-                    batch["attention_mask"].to(device),
-                    batch["response_mask"].to(device),
-                )
-                k = len(indices)
+            for indices in track(length_batches(lengths, batch_size), description):
+                batch = collate_sequences([prompts[i] for i in indices], [replies[i] for i in indices], pad_token_id)
+                batch_sums, batch_counts = sequence_logps(
+                    model, *(batch[key].to(device) for key in ("input_ids", "attention_mask", "response_mask")))
                 index = torch.tensor(indices)
-                chosen[index] = sums[:k].double().cpu()
-                rejected[index] = sums[k:].double().cpu()
-                chosen_tokens[index] = counts[:k].cpu()
-                rejected_tokens[index] = counts[k:].cpu()
+                sums[index] = batch_sums.double().cpu()
+                counts[index] = batch_counts.cpu()
     finally:
         model.train(was_training)
-    return PairLogps(chosen, rejected, chosen_tokens, rejected_tokens)
+    return sums, counts
+
+
+def score_pairs(model: Any, pairs: Sequence[TokenizedPair], pad_token_id: int, batch_size: int = 8,
+                description: str = "Scoring pairs", as_reference: bool = False) -> PairLogps:
+    """No-grad log-probs of both replies of every pair, batched by length."""
+    prompts = [p.prompt_ids for p in pairs] * 2
+    replies = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
+    sums, counts = score_sequences(model, prompts, replies, pad_token_id, batch_size * 2, description, as_reference)
+    n = len(pairs)
+    return PairLogps(sums[:n], sums[n:], counts[:n], counts[n:])

@@ -135,9 +135,15 @@ def truncate_pair(prompt_ids: list[int], chosen: list[int], rejected: list[int],
 
 
 def tokenize_pair(tokenizer: Any, record: PreferenceRecord, max_length: int, max_prompt_length: int) -> TokenizedPair:
-    prompt_ids = render_prompt_ids(tokenizer, record.prompt)
-    chosen = reply_ids(tokenizer, record.prompt, prompt_ids, record.chosen, not record.chosen_truncated, record.id)
-    rejected = reply_ids(tokenizer, record.prompt, prompt_ids, record.rejected, not record.rejected_truncated, record.id)
+    if record.token_ids is not None:  # made in token space (generation): keep the exact ids
+        prompt_ids = record.token_ids["prompt_ids"]
+        chosen, rejected = record.token_ids["chosen_ids"], record.token_ids["rejected_ids"]
+    else:
+        prompt_ids = render_prompt_ids(tokenizer, record.prompt)
+        chosen = reply_ids(tokenizer, record.prompt, prompt_ids, record.chosen, not record.chosen_truncated,
+                           record.id)
+        rejected = reply_ids(tokenizer, record.prompt, prompt_ids, record.rejected, not record.rejected_truncated,
+                             record.id)
     prompt_ids, chosen, rejected, prompt_cut, chosen_cut, rejected_cut = truncate_pair(
         prompt_ids, chosen, rejected, max_length, max_prompt_length, tokenizer.bos_token_id
     )

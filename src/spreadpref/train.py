@@ -34,6 +34,7 @@ from spreadpref.models import (
 )
 from spreadpref.progress import console
 from spreadpref.tokenize import TokenizedPair, tokenize_pairs
+from spreadpref.trainer import Refinement
 
 STAGE = "train"
 # Keys that change how a run is watched or stored, not what it computes: editing them never
@@ -67,20 +68,16 @@ def train_policy(config: Config, force: bool = False) -> TrainResult:
     manifest = Manifest(out)
     fingerprint = train_fingerprint(config)
     previous = manifest.stage(STAGE)
-    if previous and previous.get("fingerprint") != fingerprint:
-        if not force:
-            raise SpreadprefError(
-                f"{out} already holds a train stage made with a different configuration "
-                f"(fingerprint {previous.get('fingerprint')} vs {fingerprint}). Use another output "
-                "directory, or --force to discard it and train again."
-            )
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        manifest.reset(STAGE)
-        previous = None
+    if previous and previous.get("fingerprint") != fingerprint and not force:
+        raise SpreadprefError(
+            f"{out} already holds a train stage made with a different configuration "
+            f"(fingerprint {previous.get('fingerprint')} vs {fingerprint}). Use another output "
+            "directory, or --force to discard it and train again."
+        )
     if previous and previous.get("status") == "complete" and not force:
         console.print(f"[green]The train stage in {out} is already complete[/]; nothing to do (--force retrains).")
         return TrainResult(out, Path(previous["outputs"]["model"]), skipped=True, metrics=previous.get("metrics", {}))
-    if force and previous:
+    if previous and (force or previous.get("fingerprint") != fingerprint):
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
         manifest.reset(STAGE)
 
@@ -95,35 +92,58 @@ def train_policy(config: Config, force: bool = False) -> TrainResult:
     tokenizer = load_tokenizer(config.model)
     pairs, data_info = prepare_pairs(config, tokenizer)
     manifest.update(STAGE, data=data_info)
+    outputs, metrics = train_on_pairs(config, tokenizer, pairs, out, on_reference=lambda info: manifest.update(
+        STAGE, reference=info))
+    metrics["seconds"] = round(time.perf_counter() - started, 1)
+    metrics["peak_rss_gb"] = round(peak_rss_gb(), 2)
+    manifest.complete(STAGE, outputs=outputs, metrics=metrics)
+    print_summary(data_info, metrics, outputs)
+    return TrainResult(out, Path(outputs["model"]), metrics=metrics)
 
-    model = load_model(config.model, for_training=True)
+
+def train_on_pairs(config: Config, tokenizer: Any, pairs: list[TokenizedPair], out: Path, *,
+                   start_model: str | None = None, num_epochs: float | None = None,
+                   learning_rate: float | None = None, refinement: Refinement | None = None,
+                   merge_lora: bool | None = None, on_reference=None) -> tuple[dict[str, str], dict[str, Any]]:
+    """Train from ``start_model`` (default: config.model) on tokenised pairs; save under ``out``.
+
+    Pairs without reference log-probs get them first (the starting policy is the reference).
+    Resumes from the last Trainer checkpoint in ``out/checkpoints``.
+    """
+    model = load_model(config.model, path=start_model, for_training=True)
     if config.train.disable_dropout:
         disable_dropout(model)
     model.to(resolve_device(config.model.device))
-
     ref_info = compute_reference(config, model, pairs, tokenizer.pad_token_id)
-    manifest.update(STAGE, reference=ref_info)
+    if on_reference is not None:
+        on_reference(ref_info)
 
-    trainer = build_trainer(config, model, tokenizer, pairs)
+    trainer = build_trainer(config, model, tokenizer, pairs, out / "checkpoints", num_epochs=num_epochs,
+                            learning_rate=learning_rate, refinement=refinement)
     checkpoint = last_checkpoint(out / "checkpoints")
     if checkpoint:
         console.print(f"Resuming training from {checkpoint}")
+    started = time.perf_counter()
     train_output = trainer.train(resume_from_checkpoint=checkpoint)
+    train_seconds = time.perf_counter() - started
     model = trainer.model
     if not all(torch.isfinite(p).all() for p in model.parameters() if p.requires_grad):
         raise SpreadprefError("training produced non-finite weights; the model was not saved")
 
-    metrics: dict[str, Any] = {"train_loss": train_output.training_loss, "global_steps": train_output.global_step}
+    metrics: dict[str, Any] = {"train_loss": train_output.training_loss, "global_steps": train_output.global_step,
+                               "train_seconds": round(train_seconds, 1)}
+    epochs = num_epochs if num_epochs is not None else config.train.num_epochs
+    tokens = sum(len(p.prompt_ids) * 2 + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs) * epochs
+    metrics["train_tokens_per_second"] = round(tokens / max(train_seconds, 1e-9), 1)
+    if refinement is not None:
+        counts = trainer.refine_counts
+        metrics["smoothed_fraction"] = counts["smoothed"] / max(counts["pairs"], 1)
     if config.train.evaluate_after:
         metrics.update(evaluate_pairs(model, pairs, tokenizer.pad_token_id, config.train.beta,
                                       config.train.logprob_batch_size))
     atomic_write_json(out / "log_history.json", trainer.state.log_history)
-    outputs = save_outputs(config, model, tokenizer, out)
-    metrics["seconds"] = round(time.perf_counter() - started, 1)
-    metrics["peak_rss_gb"] = round(peak_rss_gb(), 2)
-    manifest.complete(STAGE, outputs=outputs, metrics=metrics)
-    print_summary(config, data_info, metrics, outputs)
-    return TrainResult(out, Path(outputs["model"]), metrics=metrics)
+    outputs = save_outputs(config, model, tokenizer, out, merge_lora=merge_lora)
+    return outputs, metrics
 
 
 def prepare_pairs(config: Config, tokenizer: Any) -> tuple[list[TokenizedPair], dict[str, Any]]:
@@ -168,7 +188,9 @@ def compute_reference(config: Config, policy: Any, pairs: list[TokenizedPair], p
     return info
 
 
-def build_trainer(config: Config, model: Any, tokenizer: Any, pairs: list[TokenizedPair]):
+def build_trainer(config: Config, model: Any, tokenizer: Any, pairs: list[TokenizedPair], checkpoints: Path,
+                  num_epochs: float | None = None, learning_rate: float | None = None,
+                  refinement: Refinement | None = None):
     from transformers import TrainingArguments
 
     from spreadpref.trainer import PairCollator, SoftDPOTrainer, to_train_dataset
@@ -176,12 +198,12 @@ def build_trainer(config: Config, model: Any, tokenizer: Any, pairs: list[Tokeni
     train = config.train
     device = resolve_device(config.model.device)
     args = TrainingArguments(
-        output_dir=str(Path(config.output_dir) / "checkpoints"),
+        output_dir=str(checkpoints),
         per_device_train_batch_size=train.per_device_batch_size,
         gradient_accumulation_steps=train.gradient_accumulation_steps,
-        num_train_epochs=train.num_epochs,
+        num_train_epochs=num_epochs if num_epochs is not None else train.num_epochs,
         max_steps=train.max_steps,
-        learning_rate=train.learning_rate,
+        learning_rate=learning_rate if learning_rate is not None else train.learning_rate,
         lr_scheduler_type=train.lr_scheduler,
         warmup_steps=train.warmup_ratio,
         weight_decay=train.weight_decay,
@@ -213,6 +235,7 @@ def build_trainer(config: Config, model: Any, tokenizer: Any, pairs: list[Tokeni
         processing_class=tokenizer,
         beta=train.beta,
         label_smoothing=train.label_smoothing,
+        refinement=refinement,
     )
 
 
@@ -224,13 +247,14 @@ def last_checkpoint(directory: Path) -> str | None:
     return get_last_checkpoint(str(directory))
 
 
-def save_outputs(config: Config, model: Any, tokenizer: Any, out: Path) -> dict[str, str]:
+def save_outputs(config: Config, model: Any, tokenizer: Any, out: Path, merge_lora: bool | None = None) -> dict[str, str]:
     """Write the trained model as ``save_pretrained`` directories, each replaced in one rename."""
+    merge = config.model.lora.merge_on_save if merge_lora is None else merge_lora
     if not is_peft_model(model):
         return {"model": save_pretrained_atomically(model, tokenizer, out / "model")}
     outputs = {"adapter": save_pretrained_atomically(model, tokenizer, out / "adapter")}
     outputs["model"] = outputs["adapter"]
-    if config.model.lora.merge_on_save:
+    if merge:
         outputs["model"] = save_pretrained_atomically(model.merge_and_unload(), tokenizer, out / "model")
     return outputs
 
@@ -265,7 +289,7 @@ def peak_rss_gb() -> float:
     return usage * scale / 1e9
 
 
-def print_summary(config: Config, data_info: dict[str, Any], metrics: dict[str, Any], outputs: dict[str, str]) -> None:
+def print_summary(data_info: dict[str, Any], metrics: dict[str, Any], outputs: dict[str, str]) -> None:
     from rich.table import Table
 
     table = Table(title="spreadpref train", show_header=True)

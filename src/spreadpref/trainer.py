@@ -13,6 +13,7 @@ import json
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,18 @@ from safetensors.torch import load_file, save_file
 from transformers import Trainer
 
 from spreadpref.errors import TrainingError
-from spreadpref.logprobs import collate_pairs, score_pairs, sequence_logps
+from spreadpref.logprobs import (
+    ReplyLogits,
+    collate_pairs,
+    reply_logits,
+    score_pairs,
+    sequence_logps_and_logits,
+    sum_by_row,
+    unwrap,
+)
 from spreadpref.loss import soft_dpo_loss
 from spreadpref.models import model_fingerprint
+from spreadpref.refine import ConfidenceThreshold, detector_logits, extrapolated_token_logps, refine_targets
 from spreadpref.tokenize import TokenizedPair
 
 TRAIN_COLUMNS = ("id", "prompt_ids", "chosen_ids", "rejected_ids", "label", "weight",
@@ -42,29 +52,51 @@ class PairCollator:
         return batch
 
 
+@dataclass
+class Refinement:
+    """Self-refinement settings for one round (see :mod:`spreadpref.refine`)."""
+
+    alpha: float = 0.1
+    quantile: float = 0.1
+    window: int = 50
+    warmup_fraction: float = 0.2
+    lam: float = 0.0  # DND extrapolation; 0 = the policy is its own detector
+    # For DND with full fine-tuning: a frozen copy of the reference. With LoRA, None: the adapter is switched off.
+    reference: torch.nn.Module | None = None
+
+
 class SoftDPOTrainer(Trainer):
     """``Trainer`` whose loss is soft-label DPO on reference log-probs carried by the batch."""
 
     # Our loss is a per-micro-batch mean: Trainer divides it by the accumulation steps.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args: Any, beta: float = 0.1, label_smoothing: float = 0.0, **kwargs: Any):
+    def __init__(self, *args: Any, beta: float = 0.1, label_smoothing: float = 0.0,
+                 refinement: Refinement | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.beta = beta
         self.label_smoothing = label_smoothing
+        self.refinement = refinement
+        self.threshold = ConfidenceThreshold(refinement.window, refinement.quantile) if refinement else None
         self._metric_sums: dict[str, float] = defaultdict(float)
         self._metric_batches = 0
         self._tokens_since_log = 0
         self._last_log_time = time.perf_counter()
+        self.refine_counts = {"pairs": 0, "smoothed": 0}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "ref_chosen_logps" not in inputs:
             raise TrainingError("a training batch has no reference log-probs; compute them before training")
-        sums, _ = sequence_logps(model, inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"])
+        sums, logits = sequence_logps_and_logits(
+            model, inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"])
         k = inputs["label"].shape[0]
         labels = inputs["label"].to(sums.dtype)
-        eps = self.label_smoothing
-        target = labels * (1 - eps) + (1 - labels) * eps
+        smoothing = torch.full_like(labels, self.label_smoothing)
+        decision = None
+        if self.refinement is not None and model.training:
+            decision = self._refine(model, inputs, sums.detach(), logits, k)
+            smoothing = torch.where(decision.smoothed, torch.full_like(labels, self.refinement.alpha), smoothing)
+        target = labels * (1 - smoothing) + (1 - labels) * smoothing
         out = soft_dpo_loss(sums[:k], sums[k:], inputs["ref_chosen_logps"], inputs["ref_rejected_logps"],
                             beta=self.beta, target=target, weight=inputs["weight"].to(sums.dtype))
         if not torch.isfinite(out.loss):
@@ -74,10 +106,50 @@ class SoftDPOTrainer(Trainer):
                 "Lower train.learning_rate or check the data's reference log-probs."
             )
         if model.training:
-            self._record(out, sums[:k].detach(), sums[k:].detach(), labels, inputs["attention_mask"])
+            self._record(out, sums[:k].detach(), sums[k:].detach(), target.detach(), inputs["attention_mask"],
+                         decision)
         return (out.loss, {"logits": out.logits}) if return_outputs else out.loss
 
-    def _record(self, out, chosen_logps, rejected_logps, labels, attention_mask) -> None:
+    @torch.no_grad()
+    def _refine(self, model, inputs, sums: torch.Tensor, logits: ReplyLogits, k: int):
+        refinement = self.refinement
+        if refinement.lam > 0:
+            ref_logits = self._reference_reply_logits(model, inputs)
+            token_logps = extrapolated_token_logps(logits.logits.detach(), ref_logits, logits.targets, refinement.lam)
+            detector = sum_by_row(token_logps, logits.rows, logits.num_rows).to(sums.dtype)
+        else:
+            detector = sums
+        margins = self.beta * detector_logits(detector[:k], detector[k:], inputs["ref_chosen_logps"],
+                                              inputs["ref_rejected_logps"])
+        active = self.state.global_step >= refinement.warmup_fraction * max(self.state.max_steps, 1)
+        decision = refine_targets(margins, self.threshold, refinement.alpha, active, self._gather_margins(margins))
+        self.refine_counts["pairs"] += int(margins.numel())
+        self.refine_counts["smoothed"] += int(decision.smoothed.sum())
+        return decision
+
+    def _reference_reply_logits(self, model, inputs) -> torch.Tensor:
+        batch = (inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"])
+        reference = self.refinement.reference
+        if reference is None:  # LoRA: the reference is the policy with its adapter off
+            core = self.accelerator.unwrap_model(model)
+            if not hasattr(core, "disable_adapter"):
+                raise TrainingError("decoupled noise detection needs a reference model or a LoRA policy")
+            with core.disable_adapter():
+                return reply_logits(core, *batch).logits
+        device = inputs["input_ids"].device
+        if next(reference.parameters()).device != device:
+            reference.to(device)
+        return reply_logits(reference, *batch).logits
+
+    def _gather_margins(self, margins: torch.Tensor) -> torch.Tensor:
+        """Every process's margins, so all processes share one window and one threshold."""
+        if self.accelerator.num_processes == 1:
+            return margins
+        padded = self.accelerator.pad_across_processes(margins.float(), dim=0, pad_index=float("nan"))
+        gathered = self.accelerator.gather(padded)
+        return gathered[~torch.isnan(gathered)]
+
+    def _record(self, out, chosen_logps, rejected_logps, targets, attention_mask, decision=None) -> None:
         values = torch.stack([
             out.chosen_rewards.mean(),
             out.rejected_rewards.mean(),
@@ -85,11 +157,15 @@ class SoftDPOTrainer(Trainer):
             (out.chosen_rewards > out.rejected_rewards).float().mean(),
             chosen_logps.mean(),
             rejected_logps.mean(),
-            labels.mean(),
+            targets.mean(),
+            decision.smoothed.float().mean() if decision is not None else targets.new_zeros(()),
+            targets.new_tensor(decision.threshold if decision is not None else 0.0),
         ]).float()
         values = self.accelerator.gather(values.unsqueeze(0)).mean(dim=0).tolist()
-        names = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
-                 "logps/chosen", "logps/rejected", "labels/mean")
+        names = ["rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+                 "logps/chosen", "logps/rejected", "labels/mean"]
+        if decision is not None:
+            names += ["refine/smoothed_fraction", "refine/threshold"]
         for name, value in zip(names, values):
             self._metric_sums[name] += value
         self._metric_batches += 1

@@ -1,0 +1,114 @@
+"""The generate stage: K sampled replies per prompt from the current policy, in token space.
+
+Prompts are rendered with the chat template (the same ids the judge and the trainer will see),
+batched by prompt length and left-padded. Each batch is seeded from the run seed and its index, so
+a resumed run regenerates exactly what an uninterrupted one would. A reply that hits
+``max_new_tokens`` is kept with ``finish_reason = "length"`` and no EOS, so training never teaches
+the model to stop there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spreadpref.config import DataSettings, GenerationSettings
+from spreadpref.data import PromptRecord
+from spreadpref.io import run_in_parts
+from spreadpref.tokenize import render_prompt_ids, require_chat_template, truncate_pair
+
+
+def unit_seed(*parts: Any) -> int:
+    """A stable 63-bit seed from any parts (run seed, round, batch index)."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def stop_token_ids(tokenizer: Any, model: Any) -> list[int]:
+    ids = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(int(i) for i in configured)
+    return sorted(ids)
+
+
+def prepare_prompt_ids(tokenizer: Any, prompts: list[PromptRecord], data: DataSettings) -> list[list[int]]:
+    require_chat_template(tokenizer)
+    ids = []
+    for record in prompts:
+        prompt_ids = render_prompt_ids(tokenizer, record.prompt)
+        prompt_ids, *_ = truncate_pair(prompt_ids, [], [], data.max_length, data.max_prompt_length,
+                                       tokenizer.bos_token_id)
+        ids.append(prompt_ids)
+    return ids
+
+
+def split_reply(new_tokens: list[int], stop_ids: set[int], pad_token_id: int) -> tuple[list[int], str]:
+    """Cut generated tokens after the first stop token; without one, the reply ran out of budget."""
+    for index, token in enumerate(new_tokens):
+        if token in stop_ids:
+            return new_tokens[: index + 1], "stop"
+    while new_tokens and new_tokens[-1] == pad_token_id and pad_token_id not in stop_ids:
+        new_tokens = new_tokens[:-1]
+    return new_tokens, "length"
+
+
+@torch.no_grad()
+def generate_samples(model: Any, tokenizer: Any, prompts: list[PromptRecord], settings: GenerationSettings,
+                     data: DataSettings, seed: int, out_file: Path, round_index: int = 0) -> list[dict[str, Any]]:
+    """Sample ``settings.num_samples`` replies per prompt; rows in prompt order, then sample order."""
+    prompt_ids = prepare_prompt_ids(tokenizer, prompts, data)
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompt_ids[i]), i))
+    batches = [order[i : i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
+    stops = stop_token_ids(tokenizer, model)
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id
+
+    def process(batch_index: int, indices: list[int]) -> list[dict[str, Any]]:
+        torch.manual_seed(unit_seed(seed, "generate", round_index, batch_index))
+        width = max(len(prompt_ids[i]) for i in indices)
+        input_ids = torch.full((len(indices), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(indices), width), dtype=torch.long)
+        for row, i in enumerate(indices):  # left padding: every prompt ends where generation starts
+            input_ids[row, width - len(prompt_ids[i]):] = torch.tensor(prompt_ids[i])
+            attention[row, width - len(prompt_ids[i]):] = 1
+        budget = min(settings.max_new_tokens, data.max_length - width)
+        sampling = settings.temperature > 0
+        output = model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            do_sample=sampling,
+            temperature=settings.temperature if sampling else None,
+            top_p=settings.top_p if sampling else None,
+            top_k=None,
+            max_new_tokens=max(budget, 1),
+            num_return_sequences=settings.num_samples,
+            eos_token_id=stops,
+            pad_token_id=pad,
+        )
+        rows = []
+        for row, sequence in enumerate(output[:, width:].tolist()):
+            i = indices[row // settings.num_samples]
+            reply, finish = split_reply(sequence, set(stops), pad)
+            text_ids = reply[:-1] if finish == "stop" else reply
+            rows.append({
+                "prompt_id": prompts[i].id,
+                "prompt_index": i,
+                "sample": row % settings.num_samples,
+                "prompt": prompts[i].prompt,
+                "prompt_ids": prompt_ids[i],
+                "reply_ids": reply,
+                "text": tokenizer.decode(text_ids, skip_special_tokens=True),
+                "num_tokens": len(reply),
+                "finish_reason": finish,
+            })
+        return rows
+
+    model.eval()
+    return run_in_parts(out_file, batches, process, f"Generating (round {round_index})",
+                        order=lambda r: (r["prompt_index"], r["sample"]))

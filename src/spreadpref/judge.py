@@ -1,0 +1,169 @@
+"""The judge stage: SPA's direct preference judgment by the implicit DPO reward.
+
+Every sample y of prompt x gets ``s = log pi_{i-1}(y|x) - log pi_ref(y|x)`` (summed over reply
+tokens, or per-token means with ``length_normalize``), where pi_ref is the initial SFT model by
+default. For each prompt the highest-scoring sample is chosen and the lowest rejected, for any
+K >= 2. Prompts whose best and worst replies are identical, or tie exactly, give no pair and are
+counted. The pair keeps ``margin = s_chosen - s_rejected`` and ``p = sigmoid(beta * margin)``, and
+carries the pi_{i-1} log-probs that the round's DPO training uses as its reference.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spreadpref.config import JudgeSettings
+from spreadpref.io import run_in_parts, write_jsonl
+from spreadpref.logprobs import score_sequences
+from spreadpref.tokenize import TokenizedPair
+
+CHUNK = 64  # samples per resumable unit of judging
+
+
+@dataclass
+class JudgeStats:
+    prompts: int = 0
+    samples: int = 0
+    pairs: int = 0
+    identical_dropped: int = 0
+    ties_dropped: int = 0
+    cut_off_samples: int = 0
+    mean_reply_tokens: float = 0.0
+    margin_quantiles: dict[str, float] = field(default_factory=dict)
+
+
+def sample_score(sample: dict[str, Any], settings: JudgeSettings) -> float:
+    policy, reference, tokens = sample["policy_logps"], sample["reference_logps"], max(sample["num_tokens"], 1)
+    if settings.length_normalize:
+        policy, reference = policy / tokens, (reference / tokens if reference is not None else None)
+    return policy - (reference if reference is not None else 0.0)
+
+
+def score_samples(policy: Any, reference: Any | None, samples: list[dict[str, Any]], settings: JudgeSettings,
+                  pad_token_id: int, out_file: Path, round_index: int = 0,
+                  reference_is_adapter_off: bool = False) -> list[dict[str, Any]]:
+    """Add policy and reference log-probs and the score to every sample (resumable in chunks)."""
+    chunks = [samples[i : i + CHUNK] for i in range(0, len(samples), CHUNK)]
+
+    def process(_: int, chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        prompts = [s["prompt_ids"] for s in chunk]
+        replies = [s["reply_ids"] for s in chunk]
+        policy_logps, counts = score_sequences(policy, prompts, replies, pad_token_id, settings.batch_size,
+                                               description="Judging: policy")
+        if reference is not None or reference_is_adapter_off:
+            model = policy if reference_is_adapter_off else reference
+            reference_logps, _ = score_sequences(model, prompts, replies, pad_token_id, settings.batch_size,
+                                                 description="Judging: reference",
+                                                 as_reference=reference_is_adapter_off)
+        else:
+            reference_logps = [None] * len(chunk)
+        judged = []
+        for sample, pol, ref, count in zip(chunk, policy_logps.tolist(), list(reference_logps), counts.tolist()):
+            row = {key: sample[key] for key in ("prompt_id", "prompt_index", "sample", "text", "num_tokens",
+                                                "finish_reason")}
+            row.update(policy_logps=pol, reference_logps=None if ref is None else float(ref), judged_tokens=count)
+            row["score"] = sample_score(row, settings)
+            judged.append(row)
+        return judged
+
+    return run_in_parts(out_file, chunks, process, f"Judging (round {round_index})",
+                        order=lambda r: (r["prompt_index"], r["sample"]))
+
+
+def pair_samples(samples: list[dict[str, Any]], judged: list[dict[str, Any]], beta: float,
+                 round_index: int = 0) -> tuple[list[dict[str, Any]], JudgeStats]:
+    """Chosen = highest score, rejected = lowest, per prompt; identical replies and ties are dropped."""
+    by_prompt: dict[int, list[tuple[dict, dict]]] = defaultdict(list)
+    for sample, verdict in zip(samples, judged):
+        if (sample["prompt_index"], sample["sample"]) != (verdict["prompt_index"], verdict["sample"]):
+            raise ValueError("generations and judgements are not aligned")
+        by_prompt[sample["prompt_index"]].append((sample, verdict))
+    stats = JudgeStats(prompts=len(by_prompt), samples=len(samples))
+    stats.cut_off_samples = sum(s["finish_reason"] == "length" for s in samples)
+    stats.mean_reply_tokens = sum(s["num_tokens"] for s in samples) / max(len(samples), 1)
+    pairs = []
+    for prompt_index in sorted(by_prompt):
+        group = by_prompt[prompt_index]
+        scores = [verdict["score"] for _, verdict in group]
+        best = max(range(len(group)), key=lambda i: (scores[i], -i))  # first of the highest
+        worst = min(range(len(group)), key=lambda i: (scores[i], -i))  # last of the lowest
+        (chosen, chosen_v), (rejected, rejected_v) = group[best], group[worst]
+        if chosen["reply_ids"] == rejected["reply_ids"]:
+            stats.identical_dropped += 1
+            continue
+        if scores[best] == scores[worst]:
+            stats.ties_dropped += 1
+            continue
+        margin = scores[best] - scores[worst]
+        pairs.append({
+            "id": f"round{round_index}-{chosen['prompt_id']}",
+            "prompt_id": chosen["prompt_id"],
+            "prompt": chosen["prompt"],
+            "chosen": chosen["text"],
+            "rejected": rejected["text"],
+            "prompt_ids": chosen["prompt_ids"],
+            "chosen_ids": chosen["reply_ids"],
+            "rejected_ids": rejected["reply_ids"],
+            "chosen_truncated": chosen["finish_reason"] == "length",
+            "rejected_truncated": rejected["finish_reason"] == "length",
+            "chosen_score": scores[best],
+            "rejected_score": scores[worst],
+            "margin": margin,
+            "p": 1.0 / (1.0 + math.exp(-beta * margin)),
+            "label": 1.0,
+            # The judge's pi_{i-1} log-probs are exactly the reference of round i's DPO.
+            "ref_chosen_logps": chosen_v["policy_logps"],
+            "ref_rejected_logps": rejected_v["policy_logps"],
+        })
+    stats.pairs = len(pairs)
+    if pairs:
+        margins = torch.tensor([p["margin"] for p in pairs], dtype=torch.float64)
+        stats.margin_quantiles = {
+            f"p{int(q * 100)}": float(torch.quantile(margins, q)) for q in (0.1, 0.5, 0.9)
+        }
+    return pairs, stats
+
+
+def pairs_to_tokenized(pairs: list[dict[str, Any]]) -> list[TokenizedPair]:
+    return [
+        TokenizedPair(
+            id=p["id"], prompt_ids=p["prompt_ids"], chosen_ids=p["chosen_ids"], rejected_ids=p["rejected_ids"],
+            label=p.get("label", 1.0), weight=p.get("weight", 1.0), ref_chosen_logps=p["ref_chosen_logps"],
+            ref_rejected_logps=p["ref_rejected_logps"], chosen_truncated=p["chosen_truncated"],
+            rejected_truncated=p["rejected_truncated"],
+        )
+        for p in pairs
+    ]
+
+
+def write_pairs(path: Path, pairs: list[dict[str, Any]]) -> None:
+    write_jsonl(path, pairs)
+
+
+def seed_agreement(policy: Any, reference: Any | None, seed_pairs: list[TokenizedPair], settings: JudgeSettings,
+                   pad_token_id: int, reference_is_adapter_off: bool = False) -> dict[str, float]:
+    """How often the self-judge prefers the human-chosen reply of the seed pairs."""
+    prompts = [p.prompt_ids for p in seed_pairs] * 2
+    replies = [p.chosen_ids for p in seed_pairs] + [p.rejected_ids for p in seed_pairs]
+    policy_logps, counts = score_sequences(policy, prompts, replies, pad_token_id, settings.batch_size,
+                                           description="Judging the seed pairs")
+    if reference is not None or reference_is_adapter_off:
+        model = policy if reference_is_adapter_off else reference
+        reference_logps, _ = score_sequences(model, prompts, replies, pad_token_id, settings.batch_size,
+                                             description="Judging the seed pairs (reference)",
+                                             as_reference=reference_is_adapter_off)
+    else:
+        reference_logps = torch.zeros_like(policy_logps)
+    scores = torch.tensor([
+        sample_score({"policy_logps": float(p), "reference_logps": float(r), "num_tokens": int(c)}, settings)
+        for p, r, c in zip(policy_logps, reference_logps, counts)
+    ])
+    n = len(seed_pairs)
+    agree = (scores[:n] > scores[n:]).double()
+    return {"seed_agreement": float(agree.mean()), "seed_pairs": n}

@@ -13,4 +13,11 @@ def train_policy(config: Config, force: bool = False):
     return _train_policy(config, force=force)
 
 
-__all__ = ["Config", "load_config", "soft_dpo_loss", "train_policy", "__version__"]
+def run(config: Config, force: bool = False):
+    """Run SPA end to end: seed DPO, then ``config.loop.rounds`` rounds; see :mod:`spreadpref.loop`."""
+    from spreadpref.loop import run as _run
+
+    return _run(config, force=force)
+
+
+__all__ = ["run", "Config", "load_config", "soft_dpo_loss", "train_policy", "__version__"]

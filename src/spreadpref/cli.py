@@ -74,6 +74,87 @@ def train(
 
 
 @app.command()
+def run(
+    config: ConfigOption = None,
+    overrides: Overrides = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run directory (output_dir).")] = None,
+    force: Annotated[bool, typer.Option(help="Discard stages made with a different configuration (or all).")] = False,
+) -> None:
+    """Run SPA: seed DPO, then rounds of generate, judge, self-refined DPO. Resumes where it stopped."""
+
+    def action() -> None:
+        from spreadpref.loop import run as run_loop
+
+        run_loop(_load(config, overrides, output), force=force)
+
+    _run(action)
+
+
+@app.command()
+def generate(
+    config: ConfigOption = None,
+    overrides: Overrides = None,
+    model: Annotated[Optional[str], typer.Option(help="Policy to sample from (default: model.name_or_path).")] = None,
+    prompts: Annotated[Optional[str], typer.Option(help="Prompt source (default: data.prompts).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Generations JSONL to write.")] = Path("generations.jsonl"),
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N prompts.")] = None,
+) -> None:
+    """Sample generation.num_samples replies per prompt (token ids, text, finish reason) into a JSONL file."""
+
+    def action() -> None:
+        from spreadpref.data import load_prompts
+        from spreadpref.generate import generate_samples
+        from spreadpref.loop import load_eval_model
+        from spreadpref.models import load_tokenizer
+
+        cfg = _load(config, overrides)
+        records, report = load_prompts(prompts or cfg.data.prompts, cfg.data.columns, limit=limit,
+                                       skip_invalid=cfg.data.skip_invalid, system_prompt=cfg.data.system_prompt)
+        typer.echo(report.summary(), err=True)
+        policy = load_eval_model(cfg, model or cfg.model.name_or_path)
+        rows = generate_samples(policy, load_tokenizer(cfg.model), records, cfg.generation, cfg.data, cfg.seed, out)
+        typer.echo(f"{len(rows)} samples written to {out}", err=True)
+
+    _run(action)
+
+
+@app.command()
+def judge(
+    generations: Annotated[Path, typer.Argument(help="Generations JSONL from `spreadpref generate`.")],
+    config: ConfigOption = None,
+    overrides: Overrides = None,
+    policy: Annotated[Optional[str], typer.Option(help="The model that generated (default: model.name_or_path).")] = None,
+    reference: Annotated[Optional[str], typer.Option(help="Judge reference; 'none' for none (default: model.name_or_path).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for judged.jsonl and pairs.jsonl.")] = Path("judged"),
+) -> None:
+    """Score samples by the implicit reward and pair them (chosen = best, rejected = worst per prompt)."""
+
+    def action() -> None:
+        from spreadpref.io import read_jsonl, write_jsonl
+        from spreadpref.judge import pair_samples, score_samples
+        from spreadpref.loop import load_eval_model
+        from spreadpref.models import load_tokenizer
+
+        cfg = _load(config, overrides)
+        if not generations.is_file():
+            raise SpreadprefError(f"generations file not found: {generations}")
+        samples = read_jsonl(generations)
+        policy_model = load_eval_model(cfg, policy or cfg.model.name_or_path)
+        ref_name = reference or cfg.model.name_or_path
+        reference_model = None if ref_name.lower() == "none" else load_eval_model(cfg, ref_name)
+        tokenizer = load_tokenizer(cfg.model)
+        out.mkdir(parents=True, exist_ok=True)
+        judged = score_samples(policy_model, reference_model, samples, cfg.judge, tokenizer.pad_token_id,
+                               out / "judged.jsonl")
+        pairs, stats = pair_samples(samples, judged, cfg.train.beta)
+        write_jsonl(out / "pairs.jsonl", pairs)
+        typer.echo(f"{stats.pairs} pairs from {stats.prompts} prompts ({stats.identical_dropped} identical, "
+                   f"{stats.ties_dropped} tied dropped) written to {out / 'pairs.jsonl'}", err=True)
+
+    _run(action)
+
+
+@app.command()
 def inspect(
     config: ConfigOption = None,
     overrides: Overrides = None,

@@ -90,8 +90,21 @@ def run_in_parts(final: Path, units: list[Any], process, description: str, order
         produced = process(index, unit)
         write_jsonl(part, produced)
         rows.extend(produced)
+        _fault_injection_delay()
     if order is not None:
         rows.sort(key=order)
     write_jsonl(final, rows)
     shutil.rmtree(parts, ignore_errors=True)
     return rows
+
+
+def _fault_injection_delay() -> None:
+    """``SPREADPREF_UNIT_DELAY=<seconds>`` pauses after each finished unit of resumable work.
+
+    Only for fault tests: it widens the window in which a test can kill a run mid-stage.
+    """
+    delay = os.environ.get("SPREADPREF_UNIT_DELAY")
+    if delay:
+        import time
+
+        time.sleep(float(delay))

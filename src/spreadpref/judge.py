@@ -54,13 +54,13 @@ def score_samples(policy: Any, reference: Any | None, samples: list[dict[str, An
     def process(_: int, chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
         prompts = [s["prompt_ids"] for s in chunk]
         replies = [s["reply_ids"] for s in chunk]
+        # The chunk loop shows the progress; the inner passes stay quiet.
         policy_logps, counts = score_sequences(policy, prompts, replies, pad_token_id, settings.batch_size,
-                                               description="Judging: policy")
+                                               progress=False)
         if reference is not None or reference_is_adapter_off:
             model = policy if reference_is_adapter_off else reference
             reference_logps, _ = score_sequences(model, prompts, replies, pad_token_id, settings.batch_size,
-                                                 description="Judging: reference",
-                                                 as_reference=reference_is_adapter_off)
+                                                 as_reference=reference_is_adapter_off, progress=False)
         else:
             reference_logps = [None] * len(chunk)
         judged = []

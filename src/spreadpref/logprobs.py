@@ -180,7 +180,7 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
 @torch.no_grad()
 def score_sequences(model: Any, prompts: Sequence[list[int]], replies: Sequence[list[int]], pad_token_id: int,
                     batch_size: int = 16, description: str = "Scoring", as_reference: bool = False,
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+                    progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """No-grad summed log-prob of each reply given its prompt, and its token count, in input order.
 
     Sequences are batched by length; ``as_reference`` switches a LoRA adapter off (the base model).
@@ -197,7 +197,7 @@ def score_sequences(model: Any, prompts: Sequence[list[int]], replies: Sequence[
     context = adapter_disabled(model) if as_reference else contextlib.nullcontext()
     try:
         with context:
-            for indices in track(length_batches(lengths, batch_size), description):
+            for indices in track(length_batches(lengths, batch_size), description, enabled=progress):
                 batch = collate_sequences([prompts[i] for i in indices], [replies[i] for i in indices], pad_token_id)
                 batch_sums, batch_counts = sequence_logps(
                     model, *(batch[key].to(device) for key in ("input_ids", "attention_mask", "response_mask")))

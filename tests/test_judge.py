@@ -1,0 +1,102 @@
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from spreadpref.config import JudgeSettings
+from spreadpref.judge import pair_samples, sample_score, score_samples, seed_agreement
+from spreadpref.logprobs import collate_pairs, sequence_logps
+from spreadpref.judge import pairs_to_tokenized
+
+
+def sample(prompt_index, k, reply, finish="stop"):
+    return {"prompt_id": f"p{prompt_index}", "prompt_index": prompt_index, "sample": k,
+            "prompt": [{"role": "user", "content": "q"}], "prompt_ids": [1, 5, 6], "reply_ids": reply,
+            "text": str(reply), "num_tokens": len(reply), "finish_reason": finish}
+
+
+def verdict(s, score, policy=-1.0):
+    return {"prompt_index": s["prompt_index"], "sample": s["sample"], "score": score, "policy_logps": policy}
+
+
+def test_score_formula_and_variants():
+    row = {"policy_logps": -10.0, "reference_logps": -14.0, "num_tokens": 4}
+    assert sample_score(row, JudgeSettings()) == 4.0
+    assert sample_score(row, JudgeSettings(length_normalize=True)) == pytest.approx(-2.5 + 3.5)
+    assert sample_score(dict(row, reference_logps=None), JudgeSettings(reference="none")) == -10.0
+
+
+@pytest.mark.parametrize("k", [2, 3, 4, 5])
+def test_any_k_picks_highest_and_lowest(k):
+    samples = [sample(0, j, [10 + j, 2]) for j in range(k)]
+    scores = [0.3, -1.0, 2.5, 0.0, 1.0][:k]
+    judged = [verdict(s, sc, policy=-float(j)) for j, (s, sc) in enumerate(zip(samples, scores))]
+    (pair,), stats = pair_samples(samples, judged, beta=0.1)
+    best, worst = max(range(k), key=lambda j: scores[j]), min(range(k), key=lambda j: scores[j])
+    assert pair["chosen_ids"] == samples[best]["reply_ids"] and pair["rejected_ids"] == samples[worst]["reply_ids"]
+    assert pair["margin"] == pytest.approx(scores[best] - scores[worst])
+    assert pair["p"] == pytest.approx(1 / (1 + math.exp(-0.1 * pair["margin"])))
+    # The judge's pi_{i-1} log-probs travel on as the training reference.
+    assert pair["ref_chosen_logps"] == -float(best) and pair["ref_rejected_logps"] == -float(worst)
+    assert stats.pairs == 1 and stats.samples == k
+
+
+def test_identical_replies_and_ties_are_dropped_and_counted():
+    samples = [sample(0, 0, [7, 2]), sample(0, 1, [7, 2]),  # identical
+               sample(1, 0, [8, 2]), sample(1, 1, [9, 2]),  # exact tie
+               sample(2, 0, [8, 2]), sample(2, 1, [9], "length")]  # a real pair, one cut off
+    judged = [verdict(samples[0], 1.0), verdict(samples[1], 1.0 + 1e-7),
+              verdict(samples[2], 0.5), verdict(samples[3], 0.5),
+              verdict(samples[4], 0.1), verdict(samples[5], 0.9)]
+    pairs, stats = pair_samples(samples, judged, beta=0.1)
+    assert (stats.identical_dropped, stats.ties_dropped, stats.pairs) == (1, 1, 1)
+    assert pairs[0]["chosen_ids"] == [9] and pairs[0]["chosen_truncated"] and not pairs[0]["rejected_truncated"]
+    assert stats.cut_off_samples == 1
+
+
+def test_judge_logps_equal_a_fresh_reference_pass(tiny_model_dir, tiny_tokenizer, tmp_path):
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    prompt = tiny_tokenizer.apply_chat_template([{"role": "user", "content": "Hi there"}], tokenize=False,
+                                                add_generation_prompt=True)
+    prompt_ids = tiny_tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    samples = []
+    for index in range(3):
+        for j in range(2):
+            s = sample(index, j, [20 + index + j, 30 + 2 * j + index, 2])
+            s["prompt_ids"] = prompt_ids
+            samples.append(s)
+    judged = score_samples(policy, reference, samples, JudgeSettings(batch_size=2), 0, tmp_path / "judged.jsonl")
+    pairs, _ = pair_samples(samples, judged, beta=0.1)
+    tokenized = pairs_to_tokenized(pairs)
+    batch = collate_pairs(tokenized, pad_token_id=0)
+    with torch.no_grad():
+        fresh, _ = sequence_logps(policy, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+    k = len(tokenized)
+    assert torch.allclose(fresh[:k].double(), batch["ref_chosen_logps"].double(), atol=1e-4)
+    assert torch.allclose(fresh[k:].double(), batch["ref_rejected_logps"].double(), atol=1e-4)
+    # Scores are policy minus reference.
+    for row in judged:
+        assert row["score"] == pytest.approx(row["policy_logps"] - row["reference_logps"])
+    # A resumed judge reads its finished output back unchanged.
+    again = score_samples(policy, reference, samples, JudgeSettings(batch_size=2), 0, tmp_path / "judged.jsonl")
+    assert again == judged
+
+
+def test_seed_agreement_counts_human_chosen_wins(tiny_model_dir, tiny_tokenizer):
+    from spreadpref.data import PreferenceRecord
+    from spreadpref.tokenize import tokenize_pairs
+
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    records = [PreferenceRecord(id=str(i), prompt=[{"role": "user", "content": f"Q{i}"}], chosen="Paris.",
+                                rejected="The quick brown fox.") for i in range(4)]
+    pairs, _ = tokenize_pairs(tiny_tokenizer, records, 128, 64)
+    # With the policy as its own reference every score is 0: ties are not agreement.
+    assert seed_agreement(policy, policy, pairs, JudgeSettings(), 0)["seed_agreement"] == 0.0
+    result = seed_agreement(policy, None, pairs, JudgeSettings(reference="none"), 0)
+    scored_chosen_higher = result["seed_agreement"]
+    assert scored_chosen_higher in (0.0, 1.0) and result["seed_pairs"] == 4

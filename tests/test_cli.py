@@ -93,3 +93,33 @@ def test_shipped_configs_are_valid():
     assert configs
     for path in configs:
         load_config(path)
+
+
+def test_stages_alone_generate_judge_train(tiny_model_dir, tmp_path):
+    from spreadpref.io import read_jsonl
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"Say {i}."}) + "\n" for i in range(4)))
+    common = [f"model.name_or_path={tiny_model_dir}", "generation.max_new_tokens=8", "data.max_length=64",
+              "data.max_prompt_length=32"]
+    generations = tmp_path / "gen.jsonl"
+    result = runner.invoke(app, ["generate", *common, "--prompts", str(prompts), "-o", str(generations)])
+    assert result.exit_code == 0, result.output
+    rows = read_jsonl(generations)
+    assert len(rows) == 8 and {"reply_ids", "finish_reason", "text", "prompt_ids"} <= set(rows[0])
+
+    judged = tmp_path / "judged"
+    # The policy is its own initial model here, so judge without a reference (every score would tie at 0).
+    result = runner.invoke(app, ["judge", str(generations), *common, "--reference", "none", "-o", str(judged)])
+    assert result.exit_code == 0, result.output
+    pairs = read_jsonl(judged / "pairs.jsonl")
+    assert pairs and all(p["margin"] > 0 for p in pairs)
+    assert len(read_jsonl(judged / "judged.jsonl")) == 8
+
+    out = tmp_path / "train"
+    result = runner.invoke(app, ["train", *common, f"data.train={judged / 'pairs.jsonl'}", "train.max_steps=1",
+                                 "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())["stages"]["train"]
+    # Token-space pairs with the judge's log-probs: no reference pass, the exact generated ids.
+    assert manifest["reference"]["from_data"] == len(pairs) and manifest["reference"]["computed"] == 0

@@ -189,3 +189,17 @@ def test_unreachable_hub_dataset_is_explained(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(DataError, match="could not load it as a local file or a hub dataset.*no network"):
         load_preferences("someone/prefs")
+
+
+def test_token_space_pairs_keep_their_ids(tmp_path):
+    row = good_row(chosen="", prompt_ids=[1, 5], chosen_ids=[2], rejected_ids=[7, 8, 2], ref_chosen_logps=-1.0,
+                   ref_rejected_logps=-9.0, chosen_truncated=False, rejected_truncated=False, margin=3.0)
+    (record,), report = load_preferences(str(write_jsonl(tmp_path / "pairs.jsonl", [row])))
+    assert record.token_ids == {"prompt_ids": [1, 5], "chosen_ids": [2], "rejected_ids": [7, 8, 2]}
+    assert report.ignored_columns == ["margin"]
+    bad = write_jsonl(tmp_path / "bad.jsonl", [good_row(prompt_ids=[1, 5], chosen_ids=[2])])
+    with pytest.raises(DataError, match="'rejected_ids'.*together"):
+        load_preferences(str(bad))
+    bad = write_jsonl(tmp_path / "bad2.jsonl", [good_row(prompt_ids=[1, -5], chosen_ids=[2], rejected_ids=[3])])
+    with pytest.raises(DataError, match="'prompt_ids'.*non-negative"):
+        load_preferences(str(bad))

@@ -188,3 +188,34 @@ def test_embedded_model_trains_and_reloads(tmp_path):
     assert result.metrics["global_steps"] == 2
     reloaded = AutoModelForCausalLM.from_pretrained(out / "model")
     assert {p.dtype for p in reloaded.parameters()} == {torch.float32}
+
+
+@pytest.mark.parametrize("mode", ["frozen-copy", "lora-adapter-off", "no-dnd"])
+def test_round_training_with_self_refinement(tiny_model_dir, tmp_path, mode):
+    from spreadpref.models import load_model, load_tokenizer
+    from spreadpref.tokenize import tokenize_pairs
+    from spreadpref.data import load_preferences
+    from spreadpref.train import train_on_pairs
+    from spreadpref.trainer import Refinement
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", arithmetic_pairs(16))
+    extra = ["model.lora.enabled=true", "model.lora.r=4"] if mode == "lora-adapter-off" else []
+    config = tiny_config(tiny_model_dir, data, tmp_path / "run", "train.per_device_batch_size=2", *extra)
+    tokenizer = load_tokenizer(config.model)
+    records, _ = load_preferences(str(data))
+    pairs, _ = tokenize_pairs(tokenizer, records, 64, 32)
+    reference = None
+    if mode == "frozen-copy":
+        reference = load_model(config.model).eval().requires_grad_(False)
+    # A window of two batches and the 90% quantile: after warm-up every batch has a pair at or below tau.
+    refinement = Refinement(alpha=0.1, quantile=0.9, window=4, warmup_fraction=0.25,
+                            lam=0.0 if mode == "no-dnd" else 0.5, reference=reference)
+    outputs, metrics = train_on_pairs(config, tokenizer, pairs, tmp_path / "run", num_epochs=1,
+                                      refinement=refinement, merge_lora=True)
+    logs = [row for row in json.loads((tmp_path / "run" / "log_history.json").read_text()) if "loss" in row]
+    # 8 steps, warm-up 25%: no smoothing in the first two, at least one pair of two in every later step.
+    assert [row["refine/smoothed_fraction"] for row in logs[:2]] == [0.0, 0.0]
+    assert all(row["refine/smoothed_fraction"] >= 0.5 for row in logs[2:])
+    assert all(row["labels/mean"] >= 0.9 for row in logs)
+    assert 0.0 < metrics["smoothed_fraction"] < 1.0
+    assert (tmp_path / "run" / "model" / "config.json").is_file()

@@ -68,7 +68,10 @@ def train(
     def action() -> None:
         from spreadpref.train import train_policy
 
-        train_policy(_load(config, overrides, output), force=force)
+        extra = list(overrides or [])
+        if config is None and output is None and not any(o.startswith("output_dir=") for o in extra):
+            extra.append("output_dir=runs/seed")  # the default profile's output_dir is for `run`
+        train_policy(_load(config, extra, output), force=force)
 
     _run(action)
 

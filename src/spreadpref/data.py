@@ -220,8 +220,10 @@ def parse_preference(row: Any, columns: ColumnMap, source: str, location: str,
         if prompt_raw is None:
             raise fail(columns.prompt, "missing; plain-string replies need an explicit prompt")
         prompt = _prompt_messages(prompt_raw, columns.prompt, fail)
-        chosen = _reply_text(chosen_raw, columns.chosen, fail)
-        rejected = _reply_text(rejected_raw, columns.rejected, fail)
+        # Generated pairs carry their token ids; a reply that was only EOS has empty text, legitimately.
+        allow_empty = _token_ids(row, fail) is not None
+        chosen = _reply_text(chosen_raw, columns.chosen, fail, allow_empty)
+        rejected = _reply_text(rejected_raw, columns.rejected, fail, allow_empty)
 
     prompt = _with_system_prompt(prompt, system_prompt)
     _check_roles(prompt, columns.prompt, fail)
@@ -343,7 +345,7 @@ def _prompt_messages(value: Any, name: str, fail) -> list[Message]:
     raise fail(name, f"must be a string or a list of messages, got {type(value).__name__}")
 
 
-def _reply_text(value: Any, name: str, fail) -> str:
+def _reply_text(value: Any, name: str, fail, allow_empty: bool = False) -> str:
     if isinstance(value, list):
         messages = _messages(value, name, fail)
         if len(messages) != 1 or messages[0]["role"] != "assistant":
@@ -351,7 +353,7 @@ def _reply_text(value: Any, name: str, fail) -> str:
         value = messages[0]["content"]
     if not isinstance(value, str):
         raise fail(name, f"must be a string, got {type(value).__name__}")
-    if not value.strip():
+    if not value.strip() and not allow_empty:
         raise fail(name, "is empty")
     return value
 

@@ -23,7 +23,7 @@ from spreadpref.io import run_in_parts, write_jsonl
 from spreadpref.logprobs import score_sequences
 from spreadpref.tokenize import TokenizedPair
 
-CHUNK = 64  # samples per resumable unit of judging
+CHUNK = 16  # samples per resumable unit of judging (and per progress step)
 
 
 @dataclass

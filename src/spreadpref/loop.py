@@ -259,16 +259,18 @@ def _judge_stage(config, tokenizer, samples, models, seed_pairs, round_dir, i, m
     judged = score_samples(policy, reference, samples, config.judge, pad, round_dir / "judged.jsonl", i)
     pairs, stats = pair_samples(samples, judged, config.train.beta, i)
     write_jsonl(round_dir / "pairs.jsonl", pairs)
-    seconds = time.perf_counter() - started
+    judge_seconds = time.perf_counter() - started
     metrics: dict[str, Any] = dict(vars(stats))
     if config.judge.seed_agreement:
         agreement = seed_agreement(policy, reference, seed_pairs, config.judge, pad)
         atomic_write_json(round_dir / "seed_agreement.json", agreement)
         metrics.update(agreement)
+    seconds = time.perf_counter() - started
     del policy, reference
     gc.collect()
     scored_tokens = sum(s["num_tokens"] + len(s["prompt_ids"]) for s in samples) * (2 if reference_path else 1)
-    metrics.update(seconds=round(seconds, 1), tokens_per_second=round(scored_tokens / max(seconds, 1e-9), 1))
+    # Throughput of judging the round's samples; the stage time also covers the seed-agreement check.
+    metrics.update(seconds=round(seconds, 1), tokens_per_second=round(scored_tokens / max(judge_seconds, 1e-9), 1))
     manifest.complete(name, outputs={"judged": str(round_dir / "judged.jsonl"),
                                      "pairs": str(round_dir / "pairs.jsonl")}, metrics=metrics)
     row.update(samples=stats.samples, pairs=stats.pairs, identical_dropped=stats.identical_dropped,
@@ -377,4 +379,8 @@ def print_round_table(summary: dict[str, Any]) -> None:
             _fmt(row.get("reward_accuracy"), ".2f"),
             "/".join(_fmt(row.get(k), ".0f") for k in ("generate_seconds", "judge_seconds", "train_seconds")),
         )
-    console.print(table)
+    from rich.console import Console
+
+    # Rich wraps at 80 columns when the output is not a terminal; keep the table legible in log files.
+    out = console if console.is_terminal else Console(stderr=True, width=140)
+    out.print(table)

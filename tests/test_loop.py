@@ -1,0 +1,128 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from spreadpref.config import load_config
+from spreadpref.errors import SpreadprefError
+from spreadpref.io import read_jsonl
+from spreadpref.loop import run
+from spreadpref.manifest import Manifest
+
+from conftest import arithmetic_pairs, write_jsonl
+
+
+def loop_overrides(model_dir, seed_file, prompts_file, out):
+    return [
+        f"model.name_or_path={model_dir}", f"data.train={seed_file}", f"data.prompts={prompts_file}",
+        f"output_dir={out}", "data.max_length=96", "data.max_prompt_length=48",
+        "train.learning_rate=1e-3", "train.num_epochs=1", "train.per_device_batch_size=4",
+        "train.gradient_accumulation_steps=1", "train.warmup_ratio=0.0", "train.save_strategy=no",
+        "loop.rounds=2", "loop.prompts_per_round=[8,8]", "generation.max_new_tokens=12",
+        "generation.batch_size=4", "refine.warmup_fraction=0.0",
+    ]
+
+
+@pytest.fixture
+def loop_data(tmp_path):
+    seed = write_jsonl(tmp_path / "seed.jsonl", arithmetic_pairs(8))
+    prompts = write_jsonl(tmp_path / "prompts.jsonl",
+                          [{"id": f"q{i}", "prompt": f"Tell me about the number {i}."} for i in range(24)])
+    return seed, prompts
+
+
+def test_seed_and_two_rounds_end_to_end(tiny_model_dir, loop_data, tmp_path):
+    seed, prompts = loop_data
+    out = tmp_path / "run"
+    result = run(load_config(None, loop_overrides(tiny_model_dir, seed, prompts, out)))
+    manifest = Manifest(out)
+    stages = ["seed", "round-1/generate", "round-1/judge", "round-1/train",
+              "round-2/generate", "round-2/judge", "round-2/train"]
+    assert [manifest.stage(s)["status"] for s in stages] == ["complete"] * len(stages)
+    for i in (1, 2):
+        generations = read_jsonl(out / f"round-{i}" / "generations.jsonl")
+        assert len(generations) == 16 and {g["sample"] for g in generations} == {0, 1}
+        assert all(g["finish_reason"] in ("stop", "length") for g in generations)
+        assert all((g["reply_ids"][-1] == 2) == (g["finish_reason"] == "stop") for g in generations)
+        pairs = read_jsonl(out / f"round-{i}" / "pairs.jsonl")
+        assert pairs and all(0.5 < p["p"] < 1 and p["margin"] > 0 for p in pairs)
+        assert (out / f"round-{i}" / "train" / "model" / "model.safetensors").is_file()
+    # Rounds see disjoint prompts.
+    ids = [{g["prompt_id"] for g in read_jsonl(out / f"round-{i}" / "generations.jsonl")} for i in (1, 2)]
+    assert not ids[0] & ids[1]
+    summary = json.loads((out / "summary.json").read_text())
+    row = summary["rounds"]["2"]
+    for key in ("prompts", "pairs", "ties_dropped", "identical_dropped", "cut_off_fraction", "mean_reply_tokens",
+                "margin_quantiles", "seed_agreement", "smoothed_fraction", "train_loss", "reward_accuracy",
+                "generate_seconds", "judge_seconds", "train_seconds", "generate_tokens_per_second",
+                "judge_tokens_per_second", "train_tokens_per_second"):
+        assert row.get(key) is not None, key
+    assert 0.0 <= row["smoothed_fraction"] <= 1.0
+    assert result.final_model == out / "round-2" / "train" / "model"
+    logs = json.loads((out / "round-1" / "train" / "log_history.json").read_text())
+    assert any("refine/threshold" in entry for entry in logs)
+
+    # Again: nothing to do. A changed generation setting: refused. One more round: only it runs.
+    assert run(load_config(None, loop_overrides(tiny_model_dir, seed, prompts, out))).skipped
+    with pytest.raises(SpreadprefError, match="round-1/generate"):
+        run(load_config(None, loop_overrides(tiny_model_dir, seed, prompts, out) + ["generation.temperature=0.9"]))
+    before = {s: manifest.stage(s)["attempts"] for s in stages}
+    more = loop_overrides(tiny_model_dir, seed, prompts, out) + ["loop.rounds=3", "loop.prompts_per_round=[8,8,8]"]
+    run(load_config(None, more))
+    after = Manifest(out)
+    assert {s: after.stage(s)["attempts"] for s in stages} == before
+    assert after.stage("round-3/train")["status"] == "complete"
+    # keep_models=2: the oldest round model is pruned, the seed model stays.
+    assert not (out / "round-1" / "train" / "model").exists() and (out / "seed" / "model").exists()
+
+
+def _run_cli(args, env, timeout=240):
+    return subprocess.run([sys.executable, "-m", "spreadpref", "run", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_killed_run_resumes_to_the_same_pairs_and_labels(tiny_model_dir, loop_data, tmp_path):
+    seed, prompts = loop_data
+    env = dict(os.environ, SPREADPREF_NO_PROGRESS="1")
+    reference_out, killed_out = tmp_path / "reference", tmp_path / "killed"
+    extra = ["generation.batch_size=1"]  # one prompt per unit: many units to die between
+    done = _run_cli(loop_overrides(tiny_model_dir, seed, prompts, reference_out) + extra, env)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    slow_env = dict(env, SPREADPREF_UNIT_DELAY="0.4")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "spreadpref", "run", *loop_overrides(tiny_model_dir, seed, prompts, killed_out), *extra],
+        env=slow_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = killed_out / "round-1" / ".generations.jsonl.parts"
+    deadline = time.time() + 180
+    while time.time() < deadline and process.poll() is None:
+        if parts.is_dir() and len(list(parts.glob("*.jsonl"))) >= 3:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert Manifest(killed_out).stage("round-1/generate")["status"] == "running"
+    assert not (killed_out / "round-1" / "generations.jsonl").exists()
+
+    resumed = _run_cli(loop_overrides(tiny_model_dir, seed, prompts, killed_out) + extra, env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    for i in (1, 2):
+        for name in ("generations.jsonl", "pairs.jsonl"):
+            expected = read_jsonl(reference_out / f"round-{i}" / name)
+            got = read_jsonl(killed_out / f"round-{i}" / name)
+            if name == "pairs.jsonl":
+                keys = ("id", "chosen_ids", "rejected_ids", "label", "p", "margin")
+                expected = [{k: round(v, 4) if isinstance(v, float) else v for k, v in p.items() if k in keys}
+                            for p in expected]
+                got = [{k: round(v, 4) if isinstance(v, float) else v for k, v in p.items() if k in keys}
+                       for p in got]
+            assert got == expected, f"round {i} {name} differs after resume"
+    assert Manifest(killed_out).stage("round-1/generate")["attempts"] == 2
+    again = _run_cli(loop_overrides(tiny_model_dir, seed, prompts, killed_out) + extra, env)
+    assert again.returncode == 0 and "already complete" in " ".join(again.stdout.split() + again.stderr.split())

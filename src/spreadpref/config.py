@@ -8,8 +8,6 @@ valid key, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 import math
 import types
 import typing
@@ -193,13 +191,6 @@ class Config(Section):
         if self.judge.reference == "previous" and self.loop.keep_models < 2:
             raise ValueError("judge.reference=previous needs loop.keep_models >= 2")
         return self
-
-    def fingerprint(self, *sections: str) -> str:
-        """Short hash of the named sections (or the whole config): decides whether outputs are stale."""
-        dump = self.model_dump(mode="json")
-        chosen = {name: dump[name] for name in sections} if sections else dump
-        blob = json.dumps(chosen, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

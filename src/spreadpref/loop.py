@@ -35,7 +35,7 @@ from spreadpref.models import load_model, load_tokenizer, resolve_device, resolv
 from spreadpref.progress import console
 from spreadpref.schedule import round_sizes, schedule_prompts
 from spreadpref.tokenize import TokenizedPair, tokenize_pairs
-from spreadpref.train import COSMETIC_TRAIN_KEYS, peak_rss_gb, train_on_pairs
+from spreadpref.train import COSMETIC_TRAIN_KEYS, peak_rss_gb, train_fingerprint, train_on_pairs
 
 SEED_STAGE = "seed"
 
@@ -56,8 +56,7 @@ def stage_fingerprints(config: Config, sizes: list[int]) -> dict[str, str]:
     """One fingerprint per stage, in order; each includes the one before it."""
     dump = config.model_dump(mode="json")
     train = {k: v for k, v in dump["train"].items() if k not in COSMETIC_TRAIN_KEYS}
-    data = {k: v for k, v in dump["data"].items() if k != "prompts"}
-    prints = {SEED_STAGE: _hash("seed", dump["seed"], dump["model"], data, train)}
+    prints = {SEED_STAGE: train_fingerprint(config)}
     previous = prints[SEED_STAGE]
     loop = dump["loop"]
     for i in range(1, len(sizes) + 1):

@@ -52,13 +52,14 @@ class TrainResult:
 
 
 def train_fingerprint(config: Config) -> str:
+    """What a train stage's result depends on: seed, model, training data and training settings."""
     import hashlib
     import json
 
     dump = config.model_dump(mode="json")
-    for key in COSMETIC_TRAIN_KEYS:
-        dump["train"].pop(key, None)
-    relevant = {"seed": dump["seed"], "model": dump["model"], "data": dump["data"], "train": dump["train"]}
+    train = {k: v for k, v in dump["train"].items() if k not in COSMETIC_TRAIN_KEYS}
+    data = {k: v for k, v in dump["data"].items() if k != "prompts"}
+    relevant = {"seed": dump["seed"], "model": dump["model"], "data": data, "train": train}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

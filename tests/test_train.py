@@ -219,3 +219,20 @@ def test_round_training_with_self_refinement(tiny_model_dir, tmp_path, mode):
     assert all(row["labels/mean"] >= 0.9 for row in logs)
     assert 0.0 < metrics["smoothed_fraction"] < 1.0
     assert (tmp_path / "run" / "model" / "config.json").is_file()
+
+
+def test_a_checkpoint_interrupted_while_saving_is_skipped(tmp_path):
+    from spreadpref.train import last_checkpoint
+
+    checkpoints = tmp_path / "checkpoints"
+    for step, complete in ((2, True), (4, True), (6, False)):
+        path = checkpoints / f"checkpoint-{step}"
+        path.mkdir(parents=True)
+        (path / "model.safetensors").write_bytes(b"x")
+        if complete:
+            (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    (checkpoints / "checkpoint-8").mkdir()
+    (checkpoints / "checkpoint-8" / "trainer_state.json").write_text('{"global_st')  # cut mid-write
+    assert last_checkpoint(checkpoints) == str(checkpoints / "checkpoint-4")
+    assert not (checkpoints / "checkpoint-6").exists() and not (checkpoints / "checkpoint-8").exists()
+    assert last_checkpoint(tmp_path / "none") is None

@@ -49,11 +49,19 @@ def _run(action) -> None:
     try:
         action()
     except SpreadprefError as err:
-        console.print(f"[bold red]error:[/] {err}", highlight=False)
+        # soft_wrap: no hard line breaks inside paths, so the message can be copied as it is.
+        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
-        console.print("[yellow]Interrupted.[/] Run the same command again to resume from the last checkpoint.")
+        console.print("[yellow]Interrupted.[/] Finished work is saved: run the same command again to resume.")
         raise typer.Exit(130) from None
+    except OSError as err:
+        # Disk full, read-only or vanished directory: every write is atomic, so nothing finished is lost.
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        console.print(f"[bold red]error:[/] could not read or write a file{where}: {err.strerror or err}. "
+                      "Files already written are intact; fix the cause and run the same command again to resume.",
+                      highlight=False, soft_wrap=True)
+        raise typer.Exit(3) from None
 
 
 @app.command()
@@ -205,6 +213,12 @@ def env() -> None:
 def main() -> None:
     # Transformers' advisory warnings drown the progress bars; users can turn them back on.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from spreadpref.progress import progress_enabled
+
+    if not progress_enabled():
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     app(prog_name="spreadpref")
 
 

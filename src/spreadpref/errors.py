@@ -34,3 +34,7 @@ class ModelLoadError(SpreadprefError):
 
 class TrainingError(SpreadprefError):
     pass
+
+
+class JudgeError(SpreadprefError):
+    pass

@@ -42,7 +42,7 @@ def atomic_directory(final: Path) -> Iterator[Path]:
         yield tmp
         if final.exists():
             # Move the old copy aside first so that a crash between the two renames keeps one of them.
-            old = final.with_name(f".{final.name}.old")
+            old = final.with_name(f".{final.name}.old.tmp")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
             os.replace(tmp, final)
@@ -52,6 +52,21 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def remove_stale_temporaries(directory: Path) -> int:
+    """Delete temporary files and directories left by a killed writer; return how many."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return 0
+    stale = [p for p in directory.rglob(".*.tmp")]
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+    return len(stale)
 
 
 def read_json(path: Path) -> Any:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from spreadpref.config import JudgeSettings
+from spreadpref.errors import JudgeError
 from spreadpref.io import run_in_parts, write_jsonl
 from spreadpref.logprobs import score_sequences
 from spreadpref.tokenize import TokenizedPair
@@ -62,6 +63,11 @@ def score_samples(policy: Any, reference: Any | None, samples: list[dict[str, An
                                                 "finish_reason")}
             row.update(policy_logps=pol, reference_logps=ref, judged_tokens=count)
             row["score"] = sample_score(row, settings)
+            if not math.isfinite(row["score"]):
+                raise JudgeError(
+                    f"non-finite judge score for prompt {row['prompt_id']!r}, sample {row['sample']} "
+                    f"(policy log-prob {pol}, reference log-prob {ref}); the model produces NaN or inf. "
+                    "Nothing of this chunk was written.")
             judged.append(row)
         return judged
 

@@ -29,7 +29,7 @@ from typing import Any
 from spreadpref.config import Config
 from spreadpref.data import load_prompts, load_training_preferences
 from spreadpref.errors import SpreadprefError
-from spreadpref.io import atomic_write_json, read_jsonl, write_jsonl
+from spreadpref.io import atomic_write_json, read_jsonl, remove_stale_temporaries, write_jsonl
 from spreadpref.manifest import Manifest
 from spreadpref.models import load_model, load_tokenizer, resolve_device, resolve_model_path
 from spreadpref.progress import console
@@ -87,6 +87,8 @@ def run(config: Config, force: bool = False) -> RunResult:
 
     started = time.perf_counter()
     root.mkdir(parents=True, exist_ok=True)
+    if remove_stale_temporaries(root):
+        console.print("Removed temporary files left by an interrupted run.")
     config.save(root / "config.yaml")
     console.print(pool_report.summary())
     schedule = schedule_prompts(pool, sizes, config.seed)

@@ -21,7 +21,7 @@ import torch
 from spreadpref.config import Config
 from spreadpref.data import load_training_preferences
 from spreadpref.errors import SpreadprefError
-from spreadpref.io import atomic_directory, atomic_write_json
+from spreadpref.io import atomic_directory, atomic_write_json, remove_stale_temporaries
 from spreadpref.logprobs import score_pairs
 from spreadpref.manifest import Manifest
 from spreadpref.models import (
@@ -84,6 +84,7 @@ def train_policy(config: Config, force: bool = False) -> TrainResult:
 
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
     config.save(out / "config.yaml")
     manifest.start(STAGE, fingerprint)
 
@@ -241,11 +242,26 @@ def build_trainer(config: Config, model: Any, tokenizer: Any, pairs: list[Tokeni
 
 
 def last_checkpoint(directory: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete Trainer checkpoint; incomplete ones (killed while saving) are removed.
+
+    Trainer writes a checkpoint in place and ``trainer_state.json`` last, so a checkpoint whose
+    state file is missing or unreadable was interrupted.
+    """
+    import json
+    import re
 
     if not directory.is_dir():
         return None
-    return get_last_checkpoint(str(directory))
+    found = [(int(m.group(1)), p) for p in directory.iterdir()
+             if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
+    for _, checkpoint in sorted(found, reverse=True):
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text())
+            return str(checkpoint)
+        except (OSError, ValueError):
+            console.print(f"Removing {checkpoint}: it was interrupted while being saved.")
+            shutil.rmtree(checkpoint, ignore_errors=True)
+    return None
 
 
 def save_outputs(config: Config, model: Any, tokenizer: Any, out: Path, merge_lora: bool | None = None) -> dict[str, str]:

@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from spreadpref.errors import SpreadprefError
+from spreadpref.progress import console, error_console
 
 app = typer.Typer(
     add_completion=False,
@@ -44,13 +46,11 @@ def _load(config: Path | None, overrides: list[str] | None, output: Path | None 
 
 def _run(action) -> None:
     """Turn the errors a user can fix into a message and an exit code, not a traceback."""
-    from spreadpref.progress import console
-
     try:
         action()
     except SpreadprefError as err:
         # soft_wrap: no hard line breaks inside paths, so the message can be copied as it is.
-        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        error_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         console.print("[yellow]Interrupted.[/] Finished work is saved: run the same command again to resume.")
@@ -58,9 +58,9 @@ def _run(action) -> None:
     except OSError as err:
         # Disk full, read-only or vanished directory: every write is atomic, so nothing finished is lost.
         where = f" ({err.filename})" if getattr(err, "filename", None) else ""
-        console.print(f"[bold red]error:[/] could not read or write a file{where}: {err.strerror or err}. "
-                      "Files already written are intact; fix the cause and run the same command again to resume.",
-                      highlight=False, soft_wrap=True)
+        error_console.print(f"[bold red]error:[/] could not read or write a file{escape(where)}: "
+                            f"{escape(str(err.strerror or err))}. Files already written are intact; fix the "
+                            "cause and run the same command again to resume.", highlight=False, soft_wrap=True)
         raise typer.Exit(3) from None
 
 
@@ -121,10 +121,19 @@ def generate(
         cfg = _load(config, overrides)
         records, report = load_prompts(prompts or cfg.data.prompts, cfg.data.columns, limit=limit,
                                        skip_invalid=cfg.data.skip_invalid, system_prompt=cfg.data.system_prompt)
-        typer.echo(report.summary(), err=True)
-        policy = load_eval_model(cfg, model or cfg.model.name_or_path)
-        rows = generate_samples(policy, load_tokenizer(cfg.model), records, cfg.generation, cfg.data, cfg.seed, out)
-        typer.echo(f"{len(rows)} samples written to {out}", err=True)
+        console.print(report.summary())
+        tokenizer = load_tokenizer(cfg.model)
+        if cfg.generation.backend == "vllm":
+            from spreadpref.generate import generate_samples_vllm
+            from spreadpref.models import resolve_model_path
+
+            path = resolve_model_path(model or cfg.model.name_or_path)
+            rows = generate_samples_vllm(path, tokenizer, records, cfg.generation, cfg.data, cfg.seed, out,
+                                         dtype=cfg.model.dtype)
+        else:
+            policy = load_eval_model(cfg, model or cfg.model.name_or_path)
+            rows = generate_samples(policy, tokenizer, records, cfg.generation, cfg.data, cfg.seed, out)
+        console.print(f"{len(rows)} samples written to {out}")
 
     _run(action)
 
@@ -141,6 +150,7 @@ def judge(
     """Score samples by the implicit reward and pair them (chosen = best, rejected = worst per prompt)."""
 
     def action() -> None:
+        from spreadpref import distributed
         from spreadpref.io import read_jsonl, write_jsonl
         from spreadpref.judge import pair_samples, score_samples
         from spreadpref.loop import load_eval_model
@@ -158,9 +168,10 @@ def judge(
         judged = score_samples(policy_model, reference_model, samples, cfg.judge, tokenizer.pad_token_id,
                                out / "judged.jsonl")
         pairs, stats = pair_samples(samples, judged, cfg.train.beta)
-        write_jsonl(out / "pairs.jsonl", pairs)
-        typer.echo(f"{stats.pairs} pairs from {stats.prompts} prompts ({stats.identical_dropped} identical, "
-                   f"{stats.ties_dropped} tied dropped) written to {out / 'pairs.jsonl'}", err=True)
+        if distributed.is_main():
+            write_jsonl(out / "pairs.jsonl", pairs)
+        console.print(f"{stats.pairs} pairs from {stats.prompts} prompts ({stats.identical_dropped} identical, "
+                      f"{stats.ties_dropped} tied dropped) written to {out / 'pairs.jsonl'}")
 
     _run(action)
 

@@ -126,6 +126,11 @@ class GenerationSettings(Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(300, gt=0, description="Replies cut off here are kept, marked, and get no EOS.")
     batch_size: int = Field(8, gt=0, description="Prompts per generation batch (x num_samples sequences).")
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="hf: transformers generate (default); vllm: vLLM offline engine in a subprocess."
+    )
+    tensor_parallel_size: int = Field(1, gt=0, description="vllm backend: GPUs per model copy.")
+    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0, description="vllm backend: share of GPU memory.")
 
 
 class JudgeSettings(Section):

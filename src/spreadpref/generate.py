@@ -58,10 +58,30 @@ def split_reply(new_tokens: list[int], stop_ids: set[int], pad_token_id: int) ->
     return new_tokens, "length"
 
 
+def _row(prompts: list[PromptRecord], i: int, sample: int, prompt_ids: list[int], reply: list[int], finish: str,
+         tokenizer: Any) -> dict[str, Any]:
+    text_ids = reply[:-1] if finish == "stop" else reply
+    return {
+        "prompt_id": prompts[i].id,
+        "prompt_index": i,
+        "sample": sample,
+        "prompt": prompts[i].prompt,
+        "prompt_ids": prompt_ids,
+        "reply_ids": reply,
+        "text": tokenizer.decode(text_ids, skip_special_tokens=True),
+        "num_tokens": len(reply),
+        "finish_reason": finish,
+    }
+
+
+def _order(row: dict[str, Any]) -> tuple[int, int]:
+    return row["prompt_index"], row["sample"]
+
+
 @torch.no_grad()
 def generate_samples(model: Any, tokenizer: Any, prompts: list[PromptRecord], settings: GenerationSettings,
                      data: DataSettings, seed: int, out_file: Path, round_index: int = 0) -> list[dict[str, Any]]:
-    """Sample ``settings.num_samples`` replies per prompt; rows in prompt order, then sample order."""
+    """Sample ``settings.num_samples`` replies per prompt with ``model.generate``; rows in prompt order."""
     prompt_ids = prepare_prompt_ids(tokenizer, prompts, data)
     order = sorted(range(len(prompts)), key=lambda i: (len(prompt_ids[i]), i))
     batches = [order[i : i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
@@ -95,20 +115,48 @@ def generate_samples(model: Any, tokenizer: Any, prompts: list[PromptRecord], se
         for row, sequence in enumerate(output[:, width:].tolist()):
             i = indices[row // settings.num_samples]
             reply, finish = split_reply(sequence, set(stops), pad)
-            text_ids = reply[:-1] if finish == "stop" else reply
-            rows.append({
-                "prompt_id": prompts[i].id,
-                "prompt_index": i,
-                "sample": row % settings.num_samples,
-                "prompt": prompts[i].prompt,
-                "prompt_ids": prompt_ids[i],
-                "reply_ids": reply,
-                "text": tokenizer.decode(text_ids, skip_special_tokens=True),
-                "num_tokens": len(reply),
-                "finish_reason": finish,
-            })
+            rows.append(_row(prompts, i, row % settings.num_samples, prompt_ids[i], reply, finish, tokenizer))
         return rows
 
     model.eval()
-    return run_in_parts(out_file, batches, process, f"Generating (round {round_index})",
-                        order=lambda r: (r["prompt_index"], r["sample"]))
+    return run_in_parts(out_file, batches, process, f"Generating (round {round_index})", order=_order)
+
+
+def generate_samples_vllm(model_path: str, tokenizer: Any, prompts: list[PromptRecord], settings: GenerationSettings,
+                          data: DataSettings, seed: int, out_file: Path, round_index: int = 0,
+                          dtype: str = "bfloat16") -> list[dict[str, Any]]:
+    """The same rows as :func:`generate_samples`, sampled by vLLM in a subprocess on ``model_path``.
+
+    The whole round is one unit of work: vLLM's start-up is too slow to pay per batch.
+    """
+    from transformers import GenerationConfig
+
+    from spreadpref.vllm_backend import build_request, normalise_reply, run_vllm
+
+    prompt_ids = prepare_prompt_ids(tokenizer, prompts, data)
+    try:
+        generation_config = GenerationConfig.from_pretrained(model_path)
+    except OSError:
+        generation_config = None
+    holder = type("Holder", (), {"generation_config": generation_config})()
+    stops = stop_token_ids(tokenizer, holder)
+
+    def process(_: int, indices: list[int]) -> list[dict[str, Any]]:
+        request = build_request(
+            model_path, [prompt_ids[i] for i in indices],
+            seeds=[unit_seed(seed, "generate", round_index, "prompt", i) for i in indices], stops=stops,
+            temperature=settings.temperature, top_p=settings.top_p,
+            max_new_tokens=[max(1, min(settings.max_new_tokens, data.max_length - len(prompt_ids[i]))) for i in indices],
+            num_samples=settings.num_samples, tensor_parallel_size=settings.tensor_parallel_size, dtype=dtype,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+        )
+        rows = []
+        for i, result in zip(indices, run_vllm(request)):
+            for k, sample in enumerate(result["samples"]):
+                reply, finish = normalise_reply(sample["token_ids"], sample["finish_reason"], set(stops),
+                                                tokenizer.eos_token_id)
+                rows.append(_row(prompts, i, k, prompt_ids[i], reply, finish, tokenizer))
+        return rows
+
+    return run_in_parts(out_file, [list(range(len(prompts)))], process, f"Generating with vLLM (round {round_index})",
+                        order=_order)

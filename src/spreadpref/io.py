@@ -88,7 +88,11 @@ def run_in_parts(final: Path, units: list[Any], process, description: str, order
 
     A killed run keeps every finished part; the next run skips them, so at most the unit in flight
     is redone. ``process(index, unit)`` must be deterministic given its index (seed it from it).
+    ``order`` is a sort key for the merged rows. Under ``accelerate launch`` the units are shared
+    out by index (see :func:`spreadpref.distributed.my_units`) and the main process merges, so the
+    result is the same for any number of processes.
     """
+    from spreadpref import distributed
     from spreadpref.progress import track
 
     final = Path(final)
@@ -96,21 +100,22 @@ def run_in_parts(final: Path, units: list[Any], process, description: str, order
         return read_jsonl(final)
     parts = final.parent / f".{final.name}.parts"
     parts.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, Any]] = []
-    for index, unit in track(list(enumerate(units)), description):
+    mine = distributed.my_units(len(units))
+    for index in track(mine, description):
         part = parts / f"{index:06d}.jsonl"
         if part.is_file():
-            rows.extend(read_jsonl(part))
             continue
-        produced = process(index, unit)
-        write_jsonl(part, produced)
-        rows.extend(produced)
+        write_jsonl(part, process(index, units[index]))
         _fault_injection_delay()
-    if order is not None:
-        rows.sort(key=order)
-    write_jsonl(final, rows)
-    shutil.rmtree(parts, ignore_errors=True)
-    return rows
+    distributed.barrier()
+    if distributed.is_main():
+        rows = [row for index in range(len(units)) for row in read_jsonl(parts / f"{index:06d}.jsonl")]
+        if order is not None:
+            rows.sort(key=order)
+        write_jsonl(final, rows)
+        shutil.rmtree(parts, ignore_errors=True)
+    distributed.barrier()
+    return read_jsonl(final)
 
 
 def _fault_injection_delay() -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spreadpref import distributed
 from spreadpref.config import Config
 from spreadpref.data import load_prompts, load_training_preferences
 from spreadpref.errors import SpreadprefError
@@ -87,9 +88,11 @@ def run(config: Config, force: bool = False) -> RunResult:
 
     started = time.perf_counter()
     root.mkdir(parents=True, exist_ok=True)
-    if remove_stale_temporaries(root):
-        console.print("Removed temporary files left by an interrupted run.")
-    config.save(root / "config.yaml")
+    if distributed.is_main():
+        if remove_stale_temporaries(root):
+            console.print("Removed temporary files left by an interrupted run.")
+        config.save(root / "config.yaml")
+    distributed.barrier()
     console.print(pool_report.summary())
     schedule = schedule_prompts(pool, sizes, config.seed)
     tokenizer = load_tokenizer(config.model)
@@ -157,6 +160,11 @@ def _check_plan(root: Path, manifest: Manifest, fingerprints: dict[str, str], fo
     first = stale[0] if stale else (names[0] if complete else None)
     if first is None:
         return
+    if not distributed.is_main():
+        distributed.barrier()  # the main process deletes; the others only forget
+        for name in names[names.index(first):]:
+            manifest.data["stages"].pop(name, None)
+        return
     for name in names[names.index(first):]:
         for path in _stage_paths(root, name):
             if path.is_dir():
@@ -165,6 +173,7 @@ def _check_plan(root: Path, manifest: Manifest, fingerprints: dict[str, str], fo
                 path.unlink()
         manifest.reset(name)
     console.print(f"[yellow]--force:[/] discarded {first} and every stage after it.")
+    distributed.barrier()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,7 +219,7 @@ def load_eval_model(config: Config, path: Path | str):
 
 
 def _generate_stage(config, tokenizer, prompts, policy_path, round_dir, i, manifest, fingerprint, row):
-    from spreadpref.generate import generate_samples
+    from spreadpref.generate import generate_samples, generate_samples_vllm
 
     name = f"round-{i}/generate"
     out = round_dir / "generations.jsonl"
@@ -219,13 +228,18 @@ def _generate_stage(config, tokenizer, prompts, policy_path, round_dir, i, manif
     console.rule(f"[bold]Round {i}: generate {config.generation.num_samples} replies for {len(prompts)} prompts")
     manifest.start(name, fingerprint)
     round_dir.mkdir(parents=True, exist_ok=True)
-    write_jsonl(round_dir / "prompts.jsonl", [{"id": p.id, "prompt": p.prompt} for p in prompts])
+    if distributed.is_main():
+        write_jsonl(round_dir / "prompts.jsonl", [{"id": p.id, "prompt": p.prompt} for p in prompts])
     started = time.perf_counter()
-    policy = load_eval_model(config, policy_path)
-    samples = generate_samples(policy, tokenizer, prompts, config.generation, config.data, config.seed, out, i)
+    if config.generation.backend == "vllm":
+        samples = generate_samples_vllm(str(policy_path), tokenizer, prompts, config.generation, config.data,
+                                        config.seed, out, i, dtype=config.model.dtype)
+    else:
+        policy = load_eval_model(config, policy_path)
+        samples = generate_samples(policy, tokenizer, prompts, config.generation, config.data, config.seed, out, i)
+        del policy
+        gc.collect()
     seconds = time.perf_counter() - started
-    del policy
-    gc.collect()
     tokens = sum(s["num_tokens"] for s in samples)
     metrics = {"prompts": len(prompts), "samples": len(samples), "generated_tokens": tokens,
                "seconds": round(seconds, 1), "tokens_per_second": round(tokens / max(seconds, 1e-9), 1),
@@ -259,10 +273,12 @@ def _judge_stage(config, tokenizer, samples, models, seed_pairs, round_dir, i, m
     pad = tokenizer.pad_token_id
     judged = score_samples(policy, reference, samples, config.judge, pad, round_dir / "judged.jsonl", i)
     pairs, stats = pair_samples(samples, judged, config.train.beta, i)
-    write_jsonl(round_dir / "pairs.jsonl", pairs)
+    if distributed.is_main():
+        write_jsonl(round_dir / "pairs.jsonl", pairs)
+    distributed.barrier()
     judge_seconds = time.perf_counter() - started
     metrics: dict[str, Any] = dict(vars(stats))
-    if config.judge.seed_agreement:
+    if config.judge.seed_agreement and distributed.is_main():  # 64 pairs: not worth sharding
         agreement = seed_agreement(policy, reference, seed_pairs, config.judge, pad)
         atomic_write_json(round_dir / "seed_agreement.json", agreement)
         metrics.update(agreement)
@@ -345,7 +361,8 @@ def _read_summary(root: Path) -> dict[str, Any]:
 
 
 def _write_summary(root: Path, summary: dict[str, Any]) -> None:
-    atomic_write_json(root / "summary.json", summary)
+    if distributed.is_main():
+        atomic_write_json(root / "summary.json", summary)
 
 
 def _fmt(value: Any, spec: str = ".3f") -> str:

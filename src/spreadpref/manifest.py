@@ -47,4 +47,8 @@ class Manifest:
         self.save()
 
     def save(self) -> None:
-        atomic_write_json(self.path, self.data)
+        from spreadpref import distributed
+
+        # Every process keeps the same record in memory; only the main one writes it.
+        if distributed.is_main():
+            atomic_write_json(self.path, self.data)

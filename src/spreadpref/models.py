@@ -99,6 +99,10 @@ def resolve_model_path(name_or_path: str) -> str:
 
 
 def resolve_device(device: str) -> torch.device:
+    from spreadpref import distributed
+
+    if distributed.launched_distributed() and device in ("auto", "cuda"):
+        return distributed.local_device()  # each process owns its own GPU (or the CPU)
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -10,10 +10,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 T = TypeVar("T")
-console = Console(stderr=True)
+# Under `accelerate launch` only the main process talks; the others stay quiet.
+console = Console(stderr=True, quiet=os.environ.get("RANK", "0") not in ("", "0"))
+error_console = Console(stderr=True)  # errors are shown by every process
 
 
 def progress_enabled() -> bool:
+    # Under `accelerate launch` only the main process draws bars.
+    if os.environ.get("RANK", "0") not in ("", "0"):
+        return False
     return os.environ.get("SPREADPREF_NO_PROGRESS", "") in ("", "0")
 
 

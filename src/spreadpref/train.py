@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from spreadpref import distributed
 from spreadpref.config import Config
 from spreadpref.data import load_training_preferences
 from spreadpref.errors import SpreadprefError
@@ -140,11 +141,14 @@ def train_on_pairs(config: Config, tokenizer: Any, pairs: list[TokenizedPair], o
     if refinement is not None:
         counts = trainer.refine_counts
         metrics["smoothed_fraction"] = counts["smoothed"] / max(counts["pairs"], 1)
-    if config.train.evaluate_after:
-        metrics.update(evaluate_pairs(model, pairs, tokenizer.pad_token_id, config.train.beta,
-                                      config.train.logprob_batch_size))
-    atomic_write_json(out / "log_history.json", trainer.state.log_history)
-    outputs = save_outputs(config, model, tokenizer, out, merge_lora=merge_lora)
+    outputs = save_outputs(config, trainer, tokenizer, out, merge_lora=merge_lora)
+    if distributed.is_main():
+        if config.train.evaluate_after:
+            # The main process's replica (DDP); under ZeRO-3 / FSDP set train.evaluate_after=false.
+            metrics.update(evaluate_pairs(model, pairs, tokenizer.pad_token_id, config.train.beta,
+                                          config.train.logprob_batch_size))
+        atomic_write_json(out / "log_history.json", trainer.state.log_history)
+    metrics = distributed.broadcast_object(metrics)
     return outputs, metrics
 
 
@@ -264,15 +268,24 @@ def last_checkpoint(directory: Path) -> str | None:
     return None
 
 
-def save_outputs(config: Config, model: Any, tokenizer: Any, out: Path, merge_lora: bool | None = None) -> dict[str, str]:
-    """Write the trained model as ``save_pretrained`` directories, each replaced in one rename."""
+def save_outputs(config: Config, trainer: Any, tokenizer: Any, out: Path,
+                 merge_lora: bool | None = None) -> dict[str, str]:
+    """Write the trained model as ``save_pretrained`` directories, each replaced in one rename.
+
+    Every process takes part in ``trainer.save_model`` (ZeRO-3 and FSDP gather the weights there);
+    only the main process writes files.
+    """
     merge = config.model.lora.merge_on_save if merge_lora is None else merge_lora
+    model = trainer.model
     if not is_peft_model(model):
-        return {"model": save_pretrained_atomically(model, tokenizer, out / "model")}
-    outputs = {"adapter": save_pretrained_atomically(model, tokenizer, out / "adapter")}
+        return {"model": save_with_trainer(trainer, tokenizer, out / "model")}
+    outputs = {"adapter": save_with_trainer(trainer, tokenizer, out / "adapter")}
     outputs["model"] = outputs["adapter"]
     if merge:
-        outputs["model"] = save_pretrained_atomically(model.merge_and_unload(), tokenizer, out / "model")
+        if distributed.is_main():
+            save_pretrained_atomically(model.merge_and_unload(), tokenizer, out / "model")
+        distributed.barrier()
+        outputs["model"] = str(out / "model")
     return outputs
 
 
@@ -280,6 +293,24 @@ def save_pretrained_atomically(model: Any, tokenizer: Any, directory: Path) -> s
     with atomic_directory(directory) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+    return str(directory)
+
+
+def save_with_trainer(trainer: Any, tokenizer: Any, directory: Path) -> str:
+    staging = directory.with_name(f".{directory.name}.staging.tmp")  # one name, shared by all processes
+    if distributed.is_main():
+        shutil.rmtree(staging, ignore_errors=True)
+    distributed.barrier()
+    trainer.save_model(str(staging))
+    distributed.barrier()
+    if distributed.is_main():
+        # Trainer pickles its arguments next to the weights; a released model needs only safe formats.
+        (staging / "training_args.bin").unlink(missing_ok=True)
+        tokenizer.save_pretrained(staging)
+        with atomic_directory(directory) as tmp:
+            tmp.rmdir()
+            staging.rename(tmp)
+    distributed.barrier()
     return str(directory)
 
 

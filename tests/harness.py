@@ -1,4 +1,4 @@
-"""Helpers for the fault suite: a small SPA run on the tiny model, and checks of its artifacts."""
+"""Helpers for the fault and multi-process suites: a small SPA run on the tiny model, and checks of its artifacts."""
 
 from __future__ import annotations
 

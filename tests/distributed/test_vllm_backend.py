@@ -1,0 +1,100 @@
+"""The vLLM backend against a stand-in module implementing vLLM's documented offline API.
+
+Real vLLM is not installable on the CPU machines this suite runs on: these tests check the adapter's
+side of the interface (what it passes, how it reads the results), not vLLM itself.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from spreadpref.cli import app
+from spreadpref.io import read_jsonl
+from spreadpref.testing import make_tiny_tokenizer
+from spreadpref.tokenize import render_prompt_ids
+from spreadpref.vllm_backend import normalise_reply
+
+FAKE = Path(__file__).parent / "fake_vllm"
+runner = CliRunner()
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch, tmp_path):
+    log = tmp_path / "vllm_calls.json"
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(FAKE), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("FAKE_VLLM_LOG", str(log))
+    return log
+
+
+def common(model_dir, prompts):
+    return [f"model.name_or_path={model_dir}", f"data.prompts={prompts}", "generation.max_new_tokens=12",
+            "data.max_length=64", "data.max_prompt_length=32"]
+
+
+@pytest.fixture
+def prompts(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"Say {i}."}) + "\n" for i in range(5)))
+    return path
+
+
+def test_vllm_backend_passes_token_ids_and_sampling_settings(tiny_model_dir, prompts, fake_vllm, tmp_path):
+    out = tmp_path / "gen.jsonl"
+    result = runner.invoke(app, ["generate", *common(tiny_model_dir, prompts), "generation.backend=vllm",
+                                 "generation.tensor_parallel_size=2", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    call = json.loads(fake_vllm.read_text())
+    tokenizer = make_tiny_tokenizer()
+    expected_ids = [render_prompt_ids(tokenizer, [{"role": "user", "content": f"Say {i}."}]) for i in range(5)]
+    assert call["prompts"] == expected_ids  # token ids in: no re-tokenisation, a single BOS
+    assert all(ids[0] == tokenizer.bos_token_id and ids[1] != tokenizer.bos_token_id for ids in call["prompts"])
+    assert call["model"] == str(tiny_model_dir)
+    assert call["kwargs"]["tensor_parallel_size"] == 2 and call["kwargs"]["trust_remote_code"] is False
+    params = call["params"]
+    assert {(p["n"], p["temperature"], p["top_p"]) for p in params} == {(2, 0.7, 1.0)}
+    assert all(p["max_tokens"] == 12 and p["stop_token_ids"] == [tokenizer.eos_token_id] for p in params)
+    assert len({p["seed"] for p in params}) == 5  # a seed per prompt: independent of batching
+
+    rows = read_jsonl(out)
+    hf_keys = {"prompt_id", "prompt_index", "sample", "prompt", "prompt_ids", "reply_ids", "text", "num_tokens",
+               "finish_reason"}
+    assert all(set(row) == hf_keys for row in rows) and len(rows) == 10
+    for row in rows:
+        assert (row["reply_ids"][-1] == tokenizer.eos_token_id) == (row["finish_reason"] == "stop")
+        assert row["num_tokens"] == len(row["reply_ids"])
+    # Same seed, same samples.
+    again = tmp_path / "again.jsonl"
+    assert runner.invoke(app, ["generate", *common(tiny_model_dir, prompts), "generation.backend=vllm",
+                               "-o", str(again)]).exit_code == 0
+    assert read_jsonl(again) == rows
+
+
+def test_a_missing_vllm_is_explained(tiny_model_dir, prompts, tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", "")
+    result = runner.invoke(app, ["generate", *common(tiny_model_dir, prompts), "generation.backend=vllm",
+                                 "-o", str(tmp_path / "gen.jsonl")])
+    assert result.exit_code == 2
+    assert "pip install 'spreadpref[vllm]'" in " ".join(result.output.split())
+
+
+def test_replies_are_normalised_like_the_builtin_backend():
+    assert normalise_reply([5, 6, 2], "stop", {2}, 2) == ([5, 6, 2], "stop")
+    assert normalise_reply([5, 6], "stop", {2}, 2) == ([5, 6, 2], "stop")  # stop token not echoed back
+    assert normalise_reply([5, 6, 7], "length", {2}, 2) == ([5, 6, 7], "length")
+
+
+def test_the_loop_runs_on_the_vllm_backend(tiny_model_dir, fake_vllm, tmp_path):
+    from spreadpref.config import load_config
+    from spreadpref.loop import run
+
+    from harness import overrides, write_loop_data
+
+    seed, prompts = write_loop_data(tmp_path / "data")
+    out = tmp_path / "run"
+    run(load_config(None, overrides(tiny_model_dir, seed, prompts, out) + ["generation.backend=vllm",
+                                                                           "loop.rounds=1"]))
+    assert json.loads(fake_vllm.read_text())["model"] == str(out / "seed" / "model")
+    assert read_jsonl(out / "round-1" / "pairs.jsonl")

@@ -121,10 +121,6 @@ def _iter_builtin(source: str) -> Iterator[tuple[str, Any]]:
         yield from _iter_jsonl(Path(path))
 
 
-def builtin_path(name: str) -> Path:
-    return Path(str(resources.files("spreadpref.resources").joinpath(BUILTIN_FILES[name])))
-
-
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):

@@ -7,9 +7,7 @@ processes there are (unit ``i`` goes to process ``i % world``; each unit is seed
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
@@ -52,25 +50,6 @@ def local_device() -> Any:
 def my_units(count: int) -> list[int]:
     """Indices of the units of work this process does: a fixed interleaving by index."""
     return list(range(rank(), count, world_size()))
-
-
-@contextlib.contextmanager
-def main_first() -> Iterator[None]:
-    """The main process does the block first (e.g. writes a file), the others after it."""
-    if not is_main():
-        barrier()
-    yield
-    if is_main():
-        barrier()
-
-
-def gather_objects(items: list[Any]) -> list[Any]:
-    """Every process's list, concatenated in rank order (one process: the list itself)."""
-    if not launched_distributed():
-        return list(items)
-    from accelerate.utils import gather_object
-
-    return gather_object(items)
 
 
 def broadcast_object(value: Any) -> Any:

@@ -20,7 +20,7 @@ import torch
 
 from spreadpref.config import JudgeSettings
 from spreadpref.errors import JudgeError
-from spreadpref.io import run_in_parts, write_jsonl
+from spreadpref.io import run_in_parts
 from spreadpref.logprobs import score_sequences
 from spreadpref.tokenize import TokenizedPair
 
@@ -154,10 +154,6 @@ def pairs_to_tokenized(pairs: list[dict[str, Any]]) -> list[TokenizedPair]:
         )
         for p in pairs
     ]
-
-
-def write_pairs(path: Path, pairs: list[dict[str, Any]]) -> None:
-    write_jsonl(path, pairs)
 
 
 def seed_agreement(policy: Any, reference: Any | None, seed_pairs: list[TokenizedPair], settings: JudgeSettings,

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from transformers import Trainer
 
 from spreadpref.errors import TrainingError
+from spreadpref.io import atomic_path
 from spreadpref.logprobs import (
     ReplyLogits,
     collate_pairs,
@@ -218,25 +219,11 @@ def fill_reference_logps(pairs: list[TokenizedPair], reference: torch.nn.Module,
         chosen, rejected = scored.chosen, scored.rejected
         info["computed"] = len(missing)
         if cache_file is not None:
-            _save_tensors_atomically(cache_file, {"chosen": chosen.contiguous(), "rejected": rejected.contiguous()})
+            with atomic_path(cache_file) as tmp:
+                save_file({"chosen": chosen.contiguous(), "rejected": rejected.contiguous()}, str(tmp))
     for pair, c, r in zip(missing, chosen.tolist(), rejected.tolist()):
         pair.ref_chosen_logps, pair.ref_rejected_logps = c, r
     return info
-
-
-def _save_tensors_atomically(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def to_train_dataset(pairs: Sequence[TokenizedPair]):

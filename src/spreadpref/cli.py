@@ -147,7 +147,7 @@ def judge(
     reference: Annotated[Optional[str], typer.Option(help="Judge reference; 'none' for none (default: model.name_or_path).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for judged.jsonl and pairs.jsonl.")] = Path("judged"),
 ) -> None:
-    """Score samples by the implicit reward and pair them (chosen = best, rejected = worst per prompt)."""
+    """Score samples (implicit reward, or judge.kind) and pair them: chosen = best, rejected = worst per prompt."""
 
     def action() -> None:
         from spreadpref import distributed
@@ -165,13 +165,71 @@ def judge(
         reference_model = None if ref_name.lower() == "none" else load_eval_model(cfg, ref_name)
         tokenizer = load_tokenizer(cfg.model)
         out.mkdir(parents=True, exist_ok=True)
-        judged = score_samples(policy_model, reference_model, samples, cfg.judge, tokenizer.pad_token_id,
-                               out / "judged.jsonl")
+        if cfg.judge.kind == "implicit":
+            judged = score_samples(policy_model, reference_model, samples, cfg.judge, tokenizer.pad_token_id,
+                                   out / "judged.jsonl")
+        else:
+            from spreadpref.judge import external_scores, merge_external
+            from spreadpref.judges import make_judge
+
+            logps = score_samples(policy_model, None, samples, cfg.judge, tokenizer.pad_token_id,
+                                  out / "policy_logps.jsonl")
+            external = make_judge(cfg.judge, cfg.model, beta=cfg.train.beta, policy=policy_model, tokenizer=tokenizer)
+            judged = merge_external(logps, external_scores(external, samples, {}, out / "verdicts.jsonl"))
+            if distributed.is_main():
+                write_jsonl(out / "judged.jsonl", judged)
         pairs, stats = pair_samples(samples, judged, cfg.train.beta)
         if distributed.is_main():
             write_jsonl(out / "pairs.jsonl", pairs)
         console.print(f"{stats.pairs} pairs from {stats.prompts} prompts ({stats.identical_dropped} identical, "
                       f"{stats.ties_dropped} tied dropped) written to {out / 'pairs.jsonl'}")
+
+    _run(action)
+
+
+@app.command("eval")
+def evaluate(
+    targets: Annotated[list[str], typer.Argument(help="Run directories (every model of the run: sft, seed, "
+                                                 "round-N) and/or model directories or hub ids.")],
+    config: ConfigOption = None,
+    overrides: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Dotted override, e.g. "
+                                                           "eval.judge.kind=reward_model; repeatable.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory (default: "
+                                                "<first run directory>/eval, or eval/).")] = None,
+    force: Annotated[bool, typer.Option(help="Discard earlier answers and verdicts in the output directory.")] = False,
+) -> None:
+    """Answer held-out prompts with each model; win rates against the baseline (with CI and length control)."""
+
+    def action() -> None:
+        from spreadpref.evaluate import evaluate as run_eval
+
+        first = Path(targets[0])
+        run_config = first / "config.yaml"
+        cfg = _load(config or (run_config if run_config.is_file() else None), overrides)
+        destination = out or (first / "eval" if run_config.is_file() else Path("eval"))
+        run_eval(cfg, targets, destination, force=force)
+        console.print(f"Results: {destination / 'eval.md'}; AlpacaEval outputs in {destination / 'alpaca_eval'}, "
+                      f"MT-Bench answers in {destination / 'mt_bench'}")
+        if run_config.is_file():
+            from spreadpref.report import write_report
+
+            console.print(f"Report: {write_report(first)}")
+
+    _run(action)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A `spreadpref run` directory.")],
+) -> None:
+    """(Re)write report.md and its plots for a run directory (also done at the end of every run and eval)."""
+
+    def action() -> None:
+        from spreadpref.report import write_report
+
+        if not (run_dir / "summary.json").is_file():
+            raise SpreadprefError(f"{run_dir} has no summary.json: not a spreadpref run directory (yet)")
+        console.print(f"Report: {write_report(run_dir)}")
 
     _run(action)
 

@@ -121,7 +121,7 @@ class TrainSettings(Section):
 class GenerationSettings(Section):
     """Sampling the K replies per prompt in each round."""
 
-    num_samples: int = Field(2, ge=2, description="K replies per prompt; chosen = best score, rejected = worst.")
+    num_samples: int = Field(2, ge=1, description="K replies per prompt (the loop needs 2 or more); chosen = best, rejected = worst.")
     temperature: float = Field(0.7, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(300, gt=0, description="Replies cut off here are kept, marked, and get no EOS.")
@@ -133,16 +133,57 @@ class GenerationSettings(Section):
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0, description="vllm backend: share of GPU memory.")
 
 
-class JudgeSettings(Section):
-    """Scoring each sample by the implicit DPO reward s = log pi_{i-1}(y|x) - log pi_ref(y|x)."""
+class RewardModelJudgeSettings(Section):
+    """A Hugging Face sequence-classification reward model (judge.kind=reward_model)."""
 
-    kind: Literal["implicit"] = Field("implicit", description="implicit: the DPO reward of the model itself.")
+    name_or_path: str | None = Field(None, description="Local directory or hub id of the reward model.")
+    batch_size: int = Field(8, gt=0, description="Replies per scoring batch.")
+    max_length: int = Field(1024, gt=1, description="Prompt + reply tokens; longer inputs keep their end.")
+
+
+class LLMJudgeSettings(Section):
+    """LLM-as-judge (judge.kind=llm): a model asked which of two replies is better, in both orders."""
+
+    model: str = Field(
+        "policy", description="policy: the model being trained (the paper's LLM-as-judge baseline); "
+        "or a local directory / hub id of another chat model. Ignored when base_url is set."
+    )
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1.")
+    api_model: str | None = Field(None, description="Model name sent to the endpoint.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key (never logged).")
+    max_retries: int = Field(4, ge=0, description="Retries with exponential backoff on timeouts, 429 and 5xx.")
+    timeout: float = Field(60.0, gt=0.0, description="Seconds per HTTP request.")
+    concurrency: int = Field(4, gt=0, description="Parallel HTTP requests.")
+    max_reply_chars: int = Field(4000, gt=0, description="Replies are cut to this many characters in the judge prompt.")
+    batch_size: int = Field(4, gt=0, description="Judge prompts per forward pass of a local judge model.")
+
+
+class JudgeSettings(Section):
+    """Who labels the pairs. SPA: the implicit DPO reward s = log pi_{i-1}(y|x) - log pi_ref(y|x)."""
+
+    kind: Literal["implicit", "reward_model", "llm", "verifier"] = Field(
+        "implicit",
+        description="implicit: the DPO reward of the model itself (SPA); reward_model, llm or verifier: an "
+        "external judge (the paper's iterative-DPO baselines; set refine.enabled=false for them).",
+    )
     reference: Literal["initial", "previous", "none"] = Field(
         "initial", description="Judge reference: initial SFT model (paper), the round before pi_{i-1}, or none."
     )
     length_normalize: bool = Field(False, description="Score with per-token mean log-probs instead of sums.")
     batch_size: int = Field(8, gt=0, description="Samples per no-grad scoring batch.")
-    seed_agreement: bool = Field(True, description="Each round, judge the seed pairs and report agreement.")
+    seed_agreement: bool = Field(
+        True, description="Each round, report how often the model's implicit reward agrees with the seed labels."
+    )
+    reward_model: RewardModelJudgeSettings = RewardModelJudgeSettings()
+    llm: LLMJudgeSettings = LLMJudgeSettings()
+
+    @model_validator(mode="after")
+    def _external_judge_is_named(self) -> "JudgeSettings":
+        if self.kind == "reward_model" and not self.reward_model.name_or_path:
+            raise ValueError("judge.kind=reward_model needs judge.reward_model.name_or_path")
+        if self.llm.base_url and not self.llm.api_model:
+            raise ValueError("judge.llm.base_url needs judge.llm.api_model (the model name the endpoint serves)")
+        return self
 
 
 class RefineSettings(Section):
@@ -180,6 +221,36 @@ class LoopSettings(Section):
     keep_models: int = Field(2, ge=1, description="Keep the last N round models (the seed model is always kept).")
 
 
+class EvalSettings(Section):
+    """`spreadpref eval`: answers on held-out prompts, win rates against a baseline, held-out agreement."""
+
+    prompts: str = Field(
+        "builtin:ifeval_eval",
+        description="Evaluation prompts, disjoint from every training prompt. The default carries verifiable "
+        "constraints (instruction_id_list, kwargs) for the verifier judge.",
+    )
+    limit: int | None = Field(None, gt=0, description="Use only the first N evaluation prompts.")
+    baseline: str = Field(
+        "initial", description="initial: answers of model.name_or_path (the SFT model); or a model directory, "
+        "or an AlpacaEval-format JSON file of baseline answers."
+    )
+    judge: JudgeSettings = Field(
+        default_factory=lambda: JudgeSettings(kind="verifier", seed_agreement=False),
+        description="The judge of the win rates (default: the rule-based verifier).",
+    )
+    labelled: str | None = Field(
+        None, description="Held-out human-labelled pairs: report each model's implicit-reward agreement with them."
+    )
+    max_new_tokens: int = Field(256, gt=0)
+    temperature: float = Field(0.0, ge=0.0, description="0: greedy answers.")
+    batch_size: int = Field(8, gt=0, description="Prompts per generation batch.")
+    bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for the win-rate confidence interval.")
+    after_run: bool = Field(
+        False, description="`spreadpref run` ends by evaluating every model still on disk (SFT, seed, rounds: raise "
+        "loop.keep_models to keep them all) into <run>/eval; the report then plots the win rate per round."
+    )
+
+
 class Config(Section):
     output_dir: str = Field("runs/spreadpref", description="Where every output of the run goes.")
     seed: int = Field(42, description="Seeds data order, initialisation of LoRA adapters and sampling.")
@@ -190,11 +261,14 @@ class Config(Section):
     judge: JudgeSettings = JudgeSettings()
     refine: RefineSettings = RefineSettings()
     loop: LoopSettings = LoopSettings()
+    eval: EvalSettings = EvalSettings()
 
     @model_validator(mode="after")
     def _previous_judge_needs_two_models(self) -> "Config":
         if self.judge.reference == "previous" and self.loop.keep_models < 2:
             raise ValueError("judge.reference=previous needs loop.keep_models >= 2")
+        if self.generation.num_samples < 2:
+            raise ValueError("generation.num_samples must be at least 2: each round pairs the best and worst reply")
         return self
 
     def to_yaml(self) -> str:

@@ -29,7 +29,10 @@ from spreadpref.config import ColumnMap, DataSettings
 from spreadpref.errors import DataError
 
 BUILTIN_PREFIX = "builtin:"
-BUILTIN_FILES = {"seed_pairs": "seed_pairs.jsonl", "prompts": "prompts.jsonl"}
+BUILTIN_FILES = {"seed_pairs": "seed_pairs.jsonl", "prompts": "prompts.jsonl",
+                 # Verifiable prompts (IFEval-style constraints), disjoint by task: see resources/IFEVAL_TASKS.md.
+                 "ifeval_eval": "ifeval_eval.jsonl", "ifeval_seed_prompts": "ifeval_seed_prompts.jsonl",
+                 "ifeval_prompts": "ifeval_prompts.jsonl"}
 ROLES = {"system", "user", "assistant"}
 
 Message = dict[str, str]
@@ -60,6 +63,8 @@ TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 class PromptRecord:
     id: str
     prompt: list[Message]
+    # The row's other columns, e.g. IFEval-style constraints (instruction_id_list, kwargs) for the verifier.
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -277,7 +282,8 @@ def parse_prompt(row: Any, columns: ColumnMap, source: str, location: str,
         raise fail(columns.prompt, f"missing (columns present: {', '.join(map(str, row)) or 'none'})")
     prompt = _with_system_prompt(prompt, system_prompt)
     _check_roles(prompt, columns.prompt, fail)
-    return PromptRecord(id=_record_id(row, columns.id, location, fail), prompt=prompt)
+    metadata = {str(k): v for k, v in row.items() if k not in (columns.prompt, columns.id, "messages")}
+    return PromptRecord(id=_record_id(row, columns.id, location, fail), prompt=prompt, metadata=metadata)
 
 
 def _split_conversations(prompt_raw, chosen_raw, rejected_raw, columns: ColumnMap, fail):

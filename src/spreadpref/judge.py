@@ -1,4 +1,4 @@
-"""The judge stage: SPA's direct preference judgment by the implicit DPO reward.
+"""The judge stage: SPA's direct preference judgment by the implicit DPO reward (or an external judge).
 
 Every sample y of prompt x gets ``s = log pi_{i-1}(y|x) - log pi_ref(y|x)`` (summed over reply
 tokens, or per-token means with ``length_normalize``), where pi_ref is the initial SFT model by
@@ -6,6 +6,10 @@ default. For each prompt the highest-scoring sample is chosen and the lowest rej
 K >= 2. Prompts whose best and worst replies are identical, or tie exactly, give no pair and are
 counted. The pair keeps ``margin = s_chosen - s_rejected`` and ``p = sigmoid(beta * margin)``, and
 carries the pi_{i-1} log-probs that the round's DPO training uses as its reference.
+
+With an external judge (``judge.kind`` reward_model, llm or verifier: the paper's iterative-DPO
+baselines) the samples still get their pi_{i-1} log-probs, for the training reference, but the score
+and ``p`` come from that judge (see ``spreadpref.judges``).
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ def score_samples(policy: Any, reference: Any | None, samples: list[dict[str, An
 
     def process(_: int, chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
         # The chunk loop shows the progress; the inner passes stay quiet.
-        policy_logps, reference_logps, counts = _both_logps(
+        policy_logps, reference_logps, counts = both_logps(
             policy, reference, [s["prompt_ids"] for s in chunk], [s["reply_ids"] for s in chunk], pad_token_id,
             settings.batch_size, reference_is_adapter_off, progress=False)
         judged = []
@@ -75,7 +79,7 @@ def score_samples(policy: Any, reference: Any | None, samples: list[dict[str, An
                         order=lambda r: (r["prompt_index"], r["sample"]))
 
 
-def _both_logps(policy: Any, reference: Any | None, prompts: list[list[int]], replies: list[list[int]],
+def both_logps(policy: Any, reference: Any | None, prompts: list[list[int]], replies: list[list[int]],
                 pad_token_id: int, batch_size: int, reference_is_adapter_off: bool, progress: bool = True,
                 description: str = "Judging") -> tuple[torch.Tensor, list[float | None], torch.Tensor]:
     """Reply log-probs under the policy and under the judge reference (None entries without one)."""
@@ -88,6 +92,45 @@ def _both_logps(policy: Any, reference: Any | None, prompts: list[list[int]], re
                                          description=f"{description}: reference",
                                          as_reference=reference_is_adapter_off, progress=progress)
     return policy_logps, [float(r) for r in reference_logps], counts
+
+
+def external_scores(judge: Any, samples: list[dict[str, Any]], metadata: dict[str, dict[str, Any]],
+                    out_file: Path, round_index: int = 0, prompts_per_unit: int = 8) -> list[dict[str, Any]]:
+    """Per sample, the external judge's score and its preference row over the prompt's other samples."""
+    from spreadpref.judges import Comparison
+
+    groups: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for sample in samples:
+        groups[sample["prompt_index"]].append(sample)
+    ordered = [sorted(groups[k], key=lambda s: s["sample"]) for k in sorted(groups)]
+    units = [ordered[i : i + prompts_per_unit] for i in range(0, len(ordered), prompts_per_unit)]
+
+    def process(_: int, unit: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        comparisons = [Comparison(prompt=g[0]["prompt"], replies=[s["text"] for s in g], id=g[0]["prompt_id"],
+                                  metadata=metadata.get(g[0]["prompt_id"], {})) for g in unit]
+        rows = []
+        for group, judgement in zip(unit, judge.judge(comparisons)):
+            for position, sample in enumerate(group):
+                # prefer is indexed by sample number: pair_samples looks the rejected one up by it.
+                prefer = [0.5] * (max(s["sample"] for s in group) + 1)
+                for other, other_sample in enumerate(group):
+                    prefer[other_sample["sample"]] = judgement.prefer[position][other]
+                rows.append({"prompt_index": sample["prompt_index"], "sample": sample["sample"],
+                             "judge_score": judgement.scores[position], "prefer": prefer})
+        return rows
+
+    return run_in_parts(out_file, units, process, f"Judging with {judge.name} (round {round_index})",
+                        order=lambda r: (r["prompt_index"], r["sample"]))
+
+
+def merge_external(judged: list[dict[str, Any]], verdicts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pi_{i-1} log-probs of ``judged`` with the external judge's score and preferences."""
+    by_key = {(v["prompt_index"], v["sample"]): v for v in verdicts}
+    merged = []
+    for row in judged:
+        verdict = by_key[(row["prompt_index"], row["sample"])]
+        merged.append({**row, "score": verdict["judge_score"], "prefer": verdict["prefer"]})
+    return merged
 
 
 def pair_samples(samples: list[dict[str, Any]], judged: list[dict[str, Any]], beta: float,
@@ -108,6 +151,8 @@ def pair_samples(samples: list[dict[str, Any]], judged: list[dict[str, Any]], be
         best = max(range(len(group)), key=lambda i: (scores[i], -i))  # first of the highest
         worst = min(range(len(group)), key=lambda i: (scores[i], -i))  # last of the lowest
         (chosen, chosen_v), (rejected, rejected_v) = group[best], group[worst]
+        # External judges give the preference probability; the implicit one is Bradley-Terry on the margin.
+        prefer = chosen_v.get("prefer")
         if chosen["reply_ids"] == rejected["reply_ids"]:
             stats.identical_dropped += 1
             continue
@@ -129,7 +174,7 @@ def pair_samples(samples: list[dict[str, Any]], judged: list[dict[str, Any]], be
             "chosen_score": scores[best],
             "rejected_score": scores[worst],
             "margin": margin,
-            "p": 1.0 / (1.0 + math.exp(-beta * margin)),
+            "p": prefer[rejected["sample"]] if prefer else 1.0 / (1.0 + math.exp(-beta * margin)),
             "label": 1.0,
             # The judge's pi_{i-1} log-probs are exactly the reference of round i's DPO.
             "ref_chosen_logps": chosen_v["policy_logps"],
@@ -161,7 +206,7 @@ def seed_agreement(policy: Any, reference: Any | None, seed_pairs: list[Tokenize
     """How often the self-judge prefers the human-chosen reply of the seed pairs."""
     prompts = [p.prompt_ids for p in seed_pairs] * 2
     replies = [p.chosen_ids for p in seed_pairs] + [p.rejected_ids for p in seed_pairs]
-    policy_logps, reference_logps, counts = _both_logps(policy, reference, prompts, replies, pad_token_id,
+    policy_logps, reference_logps, counts = both_logps(policy, reference, prompts, replies, pad_token_id,
                                                         settings.batch_size, reference_is_adapter_off,
                                                         description="Judging the seed pairs")
     scores = torch.tensor([

@@ -107,7 +107,7 @@ def run(config: Config, force: bool = False) -> RunResult:
         row = summary["rounds"].setdefault(str(i), {"round": i})
         samples = _generate_stage(config, tokenizer, schedule[i - 1], models[i - 1], round_dir, i, manifest,
                                   fingerprints[f"round-{i}/generate"], row)
-        _judge_stage(config, tokenizer, samples, models, seed_pairs, round_dir, i, manifest,
+        _judge_stage(config, tokenizer, samples, schedule[i - 1], models, seed_pairs, round_dir, i, manifest,
                      fingerprints[f"round-{i}/judge"], row)
         models[i] = _train_stage(config, tokenizer, models[i - 1], round_dir, i, manifest,
                                  fingerprints[f"round-{i}/train"], row)
@@ -119,6 +119,11 @@ def run(config: Config, force: bool = False) -> RunResult:
     summary["peak_rss_gb"] = round(peak_rss_gb(), 2)
     _write_summary(root, summary)
     print_round_table(summary)
+    if config.eval.after_run:
+        from spreadpref.evaluate import evaluate
+
+        evaluate(config, [str(root)], root / "eval")
+    _write_report(root)
     console.print(f"Final model: {summary['final_model']}")
     return RunResult(root, Path(summary["final_model"]), summary)
 
@@ -139,7 +144,8 @@ def _stage_paths(root: Path, name: str) -> list[Path]:
     base = root / round_name
     files = {
         "generate": ["prompts.jsonl", "generations.jsonl", ".generations.jsonl.parts"],
-        "judge": ["judged.jsonl", ".judged.jsonl.parts", "pairs.jsonl", "seed_agreement.json"],
+        "judge": ["judged.jsonl", ".judged.jsonl.parts", "pairs.jsonl", "seed_agreement.json", "policy_logps.jsonl",
+                  ".policy_logps.jsonl.parts", "verdicts.jsonl", ".verdicts.jsonl.parts"],
         "train": ["train"],
     }[stage]
     return [base / f for f in files]
@@ -258,26 +264,42 @@ def _judge_reference_path(config: Config, models: dict[int, Path], i: int) -> st
     return resolve_model_path(config.model.name_or_path)  # pi_init
 
 
-def _judge_stage(config, tokenizer, samples, models, seed_pairs, round_dir, i, manifest, fingerprint, row):
-    from spreadpref.judge import pair_samples, score_samples, seed_agreement
+def _judge_stage(config, tokenizer, samples, prompts, models, seed_pairs, round_dir, i, manifest, fingerprint, row):
+    from spreadpref.judge import external_scores, merge_external, pair_samples, score_samples, seed_agreement
+    from spreadpref.judges import make_judge
 
     name = f"round-{i}/judge"
     if _done(manifest, name, fingerprint):
         return
-    console.rule(f"[bold]Round {i}: judge {len(samples)} samples by the implicit reward")
+    kind = config.judge.kind
+    console.rule(f"[bold]Round {i}: judge {len(samples)} samples "
+                 f"({'by the implicit reward' if kind == 'implicit' else f'with the {kind} judge'})")
     manifest.start(name, fingerprint)
     started = time.perf_counter()
     policy = load_eval_model(config, models[i - 1])
     reference_path = _judge_reference_path(config, models, i)
+    if kind != "implicit" and not config.judge.seed_agreement:
+        reference_path = None  # an external judge needs the reference only for the seed-agreement check
     reference = load_eval_model(config, reference_path) if reference_path else None
     pad = tokenizer.pad_token_id
-    judged = score_samples(policy, reference, samples, config.judge, pad, round_dir / "judged.jsonl", i)
+    if kind == "implicit":
+        judged = score_samples(policy, reference, samples, config.judge, pad, round_dir / "judged.jsonl", i)
+    else:
+        # pi_{i-1} log-probs for the training reference; the labels come from the external judge.
+        logps = score_samples(policy, None, samples, config.judge, pad, round_dir / "policy_logps.jsonl", i)
+        judge = make_judge(config.judge, config.model, beta=config.train.beta, policy=policy, tokenizer=tokenizer)
+        verdicts = external_scores(judge, samples, {p.id: p.metadata for p in prompts},
+                                   round_dir / "verdicts.jsonl", i)
+        judged = merge_external(logps, verdicts)
+        if distributed.is_main():
+            write_jsonl(round_dir / "judged.jsonl", judged)
+        del judge
     pairs, stats = pair_samples(samples, judged, config.train.beta, i)
     if distributed.is_main():
         write_jsonl(round_dir / "pairs.jsonl", pairs)
     distributed.barrier()
     judge_seconds = time.perf_counter() - started
-    metrics: dict[str, Any] = dict(vars(stats))
+    metrics: dict[str, Any] = dict(vars(stats), judge_kind=kind)
     if config.judge.seed_agreement and distributed.is_main():  # 64 pairs: not worth sharding
         agreement = seed_agreement(policy, reference, seed_pairs, config.judge, pad)
         atomic_write_json(round_dir / "seed_agreement.json", agreement)
@@ -294,7 +316,7 @@ def _judge_stage(config, tokenizer, samples, models, seed_pairs, round_dir, i, m
                ties_dropped=stats.ties_dropped, cut_off_fraction=stats.cut_off_samples / max(stats.samples, 1),
                mean_reply_tokens=round(stats.mean_reply_tokens, 1), margin_quantiles=stats.margin_quantiles,
                seed_agreement=metrics.get("seed_agreement"), judge_seconds=metrics["seconds"],
-               judge_tokens_per_second=metrics["tokens_per_second"])
+               judge_tokens_per_second=metrics["tokens_per_second"], judge_kind=kind)
 
 
 def _train_stage(config, tokenizer, start_path, round_dir, i, manifest, fingerprint, row) -> Path:
@@ -363,6 +385,19 @@ def _read_summary(root: Path) -> dict[str, Any]:
 def _write_summary(root: Path, summary: dict[str, Any]) -> None:
     if distributed.is_main():
         atomic_write_json(root / "summary.json", summary)
+
+
+def _write_report(root: Path) -> None:
+    """report.md with plots; a failed plot must not fail a finished run."""
+    if not distributed.is_main():
+        return
+    from spreadpref.report import write_report
+
+    try:
+        console.print(f"Report: {write_report(root)}")
+    except Exception as err:  # noqa: BLE001 - the models and data are safe; only the report is missing
+        console.print(f"[yellow]Could not write the report ({type(err).__name__}: {err}); "
+                      f"run `spreadpref report {root}` to retry.[/]")
 
 
 def _fmt(value: Any, spec: str = ".3f") -> str:

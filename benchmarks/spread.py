@@ -1,0 +1,330 @@
+"""Does the preference spread? SPA against its baselines on a gold-verifiable task, several seeds.
+
+    python benchmarks/spread.py                     # embedded SmolLM2-135M-Instruct, 3 seeds (~1 h on 2 cores)
+    python benchmarks/spread.py --model tiny --seeds 0 --rounds 1 --prompts-per-round 8 --eval-prompts 8  # smoke
+
+The "human" is a rule-based verifier whose preference is known exactly: prompts are everyday tasks
+with IFEval-style constraints (bundled: builtin:ifeval_*), a reply's gold score is the fraction of
+its constraints met (if-verifiable's IFEval checkers). The verifier labels the seed pairs (the
+stand-in for human annotation: the SFT model's best and worst of 4 samples on the seed prompts) and
+scores the answers to held-out prompts whose tasks never occur in training.
+
+Variants (each from the same seed-stage model pi_0 of its seed):
+  sft          the initial model
+  dpo_seed     DPO on the seed pairs only (pi_0)
+  gold         iterative DPO, the verifier labels every round ("100% gold labels": upper reference)
+  llm_judge    iterative DPO, the policy prompted as judge (LLM-as-judge; both orders)
+  spa_direct   SPA, direct judgment by the implicit reward, no refinement
+  spa_refine   SPA + self-refinement (confidence-based label smoothing, plain detector)
+  spa_dnd      SPA + self-refinement + decoupled noise detection (the method's default)
+
+Reported per variant and round, mean over seeds with a 95% t-interval: held-out constraint
+satisfaction, gold win rate against SFT (verifier as judge, ties one half), mean answer words, and
+seed agreement (pi_{i-1}'s implicit reward on the seed pairs). Writes results.json, results.md and
+plots into --out-dir. Every stage resumes: run the same command again after an interruption.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = {
+    "gold": ["judge.kind=verifier", "refine.enabled=false"],
+    "llm_judge": ["judge.kind=llm", "judge.llm.model=policy", "refine.enabled=false"],
+    "spa_direct": ["refine.enabled=false"],
+    "spa_refine": ["refine.enabled=true", "refine.decoupled=false"],
+    "spa_dnd": ["refine.enabled=true", "refine.decoupled=true"],
+}
+LABELS = {"sft": "SFT", "dpo_seed": "DPO on seed only", "gold": "Iterative DPO, gold verifier judge",
+          "llm_judge": "Iterative DPO, LLM-as-judge", "spa_direct": "SPA, direct judgment",
+          "spa_refine": "SPA + self-refinement", "spa_dnd": "SPA + refinement + DND"}
+T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="embedded", help="embedded, tiny (smoke test) or a model directory")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--prompts-per-round", type=int, default=40)
+    parser.add_argument("--seed-pairs", type=int, default=64, help="verifier-labelled seed pairs (at most)")
+    parser.add_argument("--eval-prompts", type=int, default=48)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "spread")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "docs" / "results")
+    return parser.parse_args(argv)
+
+
+def base_overrides(args: argparse.Namespace, model: str, seed_file: Path, seed: int, out: Path) -> list[str]:
+    return [f"model.name_or_path={model}", f"data.train={seed_file}", "data.prompts=builtin:ifeval_prompts",
+            "data.max_length=256", "data.max_prompt_length=128", f"seed={seed}", f"output_dir={out}",
+            f"loop.rounds={args.rounds}", f"loop.prompts_per_round={[args.prompts_per_round] * args.rounds}",
+            f"loop.keep_models={args.rounds + 1}", f"generation.max_new_tokens={args.max_new_tokens}",
+            "eval.prompts=builtin:ifeval_eval", f"eval.limit={args.eval_prompts}",
+            f"eval.max_new_tokens={args.max_new_tokens}", "eval.judge.kind=verifier"]
+
+
+def model_source(args: argparse.Namespace) -> str:
+    if args.model == "embedded":
+        return "embedded:SmolLM2-135M-Instruct"
+    if args.model == "tiny":
+        from spreadpref.testing import make_tiny_model_dir
+
+        path = args.work / "tiny-model"
+        if not (path / "config.json").is_file():
+            make_tiny_model_dir(path)
+        return str(path)
+    return args.model
+
+
+def load(overrides: list[str]):
+    from spreadpref.config import load_config
+
+    return load_config(ROOT / "src" / "spreadpref" / "resources" / "default.yaml", overrides)
+
+
+# ---------------------------------------------------------------------------------------------
+# Seed pairs: the SFT model's samples, labelled by the verifier
+
+
+def make_seed_pairs(args: argparse.Namespace, model: str) -> Path:
+    """Best and worst (by the verifier) of 4 SFT samples per seed prompt; ties give no pair."""
+    from spreadpref.data import load_prompts
+    from spreadpref.generate import generate_samples
+    from spreadpref.io import write_jsonl
+    from spreadpref.judges import Comparison, VerifierJudge
+    from spreadpref.loop import load_eval_model
+    from spreadpref.models import load_tokenizer
+
+    out = args.work / "seed_pairs.jsonl"
+    if out.is_file():
+        return out
+    config = load(base_overrides(args, model, out, 1234, args.work / "seed-annotation")
+                  + ["generation.num_samples=4", "generation.temperature=1.0"])
+    prompts, _ = load_prompts("builtin:ifeval_seed_prompts")
+    tokenizer = load_tokenizer(config.model)
+    samples = generate_samples(load_eval_model(config, model), tokenizer, prompts, config.generation, config.data,
+                               config.seed, args.work / "seed-annotation" / "samples.jsonl")
+    by_prompt: dict[int, list[dict]] = {}
+    for sample in samples:
+        by_prompt.setdefault(sample["prompt_index"], []).append(sample)
+    judge, pairs = VerifierJudge(), []
+    for index, group in sorted(by_prompt.items()):
+        record = prompts[index]
+        scores = judge.judge([Comparison(record.prompt, [s["text"] for s in group], record.id,
+                                         metadata=record.metadata)])[0].scores
+        best, worst = max(range(len(group)), key=scores.__getitem__), min(range(len(group)), key=scores.__getitem__)
+        if scores[best] == scores[worst]:
+            continue
+        chosen, rejected = group[best], group[worst]
+        pairs.append({"id": f"seed-{record.id}", "prompt": record.prompt, "chosen": chosen["text"],
+                      "rejected": rejected["text"], "prompt_ids": chosen["prompt_ids"], "chosen_ids": chosen["reply_ids"],
+                      "rejected_ids": rejected["reply_ids"], "chosen_truncated": chosen["finish_reason"] == "length",
+                      "rejected_truncated": rejected["finish_reason"] == "length",
+                      "gold_chosen": scores[best], "gold_rejected": scores[worst],
+                      "instruction_id_list": record.metadata["instruction_id_list"],
+                      "kwargs": record.metadata["kwargs"]})
+        if len(pairs) >= args.seed_pairs:
+            break
+    write_jsonl(out, pairs)
+    print(f"seed pairs: {len(pairs)} from {len(by_prompt)} prompts (the others' 4 samples all tied)")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs, sharing what variants have in common
+
+
+def share_stages(source: Path, target: Path, stages: list[str]) -> None:
+    """Start ``target`` with ``source``'s finished ``stages`` (identical fingerprints: same config prefix)."""
+    from spreadpref.manifest import Manifest
+
+    if (target / "manifest.json").is_file() or not (source / "manifest.json").is_file():
+        return
+    entries = Manifest(source).data.get("stages", {})
+    if not all(entries.get(s, {}).get("status") == "complete" for s in stages):
+        return
+    target.mkdir(parents=True)
+    for stage in stages:
+        if stage == "seed":
+            shutil.copytree(source / "seed", target / "seed")
+            continue
+        round_name, step = stage.split("/")
+        files = {"generate": ["prompts.jsonl", "generations.jsonl"],
+                 "judge": ["judged.jsonl", "pairs.jsonl", "seed_agreement.json"]}[step]
+        (target / round_name).mkdir(exist_ok=True)
+        for name in files:
+            if (source / round_name / name).is_file():
+                shutil.copy2(source / round_name / name, target / round_name / name)
+    kept = {s: entries[s] for s in stages}
+    text = json.dumps({"stages": kept}).replace(str(source), str(target))
+    (target / "manifest.json").write_text(text)
+    summary = json.loads((source / "summary.json").read_text())
+    # The shared round-1 figures (generation, judging) stay; training fills in its own.
+    summary["rounds"] = {"1": summary["rounds"]["1"]} if any(s.startswith("round-1") for s in stages) else {}
+    (target / "summary.json").write_text(json.dumps(summary).replace(str(source), str(target)))
+
+
+def run_variant(args, model: str, seed_file: Path, seed: int, variant: str) -> Path:
+    from spreadpref.loop import run
+
+    out = args.work / f"seed-{seed}" / variant
+    config = load(base_overrides(args, model, seed_file, seed, out) + VARIANTS[variant])
+    run(config)
+    return out
+
+
+def run_seed(args, model: str, seed_file: Path, seed: int) -> dict[str, Path]:
+    dirs: dict[str, Path] = {}
+    first = args.variants[0]
+    for variant in args.variants:
+        out = args.work / f"seed-{seed}" / variant
+        if variant != first:
+            # Seed stage and round-1 samples depend only on the seed; SPA variants also share round-1 judging.
+            shared = ["seed", "round-1/generate"]
+            source = dirs[first]
+            spa = [v for v in dirs if v.startswith("spa_")]
+            if variant.startswith("spa_") and spa:
+                shared, source = shared + ["round-1/judge"], dirs[spa[0]]
+            share_stages(source, out, shared)
+        dirs[variant] = run_variant(args, model, seed_file, seed, variant)
+    return dirs
+
+
+def evaluate_seed(args, model: str, seed_file: Path, seed: int, dirs: dict[str, Path]) -> dict[str, Any]:
+    from spreadpref.evaluate import EvalModel, evaluate_models
+    from spreadpref.models import resolve_model_path
+
+    first = dirs[args.variants[0]]
+    models = [EvalModel("sft", resolve_model_path(model)), EvalModel(f"s{seed}/dpo_seed", str(first / "seed" / "model"))]
+    for variant, directory in dirs.items():
+        models += [EvalModel(f"s{seed}/{variant}/round-{i}", str(directory / f"round-{i}" / "train" / "model"))
+                   for i in range(1, args.rounds + 1)]
+    # Greedy answers do not depend on the seed: one evaluation directory (and one SFT baseline) for all seeds.
+    config = load(base_overrides(args, model, seed_file, 0, first))
+    return evaluate_models(config, models, args.work / "eval")
+
+
+# ---------------------------------------------------------------------------------------------
+# Aggregation
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of a 95% t-interval across seeds (0 for one seed)."""
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return float("nan"), float("nan")
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return mean, T_95.get(len(values) - 1, 1.96) * sd / math.sqrt(len(values))
+
+
+def collect(args, results: dict[str, Any], dirs_by_seed: dict[int, dict[str, Path]]) -> dict[str, Any]:
+    models = results["models"]
+    rows: dict[tuple[str, int], dict[str, list[float]]] = {}
+
+    def add(variant: str, round_index: int, metric: str, value: float | None) -> None:
+        rows.setdefault((variant, round_index), {}).setdefault(metric, []).append(value)
+
+    sft = models["sft"]
+    for seed, dirs in dirs_by_seed.items():
+        add("sft", 0, "constraint_satisfaction", sft["constraint_satisfaction"])
+        add("sft", 0, "win_rate", 0.5)
+        add("sft", 0, "mean_words", sft["mean_words"])
+        seed_row = models[f"s{seed}/dpo_seed"]
+        for key in ("constraint_satisfaction", "win_rate", "mean_words"):
+            add("dpo_seed", 0, key, seed_row[key])
+        for variant, directory in dirs.items():
+            summary = json.loads((directory / "summary.json").read_text())
+            for i in range(1, args.rounds + 1):
+                row = models[f"s{seed}/{variant}/round-{i}"]
+                for key in ("constraint_satisfaction", "win_rate", "mean_words"):
+                    add(variant, i, key, row[key])
+                add(variant, i, "seed_agreement", summary["rounds"][str(i)].get("seed_agreement"))
+                add(variant, i, "smoothed_fraction", summary["rounds"][str(i)].get("smoothed_fraction"))
+    table = []
+    for (variant, round_index), metrics in rows.items():
+        entry = {"variant": variant, "round": round_index, "seeds": len(metrics["win_rate"])}
+        for metric, values in metrics.items():
+            entry[metric], entry[f"{metric}_ci"] = mean_ci(values)
+            entry[f"{metric}_per_seed"] = values
+        table.append(entry)
+    return {"settings": {k: str(v) for k, v in vars(args).items()}, "rows": table,
+            "eval_prompts": results["prompts"]}
+
+
+def write_outputs(args, aggregate: dict[str, Any], seed_file: Path, seconds: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = args.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(aggregate, indent=2) + "\n")
+    rows = aggregate["rows"]
+    for metric, ylabel, name in (("constraint_satisfaction", "held-out constraints met", "constraints.png"),
+                                 ("win_rate", "gold win rate vs SFT", "win_rate.png")):
+        figure, axis = plt.subplots(figsize=(6.4, 3.4))
+        for variant in ["sft", "dpo_seed", *args.variants]:
+            points = sorted((r["round"], r[metric], r[f"{metric}_ci"]) for r in rows if r["variant"] == variant)
+            if variant in VARIANTS:  # rounds start from the seed model
+                start = [r for r in rows if r["variant"] == "dpo_seed"]
+                points = [(0, start[0][metric], start[0][f"{metric}_ci"])] + points if start else points
+            axis.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
+                          marker="o", capsize=3, label=LABELS[variant], alpha=0.85)
+        axis.set_xlabel("round (0 = seed model)")
+        axis.set_ylabel(ylabel)
+        axis.set_xticks(range(args.rounds + 1))
+        axis.legend(fontsize=7, loc="best")
+        figure.savefig(out / name, dpi=110, bbox_inches="tight")
+        plt.close(figure)
+    seed_pairs = sum(1 for _ in open(seed_file, encoding="utf-8"))
+    lines = ["| variant | round | constraints met | gold win rate vs SFT | words | seed agreement | smoothed |",
+             "|---|---|---|---|---|---|---|"]
+    order = {v: i for i, v in enumerate(["sft", "dpo_seed", *args.variants])}
+    for r in sorted(rows, key=lambda r: (order[r["variant"]], r["round"])):
+        def cell(metric: str, spec: str = ".3f") -> str:
+            value = r.get(metric)
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                return "–"
+            return f"{value:{spec}} ± {r[f'{metric}_ci']:{spec}}"
+        lines.append(f"| {LABELS[r['variant']]} | {r['round']} | {cell('constraint_satisfaction')} | "
+                     f"{cell('win_rate')} | {cell('mean_words', '.1f')} | {cell('seed_agreement')} | "
+                     f"{cell('smoothed_fraction', '.2f')} |")
+    command = "python benchmarks/spread.py " + " ".join(sys.argv[1:])
+    (out / "table.md").write_text(
+        f"<!-- written by {command.strip()} in {seconds / 60:.0f} min; {seed_pairs} seed pairs, "
+        f"{aggregate['eval_prompts']} evaluation prompts, seeds {args.seeds} -->\n" + "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    args.work.mkdir(parents=True, exist_ok=True)
+    model = model_source(args)
+    seed_file = make_seed_pairs(args, model)
+    dirs_by_seed = {}
+    results: dict[str, Any] = {}
+    for seed in args.seeds:
+        dirs_by_seed[seed] = run_seed(args, model, seed_file, seed)
+        results = evaluate_seed(args, model, seed_file, seed, dirs_by_seed[seed])
+    aggregate = collect(args, results, dirs_by_seed)
+    write_outputs(args, aggregate, seed_file, time.perf_counter() - started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -264,3 +264,26 @@ def test_make_judge_builds_each_kind(tmp_path, tiny_model_dir, tiny_tokenizer, s
     assert isinstance(http, HTTPLLMJudge)
     with pytest.raises(ValueError, match="api_model"):
         JudgeSettings(kind="llm", llm={"base_url": server.url})
+
+
+# ---------------------------------------------------------------------------------------------
+# verifier
+
+
+def test_verifier_judge_prefers_the_reply_meeting_more_constraints():
+    pytest.importorskip("if_verifiable")
+    from spreadpref.judges import VerifierJudge
+
+    metadata = {"instruction_id_list": ["punctuation:no_comma", "keywords:existence"],
+                "kwargs": [{}, {"keywords": ["garden"]}]}
+    replies = ["My garden is green and calm.", "Well, my house is big.", "My garden, sadly, is small."]
+    judgement = VerifierJudge().judge([Comparison(PROMPT, replies, "q1", metadata=metadata)])[0]
+    assert judgement.scores == [1.0, 0.0, 0.5]
+    assert judgement.p(0, 2) == 1.0 and judgement.p(1, 2) == 0.0 and judgement.p(1, 1) == 0.5
+
+
+def test_verifier_judge_names_a_prompt_without_constraints():
+    from spreadpref.judges import VerifierJudge
+
+    with pytest.raises(JudgeError, match="'q9' has no verifiable constraints"):
+        VerifierJudge().judge([Comparison(PROMPT, ["a", "b"], "q9")])

@@ -145,3 +145,21 @@ def test_embedded_default_profile_runs_a_small_loop(tmp_path):
     assert row["prompts"] == 4 and row["pairs"] + row["ties_dropped"] + row["identical_dropped"] == 4
     assert row["seed_agreement"] is not None
     assert (out / "round-1" / "train" / "model" / "model.safetensors").is_file()
+
+
+def test_llm_as_judge_baseline_runs_a_round_with_the_policy_as_judge(tiny_model_dir, loop_data, tmp_path):
+    seed, prompts = loop_data
+    out = tmp_path / "run"
+    overrides = loop_overrides(tiny_model_dir, seed, prompts, out) + [
+        "loop.rounds=1", "loop.prompts_per_round=[6]", "judge.kind=llm", "judge.llm.model=policy",
+        "refine.enabled=false", "judge.seed_agreement=false"]
+    run(load_config(None, overrides))
+    verdicts = read_jsonl(out / "round-1" / "verdicts.jsonl")
+    assert len(verdicts) == 12
+    for row in verdicts:  # both orders asked: the preference rows are complementary
+        other = next(v for v in verdicts if v["prompt_index"] == row["prompt_index"] and v["sample"] != row["sample"])
+        assert row["prefer"][other["sample"]] + other["prefer"][row["sample"]] == pytest.approx(1.0)
+    pairs = read_jsonl(out / "round-1" / "pairs.jsonl")
+    assert pairs and all(p["p"] >= 0.5 for p in pairs)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"]["1"]["judge_kind"] == "llm" and summary["rounds"]["1"]["seed_agreement"] is None

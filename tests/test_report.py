@@ -1,0 +1,76 @@
+import json
+
+import pytest
+
+from spreadpref.config import load_config
+from spreadpref.io import read_jsonl
+from spreadpref.judges import Comparison, RewardModelJudge
+from spreadpref.loop import run
+from spreadpref.report import write_report
+from spreadpref.testing import make_tiny_reward_model_dir
+
+from test_loop import loop_data, loop_overrides  # noqa: F401 - the fixture is used by name
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_loop_with_an_external_judge_labels_pairs_by_it_and_ends_with_a_report(tiny_model_dir, loop_data, tmp_path):
+    import torch
+
+    seed, prompts = loop_data
+    out = tmp_path / "run"
+    rm = make_tiny_reward_model_dir(tmp_path / "rm")
+    overrides = loop_overrides(tiny_model_dir, seed, prompts, out) + [
+        "judge.kind=reward_model", f"judge.reward_model.name_or_path={rm}", "refine.enabled=false",
+        "loop.keep_models=3", "eval.after_run=true", f"eval.prompts={prompts}", "eval.limit=4",
+        "eval.max_new_tokens=6", "eval.judge.kind=reward_model", f"eval.judge.reward_model.name_or_path={rm}",
+        "eval.bootstrap=50"]
+    run(load_config(None, overrides))
+    # Round 1's pairs: chosen/rejected and p are the reward model's, the reference log-probs pi_0's.
+    judge = RewardModelJudge(str(rm), torch.device("cpu"))
+    generations = read_jsonl(out / "round-1" / "generations.jsonl")
+    for pair in read_jsonl(out / "round-1" / "pairs.jsonl"):
+        group = [g for g in generations if g["prompt_id"] == pair["prompt_id"]]
+        prompt = group[0]["prompt"]
+        scores = judge.judge([Comparison(prompt, [pair["chosen"], pair["rejected"]])])[0].scores
+        assert scores[0] > scores[1]
+        assert pair["p"] == pytest.approx(1 / (1 + pytest.importorskip("math").exp(scores[1] - scores[0])), abs=1e-4)
+        assert pair["margin"] == pytest.approx(scores[0] - scores[1], abs=1e-4)
+    judged = read_jsonl(out / "round-1" / "judged.jsonl")
+    assert all("policy_logps" in row and "prefer" in row for row in judged)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"]["1"]["judge_kind"] == "reward_model"
+    assert summary["rounds"]["1"]["seed_agreement"] is not None  # pi_0's implicit reward on the seed pairs
+    # Evaluated after the run: every model, and the report plots the win rates.
+    results = json.loads((out / "eval" / "eval.json").read_text())
+    assert set(results["models"]) == {"sft", "seed", "round-1", "round-2"}
+    report = (out / "report.md").read_text()
+    for name in ("margins.png", "seed_agreement.png", "reply_length.png", "win_rate.png"):
+        assert f"(plots/{name})" in report
+        assert (out / "plots" / name).read_bytes().startswith(PNG)
+    assert "| 2 | reward_model |" in report and "## Evaluation" in report
+
+
+def test_report_plots_refinement_from_the_training_logs(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "round-1" / "train").mkdir(parents=True)
+    (run_dir / "summary.json").write_text(json.dumps({
+        "seed": {"pairs": 8, "train_loss": 0.5, "reward_accuracy": 1.0, "seconds": 3.0},
+        "rounds": {"1": {"round": 1, "pairs": 3, "seed_agreement": 0.75, "mean_reply_tokens": 12.0,
+                         "smoothed_fraction": 0.25, "margin_quantiles": {"p50": 0.1}}}}))
+    (run_dir / "round-1" / "pairs.jsonl").write_text(
+        "".join(json.dumps({"margin": m}) + "\n" for m in (0.1, 0.5, 2.0)))
+    (run_dir / "round-1" / "train" / "log_history.json").write_text(json.dumps([
+        {"step": 1, "loss": 0.69, "refine/smoothed_fraction": 0.0, "refine/threshold": 0.0},
+        {"step": 2, "loss": 0.68, "refine/smoothed_fraction": 0.5, "refine/threshold": 0.2},
+        {"train_runtime": 1.0}]))
+    report = write_report(run_dir).read_text()
+    assert "(plots/refinement.png)" in report and "(plots/margins.png)" in report
+    assert "win_rate.png" not in report  # no evaluation yet
+    assert "| 1 | implicit | 3 | 0 | 12 | 0.100 | 0.750 | 0.250 |" in report
+    assert (run_dir / "plots" / "refinement.png").read_bytes().startswith(PNG)
+
+
+def test_report_of_an_empty_run_still_writes_the_table(tmp_path):
+    (tmp_path / "summary.json").write_text(json.dumps({"rounds": {}}))
+    assert "## Per round" in write_report(tmp_path).read_text()

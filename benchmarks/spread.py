@@ -290,24 +290,27 @@ def write_outputs(args, aggregate: dict[str, Any], seed_file: Path, seconds: flo
         axis.legend(fontsize=7, loc="best")
         figure.savefig(out / name, dpi=110, bbox_inches="tight")
         plt.close(figure)
-    seed_pairs = sum(1 for _ in open(seed_file, encoding="utf-8"))
+    seed_pairs = len(seed_file.read_text(encoding="utf-8").splitlines())
     lines = ["| variant | round | constraints met | gold win rate vs SFT | words | seed agreement | smoothed |",
              "|---|---|---|---|---|---|---|"]
     order = {v: i for i, v in enumerate(["sft", "dpo_seed", *args.variants])}
     for r in sorted(rows, key=lambda r: (order[r["variant"]], r["round"])):
-        def cell(metric: str, spec: str = ".3f") -> str:
-            value = r.get(metric)
-            if value is None or (isinstance(value, float) and math.isnan(value)):
-                return "–"
-            return f"{value:{spec}} ± {r[f'{metric}_ci']:{spec}}"
-        lines.append(f"| {LABELS[r['variant']]} | {r['round']} | {cell('constraint_satisfaction')} | "
-                     f"{cell('win_rate')} | {cell('mean_words', '.1f')} | {cell('seed_agreement')} | "
-                     f"{cell('smoothed_fraction', '.2f')} |")
+        lines.append(f"| {LABELS[r['variant']]} | {r['round']} | {_cell(r, 'constraint_satisfaction')} | "
+                     f"{_cell(r, 'win_rate')} | {_cell(r, 'mean_words', '.1f')} | {_cell(r, 'seed_agreement')} | "
+                     f"{_cell(r, 'smoothed_fraction', '.2f')} |")
     command = "python benchmarks/spread.py " + " ".join(sys.argv[1:])
     (out / "table.md").write_text(
         f"<!-- written by {command.strip()} in {seconds / 60:.0f} min; {seed_pairs} seed pairs, "
         f"{aggregate['eval_prompts']} evaluation prompts, seeds {args.seeds} -->\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def _cell(row: dict[str, Any], metric: str, spec: str = ".3f") -> str:
+    """mean ± 95% half-width across seeds."""
+    value = row.get(metric)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:{spec}} ± {row[f'{metric}_ci']:{spec}}"
 
 
 def main(argv: list[str] | None = None) -> int:

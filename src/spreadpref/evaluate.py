@@ -30,7 +30,12 @@ from spreadpref.data import PromptRecord, load_preferences, load_prompts
 from spreadpref.errors import SpreadprefError
 from spreadpref.io import atomic_write_json, atomic_write_text, read_jsonl, run_in_parts
 from spreadpref.manifest import Manifest
-from spreadpref.models import load_model, load_tokenizer, resolve_device, resolve_model_path
+from spreadpref.models import (
+    load_model,
+    load_tokenizer,
+    resolve_device,
+    resolve_model_path,
+)
 from spreadpref.progress import console
 
 BASELINE = "baseline"

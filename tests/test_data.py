@@ -203,3 +203,35 @@ def test_token_space_pairs_keep_their_ids(tmp_path):
     bad = write_jsonl(tmp_path / "bad2.jsonl", [good_row(prompt_ids=[1, -5], chosen_ids=[2], rejected_ids=[3])])
     with pytest.raises(DataError, match="'prompt_ids'.*non-negative"):
         load_preferences(str(bad))
+
+
+def test_bundled_verifiable_sets_never_share_a_task_with_evaluation():
+    from spreadpref.data import load_prompts
+
+    tasks = {}
+    for name in ("ifeval_eval", "ifeval_seed_prompts", "ifeval_prompts"):
+        records, _ = load_prompts(f"builtin:{name}")
+        assert all(r.metadata["instruction_id_list"] and len(r.metadata["kwargs"]) ==
+                   len(r.metadata["instruction_id_list"]) for r in records)
+        tasks[name] = {r.metadata["task_id"] for r in records}
+    assert not tasks["ifeval_eval"] & (tasks["ifeval_seed_prompts"] | tasks["ifeval_prompts"])
+    assert not tasks["ifeval_seed_prompts"] & tasks["ifeval_prompts"]
+    assert len(tasks["ifeval_eval"]) == 94
+
+
+def test_bundled_verifiable_sets_are_what_the_script_makes():
+    import importlib.util
+    import json
+    from importlib import resources
+    from pathlib import Path
+
+    import pytest
+
+    pytest.importorskip("if_verifiable")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "make_ifeval_sets.py"
+    spec = importlib.util.spec_from_file_location("make_ifeval_sets", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for name, rows in module.build_sets().items():
+        bundled = resources.files("spreadpref.resources").joinpath(name).read_text(encoding="utf-8")
+        assert [json.loads(line) for line in bundled.splitlines()] == rows, name

@@ -221,6 +221,15 @@ class LoopSettings(Section):
     keep_models: int = Field(2, ge=1, description="Keep the last N round models (the seed model is always kept).")
 
 
+class EvalJudgeSettings(JudgeSettings):
+    """The judge of `spreadpref eval`'s win rates: fixed for every model, so never the model itself."""
+
+    kind: Literal["implicit", "reward_model", "llm", "verifier"] = Field(
+        "verifier", description="verifier (default: the rule-based gold judge of the built-in evaluation prompts), "
+        "reward_model, or llm with a fixed model or base_url."
+    )
+
+
 class EvalSettings(Section):
     """`spreadpref eval`: answers on held-out prompts, win rates against a baseline, held-out agreement."""
 
@@ -234,10 +243,7 @@ class EvalSettings(Section):
         "initial", description="initial: answers of model.name_or_path (the SFT model); or a model directory, "
         "or an AlpacaEval-format JSON file of baseline answers."
     )
-    judge: JudgeSettings = Field(
-        default_factory=lambda: JudgeSettings(kind="verifier", seed_agreement=False),
-        description="The judge of the win rates (default: the rule-based verifier).",
-    )
+    judge: EvalJudgeSettings = EvalJudgeSettings()
     labelled: str | None = Field(
         None, description="Held-out human-labelled pairs: report each model's implicit-reward agreement with them."
     )

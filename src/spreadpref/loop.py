@@ -307,7 +307,8 @@ def _judge_stage(config, tokenizer, samples, prompts, models, seed_pairs, round_
     seconds = time.perf_counter() - started
     del policy, reference
     gc.collect()
-    scored_tokens = sum(s["num_tokens"] + len(s["prompt_ids"]) for s in samples) * (2 if reference_path else 1)
+    two_models = kind == "implicit" and reference_path is not None
+    scored_tokens = sum(s["num_tokens"] + len(s["prompt_ids"]) for s in samples) * (2 if two_models else 1)
     # Throughput of judging the round's samples; the stage time also covers the seed-agreement check.
     metrics.update(seconds=round(seconds, 1), tokens_per_second=round(scored_tokens / max(judge_seconds, 1e-9), 1))
     manifest.complete(name, outputs={"judged": str(round_dir / "judged.jsonl"),

@@ -123,3 +123,26 @@ def test_stages_alone_generate_judge_train(tiny_model_dir, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())["stages"]["train"]
     # Token-space pairs with the judge's log-probs: no reference pass, the exact generated ids.
     assert manifest["reference"]["from_data"] == len(pairs) and manifest["reference"]["computed"] == 0
+
+
+def test_eval_command_writes_results_and_names_a_bad_judge(tiny_model_dir, tmp_path):
+    from spreadpref.testing import make_tiny_reward_model_dir
+
+    from conftest import write_jsonl
+
+    prompts = write_jsonl(tmp_path / "eval.jsonl", [{"id": f"e{i}", "prompt": f"Count to {i}."} for i in range(3)])
+    rm = make_tiny_reward_model_dir(tmp_path / "rm")
+    common = ["-s", f"model.name_or_path={tiny_model_dir}", "-s", f"eval.prompts={prompts}", "-s",
+              "eval.max_new_tokens=4", "-s", "data.max_length=96", "-s", "data.max_prompt_length=48"]
+    result = runner.invoke(app, ["eval", str(tiny_model_dir), "-o", str(tmp_path / "out"), *common,
+                                 "-s", "eval.judge.kind=reward_model", "-s", f"eval.judge.reward_model.name_or_path={rm}"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "eval.md").is_file() and (tmp_path / "out" / "alpaca_eval" / "model.json").is_file()
+    result = runner.invoke(app, ["eval", str(tiny_model_dir), "-o", str(tmp_path / "bad"), *common,
+                                 "-s", "eval.judge.kind=implicit"])
+    assert result.exit_code == 2 and "judge itself" in result.output
+
+
+def test_report_command_needs_a_run_directory(tmp_path):
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and "not a spreadpref run directory" in result.output

@@ -236,3 +236,16 @@ def test_a_checkpoint_interrupted_while_saving_is_skipped(tmp_path):
     assert last_checkpoint(checkpoints) == str(checkpoints / "checkpoint-4")
     assert not (checkpoints / "checkpoint-6").exists() and not (checkpoints / "checkpoint-8").exists()
     assert last_checkpoint(tmp_path / "none") is None
+
+
+def test_training_scalars_reach_tensorboard(tiny_model_dir, pairs_file, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    train_policy(tiny_config(tiny_model_dir, pairs_file, out, "train.report_to=[tensorboard]"))
+    events = sorted(out.rglob("events.out.tfevents*"))
+    assert events, "no TensorBoard event file was written"
+    accumulator = EventAccumulator(str(events[0].parent))
+    accumulator.Reload()
+    tags = set(accumulator.Tags()["scalars"])
+    assert {"train/loss", "train/rewards/accuracies", "train/rewards/margins", "train/labels/mean"} <= tags

@@ -1,6 +1,6 @@
 """Does the preference spread? SPA against its baselines on a gold-verifiable task, several seeds.
 
-    python benchmarks/spread.py                     # embedded SmolLM2-135M-Instruct, 3 seeds (~1 h on 2 cores)
+    OMP_NUM_THREADS=1 python benchmarks/spread.py   # embedded SmolLM2-135M-Instruct, 3 seeds (about 1-2 h on 2 cores)
     python benchmarks/spread.py --model tiny --seeds 0 --rounds 1 --prompts-per-round 8 --eval-prompts 8  # smoke
 
 The "human" is a rule-based verifier whose preference is known exactly: prompts are everyday tasks
@@ -46,6 +46,7 @@ VARIANTS = {
 LABELS = {"sft": "SFT", "dpo_seed": "DPO on seed only", "gold": "Iterative DPO, gold verifier judge",
           "llm_judge": "Iterative DPO, LLM-as-judge", "spa_direct": "SPA, direct judgment",
           "spa_refine": "SPA + self-refinement", "spa_dnd": "SPA + refinement + DND"}
+ANNOTATION_SAMPLES, ANNOTATION_MAX_NEW_TOKENS = 4, 64  # the seed "annotation" draws, fixed across settings
 T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
@@ -54,10 +55,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default="embedded", help="embedded, tiny (smoke test) or a model directory")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--prompts-per-round", type=int, default=40)
+    parser.add_argument("--prompts-per-round", type=int, default=24)
     parser.add_argument("--seed-pairs", type=int, default=64, help="verifier-labelled seed pairs (at most)")
-    parser.add_argument("--eval-prompts", type=int, default=48)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--eval-prompts", type=int, default=40)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "spread")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "docs" / "results")
@@ -109,7 +110,8 @@ def make_seed_pairs(args: argparse.Namespace, model: str) -> Path:
     if out.is_file():
         return out
     config = load(base_overrides(args, model, out, 1234, args.work / "seed-annotation")
-                  + ["generation.num_samples=4", "generation.temperature=1.0"])
+                  + [f"generation.num_samples={ANNOTATION_SAMPLES}", "generation.temperature=1.0",
+                     f"generation.max_new_tokens={ANNOTATION_MAX_NEW_TOKENS}"])
     prompts, _ = load_prompts("builtin:ifeval_seed_prompts")
     tokenizer = load_tokenizer(config.model)
     samples = generate_samples(load_eval_model(config, model), tokenizer, prompts, config.generation, config.data,

@@ -54,17 +54,22 @@ def plot_refinement(run_dir: Path, rounds: list[int], out: Path) -> bool:
     import matplotlib.pyplot as plt
 
     series: list[tuple[int, int, float | None, float | None]] = []
-    offset = 0
+    offset, boundaries = 0, []
     for i in rounds:
         history = _load_json(run_dir / f"round-{i}" / "train" / "log_history.json") or []
         steps = [h for h in history if "refine/smoothed_fraction" in h]
         for h in steps:
             series.append((i, offset + int(h.get("step", 0)), h.get("refine/smoothed_fraction"),
                            h.get("refine/threshold")))
+        if steps:
+            boundaries.append((offset, i))
         offset += max((int(h.get("step", 0)) for h in steps), default=0)
     if not series:
         return False
     figure, left = plt.subplots(figsize=(6.4, 2.8))
+    for start, i in boundaries:
+        left.axvline(start + 0.5, color="grey", lw=0.6, ls=":")
+        left.annotate(f"round {i}", (start + 0.6, 1.0), xycoords=("data", "axes fraction"), va="top", fontsize=7)
     steps = [s for _, s, _, _ in series]
     left.plot(steps, [f for _, _, f, _ in series], "o-", color="tab:orange", label="fraction smoothed")
     left.set_xlabel("training step (rounds in sequence)")
@@ -122,7 +127,7 @@ def _round_table(summary: dict[str, Any]) -> list[str]:
     for r in _rounds(summary):
         dropped = (r.get("identical_dropped") or 0) + (r.get("ties_dropped") or 0)
         seconds = " / ".join(_f(r.get(k), ".0f") for k in ("generate_seconds", "judge_seconds", "train_seconds"))
-        lines.append(f"| {r['round']} | {r.get('judge_kind', 'implicit')} | {r.get('pairs')} | {dropped} | "
+        lines.append(f"| {r['round']} | {r.get('judge_kind', 'implicit')} | {_f(r.get('pairs'))} | {dropped} | "
                      f"{_f(r.get('mean_reply_tokens'), '.0f')} | {_f((r.get('margin_quantiles') or {}).get('p50'))} | "
                      f"{_f(r.get('seed_agreement'))} | {_f(r.get('smoothed_fraction'))} | {_f(r.get('train_loss'))} | "
                      f"{_f(r.get('reward_accuracy'))} | {seconds} |")

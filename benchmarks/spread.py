@@ -1,6 +1,8 @@
 """Does the preference spread? SPA against its baselines on a gold-verifiable task, several seeds.
 
     OMP_NUM_THREADS=1 python benchmarks/spread.py   # embedded SmolLM2-135M-Instruct, 3 seeds (about 1-2 h on 2 cores)
+    # or one process per seed on a machine with cores to spare, then the same command to aggregate:
+    #   for s in 0 1 2; do OMP_NUM_THREADS=1 python benchmarks/spread.py --seeds $s & done; wait
     python benchmarks/spread.py --model tiny --seeds 0 --rounds 1 --prompts-per-round 8 --eval-prompts 8  # smoke
 
 The "human" is a rule-based verifier whose preference is known exactly: prompts are everyday tasks
@@ -211,9 +213,9 @@ def evaluate_seed(args, model: str, seed_file: Path, seed: int, dirs: dict[str, 
     for variant, directory in dirs.items():
         models += [EvalModel(f"s{seed}/{variant}/round-{i}", str(directory / f"round-{i}" / "train" / "model"))
                    for i in range(1, args.rounds + 1)]
-    # Greedy answers do not depend on the seed: one evaluation directory (and one SFT baseline) for all seeds.
-    config = load(base_overrides(args, model, seed_file, 0, first))
-    return evaluate_models(config, models, args.work / "eval")
+    # One evaluation directory per seed, so that seeds can run as parallel processes (--seeds 0, --seeds 1, ...).
+    config = load(base_overrides(args, model, seed_file, seed, first))
+    return evaluate_models(config, models, args.work / f"eval-s{seed}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,10 +324,12 @@ def main(argv: list[str] | None = None) -> int:
     model = model_source(args)
     seed_file = make_seed_pairs(args, model)
     dirs_by_seed = {}
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"models": {}}
     for seed in args.seeds:
         dirs_by_seed[seed] = run_seed(args, model, seed_file, seed)
-        results = evaluate_seed(args, model, seed_file, seed, dirs_by_seed[seed])
+        evaluated = evaluate_seed(args, model, seed_file, seed, dirs_by_seed[seed])
+        # Model names carry the seed; "sft" (greedy answers of the same model) is the same in every seed.
+        results = {**evaluated, "models": {**results["models"], **evaluated["models"]}}
     aggregate = collect(args, results, dirs_by_seed)
     write_outputs(args, aggregate, seed_file, time.perf_counter() - started)
     return 0

@@ -287,3 +287,10 @@ def test_verifier_judge_names_a_prompt_without_constraints():
 
     with pytest.raises(JudgeError, match="'q9' has no verifiable constraints"):
         VerifierJudge().judge([Comparison(PROMPT, ["a", "b"], "q9")])
+
+
+def test_http_judge_counts_unreadable_answers_as_ties(stub):
+    server = stub(default=lambda body: (200, {"choices": [{"message": {"content": "Both are fine."}}]}))
+    judge = HTTPLLMJudge(server.url, "m")
+    assert judge.prob_first([judge_messages(PROMPT, "a", "b")]) == [0.5]
+    assert judge.unparsed == 1

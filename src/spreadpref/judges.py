@@ -313,8 +313,15 @@ class HTTPLLMJudge(PairwiseJudge):
         self.unparsed = 0
 
     def prob_first(self, questions: list[list[Message]]) -> list[float]:
+        before = self.unparsed
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            return list(pool.map(self._ask, questions))
+            answers = list(pool.map(self._ask, questions))
+        if self.unparsed > before:
+            from spreadpref.progress import console
+
+            console.print(f"[yellow]{self.unparsed - before} of {len(questions)} judge answers were neither A nor B "
+                          "and count as ties.[/]")
+        return answers
 
     def _ask(self, messages: list[Message]) -> float:
         body = {"model": self.model, "messages": messages, "max_tokens": 1, "temperature": 0.0,

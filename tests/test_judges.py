@@ -294,3 +294,10 @@ def test_http_judge_counts_unreadable_answers_as_ties(stub):
     judge = HTTPLLMJudge(server.url, "m")
     assert judge.prob_first([judge_messages(PROMPT, "a", "b")]) == [0.5]
     assert judge.unparsed == 1
+
+
+@pytest.mark.parametrize("text, p", [("A", 1.0), ("b.", 0.0), (" Response A", 1.0), ("Both are fine.", 0.5),
+                                     ("Answer: B", 0.5)])
+def test_http_judge_reads_only_a_leading_letter(stub, text, p):
+    server = stub(default=lambda body: (200, {"choices": [{"message": {"content": text}}]}))
+    assert HTTPLLMJudge(server.url, "m").prob_first([judge_messages(PROMPT, "a", "b")]) == [p]

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import random
+import re
 import time
 import urllib.error
 import urllib.request
@@ -370,9 +371,10 @@ class HTTPLLMJudge(PairwiseJudge):
         if letters:
             a, b = letters.get("A", -math.inf), letters.get("B", -math.inf)
             return _sigmoid(a - b) if math.isfinite(a - b) else float(a > b)
-        text = ((choice.get("message") or {}).get("content") or "").strip().upper()
-        if text[:1] in ("A", "B"):
-            return 1.0 if text[0] == "A" else 0.0
+        text = (choice.get("message") or {}).get("content") or ""
+        letter = re.match(r"\W*(?:Response\s+)?([AB])\b", text, flags=re.IGNORECASE)  # "A", "B.", "Response A"
+        if letter:
+            return 1.0 if letter.group(1).upper() == "A" else 0.0
         self.unparsed += 1
         return 0.5
 

@@ -78,39 +78,56 @@ def _order(row: dict[str, Any]) -> tuple[int, int]:
     return row["prompt_index"], row["sample"]
 
 
+def prompt_batches(prompt_ids: list[list[int]], batch_size: int) -> list[list[int]]:
+    """Prompt indices in batches of similar length (shortest first): little left padding to generate through."""
+    order = sorted(range(len(prompt_ids)), key=lambda i: (len(prompt_ids[i]), i))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def left_padded(rows: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids and attention mask: every prompt ends where generation starts."""
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for index, row in enumerate(rows):
+        input_ids[index, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        attention[index, width - len(row):] = 1
+    return input_ids, attention
+
+
+def sampling_kwargs(settings: GenerationSettings, stops: list[int], pad_token_id: int,
+                    max_new_tokens: int) -> dict[str, Any]:
+    """``model.generate`` keyword arguments for the configured sampling."""
+    sampling = settings.temperature > 0
+    return {
+        "do_sample": sampling,
+        "temperature": settings.temperature if sampling else None,
+        "top_p": settings.top_p if sampling else None,
+        "top_k": None,
+        "max_new_tokens": max(max_new_tokens, 1),
+        "num_return_sequences": settings.num_samples,
+        "eos_token_id": stops,
+        "pad_token_id": pad_token_id,
+    }
+
+
 @torch.no_grad()
 def generate_samples(model: Any, tokenizer: Any, prompts: list[PromptRecord], settings: GenerationSettings,
                      data: DataSettings, seed: int, out_file: Path, round_index: int = 0) -> list[dict[str, Any]]:
     """Sample ``settings.num_samples`` replies per prompt with ``model.generate``; rows in prompt order."""
     prompt_ids = prepare_prompt_ids(tokenizer, prompts, data)
-    order = sorted(range(len(prompts)), key=lambda i: (len(prompt_ids[i]), i))
-    batches = [order[i : i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
+    batches = prompt_batches(prompt_ids, settings.batch_size)
     stops = stop_token_ids(tokenizer, model)
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
 
     def process(batch_index: int, indices: list[int]) -> list[dict[str, Any]]:
         torch.manual_seed(unit_seed(seed, "generate", round_index, batch_index))
-        width = max(len(prompt_ids[i]) for i in indices)
-        input_ids = torch.full((len(indices), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(indices), width), dtype=torch.long)
-        for row, i in enumerate(indices):  # left padding: every prompt ends where generation starts
-            input_ids[row, width - len(prompt_ids[i]):] = torch.tensor(prompt_ids[i])
-            attention[row, width - len(prompt_ids[i]):] = 1
+        input_ids, attention = left_padded([prompt_ids[i] for i in indices], pad)
+        width = input_ids.shape[1]
         budget = min(settings.max_new_tokens, data.max_length - width)
-        sampling = settings.temperature > 0
-        output = model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=attention.to(device),
-            do_sample=sampling,
-            temperature=settings.temperature if sampling else None,
-            top_p=settings.top_p if sampling else None,
-            top_k=None,
-            max_new_tokens=max(budget, 1),
-            num_return_sequences=settings.num_samples,
-            eos_token_id=stops,
-            pad_token_id=pad,
-        )
+        output = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                **sampling_kwargs(settings, stops, pad, budget))
         rows = []
         for row, sequence in enumerate(output[:, width:].tolist()):
             i = indices[row // settings.num_samples]

@@ -10,7 +10,7 @@ from spreadpref.loop import run
 from harness import overrides, write_loop_data
 
 PLANTED = "sk-planted-secret-0123456789abcdef"
-ALLOWED_SUFFIXES = {".json", ".jsonl", ".yaml", ".safetensors", ".jinja", ".txt", ".md"}
+ALLOWED_SUFFIXES = {".png", ".json", ".jsonl", ".yaml", ".safetensors", ".jinja", ".txt", ".md"}
 
 
 @pytest.fixture(scope="module")

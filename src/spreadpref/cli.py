@@ -152,7 +152,7 @@ def judge(
     def action() -> None:
         from spreadpref import distributed
         from spreadpref.io import read_jsonl, write_jsonl
-        from spreadpref.judge import pair_samples, score_samples
+        from spreadpref.judge import judge_samples, pair_samples
         from spreadpref.loop import load_eval_model
         from spreadpref.models import load_tokenizer
 
@@ -165,19 +165,7 @@ def judge(
         reference_model = None if ref_name.lower() == "none" else load_eval_model(cfg, ref_name)
         tokenizer = load_tokenizer(cfg.model)
         out.mkdir(parents=True, exist_ok=True)
-        if cfg.judge.kind == "implicit":
-            judged = score_samples(policy_model, reference_model, samples, cfg.judge, tokenizer.pad_token_id,
-                                   out / "judged.jsonl")
-        else:
-            from spreadpref.judge import external_scores, merge_external
-            from spreadpref.judges import make_judge
-
-            logps = score_samples(policy_model, None, samples, cfg.judge, tokenizer.pad_token_id,
-                                  out / "policy_logps.jsonl")
-            external = make_judge(cfg.judge, cfg.model, beta=cfg.train.beta, policy=policy_model, tokenizer=tokenizer)
-            judged = merge_external(logps, external_scores(external, samples, {}, out / "verdicts.jsonl"))
-            if distributed.is_main():
-                write_jsonl(out / "judged.jsonl", judged)
+        judged = judge_samples(policy_model, reference_model, samples, cfg, tokenizer, {}, out)
         pairs, stats = pair_samples(samples, judged, cfg.train.beta)
         if distributed.is_main():
             write_jsonl(out / "pairs.jsonl", pairs)

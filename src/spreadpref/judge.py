@@ -123,6 +123,24 @@ def external_scores(judge: Any, samples: list[dict[str, Any]], metadata: dict[st
                         order=lambda r: (r["prompt_index"], r["sample"]))
 
 
+def judge_samples(policy: Any, reference: Any | None, samples: list[dict[str, Any]], config: Any, tokenizer: Any,
+                  metadata: dict[str, dict[str, Any]], out_dir: Path, round_index: int = 0) -> list[dict[str, Any]]:
+    """judged.jsonl rows for ``config.judge.kind``: pi_{i-1} log-probs (the training reference) and the score."""
+    from spreadpref import distributed
+    from spreadpref.io import write_jsonl
+    from spreadpref.judges import make_judge
+
+    pad = tokenizer.pad_token_id
+    if config.judge.kind == "implicit":
+        return score_samples(policy, reference, samples, config.judge, pad, out_dir / "judged.jsonl", round_index)
+    logps = score_samples(policy, None, samples, config.judge, pad, out_dir / "policy_logps.jsonl", round_index)
+    judge = make_judge(config.judge, config.model, beta=config.train.beta, policy=policy, tokenizer=tokenizer)
+    judged = merge_external(logps, external_scores(judge, samples, metadata, out_dir / "verdicts.jsonl", round_index))
+    if distributed.is_main():
+        write_jsonl(out_dir / "judged.jsonl", judged)
+    return judged
+
+
 def merge_external(judged: list[dict[str, Any]], verdicts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The pi_{i-1} log-probs of ``judged`` with the external judge's score and preferences."""
     by_key = {(v["prompt_index"], v["sample"]): v for v in verdicts}

@@ -265,8 +265,7 @@ def _judge_reference_path(config: Config, models: dict[int, Path], i: int) -> st
 
 
 def _judge_stage(config, tokenizer, samples, prompts, models, seed_pairs, round_dir, i, manifest, fingerprint, row):
-    from spreadpref.judge import external_scores, merge_external, pair_samples, score_samples, seed_agreement
-    from spreadpref.judges import make_judge
+    from spreadpref.judge import judge_samples, pair_samples, seed_agreement
 
     name = f"round-{i}/judge"
     if _done(manifest, name, fingerprint):
@@ -282,18 +281,8 @@ def _judge_stage(config, tokenizer, samples, prompts, models, seed_pairs, round_
         reference_path = None  # an external judge needs the reference only for the seed-agreement check
     reference = load_eval_model(config, reference_path) if reference_path else None
     pad = tokenizer.pad_token_id
-    if kind == "implicit":
-        judged = score_samples(policy, reference, samples, config.judge, pad, round_dir / "judged.jsonl", i)
-    else:
-        # pi_{i-1} log-probs for the training reference; the labels come from the external judge.
-        logps = score_samples(policy, None, samples, config.judge, pad, round_dir / "policy_logps.jsonl", i)
-        judge = make_judge(config.judge, config.model, beta=config.train.beta, policy=policy, tokenizer=tokenizer)
-        verdicts = external_scores(judge, samples, {p.id: p.metadata for p in prompts},
-                                   round_dir / "verdicts.jsonl", i)
-        judged = merge_external(logps, verdicts)
-        if distributed.is_main():
-            write_jsonl(round_dir / "judged.jsonl", judged)
-        del judge
+    judged = judge_samples(policy, reference if kind == "implicit" else None, samples, config, tokenizer,
+                           {p.id: p.metadata for p in prompts}, round_dir, i)
     pairs, stats = pair_samples(samples, judged, config.train.beta, i)
     if distributed.is_main():
         write_jsonl(round_dir / "pairs.jsonl", pairs)

@@ -122,7 +122,7 @@ def report(args, sides, results) -> tuple[dict[str, Any], str]:
         elif ratio and side == "loop":
             verdict = f"{ratio['median']:.1f}x the loop"
         rows.append([side, common.spread(stats[side]["tokens_per_second"], ".4g"),
-                     common.fmt(stats[side]["tokens"]["median"], ".0f"), common.spread(stats[side]["seconds"]),
+                     common.format_cell(stats[side]["tokens"]["median"], ".0f"), common.spread(stats[side]["seconds"]),
                      common.spread(stats[side]["peak_rss_gib"], ".2f"), common.spread(ratio) if ratio else "–",
                      verdict])
     first = results[sides[0]][0]

@@ -382,7 +382,7 @@ def report(args, sides, results, check) -> tuple[dict[str, Any], str]:
             verdict += ", memory " + ("<=" if memory_ok else ">") + " TRL)"
         rows.append([side, common.spread(s["pairs_per_second"]), common.spread(s["seconds"]),
                      common.spread(s["setup_seconds"]), common.spread(s["peak_rss_gib"], ".2f"),
-                     common.fmt(s["loss"]["median"], ".4f"), common.spread(speed) if speed else "–", verdict])
+                     common.format_cell(s["loss"]["median"], ".4f"), common.spread(speed) if speed else "–", verdict])
     first = results[sides[0]][0]
     lines = [(f"### Training: one epoch on {first['pairs']} pairs ({first['tokens']} tokens per epoch), "
              f"{args.device}, {'bf16' if args.bf16 else 'float32'}, {args.reps} repetitions"), ""]

@@ -26,6 +26,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from spreadpref.progress import format_cell  # the bench scripts' table cells too
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORKDIR = ROOT / "benchmarks" / "work"
 # The seed stage only has to make a pi_0 that differs from pi_init: a few optimizer steps are enough.
@@ -326,16 +328,8 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
     return info
 
 
-def fmt(value: Any, spec: str = ".3g") -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return format(value, spec)
-    return str(value)
-
-
 def spread(stats: dict[str, float], spec: str = ".3g") -> str:
-    return f"{fmt(stats['median'], spec)} ({fmt(stats['min'], spec)}–{fmt(stats['max'], spec)})"
+    return f"{format_cell(stats['median'], spec)} ({format_cell(stats['min'], spec)}–{format_cell(stats['max'], spec)})"
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

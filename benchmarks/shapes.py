@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         "mean_reply_tokens": statistics.mean(s["num_tokens"] for s in samples),
         "mean_prompt_tokens": statistics.mean(len(s["prompt_ids"]) for s in samples),
     }
-    rows = [[name.replace("_", " "), common.fmt(value, ".3f") if isinstance(value, float) else value]
+    rows = [[name.replace("_", " "), common.format_cell(value, ".3f") if isinstance(value, float) else value]
             for name, value in figures.items()]
     markdown = "### Shapes of the input round\n\n" + common.markdown_table(["figure", "value"], rows)
     common.write_report(args, "shapes", {"figures": figures}, markdown)

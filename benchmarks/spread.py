@@ -311,10 +311,10 @@ def write_outputs(args, aggregate: dict[str, Any], seed_file: Path, seconds: flo
 
 def _cell(row: dict[str, Any], metric: str, spec: str = ".3f") -> str:
     """mean ± 95% half-width across seeds."""
-    value = row.get(metric)
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:{spec}} ± {row[f'{metric}_ci']:{spec}}"
+    from spreadpref.progress import format_cell
+
+    value = format_cell(row.get(metric), spec)
+    return value if value == "–" else f"{value} ± {format_cell(row[f'{metric}_ci'], spec)}"
 
 
 def main(argv: list[str] | None = None) -> int:

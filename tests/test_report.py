@@ -74,3 +74,13 @@ def test_report_plots_refinement_from_the_training_logs(tmp_path):
 def test_report_of_an_empty_run_still_writes_the_table(tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps({"rounds": {}}))
     assert "## Per round" in write_report(tmp_path).read_text()
+
+
+@pytest.mark.parametrize(("value", "spec", "expected"), [
+    (None, ".3f", "–"), (float("nan"), ".2f", "–"), (0.12345, ".3f", "0.123"), (2.5, ".0f", "2"), (24, ".3f", "24"),
+    ("implicit", ".3f", "implicit"),
+])
+def test_format_cell_formats_floats_keeps_counts_and_marks_missing_values(value, spec, expected):
+    from spreadpref.progress import format_cell
+
+    assert format_cell(value, spec) == expected

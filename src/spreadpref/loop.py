@@ -33,7 +33,7 @@ from spreadpref.errors import SpreadprefError
 from spreadpref.io import atomic_write_json, read_jsonl, remove_stale_temporaries, write_jsonl
 from spreadpref.manifest import Manifest
 from spreadpref.models import load_model, load_tokenizer, resolve_device, resolve_model_path
-from spreadpref.progress import console
+from spreadpref.progress import console, format_cell
 from spreadpref.schedule import round_sizes, schedule_prompts
 from spreadpref.tokenize import TokenizedPair, tokenize_pairs
 from spreadpref.train import COSMETIC_TRAIN_KEYS, peak_rss_gb, train_fingerprint, train_on_pairs
@@ -390,14 +390,6 @@ def _write_report(root: Path) -> None:
                       f"run `spreadpref report {root}` to retry.[/]")
 
 
-def _fmt(value: Any, spec: str = ".3f") -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return format(value, spec)
-    return str(value)
-
-
 def print_round_table(summary: dict[str, Any]) -> None:
     """Per-round figures: pairs made, what was dropped, judge margins, seed agreement, smoothing, training."""
     from rich.table import Table
@@ -408,19 +400,19 @@ def print_round_table(summary: dict[str, Any]) -> None:
         table.add_column(column, justify="right", overflow="fold")
     seed = summary.get("seed")
     if seed:
-        table.add_row("seed", "–", _fmt(seed.get("pairs")), "–", "–", "–", "–", "–", "–",
-                      _fmt(seed.get("train_loss"), ".2f"), _fmt(seed.get("reward_accuracy"), ".2f"),
-                      _fmt(seed.get("seconds"), ".0f"))
+        table.add_row("seed", "–", format_cell(seed.get("pairs")), "–", "–", "–", "–", "–", "–",
+                      format_cell(seed.get("train_loss"), ".2f"), format_cell(seed.get("reward_accuracy"), ".2f"),
+                      format_cell(seed.get("seconds"), ".0f"))
     for key in sorted(summary.get("rounds", {}), key=int):
         row = summary["rounds"][key]
         dropped = (row.get("identical_dropped") or 0) + (row.get("ties_dropped") or 0)
         table.add_row(
-            str(row.get("round")), _fmt(row.get("prompts")), _fmt(row.get("pairs")), _fmt(dropped),
-            _fmt(row.get("cut_off_fraction"), ".2f"), _fmt(row.get("mean_reply_tokens"), ".0f"),
-            _fmt((row.get("margin_quantiles") or {}).get("p50"), ".2f"), _fmt(row.get("seed_agreement"), ".2f"),
-            _fmt(row.get("smoothed_fraction"), ".2f"), _fmt(row.get("train_loss"), ".2f"),
-            _fmt(row.get("reward_accuracy"), ".2f"),
-            "/".join(_fmt(row.get(k), ".0f") for k in ("generate_seconds", "judge_seconds", "train_seconds")),
+            str(row.get("round")), format_cell(row.get("prompts")), format_cell(row.get("pairs")), format_cell(dropped),
+            format_cell(row.get("cut_off_fraction"), ".2f"), format_cell(row.get("mean_reply_tokens"), ".0f"),
+            format_cell((row.get("margin_quantiles") or {}).get("p50"), ".2f"), format_cell(row.get("seed_agreement"), ".2f"),
+            format_cell(row.get("smoothed_fraction"), ".2f"), format_cell(row.get("train_loss"), ".2f"),
+            format_cell(row.get("reward_accuracy"), ".2f"),
+            "/".join(format_cell(row.get(k), ".0f") for k in ("generate_seconds", "judge_seconds", "train_seconds")),
         )
     from rich.console import Console
 

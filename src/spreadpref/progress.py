@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -56,3 +57,10 @@ def status(message: str):
 
         return nullcontext()
     return console.status(message)
+
+
+def format_cell(value: Any, spec: str = ".3f") -> str:
+    """One table cell, alike in the round table, report.md and the benchmarks: numbers by ``spec``, missing as "–"."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return format(value, spec) if isinstance(value, float) else str(value)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from spreadpref.io import atomic_path, atomic_write_text, read_jsonl
+from spreadpref.progress import format_cell
 
 
 def _load_json(path: Path) -> Any:
@@ -122,20 +123,16 @@ def _round_table(summary: dict[str, Any]) -> list[str]:
              "train loss | reward acc | seconds (gen / judge / train) |", "|---|" + "---|" * 10]
     seed = summary.get("seed")
     if seed:
-        lines.append(f"| seed | human labels | {seed.get('pairs')} | – | – | – | – | – | {_f(seed.get('train_loss'))} "
-                     f"| {_f(seed.get('reward_accuracy'))} | {_f(seed.get('seconds'), '.0f')} |")
+        lines.append(f"| seed | human labels | {seed.get('pairs')} | – | – | – | – | – | {format_cell(seed.get('train_loss'))} "
+                     f"| {format_cell(seed.get('reward_accuracy'))} | {format_cell(seed.get('seconds'), '.0f')} |")
     for r in _rounds(summary):
         dropped = (r.get("identical_dropped") or 0) + (r.get("ties_dropped") or 0)
-        seconds = " / ".join(_f(r.get(k), ".0f") for k in ("generate_seconds", "judge_seconds", "train_seconds"))
-        lines.append(f"| {r['round']} | {r.get('judge_kind', 'implicit')} | {_f(r.get('pairs'))} | {dropped} | "
-                     f"{_f(r.get('mean_reply_tokens'), '.0f')} | {_f((r.get('margin_quantiles') or {}).get('p50'))} | "
-                     f"{_f(r.get('seed_agreement'))} | {_f(r.get('smoothed_fraction'))} | {_f(r.get('train_loss'))} | "
-                     f"{_f(r.get('reward_accuracy'))} | {seconds} |")
+        seconds = " / ".join(format_cell(r.get(k), ".0f") for k in ("generate_seconds", "judge_seconds", "train_seconds"))
+        lines.append(f"| {r['round']} | {r.get('judge_kind', 'implicit')} | {format_cell(r.get('pairs'))} | {dropped} | "
+                     f"{format_cell(r.get('mean_reply_tokens'), '.0f')} | {format_cell((r.get('margin_quantiles') or {}).get('p50'))} | "
+                     f"{format_cell(r.get('seed_agreement'))} | {format_cell(r.get('smoothed_fraction'))} | {format_cell(r.get('train_loss'))} | "
+                     f"{format_cell(r.get('reward_accuracy'))} | {seconds} |")
     return lines
-
-
-def _f(value: Any, spec: str = ".3f") -> str:
-    return "–" if value is None else format(value, spec) if isinstance(value, float) else str(value)
 
 
 def write_report(run_dir: Path) -> Path:
@@ -149,7 +146,7 @@ def write_report(run_dir: Path) -> Path:
     plots = run_dir / "plots"
     sections = [f"# spreadpref run report: `{run_dir.name}`", "",
                 f"Final model: `{summary.get('final_model', '–')}`; wall time of the last invocation "
-                f"{_f(summary.get('seconds_this_invocation'), '.0f')} s, peak RSS {_f(summary.get('peak_rss_gb'), '.2f')} GB.",
+                f"{format_cell(summary.get('seconds_this_invocation'), '.0f')} s, peak RSS {format_cell(summary.get('peak_rss_gb'), '.2f')} GB.",
                 "", "## Per round", "", *_round_table(summary), ""]
     figures = [
         ("Judge margins", "margins.png", lambda p: plot_margins(run_dir, rounds, p),

@@ -1,3 +1,5 @@
+import contextlib
+import copy
 import json
 
 import pytest
@@ -20,6 +22,23 @@ def tiny_config(model_dir, data, out, *extra):
         "train.per_device_batch_size=4", "train.gradient_accumulation_steps=1", "train.num_epochs=3",
         "train.save_strategy=no", "train.warmup_ratio=0.0", *extra,
     ])
+
+
+@contextlib.contextmanager
+def interrupted_at_training_step(monkeypatch, step: int):
+    """The ``step``-th training step raises KeyboardInterrupt (as Ctrl-C would); undone on exit."""
+    original, calls = trainer_module.SoftDPOTrainer.training_step, {"n": 0}
+
+    def crash(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module.SoftDPOTrainer, "training_step", crash)
+    with pytest.raises(KeyboardInterrupt):
+        yield
+    monkeypatch.setattr(trainer_module.SoftDPOTrainer, "training_step", original)
 
 
 def train_logs(out):
@@ -96,21 +115,10 @@ def test_interrupted_training_resumes_from_its_checkpoint(tiny_model_dir, pairs_
     out = tmp_path / "run"
     config = tiny_config(tiny_model_dir, pairs_file, out, "train.per_device_batch_size=2", "train.max_steps=4",
                          "train.save_strategy=steps", "train.save_steps=2")
-    original = trainer_module.SoftDPOTrainer.training_step
-    calls = {"n": 0}
-
-    def crash_on_third_step(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(trainer_module.SoftDPOTrainer, "training_step", crash_on_third_step)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_training_step(monkeypatch, 3):
         train_policy(config)
     assert Manifest(out).stage("train")["status"] == "running"
     assert (out / "checkpoints" / "checkpoint-2").is_dir() and not (out / "model").exists()
-    monkeypatch.setattr(trainer_module.SoftDPOTrainer, "training_step", original)
     result = train_policy(config)
     stage = Manifest(out).stage("train")
     assert stage["status"] == "complete" and stage["attempts"] == 2
@@ -219,6 +227,42 @@ def test_round_training_with_self_refinement(tiny_model_dir, tmp_path, mode):
     assert all(row["labels/mean"] >= 0.9 for row in logs)
     assert 0.0 < metrics["smoothed_fraction"] < 1.0
     assert (tmp_path / "run" / "model" / "config.json").is_file()
+
+
+def test_resumed_refinement_round_smooths_as_an_uninterrupted_one(tiny_model_dir, tmp_path, monkeypatch):
+    """The sliding window of margins travels in the checkpoint: same thresholds, counts and weights."""
+    from spreadpref.data import load_preferences
+    from spreadpref.models import load_tokenizer
+    from spreadpref.tokenize import tokenize_pairs
+    from spreadpref.train import train_on_pairs
+    from spreadpref.trainer import Refinement
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", arithmetic_pairs(16))
+    config = tiny_config(tiny_model_dir, data, tmp_path / "unused", "train.per_device_batch_size=2",
+                         "train.save_strategy=steps", "train.save_steps=2", "train.logging_steps=1")
+    tokenizer = load_tokenizer(config.model)
+    pairs, _ = tokenize_pairs(tokenizer, load_preferences(str(data))[0], 64, 32)
+
+    def train(out):
+        refinement = Refinement(alpha=0.1, quantile=0.5, window=8, warmup_fraction=0.0, lam=0.0)
+        return train_on_pairs(config, tokenizer, copy.deepcopy(pairs), out, num_epochs=1,
+                              refinement=refinement)[1]
+
+    def thresholds(out):
+        rows = json.loads((out / "log_history.json").read_text())
+        return [(row["step"], row["refine/threshold"]) for row in rows if "refine/threshold" in row]
+
+    clean = train(tmp_path / "clean")
+    with interrupted_at_training_step(monkeypatch, 4):
+        train(tmp_path / "resumed")
+    saved = json.loads((tmp_path / "resumed" / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
+    assert len(saved["stateful_callbacks"]["RefineWindow"]["attributes"]["margins"]) == 4  # 2 steps x 2 pairs
+    resumed = train(tmp_path / "resumed")
+    assert thresholds(tmp_path / "resumed") == thresholds(tmp_path / "clean")  # as logged (6 decimals)
+    assert resumed["smoothed_fraction"] == clean["smoothed_fraction"]
+    final, final_clean = (AutoModelForCausalLM.from_pretrained(d / "model").state_dict()
+                          for d in (tmp_path / "resumed", tmp_path / "clean"))
+    assert all(torch.allclose(final[k], final_clean[k], atol=1e-6) for k in final)
 
 
 def test_a_checkpoint_interrupted_while_saving_is_skipped(tmp_path):

@@ -38,9 +38,6 @@ class ConfidenceThreshold:
         # Linear interpolation between order statistics, as numpy's and torch's default quantile.
         return float(torch.quantile(window, self.quantile))
 
-    def state_dict(self) -> dict:
-        return {"margins": list(self.margins), "quantile": self.quantile}
-
 
 def extrapolated_token_logps(policy_logits: torch.Tensor, ref_logits: torch.Tensor, targets: torch.Tensor,
                              lam: float) -> torch.Tensor:

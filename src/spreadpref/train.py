@@ -232,6 +232,7 @@ def build_trainer(config: Config, model: Any, tokenizer: Any, pairs: list[Tokeni
         activation_checkpointing_kwargs={"use_reentrant": False} if config.model.gradient_checkpointing else None,
         dataloader_pin_memory=device.type == "cuda",
         disable_tqdm=False,
+        restore_callback_states_from_checkpoint=True,  # the refinement window (trainer.RefineWindow)
     )
     return SoftDPOTrainer(
         model=model,

@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 from spreadpref.errors import TrainingError
 from spreadpref.io import atomic_path
@@ -65,6 +66,33 @@ class Refinement:
     reference: torch.nn.Module | None = None
 
 
+class RefineWindow(TrainerCallback, ExportableState):
+    """The refinement's sliding window of margins and its counts, kept in every checkpoint.
+
+    A callback only for Trainer's ``ExportableState``: its state goes into each checkpoint's
+    ``trainer_state.json`` (written last, so it is there exactly when the checkpoint is complete)
+    and comes back on resume, so a resumed round smooths the same pairs as an uninterrupted one.
+    """
+
+    def __init__(self, window: int = 50, quantile: float = 0.1):
+        self.threshold = ConfidenceThreshold(window, quantile)
+        self.pairs = 0
+        self.smoothed = 0
+
+    @property
+    def margins(self) -> list[float]:
+        return list(self.threshold.margins)
+
+    @margins.setter
+    def margins(self, values: list[float]) -> None:
+        self.threshold.margins.clear()
+        self.threshold.margins.extend(values)
+
+    def state(self) -> dict[str, Any]:
+        return {"args": {"window": self.threshold.margins.maxlen, "quantile": self.threshold.quantile},
+                "attributes": {"margins": self.margins, "pairs": self.pairs, "smoothed": self.smoothed}}
+
+
 class SoftDPOTrainer(Trainer):
     """``Trainer`` whose loss is soft-label DPO on reference log-probs carried by the batch."""
 
@@ -77,12 +105,22 @@ class SoftDPOTrainer(Trainer):
         self.beta = beta
         self.label_smoothing = label_smoothing
         self.refinement = refinement
-        self.threshold = ConfidenceThreshold(refinement.window, refinement.quantile) if refinement else None
+        if refinement is not None:
+            self.add_callback(RefineWindow(refinement.window, refinement.quantile))
         self._metric_sums: dict[str, float] = defaultdict(float)
         self._metric_batches = 0
         self._tokens_since_log = 0
         self._last_log_time = time.perf_counter()
-        self.refine_counts = {"pairs": 0, "smoothed": 0}
+
+    @property
+    def refine_window(self) -> RefineWindow:
+        # Looked up each time: resuming replaces the callback with one rebuilt from the checkpoint.
+        return next(cb for cb in self.callback_handler.callbacks if isinstance(cb, RefineWindow))
+
+    @property
+    def refine_counts(self) -> dict[str, int]:
+        window = self.refine_window
+        return {"pairs": window.pairs, "smoothed": window.smoothed}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "ref_chosen_logps" not in inputs:
@@ -122,9 +160,10 @@ class SoftDPOTrainer(Trainer):
         margins = self.beta * detector_logits(detector[:k], detector[k:], inputs["ref_chosen_logps"],
                                               inputs["ref_rejected_logps"])
         active = self.state.global_step >= refinement.warmup_fraction * max(self.state.max_steps, 1)
-        decision = refine_targets(margins, self.threshold, refinement.alpha, active, self._gather_margins(margins))
-        self.refine_counts["pairs"] += int(margins.numel())
-        self.refine_counts["smoothed"] += int(decision.smoothed.sum())
+        window = self.refine_window
+        decision = refine_targets(margins, window.threshold, refinement.alpha, active, self._gather_margins(margins))
+        window.pairs += int(margins.numel())
+        window.smoothed += int(decision.smoothed.sum())
         return decision
 
     def _reference_reply_logits(self, model, inputs) -> torch.Tensor:

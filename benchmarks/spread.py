@@ -1,9 +1,11 @@
 """Does the preference spread? SPA against its baselines on a gold-verifiable task, several seeds.
 
-    OMP_NUM_THREADS=1 python benchmarks/spread.py   # embedded SmolLM2-135M-Instruct, 3 seeds (about 1-2 h on 2 cores)
+    python benchmarks/spread.py   # embedded SmolLM2-135M-Instruct, seeds 0 1 2 (about 40 min a seed on 2 cores)
     # or one process per seed on a machine with cores to spare, then the same command to aggregate:
     #   for s in 0 1 2; do OMP_NUM_THREADS=1 python benchmarks/spread.py --seeds $s & done; wait
-    python benchmarks/spread.py --model tiny --seeds 0 --rounds 1 --prompts-per-round 8 --eval-prompts 8  # smoke
+    #   python benchmarks/spread.py   # reuses seeds/seed-{0,1,2}.json, writes the aggregate
+    python benchmarks/spread.py --model tiny --seeds 0 1 --rounds 1 --prompts-per-round 8 --eval-prompts 8 \
+        --out-dir /tmp/spread-smoke   # smoke test, a few minutes
 
 The "human" is a rule-based verifier whose preference is known exactly: prompts are everyday tasks
 with IFEval-style constraints (bundled: builtin:ifeval_*), a reply's gold score is the fraction of
@@ -22,8 +24,12 @@ Variants (each from the same seed-stage model pi_0 of its seed):
 
 Reported per variant and round, mean over seeds with a 95% t-interval: held-out constraint
 satisfaction, gold win rate against SFT (verifier as judge, ties one half), mean answer words, and
-seed agreement (pi_{i-1}'s implicit reward on the seed pairs). Writes results.json, results.md and
-plots into --out-dir. Every stage resumes: run the same command again after an interruption.
+seed agreement (pi_{i-1}'s implicit reward on the seed pairs), and the fraction of labels smoothed.
+
+Each seed's numbers go to --out-dir/seeds/seed-N.json as soon as the seed is done; a later call
+reuses a seed file whose settings match (--rerun runs it again) and refuses one whose settings do
+not. The aggregate over --seeds goes to results.json, table.md, constraints.png and win_rate.png.
+Every stage resumes too: run the same command again after an interruption.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from spreadpref.io import atomic_path, atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
@@ -63,7 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "spread")
-    parser.add_argument("--out-dir", type=Path, default=ROOT / "docs" / "results")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "docs" / "results",
+                        help="results.json, table.md, plots; one file per seed in seeds/ (reused unless --rerun)")
+    parser.add_argument("--rerun", action="store_true", help="run the seeds again even if their files exist")
     return parser.parse_args(argv)
 
 
@@ -219,14 +229,58 @@ def evaluate_seed(args, model: str, seed_file: Path, seed: int, dirs: dict[str, 
 
 
 # ---------------------------------------------------------------------------------------------
-# Aggregation
+# One results file per seed, then the aggregate over seeds
+
+METRICS = ("constraint_satisfaction", "win_rate", "mean_words")
+ROUND_METRICS = ("seed_agreement", "smoothed_fraction")
 
 
-def mean_ci(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of a 95% t-interval across seeds (0 for one seed)."""
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What a seed's numbers depend on; a seed file is reused only when these match."""
+    return {"model": args.model, "rounds": args.rounds, "prompts_per_round": args.prompts_per_round,
+            "seed_pairs": args.seed_pairs, "eval_prompts": args.eval_prompts,
+            "max_new_tokens": args.max_new_tokens, "variants": list(args.variants)}
+
+
+def seed_path(args: argparse.Namespace, seed: int) -> Path:
+    return args.out_dir / "seeds" / f"seed-{seed}.json"
+
+
+def seed_record(args, seed: int, evaluated: dict[str, Any], dirs: dict[str, Path], seed_file: Path,
+                seconds: float) -> dict[str, Any]:
+    """One seed's numbers, keyed "variant/round" (sft and dpo_seed are round 0)."""
+    models = evaluated["models"]
+    values = {"sft/0": {**{k: models["sft"][k] for k in METRICS}, "win_rate": 0.5},
+              "dpo_seed/0": {k: models[f"s{seed}/dpo_seed"][k] for k in METRICS}}
+    for variant, directory in dirs.items():
+        rounds = json.loads((directory / "summary.json").read_text())["rounds"]
+        for i in range(1, args.rounds + 1):
+            row = models[f"s{seed}/{variant}/round-{i}"]
+            values[f"{variant}/{i}"] = {**{k: row[k] for k in METRICS},
+                                        **{k: rounds[str(i)].get(k) for k in ROUND_METRICS}}
+    return {"seed": seed, "settings": settings(args), "values": values,
+            "seed_pairs": len(seed_file.read_text(encoding="utf-8").splitlines()),
+            "eval_prompts": evaluated["prompts"], "seconds": round(seconds),
+            "provenance": f"python benchmarks/spread.py --seeds {seed}, {time.strftime('%Y-%m-%d')}"}
+
+
+def read_seed_record(args: argparse.Namespace, seed: int) -> dict[str, Any] | None:
+    """The stored record of ``seed`` if its settings are this run's; None if there is none."""
+    path = seed_path(args, seed)
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text(encoding="utf-8"))
+    if record.get("settings") != settings(args):
+        raise SystemExit(f"{path} was made with other settings ({record.get('settings')}); run with --rerun to "
+                         f"replace it, or with --out-dir elsewhere to keep it")
+    return record
+
+
+def mean_ci(values: list[float | None]) -> tuple[float | None, float | None]:
+    """Mean and the half-width of a 95% t-interval across seeds (0 for one seed; None for no values)."""
     values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:
-        return float("nan"), float("nan")
+        return None, None
     mean = sum(values) / len(values)
     if len(values) < 2:
         return mean, 0.0
@@ -234,41 +288,23 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
     return mean, T_95.get(len(values) - 1, 1.96) * sd / math.sqrt(len(values))
 
 
-def collect(args, results: dict[str, Any], dirs_by_seed: dict[int, dict[str, Path]]) -> dict[str, Any]:
-    models = results["models"]
-    rows: dict[tuple[str, int], dict[str, list[float]]] = {}
-
-    def add(variant: str, round_index: int, metric: str, value: float | None) -> None:
-        rows.setdefault((variant, round_index), {}).setdefault(metric, []).append(value)
-
-    sft = models["sft"]
-    for seed, dirs in dirs_by_seed.items():
-        add("sft", 0, "constraint_satisfaction", sft["constraint_satisfaction"])
-        add("sft", 0, "win_rate", 0.5)
-        add("sft", 0, "mean_words", sft["mean_words"])
-        seed_row = models[f"s{seed}/dpo_seed"]
-        for key in ("constraint_satisfaction", "win_rate", "mean_words"):
-            add("dpo_seed", 0, key, seed_row[key])
-        for variant, directory in dirs.items():
-            summary = json.loads((directory / "summary.json").read_text())
-            for i in range(1, args.rounds + 1):
-                row = models[f"s{seed}/{variant}/round-{i}"]
-                for key in ("constraint_satisfaction", "win_rate", "mean_words"):
-                    add(variant, i, key, row[key])
-                add(variant, i, "seed_agreement", summary["rounds"][str(i)].get("seed_agreement"))
-                add(variant, i, "smoothed_fraction", summary["rounds"][str(i)].get("smoothed_fraction"))
+def aggregate(args: argparse.Namespace, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rows per variant and round: each metric's mean, 95% half-width and per-seed values (seed order)."""
     table = []
-    for (variant, round_index), metrics in rows.items():
-        entry = {"variant": variant, "round": round_index, "seeds": len(metrics["win_rate"])}
-        for metric, values in metrics.items():
+    for key in records[0]["values"]:
+        variant, round_index = key.split("/")
+        entry: dict[str, Any] = {"variant": variant, "round": int(round_index), "seeds": len(records)}
+        for metric in records[0]["values"][key]:
+            values = [r["values"][key][metric] for r in records]
             entry[metric], entry[f"{metric}_ci"] = mean_ci(values)
             entry[f"{metric}_per_seed"] = values
         table.append(entry)
-    return {"settings": {k: str(v) for k, v in vars(args).items()}, "rows": table,
-            "eval_prompts": results["prompts"]}
+    return {"settings": settings(args), "seeds": [r["seed"] for r in records], "rows": table,
+            "seed_pairs": records[0]["seed_pairs"], "eval_prompts": records[0]["eval_prompts"],
+            "provenance": {str(r["seed"]): r["provenance"] for r in records}}
 
 
-def write_outputs(args, aggregate: dict[str, Any], seed_file: Path, seconds: float) -> None:
+def write_outputs(args, aggregate: dict[str, Any]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -276,7 +312,7 @@ def write_outputs(args, aggregate: dict[str, Any], seed_file: Path, seconds: flo
 
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(aggregate, indent=2) + "\n")
+    atomic_write_json(out / "results.json", aggregate)
     rows = aggregate["rows"]
     for metric, ylabel, name in (("constraint_satisfaction", "held-out constraints met", "constraints.png"),
                                  ("win_rate", "gold win rate vs SFT", "win_rate.png")):
@@ -292,9 +328,9 @@ def write_outputs(args, aggregate: dict[str, Any], seed_file: Path, seconds: flo
         axis.set_ylabel(ylabel)
         axis.set_xticks(range(args.rounds + 1))
         axis.legend(fontsize=7, loc="best")
-        figure.savefig(out / name, dpi=110, bbox_inches="tight")
+        with atomic_path(out / name) as tmp:
+            figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
         plt.close(figure)
-    seed_pairs = len(seed_file.read_text(encoding="utf-8").splitlines())
     lines = ["| variant | round | constraints met | gold win rate vs SFT | words | seed agreement | smoothed |",
              "|---|---|---|---|---|---|---|"]
     order = {v: i for i, v in enumerate(["sft", "dpo_seed", *args.variants])}
@@ -303,9 +339,9 @@ def write_outputs(args, aggregate: dict[str, Any], seed_file: Path, seconds: flo
                      f"{_cell(r, 'win_rate')} | {_cell(r, 'mean_words', '.1f')} | {_cell(r, 'seed_agreement')} | "
                      f"{_cell(r, 'smoothed_fraction', '.2f')} |")
     command = "python benchmarks/spread.py " + " ".join(sys.argv[1:])
-    (out / "table.md").write_text(
-        f"<!-- written by {command.strip()} in {seconds / 60:.0f} min; {seed_pairs} seed pairs, "
-        f"{aggregate['eval_prompts']} evaluation prompts, seeds {args.seeds} -->\n" + "\n".join(lines) + "\n")
+    atomic_write_text(out / "table.md", (
+        f"<!-- written by {command.strip()}; seeds {aggregate['seeds']}, {aggregate['seed_pairs']} seed pairs, "
+        f"{aggregate['eval_prompts']} evaluation prompts -->\n" + "\n".join(lines) + "\n"))
     print("\n".join(lines))
 
 
@@ -319,19 +355,20 @@ def _cell(row: dict[str, Any], metric: str, spec: str = ".3f") -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    started = time.perf_counter()
     args.work.mkdir(parents=True, exist_ok=True)
-    model = model_source(args)
-    seed_file = make_seed_pairs(args, model)
-    dirs_by_seed = {}
-    results: dict[str, Any] = {"models": {}}
+    model = seed_file = None
     for seed in args.seeds:
-        dirs_by_seed[seed] = run_seed(args, model, seed_file, seed)
-        evaluated = evaluate_seed(args, model, seed_file, seed, dirs_by_seed[seed])
-        # Model names carry the seed; "sft" (greedy answers of the same model) is the same in every seed.
-        results = {**evaluated, "models": {**results["models"], **evaluated["models"]}}
-    aggregate = collect(args, results, dirs_by_seed)
-    write_outputs(args, aggregate, seed_file, time.perf_counter() - started)
+        if not args.rerun and read_seed_record(args, seed) is not None:
+            print(f"seed {seed}: reusing {seed_path(args, seed)} (--rerun to run it again)")
+            continue
+        started = time.perf_counter()
+        model = model or model_source(args)
+        seed_file = seed_file or make_seed_pairs(args, model)
+        dirs = run_seed(args, model, seed_file, seed)
+        evaluated = evaluate_seed(args, model, seed_file, seed, dirs)
+        record = seed_record(args, seed, evaluated, dirs, seed_file, time.perf_counter() - started)
+        atomic_write_json(seed_path(args, seed), record)
+    write_outputs(args, aggregate(args, [read_seed_record(args, seed) for seed in args.seeds]))
     return 0
 
 

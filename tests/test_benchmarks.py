@@ -48,3 +48,25 @@ def test_judge_generate_and_round_benchmarks_run(workdir):
     assert runs["spreadpref"][0]["tokens"] == runs["batched-sorted"][0]["tokens"]
     round_ = run("bench_round", workdir)
     assert round_["stats"]["round_over_ideal"]["seconds"]["n"] == 1
+
+
+def test_spread_benchmark_runs_every_variant_and_reuses_finished_seeds(workdir, monkeypatch):
+    spread = importlib.import_module("spread")
+    out = workdir / "spread-results"
+    # The verifier ties every pair of the tiny model's random replies, so the gold variant would have no
+    # pairs to train on; it runs in the real benchmark (docs/results.md).
+    variants = ["llm_judge", "spa_direct", "spa_refine", "spa_dnd"]
+    argv = ["--model", "tiny", "--seeds", "0", "1", "--rounds", "1", "--prompts-per-round", "8",
+            "--eval-prompts", "8", "--variants", *variants, "--work", str(workdir / "spread"), "--out-dir", str(out)]
+    assert spread.main(argv) == 0
+    result = json.loads((out / "results.json").read_text())
+    rows = {(r["variant"], r["round"]): r for r in result["rows"]}
+    assert set(rows) == {("sft", 0), ("dpo_seed", 0)} | {(v, 1) for v in variants}
+    for row in rows.values():
+        assert len(row["constraint_satisfaction_per_seed"]) == 2
+        assert all(0.0 <= v <= 1.0 for v in row["constraint_satisfaction_per_seed"] + row["win_rate_per_seed"])
+    assert result["seed_pairs"] > 0 and result["eval_prompts"] == 8
+    assert rows[("spa_dnd", 1)]["smoothed_fraction"] is not None
+    # A second call finds both seed files and only aggregates.
+    monkeypatch.setattr(spread, "run_seed", lambda *a, **k: pytest.fail("a finished seed was run again"))
+    assert spread.main(argv) == 0

@@ -1,0 +1,81 @@
+"""benchmarks/spread.py's bookkeeping: the t-interval across seeds, per-seed files and their reuse.
+
+The end-to-end run on the tiny model is in test_benchmarks.py (slow)."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+SPREAD = Path(__file__).resolve().parent.parent / "benchmarks" / "spread.py"
+
+
+@pytest.fixture(scope="module")
+def spread():
+    spec = importlib.util.spec_from_file_location("spread_benchmark", SPREAD)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mean_ci_is_the_95_percent_t_interval(spread):
+    mean, half = spread.mean_ci([0.3, 0.35, 0.4])
+    # sd = 0.05 (n - 1 in the denominator), t(0.975, df=2) = 4.303
+    assert mean == pytest.approx(0.35)
+    assert half == pytest.approx(4.303 * 0.05 / math.sqrt(3))
+    assert spread.mean_ci([0.7]) == (0.7, 0.0)
+    assert spread.mean_ci([None, float("nan")]) == (None, None)  # strict JSON: no NaN in results.json
+    assert spread.mean_ci([0.2, None, 0.4])[0] == pytest.approx(0.3)
+
+
+def fake_record(spread, args, seed: int, offset: float) -> dict:
+    values = {"sft/0": {"constraint_satisfaction": 0.3, "win_rate": 0.5, "mean_words": 30.0},
+              "dpo_seed/0": {"constraint_satisfaction": 0.35 + offset, "win_rate": 0.52, "mean_words": 29.0}}
+    for variant in args.variants:
+        for i in range(1, args.rounds + 1):
+            values[f"{variant}/{i}"] = {"constraint_satisfaction": 0.4 + offset, "win_rate": 0.55 - offset,
+                                        "mean_words": 28.0, "seed_agreement": 1.0,
+                                        "smoothed_fraction": None if variant == "gold" else 0.1}
+    return {"seed": seed, "settings": spread.settings(args), "values": values, "seed_pairs": 36,
+            "eval_prompts": 40, "seconds": 1, "provenance": f"test seed {seed}"}
+
+
+def test_aggregate_keeps_per_seed_values_in_seed_order(spread, tmp_path):
+    args = spread.parse_args(["--seeds", "0", "1", "--out-dir", str(tmp_path)])
+    result = spread.aggregate(args, [fake_record(spread, args, 0, 0.0), fake_record(spread, args, 1, 0.1)])
+    rows = {(r["variant"], r["round"]): r for r in result["rows"]}
+    assert len(rows) == 2 + len(args.variants) * args.rounds
+    dpo = rows[("dpo_seed", 0)]
+    assert dpo["constraint_satisfaction_per_seed"] == [0.35, pytest.approx(0.45)]
+    assert dpo["constraint_satisfaction"] == pytest.approx(0.4)
+    assert dpo["constraint_satisfaction_ci"] == pytest.approx(12.706 * 0.1 / math.sqrt(2) / math.sqrt(2))
+    assert rows[("gold", 1)]["smoothed_fraction"] is None and rows[("spa_dnd", 2)]["smoothed_fraction"] == 0.1
+    assert result["seeds"] == [0, 1] and result["provenance"] == {"0": "test seed 0", "1": "test seed 1"}
+    json.dumps(result, allow_nan=False)  # strict JSON
+
+
+def test_seed_files_are_reused_and_other_settings_refused(spread, tmp_path, monkeypatch):
+    out = tmp_path / "results"
+    argv = ["--model", "tiny", "--work", str(tmp_path / "work"), "--out-dir", str(out), "--seeds", "0", "1"]
+    args = spread.parse_args(argv)
+    assert spread.read_seed_record(args, 0) is None
+    for seed in (0, 1):
+        spread.seed_path(args, seed).parent.mkdir(parents=True, exist_ok=True)
+        spread.seed_path(args, seed).write_text(json.dumps(fake_record(spread, args, seed, 0.05 * seed)))
+
+    def must_not_run(*_args, **_kwargs):
+        raise AssertionError("a seed with a matching file was run again")
+
+    monkeypatch.setattr(spread, "make_seed_pairs", must_not_run)
+    monkeypatch.setattr(spread, "run_seed", must_not_run)
+    assert spread.main(argv) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["seeds"] == [0, 1]
+    table = (out / "table.md").read_text()
+    assert "seeds [0, 1], 36 seed pairs, 40 evaluation prompts" in table and "| SPA + refinement + DND | 2 |" in table
+    assert (out / "constraints.png").read_bytes()[:4] == b"\x89PNG" and (out / "win_rate.png").is_file()
+
+    with pytest.raises(SystemExit, match=r"seed-0\.json was made with other settings.*--rerun"):
+        spread.main([*argv, "--rounds", "3"])

@@ -317,12 +317,14 @@ def write_outputs(args, aggregate: dict[str, Any]) -> None:
     for metric, ylabel, name in (("constraint_satisfaction", "held-out constraints met", "constraints.png"),
                                  ("win_rate", "gold win rate vs SFT", "win_rate.png")):
         figure, axis = plt.subplots(figsize=(6.4, 3.4))
-        for variant in ["sft", "dpo_seed", *args.variants]:
+        shown = ["sft", "dpo_seed", *args.variants]
+        for k, variant in enumerate(shown):
             points = sorted((r["round"], r[metric], r[f"{metric}_ci"]) for r in rows if r["variant"] == variant)
             if variant in VARIANTS:  # rounds start from the seed model
                 start = [r for r in rows if r["variant"] == "dpo_seed"]
                 points = [(0, start[0][metric], start[0][f"{metric}_ci"])] + points if start else points
-            axis.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
+            dodge = (k - (len(shown) - 1) / 2) * 0.03  # side by side, so that the intervals stay readable
+            axis.errorbar([p[0] + dodge for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
                           marker="o", capsize=3, label=LABELS[variant], alpha=0.85)
         axis.set_xlabel("round (0 = seed model)")
         axis.set_ylabel(ylabel)

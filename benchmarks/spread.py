@@ -248,7 +248,11 @@ def seed_path(args: argparse.Namespace, seed: int) -> Path:
 
 def seed_record(args, seed: int, evaluated: dict[str, Any], dirs: dict[str, Path], seed_file: Path,
                 seconds: float) -> dict[str, Any]:
-    """One seed's numbers, keyed "variant/round" (sft and dpo_seed are round 0)."""
+    """One seed's numbers, keyed "variant/round" (sft and dpo_seed are round 0).
+
+    ``seconds`` is the wall time of the call that wrote the file: a call that resumed finished runs
+    counts only what was left (seed 2's file says 8 s: its runs had finished in an earlier process).
+    """
     models = evaluated["models"]
     values = {"sft/0": {**{k: models["sft"][k] for k in METRICS}, "win_rate": 0.5},
               "dpo_seed/0": {k: models[f"s{seed}/dpo_seed"][k] for k in METRICS}}

@@ -318,10 +318,10 @@ def write_outputs(args, aggregate: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "results.json", aggregate)
     rows = aggregate["rows"]
+    shown = ["sft", "dpo_seed", *args.variants]
     for metric, ylabel, name in (("constraint_satisfaction", "held-out constraints met", "constraints.png"),
                                  ("win_rate", "gold win rate vs SFT", "win_rate.png")):
         figure, axis = plt.subplots(figsize=(6.4, 3.4))
-        shown = ["sft", "dpo_seed", *args.variants]
         for k, variant in enumerate(shown):
             points = sorted((r["round"], r[metric], r[f"{metric}_ci"]) for r in rows if r["variant"] == variant)
             if variant in VARIANTS:  # rounds start from the seed model
@@ -339,7 +339,7 @@ def write_outputs(args, aggregate: dict[str, Any]) -> None:
         plt.close(figure)
     lines = ["| variant | round | constraints met | gold win rate vs SFT | words | seed agreement | smoothed |",
              "|---|---|---|---|---|---|---|"]
-    order = {v: i for i, v in enumerate(["sft", "dpo_seed", *args.variants])}
+    order = {v: i for i, v in enumerate(shown)}
     for r in sorted(rows, key=lambda r: (order[r["variant"]], r["round"])):
         lines.append(f"| {LABELS[r['variant']]} | {r['round']} | {_cell(r, 'constraint_satisfaction')} | "
                      f"{_cell(r, 'win_rate')} | {_cell(r, 'mean_words', '.1f')} | {_cell(r, 'seed_agreement')} | "
@@ -363,18 +363,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     model = seed_file = None
+    records = []
     for seed in args.seeds:
-        if not args.rerun and read_seed_record(args, seed) is not None:
+        record = None if args.rerun else read_seed_record(args, seed)
+        if record is not None:
             print(f"seed {seed}: reusing {seed_path(args, seed)} (--rerun to run it again)")
-            continue
-        started = time.perf_counter()
-        model = model or model_source(args)
-        seed_file = seed_file or make_seed_pairs(args, model)
-        dirs = run_seed(args, model, seed_file, seed)
-        evaluated = evaluate_seed(args, model, seed_file, seed, dirs)
-        record = seed_record(args, seed, evaluated, dirs, seed_file, time.perf_counter() - started)
-        atomic_write_json(seed_path(args, seed), record)
-    write_outputs(args, aggregate(args, [read_seed_record(args, seed) for seed in args.seeds]))
+        else:
+            started = time.perf_counter()
+            model = model or model_source(args)
+            seed_file = seed_file or make_seed_pairs(args, model)
+            dirs = run_seed(args, model, seed_file, seed)
+            evaluated = evaluate_seed(args, model, seed_file, seed, dirs)
+            record = seed_record(args, seed, evaluated, dirs, seed_file, time.perf_counter() - started)
+            atomic_write_json(seed_path(args, seed), record)
+        records.append(record)
+    write_outputs(args, aggregate(args, records))
     return 0
 
 

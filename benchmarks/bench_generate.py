@@ -3,7 +3,7 @@
 All sides sample K replies per prompt from pi_0 for the round's prompts, with the round's settings
 (temperature, top_p, max_new_tokens, K) and the same prompt token ids.
 
-- ``spreadpref``: ``spreadpref.generate.generate_samples`` (length-sorted batches, seeded per batch,
+- ``spreadpref``: ``spreadpref.models.sampling.generate_samples`` (length-sorted batches, seeded per batch,
   replies cut at the stop token, decoded, written as resumable parts).
 - ``batched-sorted``: bare ``model.generate`` over the same batches with the same seeds (the same
   tokens come out): the floor.
@@ -35,14 +35,14 @@ def bare_generate(model, tokenizer, prompt_ids: list[list[int]], batches: list[l
     """``model.generate`` over the batches; returns the number of reply tokens produced."""
     import torch
 
-    from spreadpref.generate import (
+    from spreadpref.models.sampling import (
         left_padded,
         sampling_kwargs,
         split_reply,
         stop_token_ids,
     )
 
-    stops = stop_token_ids(tokenizer, model)
+    stops = stop_token_ids(tokenizer, model.generation_config)
     pad = tokenizer.pad_token_id
     tokens = 0
     with torch.no_grad():
@@ -59,7 +59,7 @@ def bare_generate(model, tokenizer, prompt_ids: list[list[int]], batches: list[l
 
 def floor_batches(side: str, prompt_ids: list[list[int]], batch_size: int, seed: int, round_index: int = 1):
     """The batches and seeds of a bare side; ``batched-sorted`` matches ``generate_samples`` exactly."""
-    from spreadpref.generate import prompt_batches, unit_seed
+    from spreadpref.models.sampling import prompt_batches, unit_seed
 
     n = len(prompt_ids)
     if side == "batched-sorted":
@@ -74,8 +74,8 @@ def floor_batches(side: str, prompt_ids: list[list[int]], batch_size: int, seed:
 def worker(side: str, args, inputs) -> dict[str, Any]:
     import torch
 
-    from spreadpref.generate import generate_samples, prepare_prompt_ids
-    from spreadpref.models import load_tokenizer
+    from spreadpref.models.loading import load_tokenizer
+    from spreadpref.models.sampling import generate_samples, prepare_prompt_ids
 
     config = common.round_config(args)
     tokenizer = load_tokenizer(config.model)
@@ -86,7 +86,7 @@ def worker(side: str, args, inputs) -> dict[str, Any]:
         if side == "spreadpref":
             rows = generate_samples(model, tokenizer, prompts, config.generation, config.data, config.seed,
                                     Path(tmp) / "generations.jsonl", 1)
-            tokens = sum(r["num_tokens"] for r in rows)
+            tokens = sum(sample.num_tokens for sample in rows)
         else:
             prompt_ids = prepare_prompt_ids(tokenizer, prompts, config.data)
             batches, seeds = floor_batches(side, prompt_ids, config.generation.batch_size, config.seed)

@@ -1,6 +1,6 @@
 """Judging benchmark: the judge stage against bare forward passes of its two models.
 
-``spreadpref`` is ``spreadpref.judge.score_samples`` with pi_0 as policy and pi_init as reference
+``spreadpref`` is ``spreadpref.spa.judge.score_samples`` with pi_0 as policy and pi_init as reference
 on the round's generations (reply log-probs of every sample under both models, written as
 resumable parts). ``floor`` runs ``model(input_ids, attention_mask)`` of both models, no grad, over
 the very same token batches (the judge's chunks and length-grouped batches) and keeps nothing.
@@ -26,8 +26,8 @@ SIDES = ["spreadpref", "floor", "backbone"]
 
 def judge_batches(samples: list[dict[str, Any]], batch_size: int) -> list[list[int]]:
     """The judge's batches: chunks of ``judge.CHUNK`` samples, length-grouped within each chunk."""
-    from spreadpref.judge import CHUNK
-    from spreadpref.logprobs import length_batches
+    from spreadpref.dpo.logprobs import length_batches
+    from spreadpref.spa.judge import CHUNK
 
     batches = []
     for start in range(0, len(samples), CHUNK):
@@ -41,7 +41,7 @@ def bare_forwards(models, samples, batches, pad_token_id: int, device: str, back
     """The floor: forward passes of every model over the batches, outputs discarded."""
     import torch
 
-    from spreadpref.logprobs import collate_sequences
+    from spreadpref.dpo.logprobs import collate_sequences
 
     with torch.no_grad():
         for model in models:
@@ -60,17 +60,19 @@ def scored_tokens(samples) -> int:
 def worker(side: str, args, inputs) -> dict[str, Any]:
     import torch
 
-    from spreadpref.judge import score_samples
-    from spreadpref.models import load_tokenizer
+    from spreadpref.data.artifacts import Sample
+    from spreadpref.models.loading import load_tokenizer
+    from spreadpref.spa.judge import score_samples
 
     config = common.round_config(args)
     pad = load_tokenizer(config.model).pad_token_id
     samples = common.read_jsonl(inputs["generations"])
+    records = [Sample.from_row(row) for row in samples]  # the typed rows score_samples takes
     models = [common.load_eval(inputs["pi0"], args), common.load_eval(inputs["init"], args)]
     loaded_rss = common.peak_rss_gib()
     with tempfile.TemporaryDirectory() as tmp, common.Timer(args.device) as timer:
         if side == "spreadpref":
-            score_samples(models[0], models[1], samples, config.judge, pad, Path(tmp) / "judged.jsonl", 1)
+            score_samples(models[0], models[1], records, config.judge, pad, Path(tmp) / "judged.jsonl", 1)
         else:
             bare_forwards(models, samples, judge_batches(samples, config.judge.batch_size), pad, args.device,
                           backbone=side == "backbone")

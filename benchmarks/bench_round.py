@@ -63,12 +63,12 @@ def worker_floors(args, inputs) -> dict[str, Any]:
     from bench_judge import bare_forwards, judge_batches
     from bench_train import floor_epoch
 
-    from spreadpref.data import load_training_preferences
-    from spreadpref.generate import prepare_prompt_ids
-    from spreadpref.judge import pairs_to_tokenized
-    from spreadpref.logprobs import length_batches
-    from spreadpref.models import load_tokenizer
-    from spreadpref.tokenize import tokenize_pairs
+    from spreadpref.data.loading import load_training_preferences
+    from spreadpref.data.tokenize import tokenize_pairs
+    from spreadpref.dpo.logprobs import length_batches
+    from spreadpref.models.loading import load_tokenizer
+    from spreadpref.models.sampling import prepare_prompt_ids
+    from spreadpref.data.artifacts import Pair
 
     config = common.round_config(args)
     tokenizer = load_tokenizer(config.model)
@@ -97,7 +97,7 @@ def worker_floors(args, inputs) -> dict[str, Any]:
     out["judge_seconds"] = timer.seconds
     del init
 
-    pairs = pairs_to_tokenized(common.read_jsonl(inputs["pairs"]))
+    pairs = [pair.to_tokenized() for pair in Pair.read(inputs["pairs"])]
     policy = common.load_eval(inputs["pi0"], args)
     pi0.requires_grad_(False)
     with common.Timer(args.device) as timer:

@@ -100,9 +100,9 @@ def token_pairs(args, inputs: dict[str, Any]) -> Path:
 
 
 def worker_tokens(args, inputs) -> dict[str, Any]:
-    from spreadpref.logprobs import score_pairs
-    from spreadpref.models import load_tokenizer
-    from spreadpref.tokenize import TokenizedPair
+    from spreadpref.data.tokenize import TokenizedPair
+    from spreadpref.dpo.logprobs import score_pairs
+    from spreadpref.models.loading import load_tokenizer
 
     config = train_config(args)
     tokenizer = load_tokenizer(config.model)
@@ -134,7 +134,7 @@ def worker_tokens(args, inputs) -> dict[str, Any]:
 
 
 def load_token_pairs(path: Path, reference: str = "pi0"):
-    from spreadpref.tokenize import TokenizedPair
+    from spreadpref.data.tokenize import TokenizedPair
 
     return [TokenizedPair(id=r["id"], prompt_ids=r["prompt_ids"], chosen_ids=r["chosen_ids"],
                           rejected_ids=r["rejected_ids"], ref_chosen_logps=r[f"{reference}_chosen_logps"],
@@ -151,7 +151,7 @@ def count_tokens(pairs) -> int:
 
 
 def load_policy(args, config, path: str):
-    from spreadpref.models import disable_dropout, load_model
+    from spreadpref.models.loading import disable_dropout, load_model
 
     model = load_model(config.model, path=path, for_training=True)
     disable_dropout(model)
@@ -179,10 +179,10 @@ def worker_check(args, inputs) -> dict[str, Any]:
     import torch
     from trl import DPOTrainer
 
-    from spreadpref.logprobs import collate_pairs, score_pairs
-    from spreadpref.models import load_tokenizer
-    from spreadpref.tokenize import TokenizedPair
-    from spreadpref.train import build_trainer
+    from spreadpref.data.tokenize import TokenizedPair
+    from spreadpref.dpo.logprobs import collate_pairs, score_pairs
+    from spreadpref.dpo.train import build_trainer
+    from spreadpref.models.loading import load_tokenizer
 
     config = train_config(args)
     tokenizer = load_tokenizer(config.model)
@@ -224,7 +224,7 @@ def worker_train(side: str, args, inputs) -> dict[str, Any]:
     import torch
     from transformers import set_seed
 
-    from spreadpref.models import load_tokenizer
+    from spreadpref.models.loading import load_tokenizer
 
     config = train_config(args)
     tokenizer = load_tokenizer(config.model)
@@ -234,15 +234,14 @@ def worker_train(side: str, args, inputs) -> dict[str, Any]:
     loaded_rss = common.peak_rss_gib()
     with tempfile.TemporaryDirectory() as tmp, common.Timer(args.device) as total:
         if side in ("spreadpref", "spreadpref-dnd"):
-            from spreadpref.train import build_trainer
-            from spreadpref.trainer import Refinement
+            from spreadpref.dpo.refine import Refinement
+            from spreadpref.dpo.train import build_trainer
 
             refinement = None
             if side == "spreadpref-dnd":  # the default round: DND against a frozen copy of pi_0
                 reference = common.load_eval(inputs["pi0"], args).requires_grad_(False)
                 r = config.refine
-                refinement = Refinement(alpha=r.alpha, quantile=r.quantile, window=r.window,
-                                        warmup_fraction=r.warmup_fraction, lam=r.lam(1), reference=reference)
+                refinement = Refinement(r, lam=r.lam(1), reference=reference)
             trainer = build_trainer(config, policy, tokenizer, pairs, Path(tmp) / "checkpoints", num_epochs=1,
                                     learning_rate=config.loop.learning_rate, refinement=refinement)
         elif side in TRL_SIDES:
@@ -274,7 +273,7 @@ def floor_epoch(args, config, policy, pairs, pad_token_id, reference=None) -> tu
     import torch
     import torch.nn.functional as F
 
-    from spreadpref.logprobs import collate_pairs, length_batches
+    from spreadpref.dpo.logprobs import collate_pairs, length_batches
 
     train = config.train
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.loop.learning_rate or train.learning_rate,

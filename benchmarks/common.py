@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from spreadpref.progress import format_cell  # the bench scripts' table cells too
+from spreadpref.runtime.progress import format_cell
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORKDIR = ROOT / "benchmarks" / "work"
@@ -110,7 +110,7 @@ def model_path(args: argparse.Namespace) -> str:
             make_tiny_model_dir(path)
         return str(path)
     if args.model == "embedded":
-        from spreadpref.models import ensure_embedded_model
+        from spreadpref.models.loading import ensure_embedded_model
 
         return str(ensure_embedded_model())
     return args.model
@@ -189,7 +189,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 
 def load_prompt_records(path: str | Path):
-    from spreadpref.data import PromptRecord
+    from spreadpref.data.records import PromptRecord
 
     return [PromptRecord(id=row["id"], prompt=row["prompt"]) for row in read_jsonl(path)]
 

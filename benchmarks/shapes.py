@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     config = common.round_config(args)
     from bench_judge import judge_batches
 
-    from spreadpref.generate import prompt_batches
-    from spreadpref.logprobs import length_batches
+    from spreadpref.dpo.logprobs import length_batches
+    from spreadpref.models.sampling import prompt_batches
 
     samples = common.read_jsonl(inputs["generations"])
     pairs = common.read_jsonl(inputs["pairs"])

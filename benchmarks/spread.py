@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from spreadpref.io import atomic_path, atomic_write_json, atomic_write_text
+from spreadpref.runtime.files import atomic_path, atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
@@ -111,12 +111,13 @@ def load(overrides: list[str]):
 
 def make_seed_pairs(args: argparse.Namespace, model: str) -> Path:
     """Best and worst (by the verifier) of 4 SFT samples per seed prompt; ties give no pair."""
-    from spreadpref.data import load_prompts
-    from spreadpref.generate import generate_samples
-    from spreadpref.io import write_jsonl
-    from spreadpref.judges import Comparison, VerifierJudge
-    from spreadpref.loop import load_eval_model
-    from spreadpref.models import load_tokenizer
+    from spreadpref.data.loading import load_prompts
+    from spreadpref.judges.base import Comparison
+    from spreadpref.judges.verifier import VerifierJudge
+    from spreadpref.models.loading import load_tokenizer
+    from spreadpref.models.sampling import generate_samples
+    from spreadpref.runtime.files import write_jsonl
+    from spreadpref.models.loading import load_for_inference
 
     out = args.work / "seed_pairs.jsonl"
     if out.is_file():
@@ -126,24 +127,24 @@ def make_seed_pairs(args: argparse.Namespace, model: str) -> Path:
                      f"generation.max_new_tokens={ANNOTATION_MAX_NEW_TOKENS}"])
     prompts, _ = load_prompts("builtin:ifeval_seed_prompts")
     tokenizer = load_tokenizer(config.model)
-    samples = generate_samples(load_eval_model(config, model), tokenizer, prompts, config.generation, config.data,
+    samples = generate_samples(load_for_inference(config.model, model), tokenizer, prompts, config.generation, config.data,
                                config.seed, args.work / "seed-annotation" / "samples.jsonl")
     by_prompt: dict[int, list[dict]] = {}
     for sample in samples:
-        by_prompt.setdefault(sample["prompt_index"], []).append(sample)
+        by_prompt.setdefault(sample.prompt_index, []).append(sample)
     judge, pairs = VerifierJudge(), []
     for index, group in sorted(by_prompt.items()):
         record = prompts[index]
-        scores = judge.judge([Comparison(record.prompt, [s["text"] for s in group], record.id,
+        scores = judge.judge([Comparison(record.prompt, [s.text for s in group], record.id,
                                          metadata=record.metadata)])[0].scores
         best, worst = max(range(len(group)), key=scores.__getitem__), min(range(len(group)), key=scores.__getitem__)
         if scores[best] == scores[worst]:
             continue
         chosen, rejected = group[best], group[worst]
-        pairs.append({"id": f"seed-{record.id}", "prompt": record.prompt, "chosen": chosen["text"],
-                      "rejected": rejected["text"], "prompt_ids": chosen["prompt_ids"], "chosen_ids": chosen["reply_ids"],
-                      "rejected_ids": rejected["reply_ids"], "chosen_truncated": chosen["finish_reason"] == "length",
-                      "rejected_truncated": rejected["finish_reason"] == "length",
+        pairs.append({"id": f"seed-{record.id}", "prompt": record.prompt, "chosen": chosen.text,
+                      "rejected": rejected.text, "prompt_ids": chosen.prompt_ids, "chosen_ids": chosen.reply_ids,
+                      "rejected_ids": rejected.reply_ids, "chosen_truncated": chosen.cut_off,
+                      "rejected_truncated": rejected.cut_off,
                       "gold_chosen": scores[best], "gold_rejected": scores[worst],
                       "instruction_id_list": record.metadata["instruction_id_list"],
                       "kwargs": record.metadata["kwargs"]})
@@ -160,7 +161,7 @@ def make_seed_pairs(args: argparse.Namespace, model: str) -> Path:
 
 def share_stages(source: Path, target: Path, stages: list[str]) -> None:
     """Start ``target`` with ``source``'s finished ``stages`` (identical fingerprints: same config prefix)."""
-    from spreadpref.manifest import Manifest
+    from spreadpref.runtime.manifest import Manifest
 
     if (target / "manifest.json").is_file() or not (source / "manifest.json").is_file():
         return
@@ -189,7 +190,7 @@ def share_stages(source: Path, target: Path, stages: list[str]) -> None:
 
 
 def run_variant(args, model: str, seed_file: Path, seed: int, variant: str) -> Path:
-    from spreadpref.loop import run
+    from spreadpref.spa.loop import run
 
     out = args.work / f"seed-{seed}" / variant
     config = load(base_overrides(args, model, seed_file, seed, out) + VARIANTS[variant])
@@ -215,8 +216,8 @@ def run_seed(args, model: str, seed_file: Path, seed: int) -> dict[str, Path]:
 
 
 def evaluate_seed(args, model: str, seed_file: Path, seed: int, dirs: dict[str, Path]) -> dict[str, Any]:
-    from spreadpref.evaluate import EvalModel, evaluate_models
-    from spreadpref.models import resolve_model_path
+    from spreadpref.eval.evaluate import EvalModel, evaluate_models
+    from spreadpref.models.loading import resolve_model_path
 
     first = dirs[args.variants[0]]
     models = [EvalModel("sft", resolve_model_path(model)), EvalModel(f"s{seed}/dpo_seed", str(first / "seed" / "model"))]
@@ -353,7 +354,7 @@ def write_outputs(args, aggregate: dict[str, Any]) -> None:
 
 def _cell(row: dict[str, Any], metric: str, spec: str = ".3f") -> str:
     """mean ± 95% half-width across seeds."""
-    from spreadpref.progress import format_cell
+    from spreadpref.runtime.progress import format_cell
 
     value = format_cell(row.get(metric), spec)
     return value if value == "–" else f"{value} ± {format_cell(row[f'{metric}_ci'], spec)}"

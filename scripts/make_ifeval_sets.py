@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from spreadpref.verifier import build_constrained_prompts, load_ifeval_tasks
+from ifeval_builder import build_constrained_prompts, load_ifeval_tasks
 
 RESOURCES = Path(__file__).resolve().parents[1] / "src" / "spreadpref" / "resources"
 SEED = 2026

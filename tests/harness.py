@@ -10,7 +10,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from spreadpref.io import read_jsonl
+from spreadpref.runtime.files import read_jsonl
 
 STAGES = ["seed", "round-1/generate", "round-1/judge", "round-1/train",
           "round-2/generate", "round-2/judge", "round-2/train"]

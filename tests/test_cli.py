@@ -96,7 +96,7 @@ def test_shipped_configs_are_valid():
 
 
 def test_stages_alone_generate_judge_train(tiny_model_dir, tmp_path):
-    from spreadpref.io import read_jsonl
+    from spreadpref.runtime.files import read_jsonl
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"Say {i}."}) + "\n" for i in range(4)))
@@ -126,9 +126,9 @@ def test_stages_alone_generate_judge_train(tiny_model_dir, tmp_path):
 
 
 def test_eval_command_writes_results_and_names_a_bad_judge(tiny_model_dir, tmp_path):
-    from spreadpref.testing import make_tiny_reward_model_dir
-
     from conftest import write_jsonl
+
+    from spreadpref.testing import make_tiny_reward_model_dir
 
     prompts = write_jsonl(tmp_path / "eval.jsonl", [{"id": f"e{i}", "prompt": f"Count to {i}."} for i in range(3)])
     rm = make_tiny_reward_model_dir(tmp_path / "rm")

@@ -2,12 +2,12 @@ import json
 import math
 
 import pytest
+from conftest import write_jsonl
+from repo_paths import on_path
 
 from spreadpref.config import ColumnMap
-from spreadpref.data import load_preferences, load_prompts
+from spreadpref.data.loading import load_preferences, load_prompts
 from spreadpref.errors import DataError
-
-from conftest import write_jsonl
 
 USER = {"role": "user", "content": "Name a colour."}
 
@@ -206,7 +206,7 @@ def test_token_space_pairs_keep_their_ids(tmp_path):
 
 
 def test_bundled_verifiable_sets_never_share_a_task_with_evaluation():
-    from spreadpref.data import load_prompts
+    from spreadpref.data.loading import load_prompts
 
     tasks = {}
     for name in ("ifeval_eval", "ifeval_seed_prompts", "ifeval_prompts"):
@@ -231,7 +231,8 @@ def test_bundled_verifiable_sets_are_what_the_script_makes():
     script = Path(__file__).resolve().parents[1] / "scripts" / "make_ifeval_sets.py"
     spec = importlib.util.spec_from_file_location("make_ifeval_sets", script)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with on_path(script.parent):  # the script imports its builder beside it
+        spec.loader.exec_module(module)
     for name, rows in module.build_sets().items():
         bundled = resources.files("spreadpref.resources").joinpath(name).read_text(encoding="utf-8")
         assert [json.loads(line) for line in bundled.splitlines()] == rows, name

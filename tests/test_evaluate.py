@@ -2,16 +2,19 @@ import json
 
 import numpy as np
 import pytest
-
-from spreadpref.config import load_config
-from spreadpref.errors import SpreadprefError
-from spreadpref.evaluate import (EvalModel, evaluate, evaluate_models, length_controlled_win_rate,
-                                 load_baseline_answers, win_rate_with_ci)
-from spreadpref.data import PromptRecord
-from spreadpref.testing import make_tiny_model_dir, make_tiny_reward_model_dir
-
 from conftest import write_jsonl
 
+from spreadpref.config import load_config
+from spreadpref.data.records import PromptRecord
+from spreadpref.errors import SpreadprefError
+from spreadpref.eval.evaluate import (
+    EvalModel,
+    evaluate,
+    evaluate_models,
+    load_baseline_answers,
+)
+from spreadpref.eval.stats import length_controlled_win_rate, win_rate_with_ci
+from spreadpref.testing import make_tiny_model_dir, make_tiny_reward_model_dir
 
 # ---------------------------------------------------------------------------------------------
 # statistics
@@ -53,7 +56,7 @@ def test_baseline_answers_are_matched_by_instruction(tmp_path):
                PromptRecord("b", [{"role": "user", "content": "Say bye"}])]
     path = tmp_path / "base.json"
     path.write_text(json.dumps([{"instruction": "Say bye", "output": "bye"}, {"instruction": "Say hi", "output": "hi"}]))
-    assert [a["text"] for a in load_baseline_answers(path, prompts)] == ["hi", "bye"]
+    assert load_baseline_answers(path, prompts) == ["hi", "bye"]
     path.write_text(json.dumps([{"instruction": "Say hi", "output": "hi"}]))
     with pytest.raises(SpreadprefError, match="no baseline answer for 1"):
         load_baseline_answers(path, prompts)
@@ -95,9 +98,9 @@ def test_eval_writes_official_formats_win_rates_and_resumes(eval_setup, tmp_path
     assert mt[0]["choices"][0]["turns"] == [alpaca[0]["output"]]
     assert "| other |" in (out / "eval.md").read_text()
     # A second call reuses answers and verdicts: no generation at all.
-    import spreadpref.generate as generate
+    import spreadpref.eval.evaluate as evaluate_module
 
-    monkeypatch.setattr(generate, "generate_samples", lambda *a, **k: pytest.fail("answers were regenerated"))
+    monkeypatch.setattr(evaluate_module, "generate_samples", lambda *a, **k: pytest.fail("answers were regenerated"))
     again = evaluate(config, [str(other), str(tiny_model_dir)], out)
     assert again["models"]["other"] == this
 

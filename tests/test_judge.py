@@ -5,26 +5,34 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from spreadpref.config import JudgeSettings
-from spreadpref.judge import pair_samples, sample_score, score_samples, seed_agreement
-from spreadpref.logprobs import collate_pairs, sequence_logps
-from spreadpref.judge import pairs_to_tokenized
+from spreadpref.dpo.logprobs import collate_pairs, sequence_logps
+from spreadpref.data.artifacts import JudgedSample, Sample
+from spreadpref.judges.implicit import log_ratio, preference_probability
+from spreadpref.spa.judge import (
+    pair_samples,
+    score_samples,
+    seed_agreement,
+)
 
 
 def sample(prompt_index, k, reply, finish="stop"):
-    return {"prompt_id": f"p{prompt_index}", "prompt_index": prompt_index, "sample": k,
-            "prompt": [{"role": "user", "content": "q"}], "prompt_ids": [1, 5, 6], "reply_ids": reply,
-            "text": str(reply), "num_tokens": len(reply), "finish_reason": finish}
+    return Sample(prompt_id=f"p{prompt_index}", prompt_index=prompt_index, sample=k,
+                  prompt=[{"role": "user", "content": "q"}], prompt_ids=[1, 5, 6], reply_ids=reply,
+                  text=str(reply), num_tokens=len(reply), finish_reason=finish)
 
 
 def verdict(s, score, policy=-1.0):
-    return {"prompt_index": s["prompt_index"], "sample": s["sample"], "score": score, "policy_logps": policy}
+    return JudgedSample(prompt_id=s.prompt_id, prompt_index=s.prompt_index, sample=s.sample, text=s.text,
+                        num_tokens=s.num_tokens, finish_reason=s.finish_reason, policy_logps=policy,
+                        reference_logps=None, judged_tokens=s.num_tokens, score=score)
 
 
 def test_score_formula_and_variants():
-    row = {"policy_logps": -10.0, "reference_logps": -14.0, "num_tokens": 4}
-    assert sample_score(row, JudgeSettings()) == 4.0
-    assert sample_score(row, JudgeSettings(length_normalize=True)) == pytest.approx(-2.5 + 3.5)
-    assert sample_score(dict(row, reference_logps=None), JudgeSettings(reference="none")) == -10.0
+    assert log_ratio(-10.0, -14.0, 4, length_normalize=False) == 4.0
+    assert log_ratio(-10.0, -14.0, 4, length_normalize=True) == pytest.approx(-2.5 + 3.5)
+    assert log_ratio(-10.0, None, 4, length_normalize=False) == -10.0
+    # beta enters only in the preference probability.
+    assert preference_probability(4.0, beta=0.1) == pytest.approx(1 / (1 + math.exp(-0.4)))
 
 
 @pytest.mark.parametrize("k", [2, 3, 4, 5])
@@ -34,11 +42,11 @@ def test_any_k_picks_highest_and_lowest(k):
     judged = [verdict(s, sc, policy=-float(j)) for j, (s, sc) in enumerate(zip(samples, scores))]
     (pair,), stats = pair_samples(samples, judged, beta=0.1)
     best, worst = max(range(k), key=lambda j: scores[j]), min(range(k), key=lambda j: scores[j])
-    assert pair["chosen_ids"] == samples[best]["reply_ids"] and pair["rejected_ids"] == samples[worst]["reply_ids"]
-    assert pair["margin"] == pytest.approx(scores[best] - scores[worst])
-    assert pair["p"] == pytest.approx(1 / (1 + math.exp(-0.1 * pair["margin"])))
+    assert pair.chosen_ids == samples[best].reply_ids and pair.rejected_ids == samples[worst].reply_ids
+    assert pair.margin == pytest.approx(scores[best] - scores[worst])
+    assert pair.p == pytest.approx(1 / (1 + math.exp(-0.1 * pair.margin)))
     # The judge's pi_{i-1} log-probs travel on as the training reference.
-    assert pair["ref_chosen_logps"] == -float(best) and pair["ref_rejected_logps"] == -float(worst)
+    assert pair.ref_chosen_logps == -float(best) and pair.ref_rejected_logps == -float(worst)
     assert stats.pairs == 1 and stats.samples == k
 
 
@@ -51,7 +59,7 @@ def test_identical_replies_and_ties_are_dropped_and_counted():
               verdict(samples[4], 0.1), verdict(samples[5], 0.9)]
     pairs, stats = pair_samples(samples, judged, beta=0.1)
     assert (stats.identical_dropped, stats.ties_dropped, stats.pairs) == (1, 1, 1)
-    assert pairs[0]["chosen_ids"] == [9] and pairs[0]["chosen_truncated"] and not pairs[0]["rejected_truncated"]
+    assert pairs[0].chosen_ids == [9] and pairs[0].chosen_truncated and not pairs[0].rejected_truncated
     assert stats.cut_off_samples == 1
 
 
@@ -68,11 +76,11 @@ def test_judge_logps_equal_a_fresh_reference_pass(tiny_model_dir, tiny_tokenizer
     for index in range(3):
         for j in range(2):
             s = sample(index, j, [20 + index + j, 30 + 2 * j + index, 2])
-            s["prompt_ids"] = prompt_ids
+            s.prompt_ids = prompt_ids
             samples.append(s)
     judged = score_samples(policy, reference, samples, JudgeSettings(batch_size=2), 0, tmp_path / "judged.jsonl")
     pairs, _ = pair_samples(samples, judged, beta=0.1)
-    tokenized = pairs_to_tokenized(pairs)
+    tokenized = [pair.to_tokenized() for pair in pairs]
     batch = collate_pairs(tokenized, pad_token_id=0)
     with torch.no_grad():
         fresh, _ = sequence_logps(policy, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
@@ -81,15 +89,15 @@ def test_judge_logps_equal_a_fresh_reference_pass(tiny_model_dir, tiny_tokenizer
     assert torch.allclose(fresh[k:].double(), batch["ref_rejected_logps"].double(), atol=1e-4)
     # Scores are policy minus reference.
     for row in judged:
-        assert row["score"] == pytest.approx(row["policy_logps"] - row["reference_logps"])
+        assert row.score == pytest.approx(row.policy_logps - row.reference_logps)
     # A resumed judge reads its finished output back unchanged.
     again = score_samples(policy, reference, samples, JudgeSettings(batch_size=2), 0, tmp_path / "judged.jsonl")
     assert again == judged
 
 
 def test_seed_agreement_counts_human_chosen_wins(tiny_model_dir, tiny_tokenizer):
-    from spreadpref.data import PreferenceRecord
-    from spreadpref.tokenize import tokenize_pairs
+    from spreadpref.data.records import PreferenceRecord
+    from spreadpref.data.tokenize import tokenize_pairs
 
     policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     records = [PreferenceRecord(id=str(i), prompt=[{"role": "user", "content": f"Q{i}"}], chosen="Paris.",

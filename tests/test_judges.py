@@ -7,14 +7,23 @@ import pytest
 import torch
 
 from spreadpref.config import JudgeSettings, ModelSettings
+from spreadpref.data.tokenize import render_prompt_ids
+from spreadpref.dpo.logprobs import score_sequences
 from spreadpref.errors import JudgeError
-from spreadpref.judges import (Comparison, HTTPLLMJudge, ImplicitJudge, Judge, Judgement, LocalLLMJudge,
-                               RewardModelJudge, agreement, bradley_terry, hard_preferences, judge_messages,
-                               make_judge)
-from spreadpref.logprobs import score_sequences
-from spreadpref.models import load_model
+from spreadpref.judges import make_judge
+from spreadpref.judges.base import (
+    Comparison,
+    Judge,
+    Judgement,
+    agreement,
+    bradley_terry,
+    hard_preferences,
+)
+from spreadpref.judges.implicit import ImplicitJudge
+from spreadpref.judges.llm import HTTPLLMJudge, LocalLLMJudge, judge_messages
+from spreadpref.judges.reward_model import RewardModelJudge
+from spreadpref.models.loading import load_model
 from spreadpref.testing import make_tiny_model_dir, make_tiny_reward_model_dir
-from spreadpref.tokenize import render_prompt_ids
 
 PROMPT = [{"role": "user", "content": "What is 2 plus 2?"}]
 
@@ -59,7 +68,7 @@ def test_agreement_counts_ties_as_one_half():
 # implicit
 
 
-def test_implicit_judge_is_beta_times_the_log_ratio(tmp_path, tiny_tokenizer):
+def test_implicit_judge_scores_log_ratios_and_prefers_by_beta(tmp_path, tiny_tokenizer):
     policy, reference = tiny(make_tiny_model_dir(tmp_path / "p", seed=0)), tiny(make_tiny_model_dir(tmp_path / "r", seed=3))
     replies = ["4", "It is four, I think."]
     judgement = ImplicitJudge(policy, reference, tiny_tokenizer, beta=0.5).judge([Comparison(PROMPT, replies)])[0]
@@ -69,9 +78,9 @@ def test_implicit_judge_is_beta_times_the_log_ratio(tmp_path, tiny_tokenizer):
     pad = tiny_tokenizer.pad_token_id
     pol, _ = score_sequences(policy, [prompt_ids] * 2, reply_ids, pad, progress=False)
     ref, _ = score_sequences(reference, [prompt_ids] * 2, reply_ids, pad, progress=False)
-    expected = (0.5 * (pol - ref)).tolist()
+    expected = (pol - ref).tolist()  # the log-ratio s, beta-free
     assert judgement.scores == pytest.approx(expected, abs=1e-5)
-    assert judgement.p(0, 1) == pytest.approx(1 / (1 + math.exp(expected[1] - expected[0])), abs=1e-6)
+    assert judgement.p(0, 1) == pytest.approx(1 / (1 + math.exp(0.5 * (expected[1] - expected[0]))), abs=1e-6)
 
 
 def test_implicit_judge_of_a_model_against_itself_has_no_preference(tiny_model_dir, tiny_tokenizer):
@@ -272,7 +281,7 @@ def test_make_judge_builds_each_kind(tmp_path, tiny_model_dir, tiny_tokenizer, s
 
 def test_verifier_judge_prefers_the_reply_meeting_more_constraints():
     pytest.importorskip("if_verifiable")
-    from spreadpref.judges import VerifierJudge
+    from spreadpref.judges.verifier import VerifierJudge
 
     metadata = {"instruction_id_list": ["punctuation:no_comma", "keywords:existence"],
                 "kwargs": [{}, {"keywords": ["garden"]}]}
@@ -283,7 +292,7 @@ def test_verifier_judge_prefers_the_reply_meeting_more_constraints():
 
 
 def test_verifier_judge_names_a_prompt_without_constraints():
-    from spreadpref.judges import VerifierJudge
+    from spreadpref.judges.verifier import VerifierJudge
 
     with pytest.raises(JudgeError, match="'q9' has no verifiable constraints"):
         VerifierJudge().judge([Comparison(PROMPT, ["a", "b"], "q9")])

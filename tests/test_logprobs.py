@@ -2,10 +2,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from spreadpref import logprobs
-from spreadpref.data import PreferenceRecord
-from spreadpref.logprobs import collate_pairs, length_batches, score_pairs, sequence_logps
-from spreadpref.tokenize import tokenize_pairs
+from spreadpref.data.records import PreferenceRecord
+from spreadpref.data.tokenize import tokenize_pairs
+from spreadpref.dpo import logprobs
+from spreadpref.dpo.logprobs import (
+    collate_pairs,
+    length_batches,
+    score_pairs,
+    sequence_logps,
+)
 
 
 @pytest.fixture

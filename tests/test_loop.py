@@ -6,14 +6,13 @@ import sys
 import time
 
 import pytest
+from conftest import arithmetic_pairs, write_jsonl
 
 from spreadpref.config import load_config
 from spreadpref.errors import SpreadprefError
-from spreadpref.io import read_jsonl
-from spreadpref.loop import run
-from spreadpref.manifest import Manifest
-
-from conftest import arithmetic_pairs, write_jsonl
+from spreadpref.runtime.files import read_jsonl
+from spreadpref.runtime.manifest import Manifest
+from spreadpref.spa.loop import run
 
 
 def loop_overrides(model_dir, seed_file, prompts_file, out):

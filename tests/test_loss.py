@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from spreadpref.loss import soft_dpo_loss
+from spreadpref.dpo.loss import soft_dpo_loss
 
 
 def closed_form(z, beta, q, w=1.0):

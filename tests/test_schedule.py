@@ -1,8 +1,8 @@
 import pytest
 
-from spreadpref.data import PromptRecord
+from spreadpref.data.records import PromptRecord
 from spreadpref.errors import SpreadprefError
-from spreadpref.schedule import round_sizes, schedule_prompts
+from spreadpref.spa.schedule import round_sizes, schedule_prompts
 
 
 def pool(n):

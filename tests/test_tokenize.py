@@ -1,9 +1,15 @@
 import pytest
 
-from spreadpref.data import PreferenceRecord
+from spreadpref.data.records import PreferenceRecord
+from spreadpref.data.tokenize import (
+    render_prompt_ids,
+    reply_ids,
+    tokenize_pair,
+    tokenize_pairs,
+    truncate_pair,
+)
 from spreadpref.errors import TokenizationError
 from spreadpref.testing import make_tiny_tokenizer
-from spreadpref.tokenize import render_prompt_ids, reply_ids, tokenize_pair, tokenize_pairs, truncate_pair
 
 PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
 

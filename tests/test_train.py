@@ -4,15 +4,15 @@ import json
 
 import pytest
 import torch
+from conftest import arithmetic_pairs, write_jsonl
 from transformers import AutoModelForCausalLM
 
-from spreadpref import trainer as trainer_module
-from spreadpref.config import load_config
+from spreadpref.config import RefineSettings, load_config
+from spreadpref.dpo import reference as reference_module
+from spreadpref.dpo import trainer as trainer_module
+from spreadpref.dpo.train import train_policy
 from spreadpref.errors import SpreadprefError, TrainingError
-from spreadpref.manifest import Manifest
-from spreadpref.train import train_policy
-
-from conftest import arithmetic_pairs, write_jsonl
+from spreadpref.runtime.manifest import Manifest
 
 
 def tiny_config(model_dir, data, out, *extra):
@@ -62,7 +62,7 @@ def test_end_to_end_loss_falls_accuracy_rises_and_checkpoint_reloads(tiny_model_
     assert (out / "model" / "model.safetensors").is_file() and (out / "model" / "tokenizer.json").is_file()
     reloaded = AutoModelForCausalLM.from_pretrained(out / "model").eval()
     ids = torch.tensor([[1, 20, 30, 40, 2]])
-    from spreadpref.models import ModelSettings, load_model
+    from spreadpref.models.loading import ModelSettings, load_model
 
     trained = load_model(ModelSettings(name_or_path=str(out / "model"))).eval()
     with torch.no_grad():
@@ -94,7 +94,7 @@ def test_reference_from_data_runs_no_reference_pass(tiny_model_dir, tmp_path, mo
     def forbidden(*args, **kwargs):
         raise AssertionError("the reference model must not run when the data carries its log-probs")
 
-    monkeypatch.setattr(trainer_module, "score_pairs", forbidden)
+    monkeypatch.setattr(reference_module, "score_pairs", forbidden)
     out = tmp_path / "run"
     train_policy(tiny_config(tiny_model_dir, data, out, "train.max_steps=1", "train.evaluate_after=false"))
     reference = Manifest(out).stage("train")["reference"]
@@ -200,11 +200,11 @@ def test_embedded_model_trains_and_reloads(tmp_path):
 
 @pytest.mark.parametrize("mode", ["frozen-copy", "lora-adapter-off", "no-dnd"])
 def test_round_training_with_self_refinement(tiny_model_dir, tmp_path, mode):
-    from spreadpref.models import load_model, load_tokenizer
-    from spreadpref.tokenize import tokenize_pairs
-    from spreadpref.data import load_preferences
-    from spreadpref.train import train_on_pairs
-    from spreadpref.trainer import Refinement
+    from spreadpref.data.loading import load_preferences
+    from spreadpref.data.tokenize import tokenize_pairs
+    from spreadpref.dpo.refine import Refinement
+    from spreadpref.dpo.train import train_on_pairs
+    from spreadpref.models.loading import load_model, load_tokenizer
 
     data = write_jsonl(tmp_path / "pairs.jsonl", arithmetic_pairs(16))
     extra = ["model.lora.enabled=true", "model.lora.r=4"] if mode == "lora-adapter-off" else []
@@ -216,7 +216,7 @@ def test_round_training_with_self_refinement(tiny_model_dir, tmp_path, mode):
     if mode == "frozen-copy":
         reference = load_model(config.model).eval().requires_grad_(False)
     # A window of two batches and the 90% quantile: after warm-up every batch has a pair at or below tau.
-    refinement = Refinement(alpha=0.1, quantile=0.9, window=4, warmup_fraction=0.25,
+    refinement = Refinement(RefineSettings(alpha=0.1, quantile=0.9, window=4, warmup_fraction=0.25),
                             lam=0.0 if mode == "no-dnd" else 0.5, reference=reference)
     outputs, metrics = train_on_pairs(config, tokenizer, pairs, tmp_path / "run", num_epochs=1,
                                       refinement=refinement, merge_lora=True)
@@ -231,11 +231,11 @@ def test_round_training_with_self_refinement(tiny_model_dir, tmp_path, mode):
 
 def test_resumed_refinement_round_smooths_as_an_uninterrupted_one(tiny_model_dir, tmp_path, monkeypatch):
     """The sliding window of margins travels in the checkpoint: same thresholds, counts and weights."""
-    from spreadpref.data import load_preferences
-    from spreadpref.models import load_tokenizer
-    from spreadpref.tokenize import tokenize_pairs
-    from spreadpref.train import train_on_pairs
-    from spreadpref.trainer import Refinement
+    from spreadpref.data.loading import load_preferences
+    from spreadpref.data.tokenize import tokenize_pairs
+    from spreadpref.dpo.refine import Refinement
+    from spreadpref.dpo.train import train_on_pairs
+    from spreadpref.models.loading import load_tokenizer
 
     data = write_jsonl(tmp_path / "pairs.jsonl", arithmetic_pairs(16))
     config = tiny_config(tiny_model_dir, data, tmp_path / "unused", "train.per_device_batch_size=2",
@@ -244,7 +244,7 @@ def test_resumed_refinement_round_smooths_as_an_uninterrupted_one(tiny_model_dir
     pairs, _ = tokenize_pairs(tokenizer, load_preferences(str(data))[0], 64, 32)
 
     def train(out):
-        refinement = Refinement(alpha=0.1, quantile=0.5, window=8, warmup_fraction=0.0, lam=0.0)
+        refinement = Refinement(RefineSettings(alpha=0.1, quantile=0.5, window=8, warmup_fraction=0.0), lam=0.0)
         return train_on_pairs(config, tokenizer, copy.deepcopy(pairs), out, num_epochs=1,
                               refinement=refinement)[1]
 
@@ -266,7 +266,7 @@ def test_resumed_refinement_round_smooths_as_an_uninterrupted_one(tiny_model_dir
 
 
 def test_a_checkpoint_interrupted_while_saving_is_skipped(tmp_path):
-    from spreadpref.train import last_checkpoint
+    from spreadpref.dpo.checkpoints import last_checkpoint
 
     checkpoints = tmp_path / "checkpoints"
     for step, complete in ((2, True), (4, True), (6, False)):

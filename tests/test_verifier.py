@@ -9,10 +9,14 @@ import pytest
 pytest.importorskip("if_verifiable", reason="needs the 'verify' extra: pip install 'spreadpref[verify]'")
 
 import nltk  # installed with the extra
+from repo_paths import SCRIPTS, on_path
 
-from spreadpref import verifier as v
+with on_path(SCRIPTS):
+    import ifeval_builder as builder
+
 from spreadpref.errors import DataError, JudgeError
-from spreadpref.verifier import Constraint, check, verifier_score
+from spreadpref.judges import verifier as v
+from spreadpref.judges.verifier import Constraint, check, verifier_score
 
 
 def _no_network(*args, **kwargs):
@@ -30,7 +34,7 @@ def _offline(monkeypatch):
     yield
     v._prepare_checkers.cache_clear()
     v._instruction_registry.cache_clear()
-    v.instruction_conflicts.cache_clear()
+    builder.instruction_conflicts.cache_clear()
 
 
 def one(instruction_id, **kwargs):
@@ -43,26 +47,26 @@ def passes(reply, instruction_id, **kwargs) -> bool:
 
 # One reply that follows each builder kind and one that does not, worked out by hand.
 FOLLOWS_AND_BREAKS = [
-    (v.LOWERCASE, {}, "plants need light and water to grow well.", "Plants need light and water to grow well."),
-    (v.CAPITALS, {}, "PLANTS NEED LIGHT AND WATER TO GROW WELL.", "PLANTS need light and water to grow well."),
+    (builder.LOWERCASE, {}, "plants need light and water to grow well.", "Plants need light and water to grow well."),
+    (builder.CAPITALS, {}, "PLANTS NEED LIGHT AND WATER TO GROW WELL.", "PLANTS need light and water to grow well."),
     # "less than 5": 4 words pass, 5 fail (words are runs of \w).
-    (v.NUMBER_WORDS, {"relation": "less than", "num_words": 5}, "Water the plant daily.", "Please water the plant daily."),
-    (v.NUMBER_WORDS, {"relation": "at least", "num_words": 5}, "Please water the plant daily.", "Water the plant daily."),
+    (builder.NUMBER_WORDS, {"relation": "less than", "num_words": 5}, "Water the plant daily.", "Please water the plant daily."),
+    (builder.NUMBER_WORDS, {"relation": "at least", "num_words": 5}, "Please water the plant daily.", "Water the plant daily."),
     # Punkt sentences: "Mr." does not end a sentence, so the first reply has 2, the second 3.
-    (v.NUMBER_SENTENCES, {"relation": "less than", "num_sentences": 3},
+    (builder.NUMBER_SENTENCES, {"relation": "less than", "num_sentences": 3},
      "Mr. Smith waters the plant. It grows.", "Water it. Feed it. Love it."),
-    (v.NUMBER_SENTENCES, {"relation": "at least", "num_sentences": 3},
+    (builder.NUMBER_SENTENCES, {"relation": "at least", "num_sentences": 3},
      "Water it. Feed it. Love it.", "Mr. Smith waters the plant. It grows."),
-    (v.BULLETS, {"num_bullets": 2}, "Tips:\n* Water weekly.\n* Give it light.", "* Water weekly.\n* Give light.\n- Repot."),
-    (v.KEYWORDS, {"keywords": ["garden", "morning"]}, "A Garden in the morning.", "A garden at night."),
-    (v.FORBIDDEN, {"forbidden_words": ["very"]}, "Every plant is happy.", "The plant is very happy."),
-    (v.END_PHRASE, {"end_phrase": "Any other questions?"}, "Water it. Any other questions?", "Any other questions? Water it."),
-    (v.QUOTATION, {}, '"Water it weekly."', 'Water it "weekly".'),
-    (v.JSON_FORMAT, {}, '```json\n{"tip": "water weekly"}\n```', "tip: water weekly"),
-    (v.NO_COMMA, {}, "Water it and feed it.", "Water it, and feed it."),
-    (v.TITLE, {}, "<<Plant care>>\nWater it.", "Plant care\nWater it."),
-    (v.POSTSCRIPT, {"postscript_marker": "P.S."}, "Water it.\n\nP.S. Feed it too.", "Water it. Feed it too."),
-    (v.POSTSCRIPT, {"postscript_marker": "P.P.S"}, "Water it.\nP.P.S Feed it too.", "Water it.\nP.S. Feed it too."),
+    (builder.BULLETS, {"num_bullets": 2}, "Tips:\n* Water weekly.\n* Give it light.", "* Water weekly.\n* Give light.\n- Repot."),
+    (builder.KEYWORDS, {"keywords": ["garden", "morning"]}, "A Garden in the morning.", "A garden at night."),
+    (builder.FORBIDDEN, {"forbidden_words": ["very"]}, "Every plant is happy.", "The plant is very happy."),
+    (builder.END_PHRASE, {"end_phrase": "Any other questions?"}, "Water it. Any other questions?", "Any other questions? Water it."),
+    (builder.QUOTATION, {}, '"Water it weekly."', 'Water it "weekly".'),
+    (builder.JSON_FORMAT, {}, '```json\n{"tip": "water weekly"}\n```', "tip: water weekly"),
+    (builder.NO_COMMA, {}, "Water it and feed it.", "Water it, and feed it."),
+    (builder.TITLE, {}, "<<Plant care>>\nWater it.", "Plant care\nWater it."),
+    (builder.POSTSCRIPT, {"postscript_marker": "P.S."}, "Water it.\n\nP.S. Feed it too.", "Water it. Feed it too."),
+    (builder.POSTSCRIPT, {"postscript_marker": "P.P.S"}, "Water it.\nP.P.S Feed it too.", "Water it.\nP.S. Feed it too."),
 ]
 
 
@@ -74,18 +78,18 @@ def test_each_kind_accepts_a_following_reply_and_rejects_a_breaking_one(instruct
 
 
 def test_every_builder_kind_has_a_hand_checked_case():
-    assert {case[0] for case in FOLLOWS_AND_BREAKS} == set(v.BUILDER_KINDS)
+    assert {case[0] for case in FOLLOWS_AND_BREAKS} == set(builder.BUILDER_KINDS)
 
 
 def test_empty_reply_follows_nothing_not_even_forbidden_words():
-    constraints = one(v.FORBIDDEN, forbidden_words=["very"]) + one(v.NO_COMMA)
+    constraints = one(builder.FORBIDDEN, forbidden_words=["very"]) + one(builder.NO_COMMA)
     assert check("   ", constraints) == [False, False]
     assert verifier_score("", constraints) == 0.0
 
 
 def test_score_is_the_fraction_of_constraints_followed():
-    constraints = (one(v.NO_COMMA) + one(v.NUMBER_WORDS, relation="less than", num_words=10)
-                   + one(v.QUOTATION))
+    constraints = (one(builder.NO_COMMA) + one(builder.NUMBER_WORDS, relation="less than", num_words=10)
+                   + one(builder.QUOTATION))
     reply = "Water the plant daily."  # no comma, 4 words, not quoted
     assert check(reply, constraints) == [True, True, False]
     assert verifier_score(reply, constraints) == pytest.approx(2 / 3)
@@ -99,7 +103,7 @@ def test_no_constraints_scores_one():
 
 
 def test_loose_mode_forgives_a_chatty_first_line():
-    constraints = one(v.LOWERCASE)
+    constraints = one(builder.LOWERCASE)
     reply = "Sure! Here it is:\nplants need light and water to grow well."
     assert check(reply, constraints) == [False]
     assert check(reply, constraints, loose=True) == [True]
@@ -107,7 +111,7 @@ def test_loose_mode_forgives_a_chatty_first_line():
 
 def test_lowercase_verdict_is_deterministic():
     reply = "plants need light and water. keep the soil damp but not wet, and turn the pot each week."
-    verdicts = {tuple(check(reply, one(v.LOWERCASE))) for _ in range(5)}
+    verdicts = {tuple(check(reply, one(builder.LOWERCASE))) for _ in range(5)}
     assert verdicts == {(True,)}
 
 
@@ -116,21 +120,21 @@ def test_lowercase_verdict_is_deterministic():
 
 def test_constraints_from_row_reads_ifeval_rows_and_drops_none_kwargs():
     row = {"key": 7, "prompt": "Write a note.",
-           "instruction_id_list": [v.NUMBER_WORDS, v.NO_COMMA],
+           "instruction_id_list": [builder.NUMBER_WORDS, builder.NO_COMMA],
            "kwargs": [{"relation": "less than", "num_words": 40, "keywords": None}, {"keywords": None}]}
     assert v.constraints_from_row(row) == [
-        Constraint(v.NUMBER_WORDS, {"relation": "less than", "num_words": 40}), Constraint(v.NO_COMMA, {})]
+        Constraint(builder.NUMBER_WORDS, {"relation": "less than", "num_words": 40}), Constraint(builder.NO_COMMA, {})]
 
 
 @pytest.mark.parametrize("row, field, words", [
     ({"instruction_id_list": ["nope:unknown"], "kwargs": [{}]}, "instruction_id_list", "unknown IFEval instruction id"),
-    ({"instruction_id_list": [v.NO_COMMA, v.TITLE], "kwargs": [{}]}, "kwargs", "has 1 entries"),
-    ({"instruction_id_list": v.NO_COMMA, "kwargs": [{}]}, "instruction_id_list", "list of strings"),
+    ({"instruction_id_list": [builder.NO_COMMA, builder.TITLE], "kwargs": [{}]}, "kwargs", "has 1 entries"),
+    ({"instruction_id_list": builder.NO_COMMA, "kwargs": [{}]}, "instruction_id_list", "list of strings"),
     ({"kwargs": [{}]}, "instruction_id_list", "list of strings"),
-    ({"instruction_id_list": [v.NO_COMMA], "kwargs": ["x"]}, "kwargs", "list of dicts"),
-    ({"instruction_id_list": [v.NO_COMMA], "kwargs": [{"num_words": 3}]}, "kwargs", "unknown kwargs"),
-    ({"instruction_id_list": [v.NUMBER_WORDS], "kwargs": [{"num_words": 3}]}, "kwargs", "missing kwargs ['relation']"),
-    ({"instruction_id_list": [v.NUMBER_WORDS], "kwargs": [{"num_words": 3, "relation": "at most"}]}, "kwargs",
+    ({"instruction_id_list": [builder.NO_COMMA], "kwargs": ["x"]}, "kwargs", "list of dicts"),
+    ({"instruction_id_list": [builder.NO_COMMA], "kwargs": [{"num_words": 3}]}, "kwargs", "unknown kwargs"),
+    ({"instruction_id_list": [builder.NUMBER_WORDS], "kwargs": [{"num_words": 3}]}, "kwargs", "missing kwargs ['relation']"),
+    ({"instruction_id_list": [builder.NUMBER_WORDS], "kwargs": [{"num_words": 3, "relation": "at most"}]}, "kwargs",
      "bad kwargs"),
 ])
 def test_constraints_from_row_names_the_problem(row, field, words):
@@ -143,7 +147,7 @@ def test_constraints_from_row_names_the_problem(row, field, words):
 
 def test_check_rejects_a_hand_made_constraint_with_missing_kwargs():
     with pytest.raises(DataError, match="missing kwargs"):
-        check("hello", one(v.KEYWORDS))
+        check("hello", one(builder.KEYWORDS))
 
 
 # --- build_constrained_prompts ----------------------------------------------------------------
@@ -151,7 +155,7 @@ def test_check_rejects_a_hand_made_constraint_with_missing_kwargs():
 
 @pytest.fixture(scope="module")
 def tasks():
-    return v.load_ifeval_tasks()
+    return builder.load_ifeval_tasks()
 
 
 def test_shipped_tasks_are_well_formed(tasks):
@@ -163,31 +167,31 @@ def test_shipped_tasks_are_well_formed(tasks):
 
 
 def test_building_is_deterministic_and_seed_dependent(tasks):
-    first = v.build_constrained_prompts(tasks[:60], seed=3, per_task=2)
-    assert first == v.build_constrained_prompts(tasks[:60], seed=3, per_task=2)
-    assert first != v.build_constrained_prompts(tasks[:60], seed=4, per_task=2)
+    first = builder.build_constrained_prompts(tasks[:60], seed=3, per_task=2)
+    assert first == builder.build_constrained_prompts(tasks[:60], seed=3, per_task=2)
+    assert first != builder.build_constrained_prompts(tasks[:60], seed=4, per_task=2)
     # A task's rows depend only on the seed and its own id, not on the other tasks.
-    alone = v.build_constrained_prompts(tasks[10:11], seed=3, per_task=2)
+    alone = builder.build_constrained_prompts(tasks[10:11], seed=3, per_task=2)
     assert alone == [row for row in first if row["task_id"] == tasks[10]["id"]]
 
 
 def test_built_rows_have_the_promised_shape(tasks):
-    rows = v.build_constrained_prompts(tasks, seed=0, per_task=2, constraints_per_prompt=(1, 3))
+    rows = builder.build_constrained_prompts(tasks, seed=0, per_task=2, constraints_per_prompt=(1, 3))
     assert len(rows) == 2 * len(tasks)
     assert len({row["id"] for row in rows}) == len(rows)
     by_id = {t["id"]: t["prompt"] for t in tasks}
     for row in rows:
         assert set(row) == {"id", "prompt", "instruction_id_list", "kwargs", "task_id"}
         assert 1 <= len(row["instruction_id_list"]) <= 3
-        assert set(row["instruction_id_list"]) <= set(v.BUILDER_KINDS)
+        assert set(row["instruction_id_list"]) <= set(builder.BUILDER_KINDS)
         assert row["prompt"].startswith(by_id[row["task_id"]])
     used = {kind for row in rows for kind in row["instruction_id_list"]}
-    assert used == set(v.BUILDER_KINDS)
+    assert used == set(builder.BUILDER_KINDS)
 
 
 def test_built_prompts_never_combine_conflicting_constraints(tasks):
-    conflicts = v.instruction_conflicts()
-    rows = v.build_constrained_prompts(tasks, seed=1, per_task=3, constraints_per_prompt=(2, 3))
+    conflicts = builder.instruction_conflicts()
+    rows = builder.build_constrained_prompts(tasks, seed=1, per_task=3, constraints_per_prompt=(2, 3))
     for row in rows:
         ids = row["instruction_id_list"]
         assert len(set(ids)) == len(ids)
@@ -197,33 +201,33 @@ def test_built_prompts_never_combine_conflicting_constraints(tasks):
 
 
 def test_conflict_table_is_symmetric_and_includes_ifeval_and_extra_pairs():
-    conflicts = v.instruction_conflicts()
+    conflicts = builder.instruction_conflicts()
     assert all(a in conflicts[b] for a, others in conflicts.items() for b in others)
-    assert v.TITLE in conflicts[v.QUOTATION] and v.CAPITALS in conflicts[v.LOWERCASE]  # IFEval's table
-    assert v.NO_COMMA in conflicts[v.JSON_FORMAT] and v.KEYWORDS not in conflicts[v.JSON_FORMAT]
-    assert all(b in conflicts[a] for a, b in v.EXTRA_CONFLICTS)
+    assert builder.TITLE in conflicts[builder.QUOTATION] and builder.CAPITALS in conflicts[builder.LOWERCASE]  # IFEval's table
+    assert builder.NO_COMMA in conflicts[builder.JSON_FORMAT] and builder.KEYWORDS not in conflicts[builder.JSON_FORMAT]
+    assert all(b in conflicts[a] for a, b in builder.EXTRA_CONFLICTS)
 
 
 def test_every_built_prompt_is_checkable_and_worded_as_ifeval_words_it(tasks):
-    rows = v.build_constrained_prompts(tasks, seed=0, per_task=1, constraints_per_prompt=(1, 2))
+    rows = builder.build_constrained_prompts(tasks, seed=0, per_task=1, constraints_per_prompt=(1, 2))
     for row in rows:
         constraints = v.constraints_from_row(row)
         for constraint in constraints:
-            assert v.describe(constraint) in row["prompt"]
+            assert builder.describe(constraint) in row["prompt"]
         verdicts = check("A short plain reply.", constraints, row["prompt"])
         assert len(verdicts) == len(constraints) and all(isinstance(x, bool) for x in verdicts)
 
 
 def test_known_ifeval_wording():
-    assert v.describe(Constraint(v.NUMBER_WORDS, {"relation": "less than", "num_words": 50})) == \
+    assert builder.describe(Constraint(builder.NUMBER_WORDS, {"relation": "less than", "num_words": 50})) == \
         "Answer with less than 50 words."
-    assert v.describe(Constraint(v.QUOTATION, {})) == "Wrap your entire response with double quotation marks."
+    assert builder.describe(Constraint(builder.QUOTATION, {})) == "Wrap your entire response with double quotation marks."
 
 
 def test_keyword_pools_never_contradict_each_other_or_the_end_phrases():
-    for word in v.FORBIDDEN_POOL:
+    for word in builder.FORBIDDEN_POOL:
         pattern = re.compile(r"\b" + word + r"\b", re.IGNORECASE)
-        assert not any(pattern.search(text) for text in (*v.KEYWORD_POOL, *v.END_PHRASES, *v.POSTSCRIPT_MARKERS))
+        assert not any(pattern.search(text) for text in (*builder.KEYWORD_POOL, *builder.END_PHRASES, *builder.POSTSCRIPT_MARKERS))
 
 
 @pytest.mark.parametrize("bad_tasks, field", [
@@ -233,22 +237,22 @@ def test_keyword_pools_never_contradict_each_other_or_the_end_phrases():
 ])
 def test_build_rejects_bad_tasks(bad_tasks, field):
     with pytest.raises(DataError) as caught:
-        v.build_constrained_prompts(bad_tasks, seed=0)
+        builder.build_constrained_prompts(bad_tasks, seed=0)
     assert caught.value.field == field
 
 
 def test_build_rejects_impossible_counts():
     with pytest.raises(ValueError):
-        v.build_constrained_prompts([{"id": "a", "prompt": "x"}], seed=0, constraints_per_prompt=(2, 1))
+        builder.build_constrained_prompts([{"id": "a", "prompt": "x"}], seed=0, constraints_per_prompt=(2, 1))
     with pytest.raises(ValueError):
-        v.build_constrained_prompts([{"id": "a", "prompt": "x"}], seed=0, per_task=0)
+        builder.build_constrained_prompts([{"id": "a", "prompt": "x"}], seed=0, per_task=0)
 
 
 # --- offline data and clear errors ------------------------------------------------------------
 
 
 def test_sentence_model_comes_from_the_installed_data_folder():
-    check("One. Two.", one(v.NUMBER_SENTENCES, relation="less than", num_sentences=3))
+    check("One. Two.", one(builder.NUMBER_SENTENCES, relation="less than", num_sentences=3))
     util = sys.modules["if_verifiable.ifeval.instructions_util"]
     assert isinstance(util._get_sentence_tokenizer(), nltk.tokenize.PunktTokenizer)
     assert util.count_sentences("Dr. Who arrived. He left at 3.30 p.m. today! Why?") == 3
@@ -258,7 +262,7 @@ def test_missing_sentence_model_raises_a_judge_error_with_the_install_line(monke
     monkeypatch.setattr(v, "_packaged_nltk_data_dir", lambda: None)
     monkeypatch.setattr(nltk.data, "path", [])
     with pytest.raises(JudgeError) as caught:
-        check("hello", one(v.NO_COMMA))
+        check("hello", one(builder.NO_COMMA))
     assert v.PUNKT_INSTALL_LINE in str(caught.value)
 
 
@@ -266,6 +270,6 @@ def test_missing_extra_raises_a_judge_error_with_the_install_line(monkeypatch):
     v._instruction_registry.cache_clear()
     monkeypatch.setitem(sys.modules, "if_verifiable.ifeval.instructions_registry", None)
     with pytest.raises(JudgeError) as caught:
-        check("hello", one(v.NO_COMMA))
+        check("hello", one(builder.NO_COMMA))
     assert "spreadpref[verify]" in str(caught.value)
     v._instruction_registry.cache_clear()

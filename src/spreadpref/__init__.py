@@ -1,21 +1,29 @@
-"""spreadpref: Spread Preference Annotation (SPA) for aligning language models from a small seed of human labels."""
+"""spreadpref: Spread Preference Annotation (SPA) for aligning language models from a small seed of human labels.
 
+The public API: :func:`run` (the SPA loop), :func:`train_policy` (one DPO stage), :func:`load_config`
+and :class:`Config`, and :func:`soft_dpo_loss`. The layers are described in docs/architecture.md.
+"""
+
+from spreadpref import _moved
 from spreadpref.config import Config, load_config
-from spreadpref.loss import soft_dpo_loss
+from spreadpref.dpo.loss import soft_dpo_loss
 
 __version__ = "0.1.0"
 
+_moved.install()
+
 
 def train_policy(config: Config, force: bool = False):
-    """Run the train stage (DPO on ``config.data.train``); see :mod:`spreadpref.train`."""
-    from spreadpref.train import train_policy as _train_policy
+    """Run the train stage (DPO on ``config.data.train``); see :mod:`spreadpref.dpo.train`."""
+    # Deferred: importing transformers' Trainer costs seconds, and `import spreadpref` should not.
+    from spreadpref.dpo.train import train_policy as _train_policy
 
     return _train_policy(config, force=force)
 
 
 def run(config: Config, force: bool = False):
-    """Run SPA end to end: seed DPO, then ``config.loop.rounds`` rounds; see :mod:`spreadpref.loop`."""
-    from spreadpref.loop import run as _run
+    """Run SPA end to end: seed DPO, then ``config.loop.rounds`` rounds; see :mod:`spreadpref.spa.loop`."""
+    from spreadpref.spa.loop import run as _run  # deferred, as above
 
     return _run(config, force=force)
 

@@ -1,4 +1,8 @@
-"""The ``spreadpref`` command line."""
+"""The ``spreadpref`` command line: parse, load the configuration, call one function, report errors.
+
+Each command imports what it runs inside its own body, so that ``spreadpref --help`` and
+``spreadpref config`` answer at once: torch and transformers load only for commands that use them.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import typer
 from rich.markup import escape
 
 from spreadpref.errors import SpreadprefError
-from spreadpref.progress import console, error_console
+from spreadpref.runtime.progress import console, error_console, progress_enabled
 
 app = typer.Typer(
     add_completion=False,
@@ -74,7 +78,7 @@ def train(
     """Train a policy with (soft-label) DPO on a preference dataset; write a save_pretrained checkpoint."""
 
     def action() -> None:
-        from spreadpref.train import train_policy
+        from spreadpref.dpo.train import train_policy
 
         extra = list(overrides or [])
         if config is None and output is None and not any(o.startswith("output_dir=") for o in extra):
@@ -94,7 +98,7 @@ def run(
     """Run SPA: seed DPO, then rounds of generate, judge, self-refined DPO. Resumes where it stopped."""
 
     def action() -> None:
-        from spreadpref.loop import run as run_loop
+        from spreadpref.spa.loop import run as run_loop
 
         run_loop(_load(config, overrides, output), force=force)
 
@@ -113,27 +117,18 @@ def generate(
     """Sample generation.num_samples replies per prompt (token ids, text, finish reason) into a JSONL file."""
 
     def action() -> None:
-        from spreadpref.data import load_prompts
-        from spreadpref.generate import generate_samples
-        from spreadpref.loop import load_eval_model
-        from spreadpref.models import load_tokenizer
+        from spreadpref.data.loading import load_prompts
+        from spreadpref.models.loading import load_tokenizer
+        from spreadpref.spa.context import StageContext
+        from spreadpref.spa.generate import generate_stage
 
         cfg = _load(config, overrides)
         records, report = load_prompts(prompts or cfg.data.prompts, cfg.data.columns, limit=limit,
                                        skip_invalid=cfg.data.skip_invalid, system_prompt=cfg.data.system_prompt)
         console.print(report.summary())
-        tokenizer = load_tokenizer(cfg.model)
-        if cfg.generation.backend == "vllm":
-            from spreadpref.generate import generate_samples_vllm
-            from spreadpref.models import resolve_model_path
-
-            path = resolve_model_path(model or cfg.model.name_or_path)
-            rows = generate_samples_vllm(path, tokenizer, records, cfg.generation, cfg.data, cfg.seed, out,
-                                         dtype=cfg.model.dtype)
-        else:
-            policy = load_eval_model(cfg, model or cfg.model.name_or_path)
-            rows = generate_samples(policy, tokenizer, records, cfg.generation, cfg.data, cfg.seed, out)
-        console.print(f"{len(rows)} samples written to {out}")
+        ctx = StageContext(cfg, load_tokenizer(cfg.model), out.parent)
+        result = generate_stage(ctx, records, model or cfg.model.name_or_path, out_file=out, write_prompts=False)
+        console.print(f"{len(result.samples)} samples written to {out}")
 
     _run(action)
 
@@ -150,27 +145,23 @@ def judge(
     """Score samples (implicit reward, or judge.kind) and pair them: chosen = best, rejected = worst per prompt."""
 
     def action() -> None:
-        from spreadpref import distributed
-        from spreadpref.io import read_jsonl, write_jsonl
-        from spreadpref.judge import judge_samples, pair_samples
-        from spreadpref.loop import load_eval_model
-        from spreadpref.models import load_tokenizer
+        from spreadpref.data.artifacts import Pair, Sample
+        from spreadpref.models.loading import load_tokenizer
+        from spreadpref.spa.context import StageContext
+        from spreadpref.spa.judge import judge_stage
 
         cfg = _load(config, overrides)
         if not generations.is_file():
             raise SpreadprefError(f"generations file not found: {generations}")
-        samples = read_jsonl(generations)
-        policy_model = load_eval_model(cfg, policy or cfg.model.name_or_path)
+        samples = Sample.read(generations)
         ref_name = reference or cfg.model.name_or_path
-        reference_model = None if ref_name.lower() == "none" else load_eval_model(cfg, ref_name)
-        tokenizer = load_tokenizer(cfg.model)
         out.mkdir(parents=True, exist_ok=True)
-        judged = judge_samples(policy_model, reference_model, samples, cfg, tokenizer, {}, out)
-        pairs, stats = pair_samples(samples, judged, cfg.train.beta)
-        if distributed.is_main():
-            write_jsonl(out / "pairs.jsonl", pairs)
+        ctx = StageContext(cfg, load_tokenizer(cfg.model), out)
+        result = judge_stage(ctx, samples, policy or cfg.model.name_or_path,
+                             None if ref_name.lower() == "none" else ref_name, metadata={})
+        stats = result.stats
         console.print(f"{stats.pairs} pairs from {stats.prompts} prompts ({stats.identical_dropped} identical, "
-                      f"{stats.ties_dropped} tied dropped) written to {out / 'pairs.jsonl'}")
+                      f"{stats.ties_dropped} tied dropped) written to {out / Pair.FILE}")
 
     _run(action)
 
@@ -189,7 +180,7 @@ def evaluate(
     """Answer held-out prompts with each model; win rates against the baseline (with CI and length control)."""
 
     def action() -> None:
-        from spreadpref.evaluate import evaluate as run_eval
+        from spreadpref.eval.evaluate import evaluate as run_eval
 
         first = Path(targets[0])
         run_config = first / "config.yaml"
@@ -199,7 +190,7 @@ def evaluate(
         console.print(f"Results: {destination / 'eval.md'}; AlpacaEval outputs in {destination / 'alpaca_eval'}, "
                       f"MT-Bench answers in {destination / 'mt_bench'}")
         if run_config.is_file():
-            from spreadpref.report import write_report
+            from spreadpref.eval.report import write_report
 
             console.print(f"Report: {write_report(first)}")
 
@@ -213,7 +204,7 @@ def report(
     """(Re)write report.md and its plots for a run directory (also done at the end of every run and eval)."""
 
     def action() -> None:
-        from spreadpref.report import write_report
+        from spreadpref.eval.report import write_report
 
         if not (run_dir / "summary.json").is_file():
             raise SpreadprefError(f"{run_dir} has no summary.json: not a spreadpref run directory (yet)")
@@ -232,7 +223,7 @@ def inspect(
     """Print tokenised examples with prompt and reply tokens told apart, lengths and truncation."""
 
     def action() -> None:
-        from spreadpref.inspect_data import inspect_dataset
+        from spreadpref.data.inspect import inspect_dataset
 
         inspect_dataset(_load(config, overrides), count=num, plain=plain)
 
@@ -270,8 +261,6 @@ def env() -> None:
 def main() -> None:
     # Transformers' advisory warnings drown the progress bars; users can turn them back on.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from spreadpref.progress import progress_enabled
-
     if not progress_enabled():
         from transformers.utils import logging as hf_logging
 

@@ -15,10 +15,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from spreadpref.errors import ConfigError
-from spreadpref.io import atomic_write_text
+from spreadpref.runtime.files import atomic_write_text
 
 EMBEDDED_MODEL = "embedded:SmolLM2-135M-Instruct"
 

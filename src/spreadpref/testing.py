@@ -9,6 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+    PreTrainedTokenizerFast,
+)
+
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
@@ -30,9 +39,6 @@ _CORPUS = [
 
 
 def make_tiny_tokenizer(chat_template: str | None = CHATML_TEMPLATE, vocab_size: int = 320):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     core = Tokenizer(models.BPE(unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
@@ -56,9 +62,6 @@ def make_tiny_tokenizer(chat_template: str | None = CHATML_TEMPLATE, vocab_size:
 
 
 def make_tiny_model(vocab_size: int, seed: int = 0, hidden_size: int = 32, layers: int = 2):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=vocab_size,
@@ -90,9 +93,6 @@ def make_tiny_model_dir(path: str | Path, seed: int = 0, chat_template: str | No
 
 def make_tiny_reward_model_dir(path: str | Path, seed: int = 1) -> Path:
     """A tiny sequence-classification reward model (one score) with the tiny tokenizer, saved to ``path``."""
-    import torch
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
     path = Path(path)
     tokenizer = make_tiny_tokenizer()
     torch.manual_seed(seed)

@@ -13,10 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from spreadpref.io import read_jsonl
-
 from harness import overrides, write_loop_data
+
+from spreadpref.runtime.files import read_jsonl
 
 CPU_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "accelerate" / "cpu-2proc.yaml"
 

@@ -12,10 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 from spreadpref.cli import app
-from spreadpref.io import read_jsonl
+from spreadpref.data.tokenize import render_prompt_ids
+from spreadpref.models.vllm_backend import normalise_reply
+from spreadpref.runtime.files import read_jsonl
 from spreadpref.testing import make_tiny_tokenizer
-from spreadpref.tokenize import render_prompt_ids
-from spreadpref.vllm_backend import normalise_reply
 
 FAKE = Path(__file__).parent / "fake_vllm"
 runner = CliRunner()
@@ -87,10 +87,10 @@ def test_replies_are_normalised_like_the_builtin_backend():
 
 
 def test_the_loop_runs_on_the_vllm_backend(tiny_model_dir, fake_vllm, tmp_path):
-    from spreadpref.config import load_config
-    from spreadpref.loop import run
-
     from harness import overrides, write_loop_data
+
+    from spreadpref.config import load_config
+    from spreadpref.spa.loop import run
 
     seed, prompts = write_loop_data(tmp_path / "data")
     out = tmp_path / "run"

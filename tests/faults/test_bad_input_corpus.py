@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from spreadpref.cli import app
-from spreadpref.data import load_preferences
+from spreadpref.data.loading import load_preferences
 from spreadpref.testing import make_tiny_model_dir
 
 runner = CliRunner()

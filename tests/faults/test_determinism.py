@@ -1,9 +1,9 @@
 """The same configuration and seed give the same generations, labels and (on CPU) weights."""
 
-from spreadpref.config import load_config
-from spreadpref.loop import run
-
 from harness import assert_same_artifacts, overrides, write_loop_data
+
+from spreadpref.config import load_config
+from spreadpref.spa.loop import run
 
 
 def test_two_runs_with_the_same_seed_are_identical(tiny_model_dir, tmp_path):
@@ -14,6 +14,6 @@ def test_two_runs_with_the_same_seed_are_identical(tiny_model_dir, tmp_path):
     assert_same_artifacts(first, second)
     third = tmp_path / "third"
     run(load_config(None, overrides(tiny_model_dir, seed, prompts, third) + ["seed=7"]))
-    from spreadpref.io import read_jsonl
+    from spreadpref.runtime.files import read_jsonl
 
     assert read_jsonl(third / "round-1" / "generations.jsonl") != read_jsonl(first / "round-1" / "generations.jsonl")

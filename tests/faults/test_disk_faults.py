@@ -4,13 +4,18 @@ import errno
 import json
 
 import pytest
+from harness import (
+    STAGES,
+    assert_same_artifacts,
+    check_consistent,
+    overrides,
+    write_loop_data,
+)
 from typer.testing import CliRunner
 
-import spreadpref.io as sp_io
+import spreadpref.runtime.files as sp_io
 from spreadpref.cli import app
-from spreadpref.manifest import MANIFEST_NAME
-
-from harness import STAGES, assert_same_artifacts, check_consistent, overrides, write_loop_data
+from spreadpref.runtime.manifest import MANIFEST_NAME
 
 runner = CliRunner()
 
@@ -55,7 +60,7 @@ def test_failed_manifest_write_leaves_the_old_manifest(reference, tmp_path, monk
     out = tmp_path / "copy"
     out.mkdir()
     (out / MANIFEST_NAME).write_text(json.dumps({"stages": {"seed": {"status": "running"}}}))
-    from spreadpref.manifest import Manifest
+    from spreadpref.runtime.manifest import Manifest
 
     manifest = Manifest(out)
 

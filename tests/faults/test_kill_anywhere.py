@@ -11,8 +11,16 @@ import time
 from collections import Counter
 
 import pytest
-
-from harness import STAGES, assert_same_artifacts, check_consistent, command, env, overrides, run_to_end, write_loop_data
+from harness import (
+    STAGES,
+    assert_same_artifacts,
+    check_consistent,
+    command,
+    env,
+    overrides,
+    run_to_end,
+    write_loop_data,
+)
 
 FULL_KILLS = 21  # three moments in each of the seven stages
 

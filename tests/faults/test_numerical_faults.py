@@ -4,17 +4,16 @@ import json
 
 import pytest
 import torch
+from conftest import arithmetic_pairs, write_jsonl
+from harness import write_loop_data
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-import spreadpref.trainer as trainer_module
+import spreadpref.dpo.trainer as trainer_module
 from spreadpref.cli import app
 from spreadpref.config import load_config
+from spreadpref.dpo.train import train_policy
 from spreadpref.errors import TrainingError
-from spreadpref.train import train_policy
-
-from conftest import arithmetic_pairs, write_jsonl
-from harness import write_loop_data
 
 runner = CliRunner()
 

@@ -3,11 +3,10 @@
 import json
 
 import pytest
+from harness import overrides, write_loop_data
 
 from spreadpref.config import ModelSettings, load_config
-from spreadpref.loop import run
-
-from harness import overrides, write_loop_data
+from spreadpref.spa.loop import run
 
 PLANTED = "sk-planted-secret-0123456789abcdef"
 ALLOWED_SUFFIXES = {".png", ".json", ".jsonl", ".yaml", ".safetensors", ".jinja", ".txt", ".md"}
@@ -57,7 +56,7 @@ def test_no_pickle_artifacts_outside_trainer_checkpoints(hostile_run):
 def test_remote_code_is_off_unless_asked(tiny_model_dir, monkeypatch):
     import transformers
 
-    from spreadpref.models import load_model, load_tokenizer
+    from spreadpref.models.loading import load_model, load_tokenizer
 
     seen = []
     real_model, real_tokenizer = transformers.AutoModelForCausalLM.from_pretrained, transformers.AutoTokenizer.from_pretrained

@@ -1,0 +1,441 @@
+"""Preference data: one canonical record, loaders for the usual formats, and strict validation.
+
+Every input row becomes a :class:`PreferenceRecord` (prompt as chat messages, a chosen and a
+rejected assistant reply, a target probability ``label``) or a :class:`PromptRecord`. Accepted
+shapes, per row:
+
+* conversational, explicit prompt: ``prompt`` is a list of messages, ``chosen``/``rejected`` are
+  a one-message assistant list or a string;
+* conversational, implicit prompt (UltraFeedback-binarized style): ``chosen``/``rejected`` are whole
+  conversations sharing a prefix; the prefix is the prompt (an explicit ``prompt`` column, if any,
+  must agree with it);
+* plain strings: ``prompt``, ``chosen``, ``rejected`` are strings (the prompt becomes one user turn).
+
+A bad row raises :class:`DataError` naming the file, line or row, and field; with
+``skip_invalid`` it is skipped and counted in :class:`LoadReport` instead.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pyarrow.parquet as pq
+
+from spreadpref.config import ColumnMap, DataSettings
+from spreadpref.data.records import (
+    ROLES,
+    TOKEN_COLUMNS,
+    LoadReport,
+    Message,
+    PreferenceRecord,
+    PromptRecord,
+)
+from spreadpref.errors import DataError
+
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_FILES = {"seed_pairs": "seed_pairs.jsonl", "prompts": "prompts.jsonl",
+                 # Verifiable prompts (IFEval-style constraints), disjoint by task: see resources/IFEVAL_TASKS.md.
+                 "ifeval_eval": "ifeval_eval.jsonl", "ifeval_seed_prompts": "ifeval_seed_prompts.jsonl",
+                 "ifeval_prompts": "ifeval_prompts.jsonl"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw rows from files, directories, the hub and the bundled resources
+
+
+def iter_rows(source: str, *, split: str = "train", subset: str | None = None) -> Iterator[tuple[str, Any]]:
+    """Yield (location, row) pairs; location is "line N" for JSONL and "row N" otherwise."""
+    if source.startswith(BUILTIN_PREFIX):
+        yield from _iter_builtin(source)
+        return
+    path = Path(source).expanduser()
+    if path.is_dir():
+        yield from _iter_saved_dataset(path, split)
+    elif path.is_file():
+        suffix = path.suffix.lower()
+        if suffix == ".jsonl":
+            yield from _iter_jsonl(path)
+        elif suffix == ".json":
+            yield from _iter_json(path)
+        elif suffix == ".parquet":
+            yield from _iter_parquet(path)
+        else:
+            raise DataError(source, None, None, f"unsupported file type {suffix!r}; use .jsonl, .json or .parquet")
+    elif _looks_like_local_path(source):
+        raise DataError(source, None, None, "no such file or directory")
+    else:
+        yield from _iter_hub(source, split, subset)
+
+
+def _looks_like_local_path(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or source.endswith((".jsonl", ".json", ".parquet")) or source.count("/") > 1
+
+
+def _iter_builtin(source: str) -> Iterator[tuple[str, Any]]:
+    name = source[len(BUILTIN_PREFIX) :]
+    if name not in BUILTIN_FILES:
+        raise DataError(source, None, None, f"unknown bundled dataset; choose one of {sorted(BUILTIN_FILES)}")
+    resource = resources.files("spreadpref.resources").joinpath(BUILTIN_FILES[name])
+    with resources.as_file(resource) as path:
+        yield from _iter_jsonl(Path(path))
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                # A broken line is reported as a row error so skip_invalid can count it.
+                yield f"line {number}", _Broken(f"not valid JSON ({err.msg} at column {err.colno})")
+                continue
+            yield f"line {number}", row
+
+
+def _iter_json(path: Path) -> Iterator[tuple[str, Any]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(str(path), f"line {err.lineno}", None, f"not valid JSON ({err.msg})") from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        raise DataError(str(path), None, None, "a .json dataset must be a list of records (or {\"data\": [...]})")
+    for index, row in enumerate(data):
+        yield f"row {index}", row
+
+
+def _iter_parquet(path: Path) -> Iterator[tuple[str, Any]]:
+    table = pq.read_table(path)
+    for index, row in enumerate(table.to_pylist()):
+        yield f"row {index}", row
+
+
+def _iter_saved_dataset(path: Path, split: str) -> Iterator[tuple[str, Any]]:
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except FileNotFoundError as err:
+        raise DataError(str(path), None, None, f"not a `save_to_disk` dataset directory ({err})") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise DataError(str(path), None, None, f"split {split!r} not found; available: {sorted(loaded)}")
+        loaded = loaded[split]
+    for index, row in enumerate(loaded):
+        yield f"row {index}", row
+
+
+def _iter_hub(name: str, split: str, subset: str | None) -> Iterator[tuple[str, Any]]:
+    try:
+        loaded = datasets.load_dataset(name, subset, split=split)
+    except Exception as err:  # network, missing dataset, missing split: all need the same advice
+        raise DataError(
+            name, None, None, f"could not load it as a local file or a hub dataset ({type(err).__name__}: {err})"
+        ) from None
+    for index, row in enumerate(loaded):
+        yield f"row {index}", row
+
+
+@dataclass
+class _Broken:
+    reason: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Normalisation of one row
+
+
+def parse_preference(row: Any, columns: ColumnMap, source: str, location: str,
+                     system_prompt: str | None = None) -> PreferenceRecord:
+    if isinstance(row, _Broken):
+        raise DataError(source, location, None, row.reason)
+    if not isinstance(row, dict):
+        raise DataError(source, location, None, f"a record must be an object, got {type(row).__name__}")
+
+    def fail(field_name: str, message: str) -> DataError:
+        return DataError(source, location, field_name, message)
+
+    for required in (columns.chosen, columns.rejected):
+        if required not in row or row[required] is None:
+            raise fail(required, f"missing (columns present: {', '.join(map(str, row)) or 'none'})")
+    chosen_raw, rejected_raw = row[columns.chosen], row[columns.rejected]
+    prompt_raw = row.get(columns.prompt)
+
+    if isinstance(chosen_raw, list) or isinstance(rejected_raw, list):
+        prompt, chosen, rejected = _split_conversations(prompt_raw, chosen_raw, rejected_raw, columns, fail)
+    else:
+        if prompt_raw is None:
+            raise fail(columns.prompt, "missing; plain-string replies need an explicit prompt")
+        prompt = _prompt_messages(prompt_raw, columns.prompt, fail)
+        # Generated pairs carry their token ids; a reply that was only EOS has empty text, legitimately.
+        allow_empty = _token_ids(row, fail) is not None
+        chosen = _reply_text(chosen_raw, columns.chosen, fail, allow_empty)
+        rejected = _reply_text(rejected_raw, columns.rejected, fail, allow_empty)
+
+    prompt = _with_system_prompt(prompt, system_prompt)
+    _check_roles(prompt, columns.prompt, fail)
+    return PreferenceRecord(
+        id=_record_id(row, columns.id, location, fail),
+        prompt=prompt,
+        chosen=chosen,
+        rejected=rejected,
+        label=_probability(row.get(columns.label, 1.0), columns.label, fail),
+        weight=_weight(row.get(columns.weight, 1.0), columns.weight, fail),
+        chosen_truncated=_flag(row.get("chosen_truncated", False), "chosen_truncated", fail),
+        rejected_truncated=_flag(row.get("rejected_truncated", False), "rejected_truncated", fail),
+        ref_chosen_logps=_optional_logp(row.get(columns.ref_chosen_logps), columns.ref_chosen_logps, fail),
+        ref_rejected_logps=_optional_logp(row.get(columns.ref_rejected_logps), columns.ref_rejected_logps, fail),
+        token_ids=_token_ids(row, fail),
+    )
+
+
+def _token_ids(row: dict, fail) -> dict[str, list[int]] | None:
+    present = [name for name in TOKEN_COLUMNS if row.get(name) is not None]
+    if not present:
+        return None
+    if len(present) != len(TOKEN_COLUMNS):
+        missing = sorted(set(TOKEN_COLUMNS) - set(present))
+        raise fail(missing[0], "token ids must be given for prompt, chosen and rejected together")
+    ids = {}
+    for name in TOKEN_COLUMNS:
+        value = row[name]
+        if not isinstance(value, list) or not value or not all(
+            isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value
+        ):
+            raise fail(name, "must be a non-empty list of non-negative integers")
+        ids[name] = value
+    return ids
+
+
+def parse_prompt(row: Any, columns: ColumnMap, source: str, location: str,
+                 system_prompt: str | None = None) -> PromptRecord:
+    if isinstance(row, _Broken):
+        raise DataError(source, location, None, row.reason)
+    if isinstance(row, str):
+        row = {columns.prompt: row}
+    if not isinstance(row, dict):
+        raise DataError(source, location, None, f"a record must be an object, got {type(row).__name__}")
+
+    def fail(field_name: str, message: str) -> DataError:
+        return DataError(source, location, field_name, message)
+
+    if columns.prompt in row and row[columns.prompt] is not None:
+        prompt = _prompt_messages(row[columns.prompt], columns.prompt, fail)
+    elif "messages" in row:
+        prompt = _prompt_messages(row["messages"], "messages", fail)
+        if prompt and prompt[-1]["role"] == "assistant":
+            prompt = prompt[:-1]  # a full conversation: the prompt is everything before the last reply
+    else:
+        raise fail(columns.prompt, f"missing (columns present: {', '.join(map(str, row)) or 'none'})")
+    prompt = _with_system_prompt(prompt, system_prompt)
+    _check_roles(prompt, columns.prompt, fail)
+    metadata = {str(k): v for k, v in row.items() if k not in (columns.prompt, columns.id, "messages")}
+    return PromptRecord(id=_record_id(row, columns.id, location, fail), prompt=prompt, metadata=metadata)
+
+
+def _split_conversations(prompt_raw, chosen_raw, rejected_raw, columns: ColumnMap, fail):
+    chosen_msgs = _messages(chosen_raw, columns.chosen, fail)
+    rejected_msgs = _messages(rejected_raw, columns.rejected, fail)
+    shared = 0
+    while (
+        shared < min(len(chosen_msgs), len(rejected_msgs)) - 1
+        and chosen_msgs[shared] == rejected_msgs[shared]
+    ):
+        shared += 1
+    prefix = chosen_msgs[:shared]
+    for name, msgs in ((columns.chosen, chosen_msgs), (columns.rejected, rejected_msgs)):
+        tail = msgs[shared:]
+        if len(tail) != 1 or tail[0]["role"] != "assistant":
+            raise fail(name, "after the part shared with the other reply there must be exactly one "
+                             f"assistant message, found {[m['role'] for m in tail]}")
+    if prefix:
+        if prompt_raw is not None:
+            explicit = _prompt_messages(prompt_raw, columns.prompt, fail)
+            if explicit != prefix and not (
+                isinstance(prompt_raw, str) and prefix[-1]["content"].strip() == prompt_raw.strip()
+            ):
+                raise fail(columns.prompt, "does not match the conversation shared by chosen and rejected")
+        prompt = prefix
+    else:
+        if prompt_raw is None:
+            raise fail(columns.prompt, "missing, and chosen/rejected share no conversation prefix to take it from")
+        prompt = _prompt_messages(prompt_raw, columns.prompt, fail)
+    chosen = _reply_text(chosen_msgs[shared]["content"], columns.chosen, fail)
+    rejected = _reply_text(rejected_msgs[shared]["content"], columns.rejected, fail)
+    return prompt, chosen, rejected
+
+
+def _messages(value: Any, name: str, fail) -> list[Message]:
+    if not isinstance(value, list) or not value:
+        raise fail(name, "must be a non-empty list of {role, content} messages")
+    messages = []
+    for index, message in enumerate(value):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise fail(f"{name}[{index}]", "each message needs 'role' and 'content'")
+        role, content = message["role"], message["content"]
+        if role not in ROLES:
+            raise fail(f"{name}[{index}].role", f"unknown role {role!r}; expected one of {sorted(ROLES)}")
+        if not isinstance(content, str):
+            raise fail(f"{name}[{index}].content", f"must be a string, got {type(content).__name__}")
+        if not content.strip():
+            raise fail(f"{name}[{index}].content", "is empty")
+        messages.append({"role": role, "content": content})
+    return messages
+
+
+def _prompt_messages(value: Any, name: str, fail) -> list[Message]:
+    if isinstance(value, str):
+        if not value.strip():
+            raise fail(name, "is empty")
+        return [{"role": "user", "content": value}]
+    if isinstance(value, list):
+        return _messages(value, name, fail)
+    raise fail(name, f"must be a string or a list of messages, got {type(value).__name__}")
+
+
+def _reply_text(value: Any, name: str, fail, allow_empty: bool = False) -> str:
+    if isinstance(value, list):
+        messages = _messages(value, name, fail)
+        if len(messages) != 1 or messages[0]["role"] != "assistant":
+            raise fail(name, "a reply given as messages must be exactly one assistant message")
+        value = messages[0]["content"]
+    if not isinstance(value, str):
+        raise fail(name, f"must be a string, got {type(value).__name__}")
+    if not value.strip() and not allow_empty:
+        raise fail(name, "is empty")
+    return value
+
+
+def _with_system_prompt(prompt: list[Message], system_prompt: str | None) -> list[Message]:
+    if system_prompt and (not prompt or prompt[0]["role"] != "system"):
+        return [{"role": "system", "content": system_prompt}, *prompt]
+    return prompt
+
+
+def _check_roles(prompt: list[Message], name: str, fail) -> None:
+    turns = prompt[1:] if prompt and prompt[0]["role"] == "system" else prompt
+    if not turns:
+        raise fail(name, "has no user message")
+    for index, message in enumerate(turns):
+        expected = "user" if index % 2 == 0 else "assistant"
+        if message["role"] != expected:
+            roles = [m["role"] for m in prompt]
+            raise fail(name, f"roles must alternate user/assistant after an optional system message, got {roles}")
+    if turns[-1]["role"] != "user":
+        raise fail(name, "must end with a user message")
+
+
+def _record_id(row: dict, column: str, location: str, fail) -> str:
+    value = row.get(column)
+    if value is None:
+        return location.replace(" ", "-")
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise fail(column, f"must be a string or an integer, got {type(value).__name__}")
+    return str(value)
+
+
+def _number(value: Any, name: str, fail) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise fail(name, f"must be a number, got {type(value).__name__} {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise fail(name, f"must be finite, got {value!r}")
+    return number
+
+
+def _probability(value: Any, name: str, fail) -> float:
+    number = _number(value, name, fail)
+    if not 0.0 <= number <= 1.0:
+        raise fail(name, f"must lie in [0, 1], got {number}")
+    return number
+
+
+def _weight(value: Any, name: str, fail) -> float:
+    number = _number(value, name, fail)
+    if number < 0:
+        raise fail(name, f"must be >= 0, got {number}")
+    return number
+
+
+def _flag(value: Any, name: str, fail) -> bool:
+    if not isinstance(value, bool):
+        raise fail(name, f"must be true or false, got {value!r}")
+    return value
+
+
+def _optional_logp(value: Any, name: str, fail) -> float | None:
+    if value is None:
+        return None
+    number = _number(value, name, fail)
+    if number > 1e-4:
+        raise fail(name, f"a log-probability must be <= 0, got {number}")
+    return number
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole datasets
+
+
+def load_preferences(source: str, columns: ColumnMap | None = None, *, split: str = "train",
+                     subset: str | None = None, skip_invalid: bool = False, limit: int | None = None,
+                     system_prompt: str | None = None) -> tuple[list[PreferenceRecord], LoadReport]:
+    columns = columns or ColumnMap()
+    used = {columns.prompt, columns.chosen, columns.rejected, columns.label, columns.weight, columns.id,
+            columns.ref_chosen_logps, columns.ref_rejected_logps, "chosen_truncated", "rejected_truncated",
+            *TOKEN_COLUMNS}
+    return _load(source, split, subset, skip_invalid, limit, used,
+                 lambda row, loc: parse_preference(row, columns, source, loc, system_prompt))
+
+
+def load_training_preferences(data: DataSettings) -> tuple[list[PreferenceRecord], LoadReport]:
+    """The preference records that ``data.train`` names, with the config's columns and options."""
+    return load_preferences(data.train, data.columns, split=data.split, subset=data.subset,
+                            skip_invalid=data.skip_invalid, limit=data.limit, system_prompt=data.system_prompt)
+
+
+def load_prompts(source: str, columns: ColumnMap | None = None, *, split: str = "train",
+                 subset: str | None = None, skip_invalid: bool = False, limit: int | None = None,
+                 system_prompt: str | None = None) -> tuple[list[PromptRecord], LoadReport]:
+    columns = columns or ColumnMap()
+    return _load(source, split, subset, skip_invalid, limit, {columns.prompt, columns.id, "messages"},
+                 lambda row, loc: parse_prompt(row, columns, source, loc, system_prompt))
+
+
+def _load(source, split, subset, skip_invalid, limit, used_columns, parse):
+    report = LoadReport(source=source)
+    records = []
+    seen_ids: dict[str, str] = {}
+    extra: set[str] = set()
+    for location, row in iter_rows(source, split=split, subset=subset):
+        if limit is not None and report.kept >= limit:
+            break
+        report.rows_read += 1
+        try:
+            record = parse(row, location)
+            if record.id in seen_ids:
+                raise DataError(source, location, "id", f"duplicate id {record.id!r} (first at {seen_ids[record.id]})")
+        except DataError as err:
+            if not skip_invalid:
+                raise
+            report.skipped += 1
+            if len(report.skip_reasons) < 20:
+                report.skip_reasons.append(str(err))
+            continue
+        seen_ids[record.id] = location
+        if isinstance(row, dict):
+            extra.update(str(key) for key in row if key not in used_columns)
+        records.append(record)
+        report.kept += 1
+    report.ignored_columns = sorted(extra)
+    if not records:
+        hint = f" ({report.skipped} invalid rows skipped; first: {report.skip_reasons[0]})" if report.skipped else ""
+        raise DataError(source, None, None, f"no usable records{hint}")
+    return records, report

@@ -1,0 +1,83 @@
+"""Checkpoint I/O of a DPO stage: resume from the newest complete Trainer checkpoint, and write the
+trained model as ``save_pretrained`` directories, each replaced in one rename."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from spreadpref.config import Config
+from spreadpref.models.loading import is_peft_model
+from spreadpref.runtime import distributed
+from spreadpref.runtime.files import atomic_directory
+from spreadpref.runtime.progress import console
+
+
+def last_checkpoint(directory: Path) -> str | None:
+    """The newest complete Trainer checkpoint; incomplete ones (killed while saving) are removed.
+
+    Trainer writes a checkpoint in place and ``trainer_state.json`` last, so a checkpoint whose
+    state file is missing or unreadable was interrupted.
+    """
+    if not directory.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in directory.iterdir()
+             if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
+    for _, checkpoint in sorted(found, reverse=True):
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text())
+            return str(checkpoint)
+        except (OSError, ValueError):
+            console.print(f"Removing {checkpoint}: it was interrupted while being saved.")
+            shutil.rmtree(checkpoint, ignore_errors=True)
+    return None
+
+
+def save_outputs(config: Config, trainer: Any, tokenizer: Any, out: Path,
+                 merge_lora: bool | None = None) -> dict[str, str]:
+    """Write the trained model as ``save_pretrained`` directories, each replaced in one rename.
+
+    Every process takes part in ``trainer.save_model`` (ZeRO-3 and FSDP gather the weights there);
+    only the main process writes files.
+    """
+    merge = config.model.lora.merge_on_save if merge_lora is None else merge_lora
+    model = trainer.model
+    if not is_peft_model(model):
+        return {"model": save_with_trainer(trainer, tokenizer, out / "model")}
+    outputs = {"adapter": save_with_trainer(trainer, tokenizer, out / "adapter")}
+    outputs["model"] = outputs["adapter"]
+    if merge:
+        if distributed.is_main():
+            save_pretrained_atomically(model.merge_and_unload(), tokenizer, out / "model")
+        distributed.barrier()
+        outputs["model"] = str(out / "model")
+    return outputs
+
+
+def save_pretrained_atomically(model: Any, tokenizer: Any, directory: Path) -> str:
+    with atomic_directory(directory) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return str(directory)
+
+
+def save_with_trainer(trainer: Any, tokenizer: Any, directory: Path) -> str:
+    staging = directory.with_name(f".{directory.name}.staging.tmp")  # one name, shared by all processes
+    if distributed.is_main():
+        shutil.rmtree(staging, ignore_errors=True)
+    distributed.barrier()
+    trainer.save_model(str(staging))
+    distributed.barrier()
+    if distributed.is_main():
+        # Trainer pickles its arguments next to the weights; a released model needs only safe formats.
+        (staging / "training_args.bin").unlink(missing_ok=True)
+        tokenizer.save_pretrained(staging)
+        with atomic_directory(directory) as tmp:
+            tmp.rmdir()
+            staging.rename(tmp)
+    distributed.barrier()
+    return str(directory)
+

@@ -1,0 +1,79 @@
+"""Reference log-probabilities of the DPO loss: from the data, the on-disk cache, or one no-grad pass.
+
+The reference model never runs during training: its log-probs travel with each pair. They come
+from the data (an SPA round: the judge's pi_{i-1} log-probs), from a cache keyed by the reference's
+weights and the pairs' token ids, or from one pass before training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from spreadpref.config import Config
+from spreadpref.data.tokenize import TokenizedPair
+from spreadpref.dpo.logprobs import score_pairs
+from spreadpref.models.loading import (
+    cache_root,
+    is_peft_model,
+    load_model,
+    model_fingerprint,
+)
+from spreadpref.runtime.files import atomic_path
+from spreadpref.runtime.fingerprint import fingerprint_rows
+
+
+def compute_reference(config: Config, policy: Any, pairs: list[TokenizedPair], pad_token_id: int) -> dict[str, Any]:
+    """Reference log-probs for every pair: from the data, the cache, or one no-grad pass before training."""
+    cache_dir = Path(config.train.ref_cache_dir) if config.train.ref_cache_dir else cache_root() / "ref_logps"
+    if config.train.reference_model:
+        reference = load_model(config.model, path=config.train.reference_model)
+        reference.to(next(policy.parameters()).device)
+        info = fill_reference_logps(pairs, reference, pad_token_id, cache_dir, config.train.logprob_batch_size)
+        del reference
+        info["model"] = config.train.reference_model
+        return info
+    # The starting policy is the reference (pi_init in the seed stage): no second copy is loaded.
+    info = fill_reference_logps(pairs, policy, pad_token_id, cache_dir, config.train.logprob_batch_size,
+                                as_adapter_off=is_peft_model(policy))
+    info["model"] = "starting policy" + (" (LoRA adapter off)" if is_peft_model(policy) else "")
+    return info
+
+
+def pairs_fingerprint(pairs: Sequence[TokenizedPair]) -> str:
+    return fingerprint_rows([pair.prompt_ids, pair.chosen_ids, pair.rejected_ids] for pair in pairs)
+
+
+def fill_reference_logps(pairs: list[TokenizedPair], reference: torch.nn.Module, pad_token_id: int,
+                         cache_dir: Path | None, batch_size: int, as_adapter_off: bool = False) -> dict[str, Any]:
+    """Give every pair without reference log-probs its values, from the cache or one no-grad pass."""
+    missing = [p for p in pairs if p.ref_chosen_logps is None or p.ref_rejected_logps is None]
+    info: dict[str, Any] = {"pairs": len(pairs), "from_data": len(pairs) - len(missing), "computed": 0,
+                            "cache_hit": False, "cache_file": None}
+    if not missing:
+        return info
+    # A LoRA reference is the base model: the adapter weights must not change the key.
+    skip = "lora_" if as_adapter_off else None
+    key = f"{model_fingerprint(reference, skip)}-{pairs_fingerprint(missing)}"
+    cache_file = cache_dir / f"{key}.safetensors" if cache_dir else None
+    info["cache_file"] = str(cache_file) if cache_file else None
+    if cache_file is not None and cache_file.is_file():
+        tensors = load_file(str(cache_file))
+        chosen, rejected = tensors["chosen"], tensors["rejected"]
+        info["cache_hit"] = True
+    else:
+        scored = score_pairs(reference, missing, pad_token_id, batch_size,
+                             description="Reference log-probs", as_reference=as_adapter_off)
+        chosen, rejected = scored.chosen, scored.rejected
+        info["computed"] = len(missing)
+        if cache_file is not None:
+            with atomic_path(cache_file) as tmp:
+                save_file({"chosen": chosen.contiguous(), "rejected": rejected.contiguous()}, str(tmp))
+    for pair, c, r in zip(missing, chosen.tolist(), rejected.tolist()):
+        pair.ref_chosen_logps, pair.ref_rejected_logps = c, r
+    return info
+

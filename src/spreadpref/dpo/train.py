@@ -1,0 +1,277 @@
+"""The train stage: DPO (soft labels allowed) of a policy on a preference dataset.
+
+config -> records -> token pairs -> reference log-probs -> Trainer -> ``save_pretrained`` directory.
+Outputs in ``output_dir``: ``config.yaml`` (resolved), ``manifest.json``, ``checkpoints/`` (for
+resume), ``model/`` (full model, or merged LoRA) and ``adapter/`` (LoRA only).
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.table import Table
+from transformers import TrainingArguments, set_seed
+
+from spreadpref.config import Config
+from spreadpref.data.loading import load_training_preferences
+from spreadpref.data.tokenize import TokenizedPair, tokenize_pairs
+from spreadpref.dpo.checkpoints import last_checkpoint, save_outputs
+from spreadpref.dpo.logprobs import score_pairs
+from spreadpref.dpo.reference import compute_reference
+from spreadpref.dpo.refine import Refinement
+from spreadpref.dpo.trainer import PairCollator, SoftDPOTrainer, to_train_dataset
+from spreadpref.errors import SpreadprefError
+from spreadpref.models.loading import (
+    disable_dropout,
+    load_model,
+    load_tokenizer,
+    resolve_device,
+)
+from spreadpref.runtime import distributed
+from spreadpref.runtime.files import (
+    atomic_write_json,
+    remove_stale_temporaries,
+)
+from spreadpref.runtime.fingerprint import fingerprint
+from spreadpref.runtime.manifest import Manifest
+from spreadpref.runtime.progress import console
+
+STAGE = "train"
+# Keys that change how a run is watched or stored, not what it computes: editing them never
+# invalidates a finished stage.
+COSMETIC_TRAIN_KEYS = ("report_to", "logging_steps", "save_strategy", "save_steps", "save_total_limit",
+                       "logprob_batch_size", "ref_cache_dir", "evaluate_after")
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    model_dir: Path
+    skipped: bool = False
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def train_fingerprint(config: Config) -> str:
+    """What a train stage's result depends on: seed, model, training data and training settings."""
+    dump = config.model_dump(mode="json")
+    train = {k: v for k, v in dump["train"].items() if k not in COSMETIC_TRAIN_KEYS}
+    data = {k: v for k, v in dump["data"].items() if k != "prompts"}
+    return fingerprint({"seed": dump["seed"], "model": dump["model"], "data": data, "train": train})
+
+
+def train_policy(config: Config, force: bool = False) -> TrainResult:
+    """Run the train stage; resume it if it was interrupted; do nothing if it already finished."""
+    out = Path(config.output_dir)
+    manifest = Manifest(out)
+    fingerprint = train_fingerprint(config)
+    previous = manifest.stage(STAGE)
+    if previous and previous.get("fingerprint") != fingerprint and not force:
+        raise SpreadprefError(
+            f"{out} already holds a train stage made with a different configuration "
+            f"(fingerprint {previous.get('fingerprint')} vs {fingerprint}). Use another output "
+            "directory, or --force to discard it and train again."
+        )
+    if previous and previous.get("status") == "complete" and not force:
+        console.print(f"[green]The train stage in {out} is already complete[/]; nothing to do (--force retrains).")
+        return TrainResult(out, Path(previous["outputs"]["model"]), skipped=True, metrics=previous.get("metrics", {}))
+    if previous and (force or previous.get("fingerprint") != fingerprint):
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        manifest.reset(STAGE)
+
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
+    config.save(out / "config.yaml")
+    manifest.start(STAGE, fingerprint)
+
+
+    set_seed(config.seed)
+    tokenizer = load_tokenizer(config.model)
+    pairs, data_info = prepare_pairs(config, tokenizer)
+    manifest.update(STAGE, data=data_info)
+    outputs, metrics = train_on_pairs(config, tokenizer, pairs, out, on_reference=lambda info: manifest.update(
+        STAGE, reference=info))
+    metrics["seconds"] = round(time.perf_counter() - started, 1)
+    metrics["peak_rss_gb"] = round(peak_rss_gb(), 2)
+    manifest.complete(STAGE, outputs=outputs, metrics=metrics)
+    print_summary(data_info, metrics, outputs)
+    return TrainResult(out, Path(outputs["model"]), metrics=metrics)
+
+
+def train_on_pairs(config: Config, tokenizer: Any, pairs: list[TokenizedPair], out: Path, *,
+                   start_model: str | None = None, num_epochs: float | None = None,
+                   learning_rate: float | None = None, refinement: Refinement | None = None,
+                   merge_lora: bool | None = None, on_reference=None) -> tuple[dict[str, str], dict[str, Any]]:
+    """Train from ``start_model`` (default: config.model) on tokenised pairs; save under ``out``.
+
+    Pairs without reference log-probs get them first (the starting policy is the reference).
+    Resumes from the last Trainer checkpoint in ``out/checkpoints``.
+    """
+    model = load_model(config.model, path=start_model, for_training=True)
+    if config.train.disable_dropout:
+        disable_dropout(model)
+    model.to(resolve_device(config.model.device))
+    ref_info = compute_reference(config, model, pairs, tokenizer.pad_token_id)
+    if on_reference is not None:
+        on_reference(ref_info)
+
+    trainer = build_trainer(config, model, tokenizer, pairs, out / "checkpoints", num_epochs=num_epochs,
+                            learning_rate=learning_rate, refinement=refinement)
+    checkpoint = last_checkpoint(out / "checkpoints")
+    if checkpoint:
+        console.print(f"Resuming training from {checkpoint}")
+    started = time.perf_counter()
+    train_output = trainer.train(resume_from_checkpoint=checkpoint)
+    train_seconds = time.perf_counter() - started
+    model = trainer.model
+    if not all(torch.isfinite(p).all() for p in model.parameters() if p.requires_grad):
+        raise SpreadprefError("training produced non-finite weights; the model was not saved")
+
+    metrics: dict[str, Any] = {"train_loss": train_output.training_loss, "global_steps": train_output.global_step,
+                               "train_seconds": round(train_seconds, 1)}
+    epochs = num_epochs if num_epochs is not None else config.train.num_epochs
+    tokens = sum(len(p.prompt_ids) * 2 + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs) * epochs
+    metrics["train_tokens_per_second"] = round(tokens / max(train_seconds, 1e-9), 1)
+    if refinement is not None:
+        counts = trainer.refine_counts
+        metrics["smoothed_fraction"] = counts["smoothed"] / max(counts["pairs"], 1)
+    outputs = save_outputs(config, trainer, tokenizer, out, merge_lora=merge_lora)
+    if distributed.is_main():
+        if config.train.evaluate_after:
+            # The main process's replica (DDP); under ZeRO-3 / FSDP set train.evaluate_after=false.
+            metrics.update(evaluate_pairs(model, pairs, tokenizer.pad_token_id, config.train.beta,
+                                          config.train.logprob_batch_size))
+        atomic_write_json(out / "log_history.json", trainer.state.log_history)
+    metrics = distributed.broadcast_object(metrics)
+    return outputs, metrics
+
+
+def prepare_pairs(config: Config, tokenizer: Any) -> tuple[list[TokenizedPair], dict[str, Any]]:
+    data = config.data
+    records, load_report = load_training_preferences(data)
+    console.print(load_report.summary())
+    for reason in load_report.skip_reasons[:3]:
+        console.print(f"  skipped: {reason}")
+    pairs, truncation = tokenize_pairs(tokenizer, records, data.max_length, data.max_prompt_length)
+    console.print(truncation.summary())
+    info = {
+        "source": data.train,
+        "rows_read": load_report.rows_read,
+        "pairs": len(pairs),
+        "skipped_invalid": load_report.skipped,
+        "skip_reasons": load_report.skip_reasons,
+        "ignored_columns": load_report.ignored_columns,
+        "prompts_truncated": truncation.prompts_truncated,
+        "replies_truncated": truncation.replies_truncated,
+        "truncated_examples": truncation.examples,
+        "mean_label": sum(p.label for p in pairs) / len(pairs),
+    }
+    return pairs, info
+
+
+def build_trainer(config: Config, model: Any, tokenizer: Any, pairs: list[TokenizedPair], checkpoints: Path,
+                  num_epochs: float | None = None, learning_rate: float | None = None,
+                  refinement: Refinement | None = None):
+
+    train = config.train
+    device = resolve_device(config.model.device)
+    args = TrainingArguments(
+        output_dir=str(checkpoints),
+        per_device_train_batch_size=train.per_device_batch_size,
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        num_train_epochs=num_epochs if num_epochs is not None else train.num_epochs,
+        max_steps=train.max_steps,
+        learning_rate=learning_rate if learning_rate is not None else train.learning_rate,
+        lr_scheduler_type=train.lr_scheduler,
+        warmup_steps=train.warmup_ratio,
+        weight_decay=train.weight_decay,
+        max_grad_norm=train.max_grad_norm,
+        optim=train.optimizer,
+        bf16=train.mixed_precision == "bf16",
+        fp16=train.mixed_precision == "fp16",
+        logging_steps=train.logging_steps,
+        logging_first_step=True,
+        save_strategy=train.save_strategy,
+        save_steps=train.save_steps,
+        save_total_limit=train.save_total_limit,
+        report_to=train.report_to,
+        seed=config.seed,
+        use_cpu=device.type == "cpu",
+        remove_unused_columns=False,
+        train_sampling_strategy="group_by_length",
+        length_column_name="length",
+        activation_checkpointing=config.model.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if config.model.gradient_checkpointing else None,
+        dataloader_pin_memory=device.type == "cuda",
+        disable_tqdm=False,
+        restore_callback_states_from_checkpoint=True,  # the refinement window (trainer.RefineWindow)
+    )
+    return SoftDPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=to_train_dataset(pairs),
+        data_collator=PairCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        beta=train.beta,
+        label_smoothing=train.label_smoothing,
+        refinement=refinement,
+    )
+
+
+def evaluate_pairs(model: Any, pairs: list[TokenizedPair], pad_token_id: int, beta: float,
+                   batch_size: int) -> dict[str, float]:
+    """Implicit-reward accuracy and margin of the trained policy on the training pairs."""
+    scored = score_pairs(model, pairs, pad_token_id, batch_size, description="Scoring the training pairs")
+    ref_chosen = torch.tensor([p.ref_chosen_logps for p in pairs], dtype=torch.float64)
+    ref_rejected = torch.tensor([p.ref_rejected_logps for p in pairs], dtype=torch.float64)
+    chosen_rewards = beta * (scored.chosen - ref_chosen)
+    rejected_rewards = beta * (scored.rejected - ref_rejected)
+    margins = chosen_rewards - rejected_rewards
+    return {
+        "final/rewards_accuracy": float((margins > 0).double().mean()),
+        "final/rewards_margin": float(margins.mean()),
+        "final/rewards_chosen": float(chosen_rewards.mean()),
+        "final/rewards_rejected": float(rejected_rewards.mean()),
+    }
+
+
+def peak_rss_gb() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return usage * scale / 1e9
+
+
+def print_summary(data_info: dict[str, Any], metrics: dict[str, Any], outputs: dict[str, str]) -> None:
+    table = Table(title="spreadpref train", show_header=True)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    rows = [
+        ("pairs", data_info["pairs"]),
+        ("skipped invalid", data_info["skipped_invalid"]),
+        ("truncated (prompt / reply)", f"{data_info['prompts_truncated']} / {data_info['replies_truncated']}"),
+        ("optimizer steps", metrics["global_steps"]),
+        ("mean train loss", f"{metrics['train_loss']:.4f}"),
+    ]
+    if "final/rewards_accuracy" in metrics:
+        rows += [
+            ("reward accuracy on the training pairs", f"{metrics['final/rewards_accuracy']:.3f}"),
+            ("mean reward margin", f"{metrics['final/rewards_margin']:.4f}"),
+        ]
+    rows += [
+        ("wall time", f"{metrics['seconds']:.0f} s"),
+        ("peak memory (RSS)", f"{metrics['peak_rss_gb']:.2f} GB"),
+        ("model", outputs["model"]),
+    ]
+    for name, value in rows:
+        if isinstance(value, float) and math.isnan(value):
+            value = "n/a"
+        table.add_row(name, str(value))
+    console.print(table)

@@ -1,0 +1,223 @@
+"""Soft-label DPO on top of ``transformers.Trainer``, through its public hooks only.
+
+Users keep everything Trainer gives: checkpoints and resume, schedules, gradient accumulation,
+``report_to`` and accelerate / DeepSpeed / FSDP launch. The reference model never runs during
+training: its log-probabilities travel with each pair (from the data, from the judge of an SPA
+round, or computed once before training and cached on disk).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import datasets
+import torch
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import ExportableState
+
+from spreadpref.data.tokenize import TokenizedPair
+from spreadpref.dpo.logprobs import (
+    ReplyLogits,
+    collate_pairs,
+    reply_logits,
+    sequence_logps_and_logits,
+    sum_by_row,
+    token_logps,
+)
+from spreadpref.dpo.loss import dpo_logits, soft_dpo_loss
+from spreadpref.dpo.refine import (
+    ConfidenceThreshold,
+    Refinement,
+    refine_targets,
+)
+from spreadpref.errors import TrainingError
+
+TRAIN_COLUMNS = ("id", "prompt_ids", "chosen_ids", "rejected_ids", "label", "weight",
+                 "ref_chosen_logps", "ref_rejected_logps", "length")
+
+
+class PairCollator:
+    """Pads a list of pairs into one batch: chosen rows first, then rejected rows."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = collate_pairs(features, self.pad_token_id)
+        batch["ids"] = [f.get("id", "?") for f in features]
+        return batch
+
+
+class RefineWindow(TrainerCallback, ExportableState):
+    """The refinement's sliding window of margins and its counts, kept in every checkpoint.
+
+    A callback only for Trainer's ``ExportableState``: its state goes into each checkpoint's
+    ``trainer_state.json`` (written last, so it is there exactly when the checkpoint is complete)
+    and comes back on resume, so a resumed round smooths the same pairs as an uninterrupted one.
+    """
+
+    def __init__(self, window: int = 50, quantile: float = 0.1):
+        self.threshold = ConfidenceThreshold(window, quantile)
+        self.pairs = 0
+        self.smoothed = 0
+
+    @property
+    def margins(self) -> list[float]:
+        return list(self.threshold.margins)
+
+    @margins.setter
+    def margins(self, values: list[float]) -> None:
+        self.threshold.margins.clear()
+        self.threshold.margins.extend(values)
+
+    def state(self) -> dict[str, Any]:
+        return {"args": {"window": self.threshold.margins.maxlen, "quantile": self.threshold.quantile},
+                "attributes": {"margins": self.margins, "pairs": self.pairs, "smoothed": self.smoothed}}
+
+
+class SoftDPOTrainer(Trainer):
+    """``Trainer`` whose loss is soft-label DPO on reference log-probs carried by the batch."""
+
+    # Our loss is a per-micro-batch mean: Trainer divides it by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args: Any, beta: float = 0.1, label_smoothing: float = 0.0,
+                 refinement: Refinement | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.beta = beta
+        self.label_smoothing = label_smoothing
+        self.refinement = refinement
+        if refinement is not None:
+            self.add_callback(RefineWindow(refinement.settings.window, refinement.settings.quantile))
+        self._metric_sums: dict[str, float] = defaultdict(float)
+        self._metric_batches = 0
+        self._tokens_since_log = 0
+        self._last_log_time = time.perf_counter()
+
+    @property
+    def refine_window(self) -> RefineWindow:
+        # Looked up each time: resuming replaces the callback with one rebuilt from the checkpoint.
+        return next(cb for cb in self.callback_handler.callbacks if isinstance(cb, RefineWindow))
+
+    @property
+    def refine_counts(self) -> dict[str, int]:
+        window = self.refine_window
+        return {"pairs": window.pairs, "smoothed": window.smoothed}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if "ref_chosen_logps" not in inputs:
+            raise TrainingError("a training batch has no reference log-probs; compute them before training")
+        sums, logits = sequence_logps_and_logits(
+            model, inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"])
+        k = inputs["label"].shape[0]
+        labels = inputs["label"].to(sums.dtype)
+        smoothing = torch.full_like(labels, self.label_smoothing)
+        decision = None
+        if self.refinement is not None and model.training:
+            decision = self._refine(model, inputs, sums.detach(), logits, k)
+            smoothing = torch.where(decision.smoothed, torch.full_like(labels, self.refinement.settings.alpha), smoothing)
+        target = labels * (1 - smoothing) + (1 - labels) * smoothing
+        out = soft_dpo_loss(sums[:k], sums[k:], inputs["ref_chosen_logps"], inputs["ref_rejected_logps"],
+                            beta=self.beta, target=target, weight=inputs["weight"].to(sums.dtype))
+        if not torch.isfinite(out.loss):
+            raise TrainingError(
+                f"non-finite DPO loss ({out.loss.item()}) at optimizer step {self.state.global_step + 1}, "
+                f"batch of pairs {inputs.get('ids')}; the last saved checkpoint is untouched. "
+                "Lower train.learning_rate or check the data's reference log-probs."
+            )
+        if model.training:
+            self._record(out, sums[:k].detach(), sums[k:].detach(), target.detach(), inputs["attention_mask"],
+                         decision)
+        return (out.loss, {"logits": out.logits}) if return_outputs else out.loss
+
+    @torch.no_grad()
+    def _refine(self, model, inputs, sums: torch.Tensor, logits: ReplyLogits, k: int):
+        refinement = self.refinement
+        if refinement.lam > 0:
+            ref_logits = self._reference_reply_logits(model, inputs)
+            tokens = token_logps(logits.logits.detach(), logits.targets, ref_logits, refinement.lam)
+            detector = sum_by_row(tokens, logits.rows, logits.num_rows).to(sums.dtype)
+        else:
+            detector = sums
+        margins = self.beta * dpo_logits(detector[:k], detector[k:], inputs["ref_chosen_logps"],
+                                              inputs["ref_rejected_logps"])
+        active = self.state.global_step >= refinement.settings.warmup_fraction * max(self.state.max_steps, 1)
+        window = self.refine_window
+        decision = refine_targets(margins, window.threshold, refinement.settings.alpha, active,
+                                  self._gather_margins(margins))
+        window.pairs += int(margins.numel())
+        window.smoothed += int(decision.smoothed.sum())
+        return decision
+
+    def _reference_reply_logits(self, model, inputs) -> torch.Tensor:
+        batch = (inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"])
+        reference = self.refinement.reference
+        if reference is None:  # LoRA: the reference is the policy with its adapter off
+            core = self.accelerator.unwrap_model(model)
+            if not hasattr(core, "disable_adapter"):
+                raise TrainingError("decoupled noise detection needs a reference model or a LoRA policy")
+            with core.disable_adapter():
+                return reply_logits(core, *batch).logits
+        device = inputs["input_ids"].device
+        if next(reference.parameters()).device != device:
+            reference.to(device)
+        return reply_logits(reference, *batch).logits
+
+    def _gather_margins(self, margins: torch.Tensor) -> torch.Tensor:
+        """Every process's margins, so all processes share one window and one threshold."""
+        if self.accelerator.num_processes == 1:
+            return margins
+        padded = self.accelerator.pad_across_processes(margins.float(), dim=0, pad_index=float("nan"))
+        gathered = self.accelerator.gather(padded)
+        return gathered[~torch.isnan(gathered)]
+
+    def _record(self, out, chosen_logps, rejected_logps, targets, attention_mask, decision=None) -> None:
+        values = torch.stack([
+            out.chosen_rewards.mean(),
+            out.rejected_rewards.mean(),
+            (out.chosen_rewards - out.rejected_rewards).mean(),
+            (out.chosen_rewards > out.rejected_rewards).float().mean(),
+            chosen_logps.mean(),
+            rejected_logps.mean(),
+            targets.mean(),
+            decision.smoothed.float().mean() if decision is not None else targets.new_zeros(()),
+            targets.new_tensor(decision.threshold if decision is not None else 0.0),
+        ]).float()
+        values = self.accelerator.gather(values.unsqueeze(0)).mean(dim=0).tolist()
+        names = ["rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+                 "logps/chosen", "logps/rejected", "labels/mean"]
+        if decision is not None:
+            names += ["refine/smoothed_fraction", "refine/threshold"]
+        for name, value in zip(names, values):
+            self._metric_sums[name] += value
+        self._metric_batches += 1
+        tokens = self.accelerator.gather(attention_mask.sum().reshape(1)).sum().item()
+        self._tokens_since_log += int(tokens)
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if "loss" in logs and self._metric_batches:
+            for name, total in self._metric_sums.items():
+                logs[name] = round(total / self._metric_batches, 6)
+            now = time.perf_counter()
+            logs["tokens_per_second"] = round(self._tokens_since_log / max(now - self._last_log_time, 1e-9), 2)
+            self._metric_sums.clear()
+            self._metric_batches = 0
+            self._tokens_since_log = 0
+            self._last_log_time = now
+        super().log(logs, *args, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference log-probabilities: computed once, cached on disk by model and data
+
+
+def to_train_dataset(pairs: Sequence[TokenizedPair]):
+    """A ``datasets.Dataset`` with a length column, so Trainer can group batches by length."""
+    rows = {name: [] for name in TRAIN_COLUMNS}
+    for pair in pairs:
+        for name in TRAIN_COLUMNS:
+            rows[name].append(pair.length if name == "length" else getattr(pair, name))
+    return datasets.Dataset.from_dict(rows)

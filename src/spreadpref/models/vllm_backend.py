@@ -1,0 +1,93 @@
+"""The vLLM generation backend (``generation.backend: vllm``; ``pip install spreadpref[vllm]``).
+
+Each round runs vLLM's offline engine in a *subprocess* on the saved checkpoint of pi_{i-1}: no live
+weight sync (so none of the weight-sync bugs of in-process engines), and all of vLLM's GPU memory is
+returned before judging and training start. Prompts go in as token ids (``TokensPrompt``), rendered
+by the same chat template code as the built-in backend, so there is no double BOS. Sampling uses the
+same temperature, top_p, max_new_tokens and stop tokens, with a per-prompt seed derived from the run
+seed, and the output rows have exactly the schema of the built-in backend.
+
+Written against vLLM's documented offline API (``LLM``, ``SamplingParams``, ``vllm.inputs.TokensPrompt``,
+``RequestOutput.outputs[i].token_ids`` / ``.finish_reason``), versions >= 0.6. It has not been run
+against a real vLLM in this repository's CI (no GPU there); the tests use a stand-in module that
+implements that interface.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from spreadpref.errors import SpreadprefError
+
+
+def build_request(model_path: str, prompt_ids: list[list[int]], seeds: list[int], stops: list[int],
+                  temperature: float, top_p: float, max_new_tokens: list[int], num_samples: int,
+                  tensor_parallel_size: int, dtype: str, gpu_memory_utilization: float) -> dict[str, Any]:
+    return {
+        "model": model_path, "prompt_ids": prompt_ids, "seeds": seeds, "stop_token_ids": stops,
+        "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "n": num_samples,
+        "tensor_parallel_size": tensor_parallel_size, "dtype": dtype,
+        "gpu_memory_utilization": gpu_memory_utilization,
+    }
+
+
+def run_vllm(request: dict[str, Any], timeout: float | None = None) -> list[dict[str, Any]]:
+    """Run the worker in a fresh Python process; return one result per prompt, in order."""
+    with tempfile.TemporaryDirectory(prefix="spreadpref-vllm-") as tmp:
+        request_file, result_file = Path(tmp) / "request.json", Path(tmp) / "result.jsonl"
+        request_file.write_text(json.dumps(request))
+        completed = subprocess.run(
+            [sys.executable, "-m", "spreadpref.models.vllm_backend", str(request_file), str(result_file)],
+            env=dict(os.environ), capture_output=True, text=True, timeout=timeout,
+        )
+        if completed.returncode != 0:
+            tail = completed.stderr[-3000:]
+            if "No module named 'vllm'" in tail:
+                raise SpreadprefError("generation.backend=vllm needs vLLM: pip install 'spreadpref[vllm]' "
+                                      "(on a machine with a GPU that vLLM supports)")
+            raise SpreadprefError(f"the vLLM generation subprocess failed (exit {completed.returncode}):\n{tail}")
+        with open(result_file, encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle if line.strip()]
+
+
+def _worker(request_file: str, result_file: str) -> None:
+    """Inside the subprocess: the documented offline API, nothing else."""
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    request = json.loads(Path(request_file).read_text())
+    llm = LLM(model=request["model"], tokenizer=request["model"], dtype=request["dtype"],
+              tensor_parallel_size=request["tensor_parallel_size"], trust_remote_code=False,
+              gpu_memory_utilization=request["gpu_memory_utilization"], seed=request["seeds"][0] if request["seeds"] else 0)
+    prompts = [TokensPrompt(prompt_token_ids=ids) for ids in request["prompt_ids"]]
+    params = [
+        SamplingParams(n=request["n"], temperature=request["temperature"], top_p=request["top_p"],
+                       max_tokens=budget, seed=seed, stop_token_ids=request["stop_token_ids"],
+                       skip_special_tokens=False)
+        for seed, budget in zip(request["seeds"], request["max_new_tokens"])
+    ]
+    outputs = llm.generate(prompts, params)
+    with open(result_file, "w", encoding="utf-8") as handle:
+        for output in outputs:
+            samples = [{"token_ids": list(c.token_ids), "finish_reason": c.finish_reason} for c in output.outputs]
+            handle.write(json.dumps({"samples": samples}) + "\n")
+
+
+def normalise_reply(token_ids: list[int], finish_reason: str | None, stops: set[int], eos: int) -> tuple[list[int], str]:
+    """vLLM's reply as the built-in backend writes it: ends with its stop token if stopped, else cut off."""
+    if finish_reason == "stop":
+        for index, token in enumerate(token_ids):
+            if token in stops:
+                return token_ids[: index + 1], "stop"
+        return [*token_ids, eos], "stop"  # the stop token was not echoed back: restore it
+    return list(token_ids), "length"
+
+
+if __name__ == "__main__":  # pragma: no cover - runs in the subprocess
+    _worker(sys.argv[1], sys.argv[2])

@@ -1,0 +1,27 @@
+"""Fingerprints: short content hashes that say whether a finished result still matches its inputs.
+
+A stage's fingerprint decides whether its outputs can be reused (same inputs) or must be refused
+or redone (different inputs); a cache entry's fingerprint is its file name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from typing import Any
+
+LENGTH = 16  # hex digits: collisions are irrelevant at the number of stages and cache entries a user has
+
+
+def fingerprint(value: Any) -> str:
+    """Hash of ``value`` as canonical JSON (sorted keys; other objects by their ``str``)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:LENGTH]
+
+
+def fingerprint_rows(rows: Iterable[Any]) -> str:
+    """Hash of a stream of JSON-able rows, without building one string of all of them."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps(row).encode())
+    return digest.hexdigest()[:LENGTH]

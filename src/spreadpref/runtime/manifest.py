@@ -1,0 +1,53 @@
+"""The run manifest: what each stage did, with which config, and whether it finished.
+
+It is rewritten atomically after every change, so a killed run can always read it back and resume.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Any
+
+from spreadpref.runtime import distributed
+from spreadpref.runtime.files import atomic_write_json, read_json
+
+MANIFEST_NAME = "manifest.json"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class Manifest:
+    def __init__(self, directory: Path):
+        self.path = Path(directory) / MANIFEST_NAME
+        self.data: dict[str, Any] = read_json(self.path) if self.path.is_file() else {"stages": {}}
+
+    def stage(self, name: str) -> dict[str, Any] | None:
+        return self.data["stages"].get(name)
+
+    def start(self, name: str, fingerprint: str, **fields: Any) -> None:
+        entry = self.data["stages"].get(name) or {}
+        if entry.get("fingerprint") != fingerprint:
+            entry = {}
+        entry.update(status="running", fingerprint=fingerprint, started=entry.get("started") or _now(), **fields)
+        entry["attempts"] = entry.get("attempts", 0) + 1
+        self.data["stages"][name] = entry
+        self.save()
+
+    def update(self, name: str, **fields: Any) -> None:
+        self.data["stages"].setdefault(name, {}).update(fields)
+        self.save()
+
+    def complete(self, name: str, **fields: Any) -> None:
+        self.update(name, status="complete", finished=_now(), **fields)
+
+    def reset(self, name: str) -> None:
+        self.data["stages"].pop(name, None)
+        self.save()
+
+    def save(self) -> None:
+        # Every process keeps the same record in memory; only the main one writes it.
+        if distributed.is_main():
+            atomic_write_json(self.path, self.data)

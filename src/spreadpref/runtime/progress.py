@@ -1,0 +1,73 @@
+"""Rich progress bars, shared by every stage so they look the same and can be switched off."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
+from typing import Any, TypeVar
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+T = TypeVar("T")
+# Under `accelerate launch` only the main process talks; the others stay quiet.
+console = Console(stderr=True, quiet=os.environ.get("RANK", "0") not in ("", "0"))
+error_console = Console(stderr=True)  # errors are shown by every process
+
+
+def progress_enabled() -> bool:
+    # Under `accelerate launch` only the main process draws bars.
+    if os.environ.get("RANK", "0") not in ("", "0"):
+        return False
+    return os.environ.get("SPREADPREF_NO_PROGRESS", "") in ("", "0")
+
+
+def make_progress() -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+        disable=not progress_enabled(),
+    )
+
+
+def track(items: Iterable[T], description: str, total: int | None = None, enabled: bool = True) -> Iterator[T]:
+    if not enabled or not progress_enabled():
+        yield from items
+        return
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    with make_progress() as bar:
+        task = bar.add_task(description, total=total)
+        for item in items:
+            yield item
+            bar.advance(task)
+
+
+def status(message: str):
+    """A spinner for a step that has no natural count (loading, converting)."""
+    if not progress_enabled():
+        return nullcontext()
+    return console.status(message)
+
+
+def format_cell(value: Any, spec: str = ".3f") -> str:
+    """One table cell, alike in the round table, report.md and the benchmarks: numbers by ``spec``, missing as "–"."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return format(value, spec) if isinstance(value, float) else str(value)

@@ -1,0 +1,60 @@
+"""The generate stage: K sampled replies per prompt from pi_{i-1}, with the built-in engine or vLLM.
+
+Writes the round's prompts (``prompts.jsonl``) and its samples (``generations.jsonl``, resumable
+batch by batch; see :mod:`spreadpref.models.sampling` for seeding and cut-off replies).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spreadpref.data.artifacts import Sample
+from spreadpref.data.records import PromptRecord
+from spreadpref.models.loading import load_for_inference, resolve_model_path
+from spreadpref.models.sampling import generate_samples, generate_samples_vllm
+from spreadpref.runtime import distributed
+from spreadpref.runtime.files import write_jsonl
+from spreadpref.spa.context import StageContext
+
+PROMPTS_FILE = "prompts.jsonl"
+OUTPUTS = (PROMPTS_FILE, Sample.FILE)
+
+
+@dataclass
+class GenerateResult:
+    samples: list[Sample]
+    metrics: dict[str, Any]
+
+
+def generate_stage(ctx: StageContext, prompts: list[PromptRecord], policy: str | Path,
+                   out_file: Path | None = None, write_prompts: bool = True) -> GenerateResult:
+    """Sample ``generation.num_samples`` replies per prompt from ``policy`` into ``out_file``.
+
+    ``out_file`` defaults to the context's generations.jsonl; ``write_prompts`` also records the
+    prompts beside it (the loop does, to show what each round saw).
+    """
+    config = ctx.config
+    out = out_file or ctx.path(Sample.FILE)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if write_prompts and distributed.is_main():
+        write_jsonl(out.parent / PROMPTS_FILE, [{"id": p.id, "prompt": p.prompt} for p in prompts])
+    started = time.perf_counter()
+    if config.generation.backend == "vllm":
+        samples = generate_samples_vllm(resolve_model_path(str(policy)), ctx.tokenizer, prompts, config.generation,
+                                        config.data, config.seed, out, ctx.round_index, dtype=config.model.dtype)
+    else:
+        model = load_for_inference(config.model, policy)
+        samples = generate_samples(model, ctx.tokenizer, prompts, config.generation, config.data, config.seed, out,
+                                   ctx.round_index)
+        del model
+        gc.collect()
+    seconds = time.perf_counter() - started
+    tokens = sum(s.num_tokens for s in samples)
+    metrics = {"prompts": len(prompts), "samples": len(samples), "generated_tokens": tokens,
+               "seconds": round(seconds, 1), "tokens_per_second": round(tokens / max(seconds, 1e-9), 1),
+               "cut_off_fraction": sum(s.cut_off for s in samples) / max(len(samples), 1)}
+    return GenerateResult(samples, metrics)

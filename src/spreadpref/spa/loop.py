@@ -1,0 +1,281 @@
+"""The SPA loop: seed DPO, then rounds of generate -> judge -> train, resumable at every stage.
+
+Run directory::
+
+    config.yaml  manifest.json  summary.json
+    seed/                    DPO of pi_init on the seed pairs -> pi_0 (model/, log_history.json)
+    round-1/prompts.jsonl    this round's fresh prompts
+    round-1/generations.jsonl  K samples per prompt from pi_0 (token ids, text, finish reason)
+    round-1/judged.jsonl     per sample: log-probs under pi_0 and the judge reference, score
+    round-1/pairs.jsonl      chosen/rejected with margin, p and the reference log-probs for training
+    round-1/train/           DPO of pi_0 on round 1's pairs with self-refinement -> pi_1 (model/)
+    round-2/...
+
+The loop owns the plan (which stages are done, which are stale), the manifest and the summary; each
+stage is a function of its own module (:mod:`~spreadpref.spa.seed`, :mod:`~spreadpref.spa.generate`,
+:mod:`~spreadpref.spa.judge`, :mod:`~spreadpref.spa.train`) that declares the files it writes.
+Each stage's fingerprint chains the configuration it depends on with its predecessor's, so adding
+rounds never invalidates finished ones, and changing, say, the temperature refuses to mix runs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from spreadpref.config import Config
+from spreadpref.data.artifacts import JudgedSample, Pair, Sample
+from spreadpref.data.loading import load_prompts
+from spreadpref.data.records import PromptRecord
+from spreadpref.dpo.train import COSMETIC_TRAIN_KEYS, peak_rss_gb, train_fingerprint
+from spreadpref.errors import SpreadprefError
+from spreadpref.eval.evaluate import evaluate
+from spreadpref.eval.report import write_report
+from spreadpref.models.loading import load_tokenizer, resolve_model_path
+from spreadpref.runtime import distributed
+from spreadpref.runtime.files import remove_stale_temporaries
+from spreadpref.runtime.fingerprint import fingerprint
+from spreadpref.runtime.manifest import Manifest
+from spreadpref.runtime.progress import console
+from spreadpref.spa import generate, judge, seed, train
+from spreadpref.spa.context import StageContext, stage_paths
+from spreadpref.spa.schedule import round_sizes, schedule_prompts
+from spreadpref.spa.summary import print_round_table, read_summary, write_summary
+
+SEED_STAGE = "seed"
+ROUND_STAGES = {"generate": generate.OUTPUTS, "judge": judge.OUTPUTS, "train": train.OUTPUTS}
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    final_model: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+    skipped: bool = False
+
+
+def round_directory(root: Path, i: int) -> Path:
+    return root / f"round-{i}"
+
+
+def stage_fingerprints(config: Config, sizes: list[int]) -> dict[str, str]:
+    """One fingerprint per stage, in order; each includes the one before it."""
+    dump = config.model_dump(mode="json")
+    train_settings = {k: v for k, v in dump["train"].items() if k not in COSMETIC_TRAIN_KEYS}
+    prints = {SEED_STAGE: train_fingerprint(config)}
+    previous = prints[SEED_STAGE]
+    loop = dump["loop"]
+    for i in range(1, len(sizes) + 1):
+        name = f"round-{i}"
+        generated = fingerprint([previous, dump["generation"], dump["data"]["prompts"], sizes[:i],
+                                 dump["data"]["max_length"]])
+        judged = fingerprint([generated, dump["judge"], dump["train"]["beta"]])
+        refine = dict(dump["refine"], lam=config.refine.lam(i))
+        trained = fingerprint([judged, train_settings, refine, loop["epochs_per_round"], loop["learning_rate"]])
+        prints.update({f"{name}/generate": generated, f"{name}/judge": judged, f"{name}/train": trained})
+        previous = trained
+    return prints
+
+
+def run(config: Config, force: bool = False) -> RunResult:
+    """Run SPA end to end (or the rest of it): seed stage, then ``config.loop.rounds`` rounds."""
+    root = Path(config.output_dir)
+    manifest = Manifest(root)
+    pool, pool_report = load_prompts(config.data.prompts, config.data.columns, skip_invalid=config.data.skip_invalid,
+                                     system_prompt=config.data.system_prompt)
+    sizes = round_sizes(len(pool), config.loop.rounds, config.loop.prompts_per_round)
+    fingerprints = stage_fingerprints(config, sizes)
+    _check_plan(root, manifest, fingerprints, force)
+    if all(_done(manifest, name, fp) for name, fp in fingerprints.items()):
+        console.print(f"[green]The run in {root} is already complete[/]; nothing to do (--force redoes it).")
+        summary = read_summary(root)
+        print_round_table(summary)
+        return RunResult(root, Path(summary.get("final_model", "")), summary, skipped=True)
+
+    started = time.perf_counter()
+    root.mkdir(parents=True, exist_ok=True)
+    if distributed.is_main():
+        if remove_stale_temporaries(root):
+            console.print("Removed temporary files left by an interrupted run.")
+        config.save(root / "config.yaml")
+    distributed.barrier()
+    console.print(pool_report.summary())
+    schedule = schedule_prompts(pool, sizes, config.seed)
+    tokenizer = load_tokenizer(config.model)
+    seed_pairs = seed.load_seed_pairs(config, tokenizer)
+    summary = read_summary(root) or {"rounds": {}}
+    summary["schedule"] = sizes
+
+    models = {0: _seed(config, tokenizer, seed_pairs, manifest, fingerprints[SEED_STAGE], summary)}
+    for i in range(1, len(sizes) + 1):
+        ctx = StageContext(config, tokenizer, round_directory(root, i), i)
+        row = summary["rounds"].setdefault(str(i), {"round": i})
+        samples = _generate(ctx, schedule[i - 1], models[i - 1], manifest, fingerprints[f"round-{i}/generate"], row)
+        _judge(ctx, samples, schedule[i - 1], models, seed_pairs, manifest, fingerprints[f"round-{i}/judge"], row)
+        models[i] = _train(ctx, models[i - 1], manifest, fingerprints[f"round-{i}/train"], row)
+        _prune_models(root, i, config.loop.keep_models)
+        summary["final_model"] = str(models[i])
+        write_summary(root, summary)
+    summary["final_model"] = str(models[len(sizes)])
+    summary["seconds_this_invocation"] = round(time.perf_counter() - started, 1)
+    summary["peak_rss_gb"] = round(peak_rss_gb(), 2)
+    write_summary(root, summary)
+    print_round_table(summary)
+    if config.eval.after_run:
+        evaluate(config, [str(root)], root / "eval")
+    _write_report(root)
+    console.print(f"Final model: {summary['final_model']}")
+    return RunResult(root, Path(summary["final_model"]), summary)
+
+
+# ---------------------------------------------------------------------------------------------
+# Plan: what is done, what is stale
+
+
+def _done(manifest: Manifest, name: str, fingerprint: str) -> bool:
+    entry = manifest.stage(name)
+    return bool(entry) and entry.get("status") == "complete" and entry.get("fingerprint") == fingerprint
+
+
+def _stage_paths(root: Path, name: str) -> list[Path]:
+    """The files and directories stage ``name`` owns, as the stage modules declare them."""
+    if name == SEED_STAGE:
+        return [root / seed.DIRECTORY]
+    round_name, stage = name.split("/")
+    return stage_paths(root / round_name, ROUND_STAGES[stage])
+
+
+def _check_plan(root: Path, manifest: Manifest, fingerprints: dict[str, str], force: bool) -> None:
+    names = list(fingerprints)
+    stale = [n for n in names if manifest.stage(n) and manifest.stage(n).get("fingerprint") != fingerprints[n]]
+    if stale and not force:
+        raise SpreadprefError(
+            f"{root} holds stages made with a different configuration: {', '.join(stale)}. "
+            f"Re-running would mix the two. Use another output directory, or --force to discard "
+            f"{stale[0]} and everything after it."
+        )
+    if not force:
+        return
+    complete = all(_done(manifest, n, fp) for n, fp in fingerprints.items())
+    first = stale[0] if stale else (names[0] if complete else None)
+    if first is None:
+        return
+    if not distributed.is_main():
+        distributed.barrier()  # the main process deletes; the others only forget
+        for name in names[names.index(first):]:
+            manifest.data["stages"].pop(name, None)
+        return
+    for name in names[names.index(first):]:
+        for path in _stage_paths(root, name):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.exists():
+                path.unlink()
+        manifest.reset(name)
+    console.print(f"[yellow]--force:[/] discarded {first} and every stage after it.")
+    distributed.barrier()
+
+
+# ---------------------------------------------------------------------------------------------
+# Each stage: skip it when done, else record it in the manifest and the summary around the stage's function
+
+
+def _seed(config: Config, tokenizer: PreTrainedTokenizerBase, seed_pairs: seed.SeedPairs, manifest: Manifest,
+          fp: str, summary: dict[str, Any]) -> Path:
+    if _done(manifest, SEED_STAGE, fp):
+        return Path(manifest.stage(SEED_STAGE)["outputs"]["model"])
+    console.rule("[bold]Seed stage: DPO of the initial model on the seed pairs")
+    manifest.start(SEED_STAGE, fp, data=seed_pairs.info)
+    root = Path(config.output_dir)
+    result = seed.seed_stage(StageContext(config, tokenizer, root / seed.DIRECTORY), seed_pairs,
+                             on_reference=lambda info: manifest.update(SEED_STAGE, reference=info))
+    manifest.complete(SEED_STAGE, outputs=result.outputs, metrics=result.metrics)
+    summary["seed"] = {"pairs": len(seed_pairs.pairs), "train_loss": result.metrics["train_loss"],
+                       "reward_accuracy": result.metrics.get("final/rewards_accuracy"),
+                       "seconds": result.metrics["seconds"]}
+    write_summary(root, summary)
+    return result.model
+
+
+def _generate(ctx: StageContext, prompts: list[PromptRecord], policy: Path, manifest: Manifest, fp: str,
+              row: dict[str, Any]) -> list[Sample]:
+    name = f"round-{ctx.round_index}/generate"
+    if _done(manifest, name, fp):
+        return Sample.read(ctx.path(Sample.FILE))
+    console.rule(f"[bold]Round {ctx.round_index}: generate {ctx.config.generation.num_samples} replies for "
+                 f"{len(prompts)} prompts")
+    manifest.start(name, fp)
+    result = generate.generate_stage(ctx, prompts, policy)
+    manifest.complete(name, outputs={"generations": str(ctx.path(Sample.FILE))}, metrics=result.metrics)
+    row.update(prompts=len(prompts), generate_seconds=result.metrics["seconds"],
+               generate_tokens_per_second=result.metrics["tokens_per_second"])
+    return result.samples
+
+
+def judge_reference_path(config: Config, models: dict[int, Path], i: int) -> str | None:
+    """The judge's reference in round ``i``: pi_init (the paper), the model before pi_{i-1}, or none."""
+    if config.judge.reference == "none":
+        return None
+    if config.judge.reference == "previous" and i >= 2:
+        return str(models[i - 2])
+    return resolve_model_path(config.model.name_or_path)  # pi_init
+
+
+def _judge(ctx: StageContext, samples: list[Sample], prompts: list[PromptRecord], models: dict[int, Path],
+           seed_pairs: seed.SeedPairs, manifest: Manifest, fp: str, row: dict[str, Any]) -> None:
+    name = f"round-{ctx.round_index}/judge"
+    if _done(manifest, name, fp):
+        return
+    kind = ctx.config.judge.kind
+    console.rule(f"[bold]Round {ctx.round_index}: judge {len(samples)} samples "
+                 f"({'by the implicit reward' if kind == 'implicit' else f'with the {kind} judge'})")
+    manifest.start(name, fp)
+    result = judge.judge_stage(
+        ctx, samples, models[ctx.round_index - 1], judge_reference_path(ctx.config, models, ctx.round_index),
+        {p.id: p.metadata for p in prompts}, seed_pairs.pairs if ctx.config.judge.seed_agreement else None)
+    manifest.complete(name, outputs={"judged": str(ctx.path(JudgedSample.FILE)),
+                                     "pairs": str(ctx.path(Pair.FILE))}, metrics=result.metrics)
+    stats = result.stats
+    row.update(samples=stats.samples, pairs=stats.pairs, identical_dropped=stats.identical_dropped,
+               ties_dropped=stats.ties_dropped, cut_off_fraction=stats.cut_off_samples / max(stats.samples, 1),
+               mean_reply_tokens=round(stats.mean_reply_tokens, 1), margin_quantiles=stats.margin_quantiles,
+               seed_agreement=result.metrics.get("seed_agreement"), judge_seconds=result.metrics["seconds"],
+               judge_tokens_per_second=result.metrics["tokens_per_second"], judge_kind=kind)
+
+
+def _train(ctx: StageContext, start: Path, manifest: Manifest, fp: str, row: dict[str, Any]) -> Path:
+    name = f"round-{ctx.round_index}/train"
+    if _done(manifest, name, fp):
+        return Path(manifest.stage(name)["outputs"]["model"])
+    manifest.start(name, fp)
+    result = train.train_stage(ctx, start)
+    manifest.complete(name, outputs=result.outputs, metrics=result.metrics)
+    metrics = result.metrics
+    row.update(train_loss=metrics["train_loss"], reward_accuracy=metrics.get("final/rewards_accuracy"),
+               smoothed_fraction=metrics.get("smoothed_fraction"), train_seconds=metrics["seconds"],
+               train_tokens_per_second=metrics["train_tokens_per_second"])
+    return result.model
+
+
+def _prune_models(root: Path, current: int, keep: int) -> None:
+    """Delete round models older than the last ``keep`` (the seed model pi_0 always stays)."""
+    for i in range(1, current - keep + 1):
+        train_dir = round_directory(root, i) / train.DIRECTORY
+        for sub in ("model", "adapter", "checkpoints"):
+            shutil.rmtree(train_dir / sub, ignore_errors=True)
+
+
+def _write_report(root: Path) -> None:
+    """report.md with plots; a failed plot must not fail a finished run."""
+    if not distributed.is_main():
+        return
+    try:
+        console.print(f"Report: {write_report(root)}")
+    except Exception as err:  # noqa: BLE001 - the models and data are safe; only the report is missing
+        console.print(f"[yellow]Could not write the report ({type(err).__name__}: {err}); "
+                      f"run `spreadpref report {root}` to retry.[/]")

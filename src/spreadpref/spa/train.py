@@ -1,0 +1,71 @@
+"""The round's train stage: DPO of pi_{i-1} on the round's self-labelled pairs, with self-refinement -> pi_i.
+
+The reference is pi_{i-1}, whose log-probs the judge already wrote into pairs.jsonl, so no reference
+forward pass runs for the loss; only decoupled noise detection needs the reference's logits.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import set_seed
+
+from spreadpref.data.artifacts import Pair
+from spreadpref.dpo.refine import Refinement
+from spreadpref.dpo.train import train_on_pairs
+from spreadpref.errors import SpreadprefError
+from spreadpref.models.loading import load_for_inference
+from spreadpref.runtime.progress import console
+from spreadpref.spa.context import StageContext
+
+DIRECTORY = "train"
+OUTPUTS = (DIRECTORY,)
+
+
+@dataclass
+class TrainResult:
+    model: Path
+    outputs: dict[str, str]
+    metrics: dict[str, Any]
+
+
+def round_refinement(ctx: StageContext, start: str | Path) -> Refinement | None:
+    """This round's self-refinement (None when it is off), with DND's lambda and detector reference."""
+    config = ctx.config
+    if not config.refine.enabled:
+        return None
+    lam = config.refine.lam(ctx.round_index)
+    reference = None
+    if lam > 0 and not config.model.lora.enabled:
+        # DND needs the reference's full logits: a frozen copy of pi_{i-1} (with LoRA, the adapter is switched off).
+        reference = load_for_inference(config.model, start)
+        reference.requires_grad_(False)
+    return Refinement(config.refine, lam=lam, reference=reference)
+
+
+def train_stage(ctx: StageContext, start: str | Path) -> TrainResult:
+    """Train from ``start`` on ``ctx``'s pairs.jsonl into ``ctx``'s train/ directory."""
+    config, i = ctx.config, ctx.round_index
+    pairs = [pair.to_tokenized() for pair in Pair.read(ctx.path(Pair.FILE))]
+    if not pairs:
+        raise SpreadprefError(
+            f"round {i} produced no usable pairs (every prompt's replies were identical or tied); "
+            "raise generation.temperature or generation.num_samples"
+        )
+    console.rule(f"[bold]Round {i}: DPO on {len(pairs)} self-labelled pairs")
+    set_seed(config.seed + i)
+    started = time.perf_counter()
+    refinement = round_refinement(ctx, start)
+    outputs, metrics = train_on_pairs(
+        config, ctx.tokenizer, pairs, ctx.path(DIRECTORY), start_model=str(start),
+        num_epochs=config.loop.epochs_per_round, learning_rate=config.loop.learning_rate,
+        refinement=refinement, merge_lora=True,
+    )
+    del refinement
+    gc.collect()
+    metrics["seconds"] = round(time.perf_counter() - started, 1)
+    return TrainResult(Path(outputs["model"]), outputs, metrics)

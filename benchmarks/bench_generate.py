@@ -30,8 +30,16 @@ SIDES = ["spreadpref", "batched-sorted", "batched", "loop"]
 FLOORS = ("batched-sorted", "batched")
 
 
-def bare_generate(model, tokenizer, prompt_ids: list[list[int]], batches: list[list[int]], settings, data,
-                  seeds: list[int], device: str) -> int:
+def bare_generate(
+    model,
+    tokenizer,
+    prompt_ids: list[list[int]],
+    batches: list[list[int]],
+    settings,
+    data,
+    seeds: list[int],
+    device: str,
+) -> int:
     """``model.generate`` over the batches; returns the number of reply tokens produced."""
     import torch
 
@@ -51,8 +59,11 @@ def bare_generate(model, tokenizer, prompt_ids: list[list[int]], batches: list[l
             input_ids, attention = left_padded([prompt_ids[i] for i in indices], pad)
             width = input_ids.shape[1]
             budget = min(settings.max_new_tokens, data.max_length - width)
-            output = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                    **sampling_kwargs(settings, stops, pad, budget))
+            output = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention.to(device),
+                **sampling_kwargs(settings, stops, pad, budget),
+            )
             tokens += sum(len(split_reply(seq, set(stops), pad)[0]) for seq in output[:, width:].tolist())
     return tokens
 
@@ -84,53 +95,102 @@ def worker(side: str, args, inputs) -> dict[str, Any]:
     loaded_rss = common.peak_rss_gib()
     with tempfile.TemporaryDirectory() as tmp, common.Timer(args.device) as timer:
         if side == "spreadpref":
-            rows = generate_samples(model, tokenizer, prompts, config.generation, config.data, config.seed,
-                                    Path(tmp) / "generations.jsonl", 1)
+            rows = generate_samples(
+                model,
+                tokenizer,
+                prompts,
+                config.generation,
+                config.data,
+                config.seed,
+                Path(tmp) / "generations.jsonl",
+                1,
+            )
             tokens = sum(sample.num_tokens for sample in rows)
         else:
             prompt_ids = prepare_prompt_ids(tokenizer, prompts, config.data)
             batches, seeds = floor_batches(side, prompt_ids, config.generation.batch_size, config.seed)
-            tokens = bare_generate(model, tokenizer, prompt_ids, batches, config.generation, config.data, seeds,
-                                   args.device)
-    return {"seconds": timer.seconds, "tokens": tokens, "rate": tokens / timer.seconds, "prompts": len(prompts),
-            "samples": len(prompts) * config.generation.num_samples, "loaded_rss_gib": loaded_rss,
-            "threads": torch.get_num_threads()}
+            tokens = bare_generate(
+                model, tokenizer, prompt_ids, batches, config.generation, config.data, seeds, args.device
+            )
+    return {
+        "seconds": timer.seconds,
+        "tokens": tokens,
+        "rate": tokens / timer.seconds,
+        "prompts": len(prompts),
+        "samples": len(prompts) * config.generation.num_samples,
+        "loaded_rss_gib": loaded_rss,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     p = common.parser(__doc__.splitlines()[0])
-    p.add_argument("--max-prompts", dest="x_max_prompts", type=int, default=None,
-                   help="use only the first N prompts of the round (the per-prompt loop is slow)")
+    p.add_argument(
+        "--max-prompts",
+        dest="x_max_prompts",
+        type=int,
+        default=None,
+        help="use only the first N prompts of the round (the per-prompt loop is slow)",
+    )
     return common.run_benchmark(__file__, "generate", p.parse_args(argv), SIDES, worker, report)
 
 
 def report(args, sides, results) -> tuple[dict[str, Any], str]:
     rates = {s: [r["rate"] for r in results[s]] for s in sides}
-    stats = {s: {"tokens_per_second": common.summary(rates[s]),
-                 "tokens": common.summary([r["tokens"] for r in results[s]]),
-                 "seconds": common.summary([r["seconds"] for r in results[s]]),
-                 "peak_rss_gib": common.summary([r["peak_rss_gib"] for r in results[s]])} for s in sides}
+    stats = {
+        s: {
+            "tokens_per_second": common.summary(rates[s]),
+            "tokens": common.summary([r["tokens"] for r in results[s]]),
+            "seconds": common.summary([r["seconds"] for r in results[s]]),
+            "peak_rss_gib": common.summary([r["peak_rss_gib"] for r in results[s]]),
+        }
+        for s in sides
+    }
     floors = [s for s in FLOORS if s in sides]
     floor = max(floors, key=lambda s: stats[s]["tokens_per_second"]["median"]) if floors else None
     rows = []
     for side in sides:
-        ratio = common.ratio(rates["spreadpref"], rates[side]) if "spreadpref" in sides and side != "spreadpref" else None
+        ratio = (
+            common.ratio(rates["spreadpref"], rates[side]) if "spreadpref" in sides and side != "spreadpref" else None
+        )
         stats[side]["spreadpref_vs_this"] = ratio
         verdict = "–"
         if ratio and side == floor:
             verdict = ("met" if ratio["median"] >= 0.9 else "missed") + " (floor: >= 0.9x)"
         elif ratio and side == "loop":
             verdict = f"{ratio['median']:.1f}x the loop"
-        rows.append([side, common.spread(stats[side]["tokens_per_second"], ".4g"),
-                     common.format_cell(stats[side]["tokens"]["median"], ".0f"), common.spread(stats[side]["seconds"]),
-                     common.spread(stats[side]["peak_rss_gib"], ".2f"), common.spread(ratio) if ratio else "–",
-                     verdict])
+        rows.append(
+            [
+                side,
+                common.spread(stats[side]["tokens_per_second"], ".4g"),
+                common.format_cell(stats[side]["tokens"]["median"], ".0f"),
+                common.spread(stats[side]["seconds"]),
+                common.spread(stats[side]["peak_rss_gib"], ".2f"),
+                common.spread(ratio) if ratio else "–",
+                verdict,
+            ]
+        )
     first = results[sides[0]][0]
-    lines = [(f"### Generation: {first['prompts']} prompts x {first['samples'] // max(first['prompts'], 1)} samples, "
-             f"{args.device}, {'bf16' if args.bf16 else 'float32'}, {args.reps} repetitions "
-             f"(floor: the faster batched side, {floor})"), "",
-             common.markdown_table(["side", "tokens/s median (min–max)", "tokens", "seconds", "peak RSS GiB",
-                                    "spreadpref / this (x)", "target"], rows)]
+    lines = [
+        (
+            f"### Generation: {first['prompts']} prompts x {first['samples'] // max(first['prompts'], 1)} samples, "
+            f"{args.device}, {'bf16' if args.bf16 else 'float32'}, {args.reps} repetitions "
+            f"(floor: the faster batched side, {floor})"
+        ),
+        "",
+        common.markdown_table(
+            [
+                "side",
+                "tokens/s median (min–max)",
+                "tokens",
+                "seconds",
+                "peak RSS GiB",
+                "spreadpref / this (x)",
+                "target",
+            ],
+            rows,
+        ),
+    ]
     return {"sides": sides, "floor": floor, "runs": results, "stats": stats}, "\n".join(lines)
 
 

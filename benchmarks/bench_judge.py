@@ -46,11 +46,17 @@ def bare_forwards(models, samples, batches, pad_token_id: int, device: str, back
     with torch.no_grad():
         for model in models:
             for indices in batches:
-                batch = collate_sequences([samples[i]["prompt_ids"] for i in indices],
-                                          [samples[i]["reply_ids"] for i in indices], pad_token_id)
+                batch = collate_sequences(
+                    [samples[i]["prompt_ids"] for i in indices],
+                    [samples[i]["reply_ids"] for i in indices],
+                    pad_token_id,
+                )
                 run = model.model if backbone else model
-                run(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                    use_cache=False)
+                run(
+                    input_ids=batch["input_ids"].to(device),
+                    attention_mask=batch["attention_mask"].to(device),
+                    use_cache=False,
+                )
 
 
 def scored_tokens(samples) -> int:
@@ -74,11 +80,23 @@ def worker(side: str, args, inputs) -> dict[str, Any]:
         if side == "spreadpref":
             score_samples(models[0], models[1], records, config.judge, pad, Path(tmp) / "judged.jsonl", 1)
         else:
-            bare_forwards(models, samples, judge_batches(samples, config.judge.batch_size), pad, args.device,
-                          backbone=side == "backbone")
+            bare_forwards(
+                models,
+                samples,
+                judge_batches(samples, config.judge.batch_size),
+                pad,
+                args.device,
+                backbone=side == "backbone",
+            )
     tokens = 2 * scored_tokens(samples)
-    return {"seconds": timer.seconds, "tokens": tokens, "rate": tokens / timer.seconds, "samples": len(samples),
-            "loaded_rss_gib": loaded_rss, "threads": torch.get_num_threads()}
+    return {
+        "seconds": timer.seconds,
+        "tokens": tokens,
+        "rate": tokens / timer.seconds,
+        "samples": len(samples),
+        "loaded_rss_gib": loaded_rss,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,24 +106,44 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(args, sides, results) -> tuple[dict[str, Any], str]:
     rates = {s: [r["rate"] for r in results[s]] for s in sides}
-    stats = {s: {"tokens_per_second": common.summary(rates[s]),
-                 "seconds": common.summary([r["seconds"] for r in results[s]]),
-                 "peak_rss_gib": common.summary([r["peak_rss_gib"] for r in results[s]])} for s in sides}
+    stats = {
+        s: {
+            "tokens_per_second": common.summary(rates[s]),
+            "seconds": common.summary([r["seconds"] for r in results[s]]),
+            "peak_rss_gib": common.summary([r["peak_rss_gib"] for r in results[s]]),
+        }
+        for s in sides
+    }
     rows = []
     for side in sides:
-        ratio = common.ratio(rates["spreadpref"], rates[side]) if "spreadpref" in sides and side != "spreadpref" else None
+        ratio = (
+            common.ratio(rates["spreadpref"], rates[side]) if "spreadpref" in sides and side != "spreadpref" else None
+        )
         stats[side]["spreadpref_vs_this"] = ratio
         verdict = "–"
         if side == "floor" and ratio:
             verdict = ("met" if ratio["median"] >= 0.9 else "missed") + " (>= 0.9x)"
-        rows.append([side, common.spread(stats[side]["tokens_per_second"], ".4g"),
-                     common.spread(stats[side]["seconds"]), common.spread(stats[side]["peak_rss_gib"], ".2f"),
-                     common.spread(ratio) if ratio else "–", verdict])
+        rows.append(
+            [
+                side,
+                common.spread(stats[side]["tokens_per_second"], ".4g"),
+                common.spread(stats[side]["seconds"]),
+                common.spread(stats[side]["peak_rss_gib"], ".2f"),
+                common.spread(ratio) if ratio else "–",
+                verdict,
+            ]
+        )
     first = results[sides[0]][0]
-    lines = [(f"### Judging: {first['samples']} samples, 2 models, {first['tokens']} tokens scored, {args.device}, "
-             f"{'bf16' if args.bf16 else 'float32'}, {args.reps} repetitions"), "",
-             common.markdown_table(["side", "tokens/s median (min–max)", "seconds", "peak RSS GiB",
-                                    "spreadpref / this (x)", "target"], rows)]
+    lines = [
+        (
+            f"### Judging: {first['samples']} samples, 2 models, {first['tokens']} tokens scored, {args.device}, "
+            f"{'bf16' if args.bf16 else 'float32'}, {args.reps} repetitions"
+        ),
+        "",
+        common.markdown_table(
+            ["side", "tokens/s median (min–max)", "seconds", "peak RSS GiB", "spreadpref / this (x)", "target"], rows
+        ),
+    ]
     return {"sides": sides, "runs": results, "stats": stats}, "\n".join(lines)
 
 

@@ -40,8 +40,16 @@ def worker_round(args, inputs) -> dict[str, Any]:
     import spreadpref
 
     # Imports are paid once per run, not per round: keep them out of the round's time.
-    for name in ("datasets", "peft", "transformers", "spreadpref.generate", "spreadpref.judge", "spreadpref.loop",
-                 "spreadpref.train", "spreadpref.trainer"):
+    for name in (
+        "datasets",
+        "peft",
+        "transformers",
+        "spreadpref.generate",
+        "spreadpref.judge",
+        "spreadpref.loop",
+        "spreadpref.train",
+        "spreadpref.trainer",
+    ):
         importlib.import_module(name)
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer  # noqa: F401  (lazy modules)
 
@@ -53,8 +61,11 @@ def worker_round(args, inputs) -> dict[str, Any]:
             spreadpref.run(config)
         manifest = json.loads((run_dir / "manifest.json").read_text())
     stages = {name: manifest["stages"][f"round-1/{name}"]["metrics"]["seconds"] for name in STAGES}
-    return {"seconds": timer.seconds, **{f"{name}_seconds": s for name, s in stages.items()},
-            "other_seconds": timer.seconds - sum(stages.values())}
+    return {
+        "seconds": timer.seconds,
+        **{f"{name}_seconds": s for name, s in stages.items()},
+        "other_seconds": timer.seconds - sum(stages.values()),
+    }
 
 
 def worker_floors(args, inputs) -> dict[str, Any]:
@@ -63,12 +74,12 @@ def worker_floors(args, inputs) -> dict[str, Any]:
     from bench_judge import bare_forwards, judge_batches
     from bench_train import floor_epoch
 
+    from spreadpref.data.artifacts import Pair
     from spreadpref.data.loading import load_training_preferences
     from spreadpref.data.tokenize import tokenize_pairs
     from spreadpref.dpo.logprobs import length_batches
     from spreadpref.models.loading import load_tokenizer
     from spreadpref.models.sampling import prepare_prompt_ids
-    from spreadpref.data.artifacts import Pair
 
     config = common.round_config(args)
     tokenizer = load_tokenizer(config.model)
@@ -80,17 +91,22 @@ def worker_floors(args, inputs) -> dict[str, Any]:
     prompt_ids = prepare_prompt_ids(tokenizer, prompts, config.data)
     batches, seeds = floor_batches("batched-sorted", prompt_ids, config.generation.batch_size, config.seed)
     with common.Timer(args.device) as timer:
-        out["generated_tokens"] = bare_generate(pi0, tokenizer, prompt_ids, batches, config.generation, config.data,
-                                                seeds, args.device)
+        out["generated_tokens"] = bare_generate(
+            pi0, tokenizer, prompt_ids, batches, config.generation, config.data, seeds, args.device
+        )
     out["generate_seconds"] = timer.seconds
 
     samples = common.read_jsonl(inputs["generations"])
     records, _ = load_training_preferences(config.data)
     seed_pairs, _ = tokenize_pairs(tokenizer, records, config.data.max_length, config.data.max_prompt_length)
-    seed_samples = [{"prompt_ids": p.prompt_ids, "reply_ids": getattr(p, key)}
-                    for key in ("chosen_ids", "rejected_ids") for p in seed_pairs]
-    seed_batches = length_batches([len(s["prompt_ids"]) + len(s["reply_ids"]) for s in seed_samples],
-                                  config.judge.batch_size)
+    seed_samples = [
+        {"prompt_ids": p.prompt_ids, "reply_ids": getattr(p, key)}
+        for key in ("chosen_ids", "rejected_ids")
+        for p in seed_pairs
+    ]
+    seed_batches = length_batches(
+        [len(s["prompt_ids"]) + len(s["reply_ids"]) for s in seed_samples], config.judge.batch_size
+    )
     with common.Timer(args.device) as timer:
         bare_forwards([pi0, init], samples, judge_batches(samples, config.judge.batch_size), pad, args.device)
         bare_forwards([pi0, init], seed_samples, seed_batches, pad, args.device)
@@ -119,8 +135,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(args, sides, results) -> tuple[dict[str, Any], str]:
-    stats = {s: {key: common.summary([r[key] for r in results[s]])
-                 for key in ("seconds", *(f"{n}_seconds" for n in STAGES), "peak_rss_gib")} for s in sides}
+    stats = {
+        s: {
+            key: common.summary([r[key] for r in results[s]])
+            for key in ("seconds", *(f"{n}_seconds" for n in STAGES), "peak_rss_gib")
+        }
+        for s in sides
+    }
     rows = []
     for name in (*STAGES, None):
         key = f"{name}_seconds" if name else "seconds"
@@ -133,21 +154,33 @@ def report(args, sides, results) -> tuple[dict[str, Any], str]:
             row.append(common.spread(r))
         rows.append(row)
     if "round" in sides:
-        rows.insert(3, ["outside the stages (loading prompts, tokenizer, seed pairs)",
-                        common.spread(common.summary([r["other_seconds"] for r in results["round"]])),
-                        *(["–", "–"] if len(sides) > 1 else [])])
+        rows.insert(
+            3,
+            [
+                "outside the stages (loading prompts, tokenizer, seed pairs)",
+                common.spread(common.summary([r["other_seconds"] for r in results["round"]])),
+                *(["–", "–"] if len(sides) > 1 else []),
+            ],
+        )
     headers = ["stage", *(f"{s} seconds median (min–max)" for s in sides)]
     verdict = ""
     if set(SIDES) <= set(sides):
         headers.append("round / ideal (x)")
         overall = stats["round_over_ideal"]["seconds"]["median"]
-        verdict = (f"Round / ideal = {overall:.2f}x: target <= {TARGET}x "
-                   f"**{'met' if overall <= TARGET else 'missed'}**.")
-    lines = [(f"### One default round ({args.prompts} prompts x 2 samples), {args.device}, "
-             f"{'bf16' if args.bf16 else 'float32'}, {args.reps} repetitions"), "",
-             common.markdown_table(headers, rows), "",
-             "Peak RSS GiB: " + ", ".join(f"{s} {common.spread(stats[s]['peak_rss_gib'], '.2f')}" for s in sides)
-             + ". " + verdict]
+        verdict = f"Round / ideal = {overall:.2f}x: target <= {TARGET}x **{'met' if overall <= TARGET else 'missed'}**."
+    lines = [
+        (
+            f"### One default round ({args.prompts} prompts x 2 samples), {args.device}, "
+            f"{'bf16' if args.bf16 else 'float32'}, {args.reps} repetitions"
+        ),
+        "",
+        common.markdown_table(headers, rows),
+        "",
+        "Peak RSS GiB: "
+        + ", ".join(f"{s} {common.spread(stats[s]['peak_rss_gib'], '.2f')}" for s in sides)
+        + ". "
+        + verdict,
+    ]
     return {"sides": sides, "runs": results, "stats": stats}, "\n".join(lines)
 
 

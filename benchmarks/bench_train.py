@@ -49,11 +49,16 @@ def train_config(args):
 def trl_dataset(pairs: list[dict[str, Any]]):
     import datasets
 
-    return datasets.Dataset.from_list([
-        {"prompt": p["prompt"], "chosen": [{"role": "assistant", "content": p["chosen"]}],
-         "rejected": [{"role": "assistant", "content": p["rejected"]}]}
-        for p in pairs
-    ])
+    return datasets.Dataset.from_list(
+        [
+            {
+                "prompt": p["prompt"],
+                "chosen": [{"role": "assistant", "content": p["chosen"]}],
+                "rejected": [{"role": "assistant", "content": p["rejected"]}],
+            }
+            for p in pairs
+        ]
+    )
 
 
 def trl_args(args, config, out_dir: str, precompute: bool):
@@ -81,7 +86,9 @@ def trl_args(args, config, out_dir: str, precompute: bool):
         disable_dropout=True,
         precompute_ref_log_probs=precompute,
         # Pairs per pre-computation batch; TRL's default is the training batch size.
-        precompute_ref_batch_size=(args.x_precompute_batch_size or train.logprob_batch_size * 2) if precompute else None,
+        precompute_ref_batch_size=(args.x_precompute_batch_size or train.logprob_batch_size * 2)
+        if precompute
+        else None,
         save_strategy="no",
         report_to="none",
         logging_steps=1,
@@ -107,25 +114,39 @@ def worker_tokens(args, inputs) -> dict[str, Any]:
     config = train_config(args)
     tokenizer = load_tokenizer(config.model)
     pairs = common.read_jsonl(inputs["pairs"])
-    rows = [{"id": p["id"], "prompt_ids": p["prompt_ids"], "chosen_ids": p["chosen_ids"],
-             "rejected_ids": p["rejected_ids"]} for p in pairs]
+    rows = [
+        {"id": p["id"], "prompt_ids": p["prompt_ids"], "chosen_ids": p["chosen_ids"], "rejected_ids": p["rejected_ids"]}
+        for p in pairs
+    ]
     if has_trl():
         from trl import DPOTrainer
 
         with tempfile.TemporaryDirectory() as tmp:
             model = common.load_eval(inputs["pi0"], args)
-            trainer = DPOTrainer(model=model, ref_model=common.load_eval(inputs["init"], args),
-                                 args=trl_args(args, config, tmp, precompute=False),
-                                 train_dataset=trl_dataset(pairs), processing_class=tokenizer)
+            trainer = DPOTrainer(
+                model=model,
+                ref_model=common.load_eval(inputs["init"], args),
+                args=trl_args(args, config, tmp, precompute=False),
+                train_dataset=trl_dataset(pairs),
+                processing_class=tokenizer,
+            )
             for row, example in zip(rows, trainer.train_dataset):
-                row.update(prompt_ids=example["prompt_ids"], chosen_ids=example["chosen_ids"],
-                           rejected_ids=example["rejected_ids"])
+                row.update(
+                    prompt_ids=example["prompt_ids"],
+                    chosen_ids=example["chosen_ids"],
+                    rejected_ids=example["rejected_ids"],
+                )
             del trainer, model
-    token_pairs_ = [TokenizedPair(id=r["id"], prompt_ids=r["prompt_ids"], chosen_ids=r["chosen_ids"],
-                                  rejected_ids=r["rejected_ids"]) for r in rows]
+    token_pairs_ = [
+        TokenizedPair(
+            id=r["id"], prompt_ids=r["prompt_ids"], chosen_ids=r["chosen_ids"], rejected_ids=r["rejected_ids"]
+        )
+        for r in rows
+    ]
     for key, path in (("pi0", inputs["pi0"]), ("init", inputs["init"])):
-        scored = score_pairs(common.load_eval(path, args), token_pairs_, tokenizer.pad_token_id,
-                             config.train.logprob_batch_size)
+        scored = score_pairs(
+            common.load_eval(path, args), token_pairs_, tokenizer.pad_token_id, config.train.logprob_batch_size
+        )
         for row, c, r in zip(rows, scored.chosen.tolist(), scored.rejected.tolist()):
             row[f"{key}_chosen_logps"], row[f"{key}_rejected_logps"] = c, r
     path = Path(common.inputs_dir(args)) / ("pairs-trl-ids.jsonl" if has_trl() else "pairs-ids.jsonl")
@@ -136,10 +157,17 @@ def worker_tokens(args, inputs) -> dict[str, Any]:
 def load_token_pairs(path: Path, reference: str = "pi0"):
     from spreadpref.data.tokenize import TokenizedPair
 
-    return [TokenizedPair(id=r["id"], prompt_ids=r["prompt_ids"], chosen_ids=r["chosen_ids"],
-                          rejected_ids=r["rejected_ids"], ref_chosen_logps=r[f"{reference}_chosen_logps"],
-                          ref_rejected_logps=r[f"{reference}_rejected_logps"])
-            for r in common.read_jsonl(path)]
+    return [
+        TokenizedPair(
+            id=r["id"],
+            prompt_ids=r["prompt_ids"],
+            chosen_ids=r["chosen_ids"],
+            rejected_ids=r["rejected_ids"],
+            ref_chosen_logps=r[f"{reference}_chosen_logps"],
+            ref_rejected_logps=r[f"{reference}_rejected_logps"],
+        )
+        for r in common.read_jsonl(path)
+    ]
 
 
 def count_tokens(pairs) -> int:
@@ -190,14 +218,26 @@ def worker_check(args, inputs) -> dict[str, Any]:
     ours = load_token_pairs(inputs["token_pairs"], reference="init")
     n = min(args.x_check_pairs, len(ours))
     with tempfile.TemporaryDirectory() as tmp:
-        trl_trainer = DPOTrainer(model=perturbed(load_policy(args, config, inputs["pi0"])),
-                                 ref_model=common.load_eval(inputs["init"], args),
-                                 args=trl_args(args, config, tmp, precompute=False),
-                                 train_dataset=trl_dataset(pairs[:n]), processing_class=tokenizer)
+        trl_trainer = DPOTrainer(
+            model=perturbed(load_policy(args, config, inputs["pi0"])),
+            ref_model=common.load_eval(inputs["init"], args),
+            args=trl_args(args, config, tmp, precompute=False),
+            train_dataset=trl_dataset(pairs[:n]),
+            processing_class=tokenizer,
+        )
         examples = [trl_trainer.train_dataset[i] for i in range(n)]
         trl_batch = trl_trainer.data_collator(examples)
-        first = [TokenizedPair(**{**vars(p), "prompt_ids": e["prompt_ids"], "chosen_ids": e["chosen_ids"],
-                                  "rejected_ids": e["rejected_ids"]}) for p, e in zip(ours[:n], examples)]
+        first = [
+            TokenizedPair(
+                **{
+                    **vars(p),
+                    "prompt_ids": e["prompt_ids"],
+                    "chosen_ids": e["chosen_ids"],
+                    "rejected_ids": e["rejected_ids"],
+                }
+            )
+            for p, e in zip(ours[:n], examples)
+        ]
         same_ids = all(vars(a) == vars(b) for a, b in zip(first, ours[:n]))
         trl_trainer.model.train()
         with torch.no_grad():
@@ -213,11 +253,21 @@ def worker_check(args, inputs) -> dict[str, Any]:
     ids_equal = bool(trl_ids.shape == batch["input_ids"].shape and torch.equal(trl_ids, batch["input_ids"]))
     difference = abs(float(trl_loss) - float(our_loss))
     scored = score_pairs(policy, first, tokenizer.pad_token_id, n)
-    logratios = [abs(c - p.ref_chosen_logps) + abs(r - p.ref_rejected_logps)
-                 for p, c, r in zip(first, scored.chosen.tolist(), scored.rejected.tolist())]
-    return {"pairs": n, "trl_loss": float(trl_loss), "spreadpref_loss": float(our_loss), "abs_difference": difference,
-            "mean_abs_logratio": sum(logratios) / (2 * max(len(logratios), 1)), "tolerance": LOSS_TOLERANCE, "input_ids_equal": ids_equal, "ids_match_round_inputs": same_ids,
-            "passed": bool(ids_equal and difference <= LOSS_TOLERANCE)}
+    logratios = [
+        abs(c - p.ref_chosen_logps) + abs(r - p.ref_rejected_logps)
+        for p, c, r in zip(first, scored.chosen.tolist(), scored.rejected.tolist())
+    ]
+    return {
+        "pairs": n,
+        "trl_loss": float(trl_loss),
+        "spreadpref_loss": float(our_loss),
+        "abs_difference": difference,
+        "mean_abs_logratio": sum(logratios) / (2 * max(len(logratios), 1)),
+        "tolerance": LOSS_TOLERANCE,
+        "input_ids_equal": ids_equal,
+        "ids_match_round_inputs": same_ids,
+        "passed": bool(ids_equal and difference <= LOSS_TOLERANCE),
+    }
 
 
 def worker_train(side: str, args, inputs) -> dict[str, Any]:
@@ -242,14 +292,25 @@ def worker_train(side: str, args, inputs) -> dict[str, Any]:
                 reference = common.load_eval(inputs["pi0"], args).requires_grad_(False)
                 r = config.refine
                 refinement = Refinement(r, lam=r.lam(1), reference=reference)
-            trainer = build_trainer(config, policy, tokenizer, pairs, Path(tmp) / "checkpoints", num_epochs=1,
-                                    learning_rate=config.loop.learning_rate, refinement=refinement)
+            trainer = build_trainer(
+                config,
+                policy,
+                tokenizer,
+                pairs,
+                Path(tmp) / "checkpoints",
+                num_epochs=1,
+                learning_rate=config.loop.learning_rate,
+                refinement=refinement,
+            )
         elif side in TRL_SIDES:
             from trl import DPOTrainer
 
-            trainer = DPOTrainer(model=policy, args=trl_args(args, config, tmp, precompute=side == "trl-precompute"),
-                                 train_dataset=trl_dataset(common.read_jsonl(inputs["pairs"])[: args.x_max_pairs]),
-                                 processing_class=tokenizer)
+            trainer = DPOTrainer(
+                model=policy,
+                args=trl_args(args, config, tmp, precompute=side == "trl-precompute"),
+                train_dataset=trl_dataset(common.read_jsonl(inputs["pairs"])[: args.x_max_pairs]),
+                processing_class=tokenizer,
+            )
         else:
             trainer = None
         with common.Timer(args.device) as train_time:
@@ -259,10 +320,18 @@ def worker_train(side: str, args, inputs) -> dict[str, Any]:
             else:
                 loss, steps = floor_epoch(args, config, policy, pairs, tokenizer.pad_token_id)
     rows = len(pairs)
-    return {"seconds": total.seconds, "train_seconds": train_time.seconds, "setup_seconds": total.seconds -
-            train_time.seconds, "pairs": rows, "tokens": count_tokens(pairs), "rate": rows / total.seconds,
-            "loss": float(loss), "steps": int(steps), "loaded_rss_gib": loaded_rss,
-            "threads": torch.get_num_threads()}
+    return {
+        "seconds": total.seconds,
+        "train_seconds": train_time.seconds,
+        "setup_seconds": total.seconds - train_time.seconds,
+        "pairs": rows,
+        "tokens": count_tokens(pairs),
+        "rate": rows / total.seconds,
+        "loss": float(loss),
+        "steps": int(steps),
+        "loaded_rss_gib": loaded_rss,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def floor_epoch(args, config, policy, pairs, pad_token_id, reference=None) -> tuple[float, int]:
@@ -276,8 +345,9 @@ def floor_epoch(args, config, policy, pairs, pad_token_id, reference=None) -> tu
     from spreadpref.dpo.logprobs import collate_pairs, length_batches
 
     train = config.train
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.loop.learning_rate or train.learning_rate,
-                                  weight_decay=train.weight_decay)
+    optimizer = torch.optim.AdamW(
+        policy.parameters(), lr=config.loop.learning_rate or train.learning_rate, weight_decay=train.weight_decay
+    )
     policy.train()
     batches = length_batches([p.length for p in pairs], train.per_device_batch_size)
     accumulation = train.gradient_accumulation_steps
@@ -312,20 +382,28 @@ def floor_epoch(args, config, policy, pairs, pad_token_id, reference=None) -> tu
 
 def main(argv: list[str] | None = None) -> int:
     p = common.parser(__doc__.splitlines()[0])
-    p.add_argument("--check-pairs", dest="x_check_pairs", type=int, default=4,
-                   help="pairs in the equivalence check's batch")
-    p.add_argument("--precompute-batch-size", dest="x_precompute_batch_size", type=int, default=None,
-                   help="pairs per batch of TRL's reference pre-computation (default: 16, spreadpref's no-grad batch "
-                        "of 8 pairs x 2; TRL's own default is the training batch size, 2)")
-    p.add_argument("--max-pairs", dest="x_max_pairs", type=int, default=None,
-                   help="train on the first N pairs of the round only")
+    p.add_argument(
+        "--check-pairs", dest="x_check_pairs", type=int, default=4, help="pairs in the equivalence check's batch"
+    )
+    p.add_argument(
+        "--precompute-batch-size",
+        dest="x_precompute_batch_size",
+        type=int,
+        default=None,
+        help="pairs per batch of TRL's reference pre-computation (default: 16, spreadpref's no-grad batch "
+        "of 8 pairs x 2; TRL's own default is the training batch size, 2)",
+    )
+    p.add_argument(
+        "--max-pairs", dest="x_max_pairs", type=int, default=None, help="train on the first N pairs of the round only"
+    )
     args = p.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     if args.worker:
         common.setup_worker(args)
         inputs = common.prepare_inputs(args)
-        inputs["token_pairs"] = str(Path(common.inputs_dir(args)) / (
-            "pairs-trl-ids.jsonl" if has_trl() else "pairs-ids.jsonl"))
+        inputs["token_pairs"] = str(
+            Path(common.inputs_dir(args)) / ("pairs-trl-ids.jsonl" if has_trl() else "pairs-ids.jsonl")
+        )
         if args.worker == "tokens":
             data = worker_tokens(args, inputs)
         elif args.worker == "check":
@@ -379,21 +457,52 @@ def report(args, sides, results, check) -> tuple[dict[str, Any], str]:
             memory_ok = stats["spreadpref"]["peak_rss_gib"]["median"] <= s["peak_rss_gib"]["median"]
             verdict = ("met" if speed["median"] >= target and memory_ok else "missed") + f" (>= {target}x"
             verdict += ", memory " + ("<=" if memory_ok else ">") + " TRL)"
-        rows.append([side, common.spread(s["pairs_per_second"]), common.spread(s["seconds"]),
-                     common.spread(s["setup_seconds"]), common.spread(s["peak_rss_gib"], ".2f"),
-                     common.format_cell(s["loss"]["median"], ".4f"), common.spread(speed) if speed else "–", verdict])
+        rows.append(
+            [
+                side,
+                common.spread(s["pairs_per_second"]),
+                common.spread(s["seconds"]),
+                common.spread(s["setup_seconds"]),
+                common.spread(s["peak_rss_gib"], ".2f"),
+                common.format_cell(s["loss"]["median"], ".4f"),
+                common.spread(speed) if speed else "–",
+                verdict,
+            ]
+        )
     first = results[sides[0]][0]
-    lines = [(f"### Training: one epoch on {first['pairs']} pairs ({first['tokens']} tokens per epoch), "
-             f"{args.device}, {'bf16' if args.bf16 else 'float32'}, {args.reps} repetitions"), ""]
+    lines = [
+        (
+            f"### Training: one epoch on {first['pairs']} pairs ({first['tokens']} tokens per epoch), "
+            f"{args.device}, {'bf16' if args.bf16 else 'float32'}, {args.reps} repetitions"
+        ),
+        "",
+    ]
     if check is not None:
-        lines += [(f"Equivalence check ({check['pairs']} pairs, policy pi_0 + 2% noise, reference pi_init): token ids equal: "
-                  f"{check['input_ids_equal']}; DPO loss TRL {check['trl_loss']:.6f} vs spreadpref "
-                  f"{check['spreadpref_loss']:.6f}, |difference| {check['abs_difference']:.2e} "
-                  f"(tolerance {check['tolerance']:g}): **{'passed' if check['passed'] else 'FAILED'}**. Mean "
-                  f"|log policy - log reference| per reply on that batch: {check['mean_abs_logratio']:.3f}."), ""]
-    lines.append(common.markdown_table(
-        ["side", "pairs/s median (min–max)", "seconds", "of which setup", "peak RSS GiB", "mean loss",
-         "spreadpref speed-up (x)", "target"], rows))
+        lines += [
+            (
+                f"Equivalence check ({check['pairs']} pairs, policy pi_0 + 2% noise, reference pi_init): token ids equal: "
+                f"{check['input_ids_equal']}; DPO loss TRL {check['trl_loss']:.6f} vs spreadpref "
+                f"{check['spreadpref_loss']:.6f}, |difference| {check['abs_difference']:.2e} "
+                f"(tolerance {check['tolerance']:g}): **{'passed' if check['passed'] else 'FAILED'}**. Mean "
+                f"|log policy - log reference| per reply on that batch: {check['mean_abs_logratio']:.3f}."
+            ),
+            "",
+        ]
+    lines.append(
+        common.markdown_table(
+            [
+                "side",
+                "pairs/s median (min–max)",
+                "seconds",
+                "of which setup",
+                "peak RSS GiB",
+                "mean loss",
+                "spreadpref speed-up (x)",
+                "target",
+            ],
+            rows,
+        )
+    )
     return {"check": check, "sides": sides, "runs": results, "stats": stats}, "\n".join(lines)
 
 

@@ -40,13 +40,20 @@ SEED_STEPS = {"embedded": 4, "tiny": 2}
 
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--model", default="embedded",
-                   help="embedded (SmolLM2-135M-Instruct, the default), tiny (a random model built in code, for smoke "
-                        "runs) or a model directory")
+    p.add_argument(
+        "--model",
+        default="embedded",
+        help="embedded (SmolLM2-135M-Instruct, the default), tiny (a random model built in code, for smoke "
+        "runs) or a model directory",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--bf16", action="store_true", help="bf16 weights / autocast on both sides (GPU)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads in every worker (default: the cores available to the process)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads in every worker (default: the cores available to the process)",
+    )
     p.add_argument("--reps", type=int, default=3, help="repetitions of every side (alternated)")
     p.add_argument("--prompts", type=int, default=32, help="prompts of the input round (2 samples each)")
     p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
@@ -59,8 +66,16 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 def worker_argv(args: argparse.Namespace) -> list[str]:
     """The options a worker subprocess needs, as given to the orchestrator."""
-    argv = ["--model", args.model, "--device", args.device, "--prompts", str(args.prompts),
-            "--workdir", str(args.workdir)]
+    argv = [
+        "--model",
+        args.model,
+        "--device",
+        args.device,
+        "--prompts",
+        str(args.prompts),
+        "--workdir",
+        str(args.workdir),
+    ]
     if args.bf16:
         argv.append("--bf16")
     if args.threads:
@@ -130,14 +145,28 @@ def run_overrides(args: argparse.Namespace, init: str, rounds: int = 1) -> list[
     steps = SEED_STEPS.get(args.model, 4)
     # The tiny random model never stops by itself: short replies keep smoke runs short.
     short = ["generation.max_new_tokens=24"] if args.model == "tiny" else []
-    return [f"model.name_or_path={init}", f"train.max_steps={steps}", f"loop.rounds={rounds}",
-            f"loop.prompts_per_round=[{args.prompts}]", "train.save_strategy=no", *short, *dtype_overrides(args)]
+    return [
+        f"model.name_or_path={init}",
+        f"train.max_steps={steps}",
+        f"loop.rounds={rounds}",
+        f"loop.prompts_per_round=[{args.prompts}]",
+        "train.save_strategy=no",
+        *short,
+        *dtype_overrides(args),
+    ]
 
 
 def spreadpref_run(args: argparse.Namespace, run_dir: Path, rounds: int, capture: bool = False):
     """``spreadpref run`` in a subprocess: its memory and threads stay out of the orchestrator."""
-    command = [sys.executable, "-m", "spreadpref", "run", "-o", str(run_dir), *run_overrides(args, model_path(args),
-                                                                                             rounds)]
+    command = [
+        sys.executable,
+        "-m",
+        "spreadpref",
+        "run",
+        "-o",
+        str(run_dir),
+        *run_overrides(args, model_path(args), rounds),
+    ]
     print("Running:", " ".join(command), flush=True)
     return subprocess.run(command, check=True, cwd=ROOT, env=worker_env(args), capture_output=capture, text=True)
 
@@ -210,8 +239,12 @@ def load_eval(path: str, args: argparse.Namespace):
 def worker_env(args: argparse.Namespace) -> dict[str, str]:
     env = dict(os.environ)
     threads = str(args.threads or available_cores())
-    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, TOKENIZERS_PARALLELISM="false",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), str(ROOT), env.get("PYTHONPATH")])))
+    env.update(
+        OMP_NUM_THREADS=threads,
+        MKL_NUM_THREADS=threads,
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), str(ROOT), env.get("PYTHONPATH")])),
+    )
     return env
 
 
@@ -221,8 +254,7 @@ def run_worker(script: str, side: str, args: argparse.Namespace, extra: Sequence
     result.unlink(missing_ok=True)
     command = [sys.executable, script, "--worker", side, "--result", str(result), *worker_argv(args), *extra]
     started = time.perf_counter()
-    proc = subprocess.run(command, check=False, cwd=ROOT, env=worker_env(args), capture_output=True,
-                          text=True)
+    proc = subprocess.run(command, check=False, cwd=ROOT, env=worker_env(args), capture_output=True, text=True)
     if proc.returncode != 0 or not result.is_file():
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
         raise SystemExit(f"worker {side} failed (exit {proc.returncode})")
@@ -275,15 +307,26 @@ def alternate(sides: Sequence[str], reps: int, run: Callable[[str, int], dict[st
         for side in sides:
             data = run(side, rep)
             results[side].append(data)
-            print(f"  rep {rep + 1}/{reps} {side}: " + ", ".join(
-                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in data.items()
-                if k in ("seconds", "rate", "peak_rss_gib")), flush=True)
+            print(
+                f"  rep {rep + 1}/{reps} {side}: "
+                + ", ".join(
+                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in data.items()
+                    if k in ("seconds", "rate", "peak_rss_gib")
+                ),
+                flush=True,
+            )
     return results
 
 
-def run_benchmark(script: str, name: str, args: argparse.Namespace, sides: Sequence[str],
-                  worker: Callable[[str, argparse.Namespace, dict[str, Any]], dict[str, Any]],
-                  report: Callable[..., tuple[dict[str, Any], str]]) -> int:
+def run_benchmark(
+    script: str,
+    name: str,
+    args: argparse.Namespace,
+    sides: Sequence[str],
+    worker: Callable[[str, argparse.Namespace, dict[str, Any]], dict[str, Any]],
+    report: Callable[..., tuple[dict[str, Any], str]],
+) -> int:
     """A worker (``--worker SIDE``) measures one side; the orchestrator alternates them and reports."""
     args.workdir.mkdir(parents=True, exist_ok=True)
     if args.worker:
@@ -312,11 +355,18 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     import transformers
 
-    info = {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "cpu": platform.processor() or platform.machine(),
-            "cores_available": available_cores(), "threads": args.threads or available_cores(),
-            "device": args.device, "dtype": "bfloat16" if args.bf16 else "float32", "model": args.model,
-            "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cores_available": available_cores(),
+        "threads": args.threads or available_cores(),
+        "device": args.device,
+        "dtype": "bfloat16" if args.bf16 else "float32",
+        "model": args.model,
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+    }
     try:
         import trl
 
@@ -341,8 +391,12 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
 def write_report(args: argparse.Namespace, name: str, data: dict[str, Any], markdown: str) -> Path:
     out = args.out or (args.workdir / f"{name}-{args.model}-{args.device}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    data = {"benchmark": name, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-            "environment": environment(args), **data}
+    data = {
+        "benchmark": name,
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "environment": environment(args),
+        **data,
+    }
     out.write_text(json.dumps(data, indent=1, default=str))
     md = out.with_suffix(".md")
     md.write_text(markdown + "\n")

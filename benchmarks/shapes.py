@@ -32,7 +32,9 @@ def training_padding(pairs, batch_size: int, order: list[int]) -> float:
     real = slots = 0
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
-        lengths = [len(pairs[i]["prompt_ids"]) + len(pairs[i][key]) for i in batch for key in ("chosen_ids", "rejected_ids")]
+        lengths = [
+            len(pairs[i]["prompt_ids"]) + len(pairs[i][key]) for i in batch for key in ("chosen_ids", "rejected_ids")
+        ]
         real += sum(lengths)
         slots += max(lengths) * len(lengths)
     return 1 - real / slots
@@ -53,8 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     all_tokens = sum(len(s["prompt_ids"]) + len(s["reply_ids"]) for s in samples)
     k = config.generation.num_samples
     bs = config.train.per_device_batch_size
-    grouped = [i for batch in length_batches([len(p["prompt_ids"]) + max(len(p["chosen_ids"]), len(p["rejected_ids"]))
-                                              for p in pairs], bs) for i in batch]
+    grouped = [
+        i
+        for batch in length_batches(
+            [len(p["prompt_ids"]) + max(len(p["chosen_ids"]), len(p["rejected_ids"])) for p in pairs], bs
+        )
+        for i in batch
+    ]
     rng = random.Random(0)
     random_pads = []
     for _ in range(200):
@@ -80,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         prompt_real += sum(widths)
         prompt_pad += max(widths) * len(widths)
     figures = {
-        "samples": len(samples), "pairs": len(pairs),
+        "samples": len(samples),
+        "pairs": len(pairs),
         "prompt_share_of_scored_tokens": prompt_tokens / all_tokens,
         "shared_prefix_saving_upper_bound": prompt_tokens * (k - 1) / k / all_tokens,
         "train_padding_length_grouped": training_padding(pairs, bs, grouped),
@@ -92,8 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         "mean_reply_tokens": statistics.mean(s["num_tokens"] for s in samples),
         "mean_prompt_tokens": statistics.mean(len(s["prompt_ids"]) for s in samples),
     }
-    rows = [[name.replace("_", " "), common.format_cell(value, ".3f") if isinstance(value, float) else value]
-            for name, value in figures.items()]
+    rows = [
+        [name.replace("_", " "), common.format_cell(value, ".3f") if isinstance(value, float) else value]
+        for name, value in figures.items()
+    ]
     markdown = "### Shapes of the input round\n\n" + common.markdown_table(["figure", "value"], rows)
     common.write_report(args, "shapes", {"figures": figures}, markdown)
     return 0

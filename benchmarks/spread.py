@@ -53,9 +53,15 @@ VARIANTS = {
     "spa_refine": ["refine.enabled=true", "refine.decoupled=false"],
     "spa_dnd": ["refine.enabled=true", "refine.decoupled=true"],
 }
-LABELS = {"sft": "SFT", "dpo_seed": "DPO on seed only", "gold": "Iterative DPO, gold verifier judge",
-          "llm_judge": "Iterative DPO, LLM-as-judge", "spa_direct": "SPA, direct judgment",
-          "spa_refine": "SPA + self-refinement", "spa_dnd": "SPA + refinement + DND"}
+LABELS = {
+    "sft": "SFT",
+    "dpo_seed": "DPO on seed only",
+    "gold": "Iterative DPO, gold verifier judge",
+    "llm_judge": "Iterative DPO, LLM-as-judge",
+    "spa_direct": "SPA, direct judgment",
+    "spa_refine": "SPA + self-refinement",
+    "spa_dnd": "SPA + refinement + DND",
+}
 ANNOTATION_SAMPLES, ANNOTATION_MAX_NEW_TOKENS = 4, 64  # the seed "annotation" draws, fixed across settings
 T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
@@ -71,19 +77,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "spread")
-    parser.add_argument("--out-dir", type=Path, default=ROOT / "docs" / "results",
-                        help="results.json, table.md, plots; one file per seed in seeds/ (reused unless --rerun)")
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=ROOT / "docs" / "results",
+        help="results.json, table.md, plots; one file per seed in seeds/ (reused unless --rerun)",
+    )
     parser.add_argument("--rerun", action="store_true", help="run the seeds again even if their files exist")
     return parser.parse_args(argv)
 
 
 def base_overrides(args: argparse.Namespace, model: str, seed_file: Path, seed: int, out: Path) -> list[str]:
-    return [f"model.name_or_path={model}", f"data.train={seed_file}", "data.prompts=builtin:ifeval_prompts",
-            "data.max_length=256", "data.max_prompt_length=128", f"seed={seed}", f"output_dir={out}",
-            f"loop.rounds={args.rounds}", f"loop.prompts_per_round={[args.prompts_per_round] * args.rounds}",
-            f"loop.keep_models={args.rounds + 1}", f"generation.max_new_tokens={args.max_new_tokens}",
-            "eval.prompts=builtin:ifeval_eval", f"eval.limit={args.eval_prompts}",
-            f"eval.max_new_tokens={args.max_new_tokens}", "eval.judge.kind=verifier"]
+    return [
+        f"model.name_or_path={model}",
+        f"data.train={seed_file}",
+        "data.prompts=builtin:ifeval_prompts",
+        "data.max_length=256",
+        "data.max_prompt_length=128",
+        f"seed={seed}",
+        f"output_dir={out}",
+        f"loop.rounds={args.rounds}",
+        f"loop.prompts_per_round={[args.prompts_per_round] * args.rounds}",
+        f"loop.keep_models={args.rounds + 1}",
+        f"generation.max_new_tokens={args.max_new_tokens}",
+        "eval.prompts=builtin:ifeval_eval",
+        f"eval.limit={args.eval_prompts}",
+        f"eval.max_new_tokens={args.max_new_tokens}",
+        "eval.judge.kind=verifier",
+    ]
 
 
 def model_source(args: argparse.Namespace) -> str:
@@ -114,40 +135,62 @@ def make_seed_pairs(args: argparse.Namespace, model: str) -> Path:
     from spreadpref.data.loading import load_prompts
     from spreadpref.judges.base import Comparison
     from spreadpref.judges.verifier import VerifierJudge
-    from spreadpref.models.loading import load_tokenizer
+    from spreadpref.models.loading import load_for_inference, load_tokenizer
     from spreadpref.models.sampling import generate_samples
     from spreadpref.runtime.files import write_jsonl
-    from spreadpref.models.loading import load_for_inference
 
     out = args.work / "seed_pairs.jsonl"
     if out.is_file():
         return out
-    config = load(base_overrides(args, model, out, 1234, args.work / "seed-annotation")
-                  + [f"generation.num_samples={ANNOTATION_SAMPLES}", "generation.temperature=1.0",
-                     f"generation.max_new_tokens={ANNOTATION_MAX_NEW_TOKENS}"])
+    config = load(
+        base_overrides(args, model, out, 1234, args.work / "seed-annotation")
+        + [
+            f"generation.num_samples={ANNOTATION_SAMPLES}",
+            "generation.temperature=1.0",
+            f"generation.max_new_tokens={ANNOTATION_MAX_NEW_TOKENS}",
+        ]
+    )
     prompts, _ = load_prompts("builtin:ifeval_seed_prompts")
     tokenizer = load_tokenizer(config.model)
-    samples = generate_samples(load_for_inference(config.model, model), tokenizer, prompts, config.generation, config.data,
-                               config.seed, args.work / "seed-annotation" / "samples.jsonl")
+    samples = generate_samples(
+        load_for_inference(config.model, model),
+        tokenizer,
+        prompts,
+        config.generation,
+        config.data,
+        config.seed,
+        args.work / "seed-annotation" / "samples.jsonl",
+    )
     by_prompt: dict[int, list[dict]] = {}
     for sample in samples:
         by_prompt.setdefault(sample.prompt_index, []).append(sample)
     judge, pairs = VerifierJudge(), []
     for index, group in sorted(by_prompt.items()):
         record = prompts[index]
-        scores = judge.judge([Comparison(record.prompt, [s.text for s in group], record.id,
-                                         metadata=record.metadata)])[0].scores
+        scores = judge.judge([Comparison(record.prompt, [s.text for s in group], record.id, metadata=record.metadata)])[
+            0
+        ].scores
         best, worst = max(range(len(group)), key=scores.__getitem__), min(range(len(group)), key=scores.__getitem__)
         if scores[best] == scores[worst]:
             continue
         chosen, rejected = group[best], group[worst]
-        pairs.append({"id": f"seed-{record.id}", "prompt": record.prompt, "chosen": chosen.text,
-                      "rejected": rejected.text, "prompt_ids": chosen.prompt_ids, "chosen_ids": chosen.reply_ids,
-                      "rejected_ids": rejected.reply_ids, "chosen_truncated": chosen.cut_off,
-                      "rejected_truncated": rejected.cut_off,
-                      "gold_chosen": scores[best], "gold_rejected": scores[worst],
-                      "instruction_id_list": record.metadata["instruction_id_list"],
-                      "kwargs": record.metadata["kwargs"]})
+        pairs.append(
+            {
+                "id": f"seed-{record.id}",
+                "prompt": record.prompt,
+                "chosen": chosen.text,
+                "rejected": rejected.text,
+                "prompt_ids": chosen.prompt_ids,
+                "chosen_ids": chosen.reply_ids,
+                "rejected_ids": rejected.reply_ids,
+                "chosen_truncated": chosen.cut_off,
+                "rejected_truncated": rejected.cut_off,
+                "gold_chosen": scores[best],
+                "gold_rejected": scores[worst],
+                "instruction_id_list": record.metadata["instruction_id_list"],
+                "kwargs": record.metadata["kwargs"],
+            }
+        )
         if len(pairs) >= args.seed_pairs:
             break
     write_jsonl(out, pairs)
@@ -174,8 +217,10 @@ def share_stages(source: Path, target: Path, stages: list[str]) -> None:
             shutil.copytree(source / "seed", target / "seed")
             continue
         round_name, step = stage.split("/")
-        files = {"generate": ["prompts.jsonl", "generations.jsonl"],
-                 "judge": ["judged.jsonl", "pairs.jsonl", "seed_agreement.json"]}[step]
+        files = {
+            "generate": ["prompts.jsonl", "generations.jsonl"],
+            "judge": ["judged.jsonl", "pairs.jsonl", "seed_agreement.json"],
+        }[step]
         (target / round_name).mkdir(exist_ok=True)
         for name in files:
             if (source / round_name / name).is_file():
@@ -220,10 +265,15 @@ def evaluate_seed(args, model: str, seed_file: Path, seed: int, dirs: dict[str, 
     from spreadpref.models.loading import resolve_model_path
 
     first = dirs[args.variants[0]]
-    models = [EvalModel("sft", resolve_model_path(model)), EvalModel(f"s{seed}/dpo_seed", str(first / "seed" / "model"))]
+    models = [
+        EvalModel("sft", resolve_model_path(model)),
+        EvalModel(f"s{seed}/dpo_seed", str(first / "seed" / "model")),
+    ]
     for variant, directory in dirs.items():
-        models += [EvalModel(f"s{seed}/{variant}/round-{i}", str(directory / f"round-{i}" / "train" / "model"))
-                   for i in range(1, args.rounds + 1)]
+        models += [
+            EvalModel(f"s{seed}/{variant}/round-{i}", str(directory / f"round-{i}" / "train" / "model"))
+            for i in range(1, args.rounds + 1)
+        ]
     # One evaluation directory per seed, so that seeds can run as parallel processes (--seeds 0, --seeds 1, ...).
     config = load(base_overrides(args, model, seed_file, seed, first))
     return evaluate_models(config, models, args.work / f"eval-s{seed}")
@@ -238,35 +288,51 @@ ROUND_METRICS = ("seed_agreement", "smoothed_fraction")
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
     """What a seed's numbers depend on; a seed file is reused only when these match."""
-    return {"model": args.model, "rounds": args.rounds, "prompts_per_round": args.prompts_per_round,
-            "seed_pairs": args.seed_pairs, "eval_prompts": args.eval_prompts,
-            "max_new_tokens": args.max_new_tokens, "variants": list(args.variants)}
+    return {
+        "model": args.model,
+        "rounds": args.rounds,
+        "prompts_per_round": args.prompts_per_round,
+        "seed_pairs": args.seed_pairs,
+        "eval_prompts": args.eval_prompts,
+        "max_new_tokens": args.max_new_tokens,
+        "variants": list(args.variants),
+    }
 
 
 def seed_path(args: argparse.Namespace, seed: int) -> Path:
     return args.out_dir / "seeds" / f"seed-{seed}.json"
 
 
-def seed_record(args, seed: int, evaluated: dict[str, Any], dirs: dict[str, Path], seed_file: Path,
-                seconds: float) -> dict[str, Any]:
+def seed_record(
+    args, seed: int, evaluated: dict[str, Any], dirs: dict[str, Path], seed_file: Path, seconds: float
+) -> dict[str, Any]:
     """One seed's numbers, keyed "variant/round" (sft and dpo_seed are round 0).
 
     ``seconds`` is the wall time of the call that wrote the file: a call that resumed finished runs
     counts only what was left (seed 2's file says 8 s: its runs had finished in an earlier process).
     """
     models = evaluated["models"]
-    values = {"sft/0": {**{k: models["sft"][k] for k in METRICS}, "win_rate": 0.5},
-              "dpo_seed/0": {k: models[f"s{seed}/dpo_seed"][k] for k in METRICS}}
+    values = {
+        "sft/0": {**{k: models["sft"][k] for k in METRICS}, "win_rate": 0.5},
+        "dpo_seed/0": {k: models[f"s{seed}/dpo_seed"][k] for k in METRICS},
+    }
     for variant, directory in dirs.items():
         rounds = json.loads((directory / "summary.json").read_text())["rounds"]
         for i in range(1, args.rounds + 1):
             row = models[f"s{seed}/{variant}/round-{i}"]
-            values[f"{variant}/{i}"] = {**{k: row[k] for k in METRICS},
-                                        **{k: rounds[str(i)].get(k) for k in ROUND_METRICS}}
-    return {"seed": seed, "settings": settings(args), "values": values,
-            "seed_pairs": len(seed_file.read_text(encoding="utf-8").splitlines()),
-            "eval_prompts": evaluated["prompts"], "seconds": round(seconds),
-            "provenance": f"python benchmarks/spread.py --seeds {seed}, {time.strftime('%Y-%m-%d')}"}
+            values[f"{variant}/{i}"] = {
+                **{k: row[k] for k in METRICS},
+                **{k: rounds[str(i)].get(k) for k in ROUND_METRICS},
+            }
+    return {
+        "seed": seed,
+        "settings": settings(args),
+        "values": values,
+        "seed_pairs": len(seed_file.read_text(encoding="utf-8").splitlines()),
+        "eval_prompts": evaluated["prompts"],
+        "seconds": round(seconds),
+        "provenance": f"python benchmarks/spread.py --seeds {seed}, {time.strftime('%Y-%m-%d')}",
+    }
 
 
 def read_seed_record(args: argparse.Namespace, seed: int) -> dict[str, Any] | None:
@@ -276,8 +342,10 @@ def read_seed_record(args: argparse.Namespace, seed: int) -> dict[str, Any] | No
         return None
     record = json.loads(path.read_text(encoding="utf-8"))
     if record.get("settings") != settings(args):
-        raise SystemExit(f"{path} was made with other settings ({record.get('settings')}); run with --rerun to "
-                         f"replace it, or with --out-dir elsewhere to keep it")
+        raise SystemExit(
+            f"{path} was made with other settings ({record.get('settings')}); run with --rerun to "
+            f"replace it, or with --out-dir elsewhere to keep it"
+        )
     return record
 
 
@@ -304,9 +372,14 @@ def aggregate(args: argparse.Namespace, records: list[dict[str, Any]]) -> dict[s
             entry[metric], entry[f"{metric}_ci"] = mean_ci(values)
             entry[f"{metric}_per_seed"] = values
         table.append(entry)
-    return {"settings": settings(args), "seeds": [r["seed"] for r in records], "rows": table,
-            "seed_pairs": records[0]["seed_pairs"], "eval_prompts": records[0]["eval_prompts"],
-            "provenance": {str(r["seed"]): r["provenance"] for r in records}}
+    return {
+        "settings": settings(args),
+        "seeds": [r["seed"] for r in records],
+        "rows": table,
+        "seed_pairs": records[0]["seed_pairs"],
+        "eval_prompts": records[0]["eval_prompts"],
+        "provenance": {str(r["seed"]): r["provenance"] for r in records},
+    }
 
 
 def write_outputs(args, aggregate: dict[str, Any]) -> None:
@@ -320,8 +393,10 @@ def write_outputs(args, aggregate: dict[str, Any]) -> None:
     atomic_write_json(out / "results.json", aggregate)
     rows = aggregate["rows"]
     shown = ["sft", "dpo_seed", *args.variants]
-    for metric, ylabel, name in (("constraint_satisfaction", "held-out constraints met", "constraints.png"),
-                                 ("win_rate", "gold win rate vs SFT", "win_rate.png")):
+    for metric, ylabel, name in (
+        ("constraint_satisfaction", "held-out constraints met", "constraints.png"),
+        ("win_rate", "gold win rate vs SFT", "win_rate.png"),
+    ):
         figure, axis = plt.subplots(figsize=(6.4, 3.4))
         for k, variant in enumerate(shown):
             points = sorted((r["round"], r[metric], r[f"{metric}_ci"]) for r in rows if r["variant"] == variant)
@@ -329,8 +404,15 @@ def write_outputs(args, aggregate: dict[str, Any]) -> None:
                 start = [r for r in rows if r["variant"] == "dpo_seed"]
                 points = [(0, start[0][metric], start[0][f"{metric}_ci"])] + points if start else points
             dodge = (k - (len(shown) - 1) / 2) * 0.03  # side by side, so that the intervals stay readable
-            axis.errorbar([p[0] + dodge for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
-                          marker="o", capsize=3, label=LABELS[variant], alpha=0.85)
+            axis.errorbar(
+                [p[0] + dodge for p in points],
+                [p[1] for p in points],
+                yerr=[p[2] for p in points],
+                marker="o",
+                capsize=3,
+                label=LABELS[variant],
+                alpha=0.85,
+            )
         axis.set_xlabel("round (0 = seed model)")
         axis.set_ylabel(ylabel)
         axis.set_xticks(range(args.rounds + 1))
@@ -338,17 +420,25 @@ def write_outputs(args, aggregate: dict[str, Any]) -> None:
         with atomic_path(out / name) as tmp:
             figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
         plt.close(figure)
-    lines = ["| variant | round | constraints met | gold win rate vs SFT | words | seed agreement | smoothed |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| variant | round | constraints met | gold win rate vs SFT | words | seed agreement | smoothed |",
+        "|---|---|---|---|---|---|---|",
+    ]
     order = {v: i for i, v in enumerate(shown)}
     for r in sorted(rows, key=lambda r: (order[r["variant"]], r["round"])):
-        lines.append(f"| {LABELS[r['variant']]} | {r['round']} | {_cell(r, 'constraint_satisfaction')} | "
-                     f"{_cell(r, 'win_rate')} | {_cell(r, 'mean_words', '.1f')} | {_cell(r, 'seed_agreement')} | "
-                     f"{_cell(r, 'smoothed_fraction', '.2f')} |")
+        lines.append(
+            f"| {LABELS[r['variant']]} | {r['round']} | {_cell(r, 'constraint_satisfaction')} | "
+            f"{_cell(r, 'win_rate')} | {_cell(r, 'mean_words', '.1f')} | {_cell(r, 'seed_agreement')} | "
+            f"{_cell(r, 'smoothed_fraction', '.2f')} |"
+        )
     command = "python benchmarks/spread.py " + " ".join(sys.argv[1:])
-    atomic_write_text(out / "table.md", (
-        f"<!-- written by {command.strip()}; seeds {aggregate['seeds']}, {aggregate['seed_pairs']} seed pairs, "
-        f"{aggregate['eval_prompts']} evaluation prompts -->\n" + "\n".join(lines) + "\n"))
+    atomic_write_text(
+        out / "table.md",
+        (
+            f"<!-- written by {command.strip()}; seeds {aggregate['seeds']}, {aggregate['seed_pairs']} seed pairs, "
+            f"{aggregate['eval_prompts']} evaluation prompts -->\n" + "\n".join(lines) + "\n"
+        ),
+    )
     print("\n".join(lines))
 
 

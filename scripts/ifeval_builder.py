@@ -45,8 +45,19 @@ TITLE = "detectable_format:title"
 POSTSCRIPT = "detectable_content:postscript"
 
 BUILDER_KINDS: tuple[str, ...] = (
-    LOWERCASE, CAPITALS, NUMBER_WORDS, NUMBER_SENTENCES, BULLETS, KEYWORDS, FORBIDDEN,
-    END_PHRASE, QUOTATION, JSON_FORMAT, NO_COMMA, TITLE, POSTSCRIPT,
+    LOWERCASE,
+    CAPITALS,
+    NUMBER_WORDS,
+    NUMBER_SENTENCES,
+    BULLETS,
+    KEYWORDS,
+    FORBIDDEN,
+    END_PHRASE,
+    QUOTATION,
+    JSON_FORMAT,
+    NO_COMMA,
+    TITLE,
+    POSTSCRIPT,
 )
 
 WORD_LIMITS_LESS_THAN = (30, 40, 50, 60, 80)
@@ -64,16 +75,57 @@ END_PHRASES = (  # none ends in ".": the IFEval sentence puts its own "." right 
 )
 # Words a reply must contain: everyday nouns and adjectives that fit most topics.
 KEYWORD_POOL = (
-    "morning", "garden", "friend", "window", "simple", "journey", "careful", "bright", "kitchen",
-    "balance", "weekend", "patience", "river", "notebook", "honest", "gentle", "season", "village",
-    "lantern", "puzzle", "habit", "curious", "ocean", "sunlight", "teamwork", "promise", "calm",
-    "budget", "music", "family",
+    "morning",
+    "garden",
+    "friend",
+    "window",
+    "simple",
+    "journey",
+    "careful",
+    "bright",
+    "kitchen",
+    "balance",
+    "weekend",
+    "patience",
+    "river",
+    "notebook",
+    "honest",
+    "gentle",
+    "season",
+    "village",
+    "lantern",
+    "puzzle",
+    "habit",
+    "curious",
+    "ocean",
+    "sunlight",
+    "teamwork",
+    "promise",
+    "calm",
+    "budget",
+    "music",
+    "family",
 )
 # Words a reply must avoid: fillers that replies to most tasks tend to use. Disjoint from
 # KEYWORD_POOL and from every end phrase, so no built prompt asks for and forbids the same word.
 FORBIDDEN_POOL = (
-    "very", "really", "just", "also", "important", "good", "great", "many", "things", "make",
-    "best", "way", "time", "people", "use", "easy", "always",
+    "very",
+    "really",
+    "just",
+    "also",
+    "important",
+    "good",
+    "great",
+    "many",
+    "things",
+    "make",
+    "best",
+    "way",
+    "time",
+    "people",
+    "use",
+    "easy",
+    "always",
 )
 
 # Pairs the IFEval conflict table allows but that are contradictory or ambiguous in practice.
@@ -91,7 +143,6 @@ EXTRA_CONFLICTS: tuple[tuple[str, str], ...] = (
 )
 
 
-
 @functools.cache
 def instruction_conflicts() -> dict[str, frozenset[str]]:
     """IFEval's conflict table made symmetric (as its own conflict_make does), plus EXTRA_CONFLICTS."""
@@ -103,7 +154,6 @@ def instruction_conflicts() -> dict[str, frozenset[str]]:
         conflicts.setdefault(a, {a}).add(b)
         conflicts.setdefault(b, {b}).add(a)
     return {key: frozenset(values) for key, values in conflicts.items()}
-
 
 
 def _word_limit(rng: random.Random) -> dict[str, Any]:
@@ -145,8 +195,7 @@ def _pick_compatible_kinds(rng: random.Random, count: int) -> list[str]:
     for kind in order:
         if len(chosen) == count:
             break
-        if all(kind not in conflicts.get(other, ()) and other not in conflicts.get(kind, ())
-               for other in chosen):
+        if all(kind not in conflicts.get(other, ()) and other not in conflicts.get(kind, ()) for other in chosen):
             chosen.append(kind)
     return chosen
 
@@ -180,8 +229,9 @@ def _validate_tasks(tasks: list[dict]) -> None:
         seen.add(task_id)
 
 
-def build_constrained_prompts(tasks: list[dict], seed: int, per_task: int = 1,
-                              constraints_per_prompt: tuple[int, int] = (1, 2)) -> list[dict]:
+def build_constrained_prompts(
+    tasks: list[dict], seed: int, per_task: int = 1, constraints_per_prompt: tuple[int, int] = (1, 2)
+) -> list[dict]:
     """Rows {"id", "prompt", "instruction_id_list", "kwargs", "task_id"}: each task with constraints.
 
     Each of a task's `per_task` rows gets between constraints_per_prompt[0] and [1] constraints of
@@ -190,8 +240,10 @@ def build_constrained_prompts(tasks: list[dict], seed: int, per_task: int = 1,
     """
     low, high = constraints_per_prompt
     if not 1 <= low <= high <= len(BUILDER_KINDS):
-        raise ValueError(f"constraints_per_prompt must satisfy 1 <= low <= high <= {len(BUILDER_KINDS)}, "
-                         f"got {constraints_per_prompt}")
+        raise ValueError(
+            f"constraints_per_prompt must satisfy 1 <= low <= high <= {len(BUILDER_KINDS)}, "
+            f"got {constraints_per_prompt}"
+        )
     if per_task < 1:
         raise ValueError(f"per_task must be >= 1, got {per_task}")
     _validate_tasks(tasks)
@@ -202,10 +254,14 @@ def build_constrained_prompts(tasks: list[dict], seed: int, per_task: int = 1,
             rng = random.Random(f"spreadpref-verifier:{seed}:{task['id']}:{number}")
             kinds = _pick_compatible_kinds(rng, rng.randint(low, high))
             constraints = [Constraint(kind, KWARG_DRAWERS[kind](rng)) for kind in kinds]
-            rows.append({"id": f"{task['id']}-c{number}",
-                         "prompt": _constrained_prompt(task["prompt"], constraints),
-                         **constraints_to_row(constraints),
-                         "task_id": task["id"]})
+            rows.append(
+                {
+                    "id": f"{task['id']}-c{number}",
+                    "prompt": _constrained_prompt(task["prompt"], constraints),
+                    **constraints_to_row(constraints),
+                    "task_id": task["id"],
+                }
+            )
     return rows
 
 

@@ -26,8 +26,10 @@ def task_number(task: dict) -> int:
 
 def build_sets() -> dict[str, list[dict]]:
     tasks = load_ifeval_tasks()
-    return {name: build_constrained_prompts([t for t in tasks if task_number(t) % 5 in remainders], seed=SEED)
-            for name, remainders in SPLITS.items()}
+    return {
+        name: build_constrained_prompts([t for t in tasks if task_number(t) % 5 in remainders], seed=SEED)
+        for name, remainders in SPLITS.items()
+    }
 
 
 def main() -> int:

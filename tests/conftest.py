@@ -33,8 +33,12 @@ def write_jsonl(path: Path, rows) -> Path:
 def arithmetic_pairs(n: int = 16):
     """Pairs where the chosen reply is right and short, the rejected one evasive."""
     return [
-        {"id": f"pair-{i}", "prompt": f"What is {i} plus {i}?", "chosen": f"{i} plus {i} is {2 * i}.",
-         "rejected": "I am not sure. Maybe the fox knows."}
+        {
+            "id": f"pair-{i}",
+            "prompt": f"What is {i} plus {i}?",
+            "chosen": f"{i} plus {i} is {2 * i}.",
+            "rejected": "I am not sure. Maybe the fox knows.",
+        }
         for i in range(n)
     ]
 
@@ -42,3 +46,13 @@ def arithmetic_pairs(n: int = 16):
 @pytest.fixture
 def pairs_file(tmp_path) -> Path:
     return write_jsonl(tmp_path / "pairs.jsonl", arithmetic_pairs())
+
+
+@pytest.fixture
+def loop_data(tmp_path):
+    """A seed file of 8 arithmetic pairs and a pool of 24 prompts, for loop tests."""
+    seed = write_jsonl(tmp_path / "seed.jsonl", arithmetic_pairs(8))
+    prompts = write_jsonl(
+        tmp_path / "prompts.jsonl", [{"id": f"q{i}", "prompt": f"Tell me about the number {i}."} for i in range(24)]
+    )
+    return seed, prompts

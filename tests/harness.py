@@ -12,29 +12,61 @@ from safetensors.torch import load_file
 
 from spreadpref.runtime.files import read_jsonl
 
-STAGES = ["seed", "round-1/generate", "round-1/judge", "round-1/train",
-          "round-2/generate", "round-2/judge", "round-2/train"]
+STAGES = [
+    "seed",
+    "round-1/generate",
+    "round-1/judge",
+    "round-1/train",
+    "round-2/generate",
+    "round-2/judge",
+    "round-2/train",
+]
 
 
 def write_loop_data(directory: Path) -> tuple[Path, Path]:
     directory.mkdir(parents=True, exist_ok=True)
     seed = directory / "seed.jsonl"
-    seed.write_text("".join(json.dumps({
-        "id": f"pair-{i}", "prompt": f"What is {i} plus {i}?", "chosen": f"{i} plus {i} is {2 * i}.",
-        "rejected": "I am not sure. Maybe the fox knows."}) + "\n" for i in range(8)))
+    seed.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": f"pair-{i}",
+                    "prompt": f"What is {i} plus {i}?",
+                    "chosen": f"{i} plus {i} is {2 * i}.",
+                    "rejected": "I am not sure. Maybe the fox knows.",
+                }
+            )
+            + "\n"
+            for i in range(8)
+        )
+    )
     prompts = directory / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"Tell me about the number {i}."}) + "\n"
-                               for i in range(24)))
+    prompts.write_text(
+        "".join(json.dumps({"id": f"q{i}", "prompt": f"Tell me about the number {i}."}) + "\n" for i in range(24))
+    )
     return seed, prompts
 
 
 def overrides(model_dir: Path, seed: Path, prompts: Path, out: Path) -> list[str]:
     return [
-        f"model.name_or_path={model_dir}", f"data.train={seed}", f"data.prompts={prompts}", f"output_dir={out}",
-        "data.max_length=96", "data.max_prompt_length=48", "train.learning_rate=1e-3", "train.num_epochs=1",
-        "train.per_device_batch_size=2", "train.gradient_accumulation_steps=1", "train.warmup_ratio=0.0",
-        "train.save_strategy=steps", "train.save_steps=2", "loop.rounds=2", "loop.prompts_per_round=[6,6]",
-        "generation.max_new_tokens=10", "generation.batch_size=1", "judge.batch_size=4",
+        f"model.name_or_path={model_dir}",
+        f"data.train={seed}",
+        f"data.prompts={prompts}",
+        f"output_dir={out}",
+        "data.max_length=96",
+        "data.max_prompt_length=48",
+        "train.learning_rate=1e-3",
+        "train.num_epochs=1",
+        "train.per_device_batch_size=2",
+        "train.gradient_accumulation_steps=1",
+        "train.warmup_ratio=0.0",
+        "train.save_strategy=steps",
+        "train.save_steps=2",
+        "loop.rounds=2",
+        "loop.prompts_per_round=[6,6]",
+        "generation.max_new_tokens=10",
+        "generation.batch_size=1",
+        "judge.batch_size=4",
         "refine.warmup_fraction=0.0",
     ]
 
@@ -95,9 +127,12 @@ def assert_same_artifacts(expected: Path, got: Path) -> None:
         assert all(abs(a["score"] - b["score"]) < 1e-4 for a, b in zip(judged, judged_ref))
         pairs, pairs_ref = read_jsonl(other / "pairs.jsonl"), read_jsonl(base / "pairs.jsonl")
         assert [(p["id"], p["chosen_ids"], p["rejected_ids"], p["label"]) for p in pairs] == [
-            (p["id"], p["chosen_ids"], p["rejected_ids"], p["label"]) for p in pairs_ref]
+            (p["id"], p["chosen_ids"], p["rejected_ids"], p["label"]) for p in pairs_ref
+        ]
         assert all(abs(a["p"] - b["p"]) < 1e-5 for a, b in zip(pairs, pairs_ref))
-    final, final_ref = (load_file(str(d / "round-2" / "train" / "model" / "model.safetensors")) for d in (got, expected))
+    final, final_ref = (
+        load_file(str(d / "round-2" / "train" / "model" / "model.safetensors")) for d in (got, expected)
+    )
     assert final.keys() == final_ref.keys()
     for name in final:
         assert (final[name] - final_ref[name]).abs().max().item() < 1e-5, name

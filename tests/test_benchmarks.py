@@ -56,8 +56,25 @@ def test_spread_benchmark_runs_every_variant_and_reuses_finished_seeds(workdir, 
     # The verifier ties every pair of the tiny model's random replies, so the gold variant would have no
     # pairs to train on; it runs in the real benchmark (docs/results.md).
     variants = ["llm_judge", "spa_direct", "spa_refine", "spa_dnd"]
-    argv = ["--model", "tiny", "--seeds", "0", "1", "--rounds", "1", "--prompts-per-round", "8",
-            "--eval-prompts", "8", "--variants", *variants, "--work", str(workdir / "spread"), "--out-dir", str(out)]
+    argv = [
+        "--model",
+        "tiny",
+        "--seeds",
+        "0",
+        "1",
+        "--rounds",
+        "1",
+        "--prompts-per-round",
+        "8",
+        "--eval-prompts",
+        "8",
+        "--variants",
+        *variants,
+        "--work",
+        str(workdir / "spread"),
+        "--out-dir",
+        str(out),
+    ]
     assert spread.main(argv) == 0
     result = json.loads((out / "results.json").read_text())
     rows = {(r["variant"], r["round"]): r for r in result["rows"]}

@@ -12,8 +12,16 @@ runner = CliRunner()
 def test_env_lists_versions_device_and_cache():
     result = runner.invoke(app, ["env"])
     assert result.exit_code == 0, result.output
-    for key in ("python:", "torch:", "transformers:", "datasets:", "accelerate:", "peft:", "device:",
-                "embedded model cache:"):
+    for key in (
+        "python:",
+        "torch:",
+        "transformers:",
+        "datasets:",
+        "accelerate:",
+        "peft:",
+        "device:",
+        "embedded model cache:",
+    ):
         assert key in result.output
 
 
@@ -37,8 +45,9 @@ def test_default_profile_is_valid_and_uses_the_embedded_model():
 
 
 def test_inspect_marks_prompt_and_reply(tiny_model_dir, pairs_file):
-    result = runner.invoke(app, ["inspect", f"model.name_or_path={tiny_model_dir}", f"data.train={pairs_file}",
-                                 "--plain", "-n", "1"])
+    result = runner.invoke(
+        app, ["inspect", f"model.name_or_path={tiny_model_dir}", f"data.train={pairs_file}", "--plain", "-n", "1"]
+    )
     assert result.exit_code == 0, result.output
     assert "[PROMPT]" in result.output and "[/PROMPT][REPLY]" in result.output
     assert "⟨<|im_end|>⟩[/REPLY]" in result.output
@@ -47,8 +56,19 @@ def test_inspect_marks_prompt_and_reply(tiny_model_dir, pairs_file):
 
 
 def test_inspect_reports_truncation(tiny_model_dir, pairs_file):
-    result = runner.invoke(app, ["inspect", f"model.name_or_path={tiny_model_dir}", f"data.train={pairs_file}",
-                                 "data.max_length=20", "data.max_prompt_length=12", "--plain", "-n", "1"])
+    result = runner.invoke(
+        app,
+        [
+            "inspect",
+            f"model.name_or_path={tiny_model_dir}",
+            f"data.train={pairs_file}",
+            "data.max_length=20",
+            "data.max_prompt_length=12",
+            "--plain",
+            "-n",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "16 prompts cut at the start" in result.output
     assert "reply truncated: yes" in result.output
@@ -56,8 +76,16 @@ def test_inspect_reports_truncation(tiny_model_dir, pairs_file):
 
 def test_train_writes_checkpoint_and_resolved_config(tiny_model_dir, pairs_file, tmp_path):
     out = tmp_path / "run"
-    args = ["train", f"model.name_or_path={tiny_model_dir}", f"data.train={pairs_file}", "train.max_steps=1",
-            "data.max_length=64", "data.max_prompt_length=32", "--output", str(out)]
+    args = [
+        "train",
+        f"model.name_or_path={tiny_model_dir}",
+        f"data.train={pairs_file}",
+        "train.max_steps=1",
+        "data.max_length=64",
+        "data.max_prompt_length=32",
+        "--output",
+        str(out),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert (out / "model" / "config.json").is_file()
@@ -70,10 +98,13 @@ def test_train_writes_checkpoint_and_resolved_config(tiny_model_dir, pairs_file,
 
 def test_bad_data_names_file_line_and_field(tiny_model_dir, tmp_path):
     data = tmp_path / "bad.jsonl"
-    data.write_text('{"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go."}\n'
-                    '{"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go.", "label": 1.5}\n')
-    result = runner.invoke(app, ["train", f"model.name_or_path={tiny_model_dir}", f"data.train={data}",
-                                 "--output", str(tmp_path / "run")])
+    data.write_text(
+        '{"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go."}\n'
+        '{"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go.", "label": 1.5}\n'
+    )
+    result = runner.invoke(
+        app, ["train", f"model.name_or_path={tiny_model_dir}", f"data.train={data}", "--output", str(tmp_path / "run")]
+    )
     assert result.exit_code == 2
     flat = " ".join(result.output.split())
     assert "line 2" in flat and "'label'" in flat and "[0, 1]" in flat
@@ -100,8 +131,12 @@ def test_stages_alone_generate_judge_train(tiny_model_dir, tmp_path):
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"Say {i}."}) + "\n" for i in range(4)))
-    common = [f"model.name_or_path={tiny_model_dir}", "generation.max_new_tokens=8", "data.max_length=64",
-              "data.max_prompt_length=32"]
+    common = [
+        f"model.name_or_path={tiny_model_dir}",
+        "generation.max_new_tokens=8",
+        "data.max_length=64",
+        "data.max_prompt_length=32",
+    ]
     generations = tmp_path / "gen.jsonl"
     result = runner.invoke(app, ["generate", *common, "--prompts", str(prompts), "-o", str(generations)])
     assert result.exit_code == 0, result.output
@@ -117,8 +152,9 @@ def test_stages_alone_generate_judge_train(tiny_model_dir, tmp_path):
     assert len(read_jsonl(judged / "judged.jsonl")) == 8
 
     out = tmp_path / "train"
-    result = runner.invoke(app, ["train", *common, f"data.train={judged / 'pairs.jsonl'}", "train.max_steps=1",
-                                 "-o", str(out)])
+    result = runner.invoke(
+        app, ["train", *common, f"data.train={judged / 'pairs.jsonl'}", "train.max_steps=1", "-o", str(out)]
+    )
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())["stages"]["train"]
     # Token-space pairs with the judge's log-probs: no reference pass, the exact generated ids.
@@ -132,14 +168,37 @@ def test_eval_command_writes_results_and_names_a_bad_judge(tiny_model_dir, tmp_p
 
     prompts = write_jsonl(tmp_path / "eval.jsonl", [{"id": f"e{i}", "prompt": f"Count to {i}."} for i in range(3)])
     rm = make_tiny_reward_model_dir(tmp_path / "rm")
-    common = ["-s", f"model.name_or_path={tiny_model_dir}", "-s", f"eval.prompts={prompts}", "-s",
-              "eval.max_new_tokens=4", "-s", "data.max_length=96", "-s", "data.max_prompt_length=48"]
-    result = runner.invoke(app, ["eval", str(tiny_model_dir), "-o", str(tmp_path / "out"), *common,
-                                 "-s", "eval.judge.kind=reward_model", "-s", f"eval.judge.reward_model.name_or_path={rm}"])
+    common = [
+        "-s",
+        f"model.name_or_path={tiny_model_dir}",
+        "-s",
+        f"eval.prompts={prompts}",
+        "-s",
+        "eval.max_new_tokens=4",
+        "-s",
+        "data.max_length=96",
+        "-s",
+        "data.max_prompt_length=48",
+    ]
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            str(tiny_model_dir),
+            "-o",
+            str(tmp_path / "out"),
+            *common,
+            "-s",
+            "eval.judge.kind=reward_model",
+            "-s",
+            f"eval.judge.reward_model.name_or_path={rm}",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "eval.md").is_file() and (tmp_path / "out" / "alpaca_eval" / "model.json").is_file()
-    result = runner.invoke(app, ["eval", str(tiny_model_dir), "-o", str(tmp_path / "bad"), *common,
-                                 "-s", "eval.judge.kind=implicit"])
+    result = runner.invoke(
+        app, ["eval", str(tiny_model_dir), "-o", str(tmp_path / "bad"), *common, "-s", "eval.judge.kind=implicit"]
+    )
     assert result.exit_code == 2 and "judge itself" in result.output
 
 

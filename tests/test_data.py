@@ -19,9 +19,17 @@ def good_row(**changes):
 
 
 def test_explicit_conversational(tmp_path):
-    path = write_jsonl(tmp_path / "d.jsonl", [
-        good_row(chosen=[{"role": "assistant", "content": "Blue."}],
-                 rejected=[{"role": "assistant", "content": "Seven."}], label=0.8, weight=2)])
+    path = write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            good_row(
+                chosen=[{"role": "assistant", "content": "Blue."}],
+                rejected=[{"role": "assistant", "content": "Seven."}],
+                label=0.8,
+                weight=2,
+            )
+        ],
+    )
     (record,), report = load_preferences(str(path))
     assert record.prompt == [USER]
     assert (record.chosen, record.rejected, record.label, record.weight) == ("Blue.", "Seven.", 0.8, 2.0)
@@ -30,9 +38,13 @@ def test_explicit_conversational(tmp_path):
 
 def test_implicit_prompt_from_shared_conversation(tmp_path):
     # UltraFeedback-binarized style: a string prompt plus whole conversations.
-    row = {"prompt": "Name a colour.", "prompt_id": "x1", "score_chosen": 9.0,
-           "chosen": [USER, {"role": "assistant", "content": "Blue."}],
-           "rejected": [USER, {"role": "assistant", "content": "Seven."}]}
+    row = {
+        "prompt": "Name a colour.",
+        "prompt_id": "x1",
+        "score_chosen": 9.0,
+        "chosen": [USER, {"role": "assistant", "content": "Blue."}],
+        "rejected": [USER, {"role": "assistant", "content": "Seven."}],
+    }
     (record,), report = load_preferences(str(write_jsonl(tmp_path / "d.jsonl", [row])))
     assert record.prompt == [USER] and record.chosen == "Blue." and record.rejected == "Seven."
     assert record.label == 1.0 and record.id == "line-1"
@@ -41,8 +53,10 @@ def test_implicit_prompt_from_shared_conversation(tmp_path):
 
 def test_implicit_multi_turn_without_prompt_column(tmp_path):
     turns = [USER, {"role": "assistant", "content": "Blue."}, {"role": "user", "content": "Another?"}]
-    row = {"chosen": turns + [{"role": "assistant", "content": "Red."}],
-           "rejected": turns + [{"role": "assistant", "content": "No."}]}
+    row = {
+        "chosen": turns + [{"role": "assistant", "content": "Red."}],
+        "rejected": turns + [{"role": "assistant", "content": "No."}],
+    }
     (record,), _ = load_preferences(str(write_jsonl(tmp_path / "d.jsonl", [row])))
     assert record.prompt == turns and record.chosen == "Red."
 
@@ -96,8 +110,16 @@ def test_nan_label_is_rejected(tmp_path):
 
 
 def test_broken_json_line_and_skip_invalid_counts(tmp_path):
-    path = write_jsonl(tmp_path / "d.jsonl", [good_row(id="1"), '{"prompt": "Hi?", "chosen": ', good_row(id="2"),
-                                              good_row(id="3", label=7), good_row(id="2")])
+    path = write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            good_row(id="1"),
+            '{"prompt": "Hi?", "chosen": ',
+            good_row(id="2"),
+            good_row(id="3", label=7),
+            good_row(id="2"),
+        ],
+    )
     with pytest.raises(DataError, match="line 2.*not valid JSON"):
         load_preferences(str(path))
     records, report = load_preferences(str(path), skip_invalid=True)
@@ -142,11 +164,14 @@ def test_limit(tmp_path):
 
 
 def test_prompt_records(tmp_path):
-    path = write_jsonl(tmp_path / "p.jsonl", [
-        {"id": "a", "prompt": "Hi?"},
-        {"messages": [USER, {"role": "assistant", "content": "Blue."}]},
-        {"prompt": [USER]},
-    ])
+    path = write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {"id": "a", "prompt": "Hi?"},
+            {"messages": [USER, {"role": "assistant", "content": "Blue."}]},
+            {"prompt": [USER]},
+        ],
+    )
     records, _ = load_prompts(str(path))
     assert [r.prompt for r in records] == [[{"role": "user", "content": "Hi?"}], [USER], [USER]]
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "Hi?"}])
@@ -192,8 +217,17 @@ def test_unreachable_hub_dataset_is_explained(monkeypatch):
 
 
 def test_token_space_pairs_keep_their_ids(tmp_path):
-    row = good_row(chosen="", prompt_ids=[1, 5], chosen_ids=[2], rejected_ids=[7, 8, 2], ref_chosen_logps=-1.0,
-                   ref_rejected_logps=-9.0, chosen_truncated=False, rejected_truncated=False, margin=3.0)
+    row = good_row(
+        chosen="",
+        prompt_ids=[1, 5],
+        chosen_ids=[2],
+        rejected_ids=[7, 8, 2],
+        ref_chosen_logps=-1.0,
+        ref_rejected_logps=-9.0,
+        chosen_truncated=False,
+        rejected_truncated=False,
+        margin=3.0,
+    )
     (record,), report = load_preferences(str(write_jsonl(tmp_path / "pairs.jsonl", [row])))
     assert record.token_ids == {"prompt_ids": [1, 5], "chosen_ids": [2], "rejected_ids": [7, 8, 2]}
     assert report.ignored_columns == ["margin"]
@@ -211,8 +245,10 @@ def test_bundled_verifiable_sets_never_share_a_task_with_evaluation():
     tasks = {}
     for name in ("ifeval_eval", "ifeval_seed_prompts", "ifeval_prompts"):
         records, _ = load_prompts(f"builtin:{name}")
-        assert all(r.metadata["instruction_id_list"] and len(r.metadata["kwargs"]) ==
-                   len(r.metadata["instruction_id_list"]) for r in records)
+        assert all(
+            r.metadata["instruction_id_list"] and len(r.metadata["kwargs"]) == len(r.metadata["instruction_id_list"])
+            for r in records
+        )
         tasks[name] = {r.metadata["task_id"] for r in records}
     assert not tasks["ifeval_eval"] & (tasks["ifeval_seed_prompts"] | tasks["ifeval_prompts"])
     assert not tasks["ifeval_seed_prompts"] & tasks["ifeval_prompts"]

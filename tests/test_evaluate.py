@@ -52,10 +52,14 @@ def test_length_controlled_win_rate_keeps_a_preference_unrelated_to_length():
 
 
 def test_baseline_answers_are_matched_by_instruction(tmp_path):
-    prompts = [PromptRecord("a", [{"role": "user", "content": "Say hi"}]),
-               PromptRecord("b", [{"role": "user", "content": "Say bye"}])]
+    prompts = [
+        PromptRecord("a", [{"role": "user", "content": "Say hi"}]),
+        PromptRecord("b", [{"role": "user", "content": "Say bye"}]),
+    ]
     path = tmp_path / "base.json"
-    path.write_text(json.dumps([{"instruction": "Say bye", "output": "bye"}, {"instruction": "Say hi", "output": "hi"}]))
+    path.write_text(
+        json.dumps([{"instruction": "Say bye", "output": "bye"}, {"instruction": "Say hi", "output": "hi"}])
+    )
     assert load_baseline_answers(path, prompts) == ["hi", "bye"]
     path.write_text(json.dumps([{"instruction": "Say hi", "output": "hi"}]))
     with pytest.raises(SpreadprefError, match="no baseline answer for 1"):
@@ -74,10 +78,20 @@ def eval_setup(tmp_path, tiny_model_dir):
     prompts = write_jsonl(tmp_path / "eval.jsonl", [{"id": f"e{i}", "prompt": f"Count to {i}."} for i in range(6)])
     rm = make_tiny_reward_model_dir(tmp_path / "rm")
     other = make_tiny_model_dir(tmp_path / "other", seed=5)
-    config = load_config(None, [f"model.name_or_path={tiny_model_dir}", f"eval.prompts={prompts}",
-                                "eval.judge.kind=reward_model", f"eval.judge.reward_model.name_or_path={rm}",
-                                "eval.max_new_tokens=8", "eval.batch_size=4", "eval.bootstrap=200",
-                                "data.max_length=96", "data.max_prompt_length=48"])
+    config = load_config(
+        None,
+        [
+            f"model.name_or_path={tiny_model_dir}",
+            f"eval.prompts={prompts}",
+            "eval.judge.kind=reward_model",
+            f"eval.judge.reward_model.name_or_path={rm}",
+            "eval.max_new_tokens=8",
+            "eval.batch_size=4",
+            "eval.bootstrap=200",
+            "data.max_length=96",
+            "data.max_prompt_length=48",
+        ],
+    )
     return config, other
 
 
@@ -118,8 +132,11 @@ def test_eval_refuses_to_mix_settings_unless_forced(eval_setup, tmp_path):
 def test_eval_refuses_a_judge_that_is_the_evaluated_model(eval_setup, tmp_path):
     config, other = eval_setup
     for kind in ("implicit", "llm"):
-        bad = config.model_copy(update={"eval": config.eval.model_copy(
-            update={"judge": config.eval.judge.model_copy(update={"kind": kind})})})
+        bad = config.model_copy(
+            update={
+                "eval": config.eval.model_copy(update={"judge": config.eval.judge.model_copy(update={"kind": kind})})
+            }
+        )
         with pytest.raises(SpreadprefError, match="judge itself"):
             evaluate_models(bad, [EvalModel("other", str(other))], tmp_path / kind)
 

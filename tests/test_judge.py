@@ -5,8 +5,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from spreadpref.config import JudgeSettings
-from spreadpref.dpo.logprobs import collate_pairs, sequence_logps
 from spreadpref.data.artifacts import JudgedSample, Sample
+from spreadpref.dpo.logprobs import collate_pairs, sequence_logps
 from spreadpref.judges.implicit import log_ratio, preference_probability
 from spreadpref.spa.judge import (
     pair_samples,
@@ -16,15 +16,32 @@ from spreadpref.spa.judge import (
 
 
 def sample(prompt_index, k, reply, finish="stop"):
-    return Sample(prompt_id=f"p{prompt_index}", prompt_index=prompt_index, sample=k,
-                  prompt=[{"role": "user", "content": "q"}], prompt_ids=[1, 5, 6], reply_ids=reply,
-                  text=str(reply), num_tokens=len(reply), finish_reason=finish)
+    return Sample(
+        prompt_id=f"p{prompt_index}",
+        prompt_index=prompt_index,
+        sample=k,
+        prompt=[{"role": "user", "content": "q"}],
+        prompt_ids=[1, 5, 6],
+        reply_ids=reply,
+        text=str(reply),
+        num_tokens=len(reply),
+        finish_reason=finish,
+    )
 
 
 def verdict(s, score, policy=-1.0):
-    return JudgedSample(prompt_id=s.prompt_id, prompt_index=s.prompt_index, sample=s.sample, text=s.text,
-                        num_tokens=s.num_tokens, finish_reason=s.finish_reason, policy_logps=policy,
-                        reference_logps=None, judged_tokens=s.num_tokens, score=score)
+    return JudgedSample(
+        prompt_id=s.prompt_id,
+        prompt_index=s.prompt_index,
+        sample=s.sample,
+        text=s.text,
+        num_tokens=s.num_tokens,
+        finish_reason=s.finish_reason,
+        policy_logps=policy,
+        reference_logps=None,
+        judged_tokens=s.num_tokens,
+        score=score,
+    )
 
 
 def test_score_formula_and_variants():
@@ -51,12 +68,22 @@ def test_any_k_picks_highest_and_lowest(k):
 
 
 def test_identical_replies_and_ties_are_dropped_and_counted():
-    samples = [sample(0, 0, [7, 2]), sample(0, 1, [7, 2]),  # identical
-               sample(1, 0, [8, 2]), sample(1, 1, [9, 2]),  # exact tie
-               sample(2, 0, [8, 2]), sample(2, 1, [9], "length")]  # a real pair, one cut off
-    judged = [verdict(samples[0], 1.0), verdict(samples[1], 1.0 + 1e-7),
-              verdict(samples[2], 0.5), verdict(samples[3], 0.5),
-              verdict(samples[4], 0.1), verdict(samples[5], 0.9)]
+    samples = [
+        sample(0, 0, [7, 2]),
+        sample(0, 1, [7, 2]),  # identical
+        sample(1, 0, [8, 2]),
+        sample(1, 1, [9, 2]),  # exact tie
+        sample(2, 0, [8, 2]),
+        sample(2, 1, [9], "length"),
+    ]  # a real pair, one cut off
+    judged = [
+        verdict(samples[0], 1.0),
+        verdict(samples[1], 1.0 + 1e-7),
+        verdict(samples[2], 0.5),
+        verdict(samples[3], 0.5),
+        verdict(samples[4], 0.1),
+        verdict(samples[5], 0.9),
+    ]
     pairs, stats = pair_samples(samples, judged, beta=0.1)
     assert (stats.identical_dropped, stats.ties_dropped, stats.pairs) == (1, 1, 1)
     assert pairs[0].chosen_ids == [9] and pairs[0].chosen_truncated and not pairs[0].rejected_truncated
@@ -69,8 +96,9 @@ def test_judge_logps_equal_a_fresh_reference_pass(tiny_model_dir, tiny_tokenizer
     with torch.no_grad():
         for p in reference.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    prompt = tiny_tokenizer.apply_chat_template([{"role": "user", "content": "Hi there"}], tokenize=False,
-                                                add_generation_prompt=True)
+    prompt = tiny_tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi there"}], tokenize=False, add_generation_prompt=True
+    )
     prompt_ids = tiny_tokenizer(prompt, add_special_tokens=False)["input_ids"]
     samples = []
     for index in range(3):
@@ -100,8 +128,12 @@ def test_seed_agreement_counts_human_chosen_wins(tiny_model_dir, tiny_tokenizer)
     from spreadpref.data.tokenize import tokenize_pairs
 
     policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    records = [PreferenceRecord(id=str(i), prompt=[{"role": "user", "content": f"Q{i}"}], chosen="Paris.",
-                                rejected="The quick brown fox.") for i in range(4)]
+    records = [
+        PreferenceRecord(
+            id=str(i), prompt=[{"role": "user", "content": f"Q{i}"}], chosen="Paris.", rejected="The quick brown fox."
+        )
+        for i in range(4)
+    ]
     pairs, _ = tokenize_pairs(tiny_tokenizer, records, 128, 64)
     # With the policy as its own reference every score is 0: ties are not agreement.
     assert seed_agreement(policy, policy, pairs, JudgeSettings(), 0)["seed_agreement"] == 0.0

@@ -69,7 +69,10 @@ def test_agreement_counts_ties_as_one_half():
 
 
 def test_implicit_judge_scores_log_ratios_and_prefers_by_beta(tmp_path, tiny_tokenizer):
-    policy, reference = tiny(make_tiny_model_dir(tmp_path / "p", seed=0)), tiny(make_tiny_model_dir(tmp_path / "r", seed=3))
+    policy, reference = (
+        tiny(make_tiny_model_dir(tmp_path / "p", seed=0)),
+        tiny(make_tiny_model_dir(tmp_path / "r", seed=3)),
+    )
     replies = ["4", "It is four, I think."]
     judgement = ImplicitJudge(policy, reference, tiny_tokenizer, beta=0.5).judge([Comparison(PROMPT, replies)])[0]
     prompt_ids = render_prompt_ids(tiny_tokenizer, PROMPT)
@@ -97,8 +100,10 @@ def test_implicit_judge_of_a_model_against_itself_has_no_preference(tiny_model_d
 def test_reward_model_judge_scores_like_a_direct_forward_and_ignores_padding(tmp_path):
     path = make_tiny_reward_model_dir(tmp_path / "rm")
     judge = RewardModelJudge(str(path), torch.device("cpu"), batch_size=3)
-    comparisons = [Comparison(PROMPT, ["4", "The answer is four, of course, as everyone knows."]),
-                   Comparison([{"role": "user", "content": "Hi"}], ["Hello!", "Go away."])]
+    comparisons = [
+        Comparison(PROMPT, ["4", "The answer is four, of course, as everyone knows."]),
+        Comparison([{"role": "user", "content": "Hi"}], ["Hello!", "Go away."]),
+    ]
     batched = judge.judge(comparisons)
     one_by_one = RewardModelJudge(str(path), torch.device("cpu"), batch_size=1).judge(comparisons)
     for a, b in zip(batched, one_by_one):
@@ -146,6 +151,7 @@ def test_pairwise_judge_asks_both_orders_and_is_consistent(tiny_model_dir, tiny_
         assert judgement.prefer[a][a] == 0.5
         for b in range(3):
             assert judgement.prefer[a][b] + judgement.prefer[b][a] == pytest.approx(1.0)
+
     # Position bias cancels: a judge that always answers "A" prefers nothing.
     class AlwaysA(LocalLLMJudge):
         def prob_first(self, questions):
@@ -169,8 +175,9 @@ class StubServer:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 length = int(self.headers["Content-Length"])
-                stub.requests.append({"path": self.path, "headers": dict(self.headers),
-                                      "body": json.loads(self.rfile.read(length))})
+                stub.requests.append(
+                    {"path": self.path, "headers": dict(self.headers), "body": json.loads(self.rfile.read(length))}
+                )
                 status, body = stub.script.pop(0) if stub.script else stub.default(stub.requests[-1]["body"])
                 payload = json.dumps(body).encode()
                 self.send_response(status)
@@ -193,16 +200,24 @@ class StubServer:
 
 def logprob_answer(p_a):
     top = [{"token": "A", "logprob": math.log(p_a)}, {"token": "B", "logprob": math.log(1 - p_a)}]
-    return {"choices": [{"message": {"content": "A" if p_a > 0.5 else "B"},
-                         "logprobs": {"content": [{"token": "A", "logprob": top[0]["logprob"], "top_logprobs": top}]}}]}
+    return {
+        "choices": [
+            {
+                "message": {"content": "A" if p_a > 0.5 else "B"},
+                "logprobs": {"content": [{"token": "A", "logprob": top[0]["logprob"], "top_logprobs": top}]},
+            }
+        ]
+    }
 
 
 def prefers_reply_with(word):
     """A judge that prefers whichever response contains ``word``, wherever it is shown."""
+
     def answer(body):
         text = body["messages"][-1]["content"]
         first = text.split("[Response A]")[1].split("[Response B]")[0]
         return 200, logprob_answer(0.8 if word in first else 0.2)
+
     return answer
 
 
@@ -263,8 +278,9 @@ def test_make_judge_builds_each_kind(tmp_path, tiny_model_dir, tiny_tokenizer, s
     model = tiny(tiny_model_dir)
     settings = ModelSettings(name_or_path=str(tiny_model_dir))
     assert isinstance(make_judge(JudgeSettings(), settings, policy=model, tokenizer=tiny_tokenizer), ImplicitJudge)
-    assert isinstance(make_judge(JudgeSettings(kind="llm"), settings, policy=model, tokenizer=tiny_tokenizer),
-                      LocalLLMJudge)
+    assert isinstance(
+        make_judge(JudgeSettings(kind="llm"), settings, policy=model, tokenizer=tiny_tokenizer), LocalLLMJudge
+    )
     rm = make_tiny_reward_model_dir(tmp_path / "rm")
     judge = make_judge(JudgeSettings(kind="reward_model", reward_model={"name_or_path": str(rm)}), settings)
     assert isinstance(judge, RewardModelJudge)
@@ -283,8 +299,10 @@ def test_verifier_judge_prefers_the_reply_meeting_more_constraints():
     pytest.importorskip("if_verifiable")
     from spreadpref.judges.verifier import VerifierJudge
 
-    metadata = {"instruction_id_list": ["punctuation:no_comma", "keywords:existence"],
-                "kwargs": [{}, {"keywords": ["garden"]}]}
+    metadata = {
+        "instruction_id_list": ["punctuation:no_comma", "keywords:existence"],
+        "kwargs": [{}, {"keywords": ["garden"]}],
+    }
     replies = ["My garden is green and calm.", "Well, my house is big.", "My garden, sadly, is small."]
     judgement = VerifierJudge().judge([Comparison(PROMPT, replies, "q1", metadata=metadata)])[0]
     assert judgement.scores == [1.0, 0.0, 0.5]
@@ -305,8 +323,9 @@ def test_http_judge_counts_unreadable_answers_as_ties(stub):
     assert judge.unparsed == 1
 
 
-@pytest.mark.parametrize("text, p", [("A", 1.0), ("b.", 0.0), (" Response A", 1.0), ("Both are fine.", 0.5),
-                                     ("Answer: B", 0.5)])
+@pytest.mark.parametrize(
+    "text, p", [("A", 1.0), ("b.", 0.0), (" Response A", 1.0), ("Both are fine.", 0.5), ("Answer: B", 0.5)]
+)
 def test_http_judge_reads_only_a_leading_letter(stub, text, p):
     server = stub(default=lambda body: (200, {"choices": [{"message": {"content": text}}]}))
     assert HTTPLLMJudge(server.url, "m").prob_first([judge_messages(PROMPT, "a", "b")]) == [p]

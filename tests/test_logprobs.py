@@ -21,8 +21,12 @@ def model(tiny_model_dir):
 @pytest.fixture
 def pairs(tiny_tokenizer):
     records = [
-        PreferenceRecord(id=str(i), prompt=[{"role": "user", "content": "Hi " * (i + 1)}],
-                         chosen="Hello there, friend." * (1 + i % 2), rejected="No.")
+        PreferenceRecord(
+            id=str(i),
+            prompt=[{"role": "user", "content": "Hi " * (i + 1)}],
+            chosen="Hello there, friend." * (1 + i % 2),
+            rejected="No.",
+        )
         for i in range(5)
     ]
     return tokenize_pairs(tiny_tokenizer, records, 256, 128)[0]
@@ -36,13 +40,19 @@ def naive_logps(model, prompt_ids, reply_ids):
     logp = torch.log_softmax(logits[:-1], dim=-1)
     targets = ids[0, 1:]
     per_token = logp[torch.arange(len(targets)), targets]
-    return per_token[len(prompt_ids) - 1:].sum().item()
+    return per_token[len(prompt_ids) - 1 :].sum().item()
 
 
 def test_response_mask_marks_exactly_the_reply(pairs):
     batch = collate_pairs(pairs[:2], pad_token_id=0)
-    for row, (pair, reply) in enumerate([(pairs[0], pairs[0].chosen_ids), (pairs[1], pairs[1].chosen_ids),
-                                         (pairs[0], pairs[0].rejected_ids), (pairs[1], pairs[1].rejected_ids)]):
+    for row, (pair, reply) in enumerate(
+        [
+            (pairs[0], pairs[0].chosen_ids),
+            (pairs[1], pairs[1].chosen_ids),
+            (pairs[0], pairs[0].rejected_ids),
+            (pairs[1], pairs[1].rejected_ids),
+        ]
+    ):
         mask = batch["response_mask"][row]
         assert batch["input_ids"][row][mask].tolist() == reply
         assert mask.sum().item() == len(reply)

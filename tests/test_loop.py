@@ -6,7 +6,6 @@ import sys
 import time
 
 import pytest
-from conftest import arithmetic_pairs, write_jsonl
 
 from spreadpref.config import load_config
 from spreadpref.errors import SpreadprefError
@@ -17,21 +16,24 @@ from spreadpref.spa.loop import run
 
 def loop_overrides(model_dir, seed_file, prompts_file, out):
     return [
-        f"model.name_or_path={model_dir}", f"data.train={seed_file}", f"data.prompts={prompts_file}",
-        f"output_dir={out}", "data.max_length=96", "data.max_prompt_length=48",
-        "train.learning_rate=1e-3", "train.num_epochs=1", "train.per_device_batch_size=4",
-        "train.gradient_accumulation_steps=1", "train.warmup_ratio=0.0", "train.save_strategy=no",
-        "loop.rounds=2", "loop.prompts_per_round=[8,8]", "generation.max_new_tokens=12",
-        "generation.batch_size=4", "refine.warmup_fraction=0.0",
+        f"model.name_or_path={model_dir}",
+        f"data.train={seed_file}",
+        f"data.prompts={prompts_file}",
+        f"output_dir={out}",
+        "data.max_length=96",
+        "data.max_prompt_length=48",
+        "train.learning_rate=1e-3",
+        "train.num_epochs=1",
+        "train.per_device_batch_size=4",
+        "train.gradient_accumulation_steps=1",
+        "train.warmup_ratio=0.0",
+        "train.save_strategy=no",
+        "loop.rounds=2",
+        "loop.prompts_per_round=[8,8]",
+        "generation.max_new_tokens=12",
+        "generation.batch_size=4",
+        "refine.warmup_fraction=0.0",
     ]
-
-
-@pytest.fixture
-def loop_data(tmp_path):
-    seed = write_jsonl(tmp_path / "seed.jsonl", arithmetic_pairs(8))
-    prompts = write_jsonl(tmp_path / "prompts.jsonl",
-                          [{"id": f"q{i}", "prompt": f"Tell me about the number {i}."} for i in range(24)])
-    return seed, prompts
 
 
 def test_seed_and_two_rounds_end_to_end(tiny_model_dir, loop_data, tmp_path):
@@ -39,8 +41,15 @@ def test_seed_and_two_rounds_end_to_end(tiny_model_dir, loop_data, tmp_path):
     out = tmp_path / "run"
     result = run(load_config(None, loop_overrides(tiny_model_dir, seed, prompts, out)))
     manifest = Manifest(out)
-    stages = ["seed", "round-1/generate", "round-1/judge", "round-1/train",
-              "round-2/generate", "round-2/judge", "round-2/train"]
+    stages = [
+        "seed",
+        "round-1/generate",
+        "round-1/judge",
+        "round-1/train",
+        "round-2/generate",
+        "round-2/judge",
+        "round-2/train",
+    ]
     assert [manifest.stage(s)["status"] for s in stages] == ["complete"] * len(stages)
     for i in (1, 2):
         generations = read_jsonl(out / f"round-{i}" / "generations.jsonl")
@@ -55,10 +64,25 @@ def test_seed_and_two_rounds_end_to_end(tiny_model_dir, loop_data, tmp_path):
     assert not ids[0] & ids[1]
     summary = json.loads((out / "summary.json").read_text())
     row = summary["rounds"]["2"]
-    for key in ("prompts", "pairs", "ties_dropped", "identical_dropped", "cut_off_fraction", "mean_reply_tokens",
-                "margin_quantiles", "seed_agreement", "smoothed_fraction", "train_loss", "reward_accuracy",
-                "generate_seconds", "judge_seconds", "train_seconds", "generate_tokens_per_second",
-                "judge_tokens_per_second", "train_tokens_per_second"):
+    for key in (
+        "prompts",
+        "pairs",
+        "ties_dropped",
+        "identical_dropped",
+        "cut_off_fraction",
+        "mean_reply_tokens",
+        "margin_quantiles",
+        "seed_agreement",
+        "smoothed_fraction",
+        "train_loss",
+        "reward_accuracy",
+        "generate_seconds",
+        "judge_seconds",
+        "train_seconds",
+        "generate_tokens_per_second",
+        "judge_tokens_per_second",
+        "train_tokens_per_second",
+    ):
         assert row.get(key) is not None, key
     assert 0.0 <= row["smoothed_fraction"] <= 1.0
     assert result.final_model == out / "round-2" / "train" / "model"
@@ -80,8 +104,9 @@ def test_seed_and_two_rounds_end_to_end(tiny_model_dir, loop_data, tmp_path):
 
 
 def _run_cli(args, env, timeout=240):
-    return subprocess.run([sys.executable, "-m", "spreadpref", "run", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "spreadpref", "run", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_killed_run_resumes_to_the_same_pairs_and_labels(tiny_model_dir, loop_data, tmp_path):
@@ -95,7 +120,10 @@ def test_killed_run_resumes_to_the_same_pairs_and_labels(tiny_model_dir, loop_da
     slow_env = dict(env, SPREADPREF_UNIT_DELAY="0.4")
     process = subprocess.Popen(
         [sys.executable, "-m", "spreadpref", "run", *loop_overrides(tiny_model_dir, seed, prompts, killed_out), *extra],
-        env=slow_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env=slow_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     parts = killed_out / "round-1" / ".generations.jsonl.parts"
     deadline = time.time() + 180
     while time.time() < deadline and process.poll() is None:
@@ -116,10 +144,10 @@ def test_killed_run_resumes_to_the_same_pairs_and_labels(tiny_model_dir, loop_da
             got = read_jsonl(killed_out / f"round-{i}" / name)
             if name == "pairs.jsonl":
                 keys = ("id", "chosen_ids", "rejected_ids", "label", "p", "margin")
-                expected = [{k: round(v, 4) if isinstance(v, float) else v for k, v in p.items() if k in keys}
-                            for p in expected]
-                got = [{k: round(v, 4) if isinstance(v, float) else v for k, v in p.items() if k in keys}
-                       for p in got]
+                expected = [
+                    {k: round(v, 4) if isinstance(v, float) else v for k, v in p.items() if k in keys} for p in expected
+                ]
+                got = [{k: round(v, 4) if isinstance(v, float) else v for k, v in p.items() if k in keys} for p in got]
             assert got == expected, f"round {i} {name} differs after resume"
     assert Manifest(killed_out).stage("round-1/generate")["attempts"] == 2
     again = _run_cli(loop_overrides(tiny_model_dir, seed, prompts, killed_out) + extra, env)
@@ -135,10 +163,20 @@ def test_embedded_default_profile_runs_a_small_loop(tmp_path):
     from spreadpref.cli import default_config_path
 
     out = tmp_path / "spa"
-    config = load_config(default_config_path(), [
-        f"output_dir={out}", "data.limit=8", "train.max_steps=2", "loop.rounds=1", "loop.prompts_per_round=[4]",
-        "generation.max_new_tokens=24", "generation.batch_size=4", "data.max_length=192",
-        "data.max_prompt_length=96"])
+    config = load_config(
+        default_config_path(),
+        [
+            f"output_dir={out}",
+            "data.limit=8",
+            "train.max_steps=2",
+            "loop.rounds=1",
+            "loop.prompts_per_round=[4]",
+            "generation.max_new_tokens=24",
+            "generation.batch_size=4",
+            "data.max_length=192",
+            "data.max_prompt_length=96",
+        ],
+    )
     result = run(config)
     row = result.summary["rounds"]["1"]
     assert row["prompts"] == 4 and row["pairs"] + row["ties_dropped"] + row["identical_dropped"] == 4
@@ -150,8 +188,13 @@ def test_llm_as_judge_baseline_runs_a_round_with_the_policy_as_judge(tiny_model_
     seed, prompts = loop_data
     out = tmp_path / "run"
     overrides = loop_overrides(tiny_model_dir, seed, prompts, out) + [
-        "loop.rounds=1", "loop.prompts_per_round=[6]", "judge.kind=llm", "judge.llm.model=policy",
-        "refine.enabled=false", "judge.seed_agreement=false"]
+        "loop.rounds=1",
+        "loop.prompts_per_round=[6]",
+        "judge.kind=llm",
+        "judge.llm.model=policy",
+        "refine.enabled=false",
+        "judge.seed_agreement=false",
+    ]
     run(load_config(None, overrides))
     verdicts = read_jsonl(out / "round-1" / "verdicts.jsonl")
     assert len(verdicts) == 12

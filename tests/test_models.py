@@ -25,7 +25,9 @@ def test_directory_without_weights_is_explained(tmp_path, tiny_model_dir):
     with pytest.raises(ModelLoadError, match="no weights"):
         load_model(ModelSettings(name_or_path=str(tmp_path)))
     with pytest.raises(ModelLoadError, match="no config.json"):
-        load_model(ModelSettings(name_or_path=str(tmp_path / "empty_dir_missing")).model_copy(), path=str(tmp_path.parent))
+        load_model(
+            ModelSettings(name_or_path=str(tmp_path / "empty_dir_missing")).model_copy(), path=str(tmp_path.parent)
+        )
 
 
 def test_lora_reference_is_the_base_with_adapter_off(tiny_model_dir):
@@ -78,7 +80,11 @@ def test_embedded_default_loads_as_plain_float32():
     assert getattr(model.config, "quantization_config", None) is None
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
     assert tok.eos_token == "<|im_end|>" and tok.chat_template
-    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     out = model.generate(**ids, max_new_tokens=12, do_sample=False)
-    assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1]:])
+    assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1] :])

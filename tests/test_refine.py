@@ -79,9 +79,12 @@ def test_dnd_detector_margin_matches_direct_computation(two_models, lam):
         detector = sum_by_row(tokens, policy_out.rows, policy_out.num_rows)
     items = [([1, 5, 6, 7], [20, 21, 2], [30, 2]), ([1, 8], [40, 41, 42, 2], [50, 51, 2])]
     for row, (prompt, chosen, rejected) in enumerate(items):
-        assert detector[row].item() == pytest.approx(direct_detector_logp(policy, reference, prompt, chosen, lam), abs=1e-4)
+        assert detector[row].item() == pytest.approx(
+            direct_detector_logp(policy, reference, prompt, chosen, lam), abs=1e-4
+        )
         assert detector[2 + row].item() == pytest.approx(
-            direct_detector_logp(policy, reference, prompt, rejected, lam), abs=1e-4)
+            direct_detector_logp(policy, reference, prompt, rejected, lam), abs=1e-4
+        )
     z_det = dpo_logits(detector[:2], detector[2:], ref_sums[:2], ref_sums[2:])
     z_policy = dpo_logits(policy_sums[:2], policy_sums[2:], ref_sums[:2], ref_sums[2:])
     if lam == 0.0:

@@ -1,7 +1,7 @@
 import json
 
 import pytest
-from test_loop import loop_data, loop_overrides  # noqa: F401 - the fixture is used by name
+from test_loop import loop_overrides
 
 from spreadpref.config import load_config
 from spreadpref.eval.report import write_report
@@ -21,10 +21,18 @@ def test_loop_with_an_external_judge_labels_pairs_by_it_and_ends_with_a_report(t
     out = tmp_path / "run"
     rm = make_tiny_reward_model_dir(tmp_path / "rm")
     overrides = loop_overrides(tiny_model_dir, seed, prompts, out) + [
-        "judge.kind=reward_model", f"judge.reward_model.name_or_path={rm}", "refine.enabled=false",
-        "loop.keep_models=3", "eval.after_run=true", f"eval.prompts={prompts}", "eval.limit=4",
-        "eval.max_new_tokens=6", "eval.judge.kind=reward_model", f"eval.judge.reward_model.name_or_path={rm}",
-        "eval.bootstrap=50"]
+        "judge.kind=reward_model",
+        f"judge.reward_model.name_or_path={rm}",
+        "refine.enabled=false",
+        "loop.keep_models=3",
+        "eval.after_run=true",
+        f"eval.prompts={prompts}",
+        "eval.limit=4",
+        "eval.max_new_tokens=6",
+        "eval.judge.kind=reward_model",
+        f"eval.judge.reward_model.name_or_path={rm}",
+        "eval.bootstrap=50",
+    ]
     run(load_config(None, overrides))
     # Round 1's pairs: chosen/rejected and p are the reward model's, the reference log-probs pi_0's.
     judge = RewardModelJudge(str(rm), torch.device("cpu"))
@@ -54,16 +62,33 @@ def test_loop_with_an_external_judge_labels_pairs_by_it_and_ends_with_a_report(t
 def test_report_plots_refinement_from_the_training_logs(tmp_path):
     run_dir = tmp_path / "run"
     (run_dir / "round-1" / "train").mkdir(parents=True)
-    (run_dir / "summary.json").write_text(json.dumps({
-        "seed": {"pairs": 8, "train_loss": 0.5, "reward_accuracy": 1.0, "seconds": 3.0},
-        "rounds": {"1": {"round": 1, "pairs": 3, "seed_agreement": 0.75, "mean_reply_tokens": 12.0,
-                         "smoothed_fraction": 0.25, "margin_quantiles": {"p50": 0.1}}}}))
-    (run_dir / "round-1" / "pairs.jsonl").write_text(
-        "".join(json.dumps({"margin": m}) + "\n" for m in (0.1, 0.5, 2.0)))
-    (run_dir / "round-1" / "train" / "log_history.json").write_text(json.dumps([
-        {"step": 1, "loss": 0.69, "refine/smoothed_fraction": 0.0, "refine/threshold": 0.0},
-        {"step": 2, "loss": 0.68, "refine/smoothed_fraction": 0.5, "refine/threshold": 0.2},
-        {"train_runtime": 1.0}]))
+    (run_dir / "summary.json").write_text(
+        json.dumps(
+            {
+                "seed": {"pairs": 8, "train_loss": 0.5, "reward_accuracy": 1.0, "seconds": 3.0},
+                "rounds": {
+                    "1": {
+                        "round": 1,
+                        "pairs": 3,
+                        "seed_agreement": 0.75,
+                        "mean_reply_tokens": 12.0,
+                        "smoothed_fraction": 0.25,
+                        "margin_quantiles": {"p50": 0.1},
+                    }
+                },
+            }
+        )
+    )
+    (run_dir / "round-1" / "pairs.jsonl").write_text("".join(json.dumps({"margin": m}) + "\n" for m in (0.1, 0.5, 2.0)))
+    (run_dir / "round-1" / "train" / "log_history.json").write_text(
+        json.dumps(
+            [
+                {"step": 1, "loss": 0.69, "refine/smoothed_fraction": 0.0, "refine/threshold": 0.0},
+                {"step": 2, "loss": 0.68, "refine/smoothed_fraction": 0.5, "refine/threshold": 0.2},
+                {"train_runtime": 1.0},
+            ]
+        )
+    )
     report = write_report(run_dir).read_text()
     assert "(plots/refinement.png)" in report and "(plots/margins.png)" in report
     assert "win_rate.png" not in report  # no evaluation yet
@@ -76,10 +101,17 @@ def test_report_of_an_empty_run_still_writes_the_table(tmp_path):
     assert "## Per round" in write_report(tmp_path).read_text()
 
 
-@pytest.mark.parametrize(("value", "spec", "expected"), [
-    (None, ".3f", "–"), (float("nan"), ".2f", "–"), (0.12345, ".3f", "0.123"), (2.5, ".0f", "2"), (24, ".3f", "24"),
-    ("implicit", ".3f", "implicit"),
-])
+@pytest.mark.parametrize(
+    ("value", "spec", "expected"),
+    [
+        (None, ".3f", "–"),
+        (float("nan"), ".2f", "–"),
+        (0.12345, ".3f", "0.123"),
+        (2.5, ".0f", "2"),
+        (24, ".3f", "24"),
+        ("implicit", ".3f", "implicit"),
+    ],
+)
 def test_format_cell_formats_floats_keeps_counts_and_marks_missing_values(value, spec, expected):
     from spreadpref.runtime.progress import format_cell
 

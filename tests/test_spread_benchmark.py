@@ -31,15 +31,28 @@ def test_mean_ci_is_the_95_percent_t_interval(spread):
 
 
 def fake_record(spread, args, seed: int, offset: float) -> dict:
-    values = {"sft/0": {"constraint_satisfaction": 0.3, "win_rate": 0.5, "mean_words": 30.0},
-              "dpo_seed/0": {"constraint_satisfaction": 0.35 + offset, "win_rate": 0.52, "mean_words": 29.0}}
+    values = {
+        "sft/0": {"constraint_satisfaction": 0.3, "win_rate": 0.5, "mean_words": 30.0},
+        "dpo_seed/0": {"constraint_satisfaction": 0.35 + offset, "win_rate": 0.52, "mean_words": 29.0},
+    }
     for variant in args.variants:
         for i in range(1, args.rounds + 1):
-            values[f"{variant}/{i}"] = {"constraint_satisfaction": 0.4 + offset, "win_rate": 0.55 - offset,
-                                        "mean_words": 28.0, "seed_agreement": 1.0,
-                                        "smoothed_fraction": None if variant == "gold" else 0.1}
-    return {"seed": seed, "settings": spread.settings(args), "values": values, "seed_pairs": 36,
-            "eval_prompts": 40, "seconds": 1, "provenance": f"test seed {seed}"}
+            values[f"{variant}/{i}"] = {
+                "constraint_satisfaction": 0.4 + offset,
+                "win_rate": 0.55 - offset,
+                "mean_words": 28.0,
+                "seed_agreement": 1.0,
+                "smoothed_fraction": None if variant == "gold" else 0.1,
+            }
+    return {
+        "seed": seed,
+        "settings": spread.settings(args),
+        "values": values,
+        "seed_pairs": 36,
+        "eval_prompts": 40,
+        "seconds": 1,
+        "provenance": f"test seed {seed}",
+    }
 
 
 def test_aggregate_keeps_per_seed_values_in_seed_order(spread, tmp_path):

@@ -28,8 +28,9 @@ def test_prompt_is_prefix_and_reply_ends_with_exactly_one_eos(tiny_tokenizer):
     assert pair.chosen_ids.count(tok.eos_token_id) == 1
     assert tok.decode(pair.chosen_ids[:-1]) == "The capital of France is Paris."
     # The template writes "\n" after <|im_end|>; it is not part of what the model must produce.
-    full = tok.apply_chat_template(PROMPT + [{"role": "assistant", "content": "The capital of France is Paris."}],
-                                   tokenize=False)
+    full = tok.apply_chat_template(
+        PROMPT + [{"role": "assistant", "content": "The capital of France is Paris."}], tokenize=False
+    )
     ids = tok(full, add_special_tokens=False)["input_ids"]
     assert ids[: len(pair.prompt_ids) + len(pair.chosen_ids)] == pair.prompt_ids + pair.chosen_ids
 
@@ -79,8 +80,9 @@ def test_missing_chat_template_is_explained():
 def test_truncation_keeps_prompt_end_then_cuts_reply():
     prompt = [1, 10, 11, 12, 13, 14, 15]
     chosen, rejected = [20, 21, 22, 2], [30, 2]
-    p, c, r, p_cut, c_cut, r_cut = truncate_pair(prompt, chosen, rejected, max_length=7, max_prompt_length=4,
-                                                 bos_token_id=1)
+    p, c, r, p_cut, c_cut, r_cut = truncate_pair(
+        prompt, chosen, rejected, max_length=7, max_prompt_length=4, bos_token_id=1
+    )
     assert p == [1, 13, 14, 15]  # BOS kept, then the end of the prompt
     assert c == [20, 21, 22] and c_cut  # cut before its EOS: a truncated reply has no EOS
     assert r == [30, 2] and not r_cut

@@ -16,12 +16,23 @@ from spreadpref.runtime.manifest import Manifest
 
 
 def tiny_config(model_dir, data, out, *extra):
-    return load_config(None, [
-        f"model.name_or_path={model_dir}", f"data.train={data}", f"output_dir={out}",
-        "data.max_length=64", "data.max_prompt_length=32", "train.learning_rate=2e-3",
-        "train.per_device_batch_size=4", "train.gradient_accumulation_steps=1", "train.num_epochs=3",
-        "train.save_strategy=no", "train.warmup_ratio=0.0", *extra,
-    ])
+    return load_config(
+        None,
+        [
+            f"model.name_or_path={model_dir}",
+            f"data.train={data}",
+            f"output_dir={out}",
+            "data.max_length=64",
+            "data.max_prompt_length=32",
+            "train.learning_rate=2e-3",
+            "train.per_device_batch_size=4",
+            "train.gradient_accumulation_steps=1",
+            "train.num_epochs=3",
+            "train.save_strategy=no",
+            "train.warmup_ratio=0.0",
+            *extra,
+        ],
+    )
 
 
 @contextlib.contextmanager
@@ -79,8 +90,9 @@ def test_finished_stage_is_not_redone_and_changed_config_is_refused(tiny_model_d
     again = train_policy(config)
     assert again.skipped
     # Logging settings do not invalidate a finished stage; the learning rate does.
-    assert train_policy(tiny_config(tiny_model_dir, pairs_file, out, "train.num_epochs=1",
-                                    "train.logging_steps=5")).skipped
+    assert train_policy(
+        tiny_config(tiny_model_dir, pairs_file, out, "train.num_epochs=1", "train.logging_steps=5")
+    ).skipped
     changed = tiny_config(tiny_model_dir, pairs_file, out, "train.num_epochs=1", "train.learning_rate=1e-3")
     with pytest.raises(SpreadprefError, match="different configuration"):
         train_policy(changed)
@@ -113,8 +125,15 @@ def test_reference_logps_are_cached_by_model_and_data(tiny_model_dir, pairs_file
 
 def test_interrupted_training_resumes_from_its_checkpoint(tiny_model_dir, pairs_file, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    config = tiny_config(tiny_model_dir, pairs_file, out, "train.per_device_batch_size=2", "train.max_steps=4",
-                         "train.save_strategy=steps", "train.save_steps=2")
+    config = tiny_config(
+        tiny_model_dir,
+        pairs_file,
+        out,
+        "train.per_device_batch_size=2",
+        "train.max_steps=4",
+        "train.save_strategy=steps",
+        "train.save_steps=2",
+    )
     with interrupted_at_training_step(monkeypatch, 3):
         train_policy(config)
     assert Manifest(out).stage("train")["status"] == "running"
@@ -131,9 +150,19 @@ def test_gradient_accumulation_matches_a_larger_batch(tiny_model_dir, pairs_file
     weights = []
     for batch, accumulation in ((4, 1), (2, 2)):
         out = tmp_path / f"b{batch}"
-        train_policy(tiny_config(tiny_model_dir, pairs_file, out, f"train.per_device_batch_size={batch}",
-                                 f"train.gradient_accumulation_steps={accumulation}", "train.max_steps=2",
-                                 "train.evaluate_after=false", "train.optimizer=sgd", "train.max_grad_norm=1e9"))
+        train_policy(
+            tiny_config(
+                tiny_model_dir,
+                pairs_file,
+                out,
+                f"train.per_device_batch_size={batch}",
+                f"train.gradient_accumulation_steps={accumulation}",
+                "train.max_steps=2",
+                "train.evaluate_after=false",
+                "train.optimizer=sgd",
+                "train.max_grad_norm=1e9",
+            )
+        )
         weights.append(AutoModelForCausalLM.from_pretrained(out / "model").state_dict())
     for name in weights[0]:
         assert torch.allclose(weights[0][name], weights[1][name], atol=1e-6), name
@@ -152,8 +181,18 @@ def test_soft_labels_and_cdpo_reach_the_loss(tiny_model_dir, tmp_path):
 
 def test_lora_saves_adapter_and_merged_model(tiny_model_dir, pairs_file, tmp_path):
     out = tmp_path / "run"
-    train_policy(tiny_config(tiny_model_dir, pairs_file, out, "model.lora.enabled=true", "model.lora.r=4",
-                             "model.lora.merge_on_save=true", "train.max_steps=2", "train.learning_rate=1e-2"))
+    train_policy(
+        tiny_config(
+            tiny_model_dir,
+            pairs_file,
+            out,
+            "model.lora.enabled=true",
+            "model.lora.r=4",
+            "model.lora.merge_on_save=true",
+            "train.max_steps=2",
+            "train.learning_rate=1e-2",
+        )
+    )
     assert (out / "adapter" / "adapter_config.json").is_file()
     merged = AutoModelForCausalLM.from_pretrained(out / "model")
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -174,8 +213,16 @@ def test_non_finite_loss_stops_with_step_and_batch(tiny_model_dir, tmp_path):
 
 def test_gradient_checkpointing_trains(tiny_model_dir, pairs_file, tmp_path):
     out = tmp_path / "run"
-    result = train_policy(tiny_config(tiny_model_dir, pairs_file, out, "model.gradient_checkpointing=true",
-                                      "train.max_steps=2", "train.evaluate_after=false"))
+    result = train_policy(
+        tiny_config(
+            tiny_model_dir,
+            pairs_file,
+            out,
+            "model.gradient_checkpointing=true",
+            "train.max_steps=2",
+            "train.evaluate_after=false",
+        )
+    )
     assert result.metrics["global_steps"] == 2 and (out / "model" / "model.safetensors").is_file()
 
 
@@ -188,8 +235,10 @@ def test_embedded_model_trains_and_reloads(tmp_path):
     from spreadpref.cli import default_config_path
 
     out = tmp_path / "seed"
-    config = load_config(default_config_path(), [f"output_dir={out}", "data.limit=8", "train.max_steps=2",
-                                                 "data.max_length=192", "data.max_prompt_length=96"])
+    config = load_config(
+        default_config_path(),
+        [f"output_dir={out}", "data.limit=8", "train.max_steps=2", "data.max_length=192", "data.max_prompt_length=96"],
+    )
     result = train_policy(config)
     logs = train_logs(out)
     assert logs[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-4)
@@ -216,10 +265,14 @@ def test_round_training_with_self_refinement(tiny_model_dir, tmp_path, mode):
     if mode == "frozen-copy":
         reference = load_model(config.model).eval().requires_grad_(False)
     # A window of two batches and the 90% quantile: after warm-up every batch has a pair at or below tau.
-    refinement = Refinement(RefineSettings(alpha=0.1, quantile=0.9, window=4, warmup_fraction=0.25),
-                            lam=0.0 if mode == "no-dnd" else 0.5, reference=reference)
-    outputs, metrics = train_on_pairs(config, tokenizer, pairs, tmp_path / "run", num_epochs=1,
-                                      refinement=refinement, merge_lora=True)
+    refinement = Refinement(
+        RefineSettings(alpha=0.1, quantile=0.9, window=4, warmup_fraction=0.25),
+        lam=0.0 if mode == "no-dnd" else 0.5,
+        reference=reference,
+    )
+    outputs, metrics = train_on_pairs(
+        config, tokenizer, pairs, tmp_path / "run", num_epochs=1, refinement=refinement, merge_lora=True
+    )
     logs = [row for row in json.loads((tmp_path / "run" / "log_history.json").read_text()) if "loss" in row]
     # 8 steps, warm-up 25%: no smoothing in the first two, at least one pair of two in every later step.
     assert [row["refine/smoothed_fraction"] for row in logs[:2]] == [0.0, 0.0]
@@ -238,15 +291,21 @@ def test_resumed_refinement_round_smooths_as_an_uninterrupted_one(tiny_model_dir
     from spreadpref.models.loading import load_tokenizer
 
     data = write_jsonl(tmp_path / "pairs.jsonl", arithmetic_pairs(16))
-    config = tiny_config(tiny_model_dir, data, tmp_path / "unused", "train.per_device_batch_size=2",
-                         "train.save_strategy=steps", "train.save_steps=2", "train.logging_steps=1")
+    config = tiny_config(
+        tiny_model_dir,
+        data,
+        tmp_path / "unused",
+        "train.per_device_batch_size=2",
+        "train.save_strategy=steps",
+        "train.save_steps=2",
+        "train.logging_steps=1",
+    )
     tokenizer = load_tokenizer(config.model)
     pairs, _ = tokenize_pairs(tokenizer, load_preferences(str(data))[0], 64, 32)
 
     def train(out):
         refinement = Refinement(RefineSettings(alpha=0.1, quantile=0.5, window=8, warmup_fraction=0.0), lam=0.0)
-        return train_on_pairs(config, tokenizer, copy.deepcopy(pairs), out, num_epochs=1,
-                              refinement=refinement)[1]
+        return train_on_pairs(config, tokenizer, copy.deepcopy(pairs), out, num_epochs=1, refinement=refinement)[1]
 
     def thresholds(out):
         rows = json.loads((out / "log_history.json").read_text())
@@ -260,8 +319,10 @@ def test_resumed_refinement_round_smooths_as_an_uninterrupted_one(tiny_model_dir
     resumed = train(tmp_path / "resumed")
     assert thresholds(tmp_path / "resumed") == thresholds(tmp_path / "clean")  # as logged (6 decimals)
     assert resumed["smoothed_fraction"] == clean["smoothed_fraction"]
-    final, final_clean = (AutoModelForCausalLM.from_pretrained(d / "model").state_dict()
-                          for d in (tmp_path / "resumed", tmp_path / "clean"))
+    final, final_clean = (
+        AutoModelForCausalLM.from_pretrained(d / "model").state_dict()
+        for d in (tmp_path / "resumed", tmp_path / "clean")
+    )
     assert all(torch.allclose(final[k], final_clean[k], atol=1e-6) for k in final)
 
 

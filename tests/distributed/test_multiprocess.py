@@ -20,21 +20,34 @@ from spreadpref.runtime.files import read_jsonl
 CPU_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "accelerate" / "cpu-2proc.yaml"
 
 
-
 def launch(args, processes=2, extra_env=None, port=29611, **kwargs):
     env = dict(os.environ, SPREADPREF_NO_PROGRESS="1", **(extra_env or {}))
     env.pop("CUDA_VISIBLE_DEVICES", None)
     # The config the README shows for CPU machines.
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_CONFIG),
-               "--num_processes", str(processes), "--dynamo_backend", "no", "--main_process_port", str(port),
-               "-m", "spreadpref", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(CPU_CONFIG),
+        "--num_processes",
+        str(processes),
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+        "-m",
+        "spreadpref",
+        *args,
+    ]
     return command, env
 
 
 def run_launch(args, processes=2, port=29611, timeout=300):
     command, env = launch(args, processes, port=port)
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -46,8 +59,9 @@ def run_launch(args, processes=2, port=29611, timeout=300):
 
 def single(args, timeout=300):
     env = dict(os.environ, SPREADPREF_NO_PROGRESS="1")
-    return subprocess.run([sys.executable, "-m", "spreadpref", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "spreadpref", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +71,15 @@ def data(tmp_path_factory):
 
 def test_sharded_generate_and_judge_equal_one_process(tiny_model_dir, data, tmp_path):
     _, prompts = data
-    common = [f"model.name_or_path={tiny_model_dir}", f"data.prompts={prompts}", "generation.max_new_tokens=8",
-              "generation.batch_size=2", "data.max_length=64", "data.max_prompt_length=32", "judge.batch_size=2"]
+    common = [
+        f"model.name_or_path={tiny_model_dir}",
+        f"data.prompts={prompts}",
+        "generation.max_new_tokens=8",
+        "generation.batch_size=2",
+        "data.max_length=64",
+        "data.max_prompt_length=32",
+        "judge.batch_size=2",
+    ]
     one, two = tmp_path / "one", tmp_path / "two"
     for out, runner in ((one, single), (two, run_launch)):
         out.mkdir()
@@ -67,8 +88,9 @@ def test_sharded_generate_and_judge_equal_one_process(tiny_model_dir, data, tmp_
         result = runner(["generate", *common, "--limit", "10", "-o", str(out / "gen.jsonl")], **kwargs)
         assert result.returncode == 0, result.stderr[-3000:]
         kwargs = {"port": port + 1} if port else {}
-        result = runner(["judge", str(out / "gen.jsonl"), *common, "--reference", "none", "-o", str(out / "judged")],
-                        **kwargs)
+        result = runner(
+            ["judge", str(out / "gen.jsonl"), *common, "--reference", "none", "-o", str(out / "judged")], **kwargs
+        )
         assert result.returncode == 0, result.stderr[-3000:]
     assert read_jsonl(two / "gen.jsonl") == read_jsonl(one / "gen.jsonl")
     generations = read_jsonl(two / "gen.jsonl")
@@ -94,15 +116,23 @@ def test_loop_on_two_processes_matches_gradient_accumulation(tiny_model_dir, dat
         generations = read_jsonl(two / f"round-{i}" / "generations.jsonl")
         keys = [(g["prompt_index"], g["sample"]) for g in generations]
         assert keys == sorted(keys) and len(set(keys)) == len(keys) == 12
-        assert {g["prompt_id"] for g in generations} == {p["id"] for p in read_jsonl(two / f"round-{i}" / "prompts.jsonl")}
+        assert {g["prompt_id"] for g in generations} == {
+            p["id"] for p in read_jsonl(two / f"round-{i}" / "prompts.jsonl")
+        }
     # Data-parallel seed training on 2 processes = 1 process with twice the accumulation.
     one = tmp_path / "one"
-    args_one = overrides(tiny_model_dir, seed, prompts, one) + ["train.save_strategy=no",
-                                                                "train.gradient_accumulation_steps=2", "loop.rounds=0"]
+    args_one = overrides(tiny_model_dir, seed, prompts, one) + [
+        "train.save_strategy=no",
+        "train.gradient_accumulation_steps=2",
+        "loop.rounds=0",
+    ]
     result = single(["run", *args_one])
     assert result.returncode == 0, result.stderr[-3000:]
-    curve = lambda d: [(e["loss"], e["rewards/margins"]) for e in json.loads(  # noqa: E731
-        (d / "seed" / "log_history.json").read_text()) if "loss" in e]
+
+    def curve(run_dir):
+        history = json.loads((run_dir / "seed" / "log_history.json").read_text())
+        return [(e["loss"], e["rewards/margins"]) for e in history if "loss" in e]
+
     assert len(curve(two)) == len(curve(one)) >= 2
     for (loss_a, margin_a), (loss_b, margin_b) in zip(curve(two), curve(one)):
         assert loss_a == pytest.approx(loss_b, abs=1e-5) and margin_a == pytest.approx(margin_b, abs=1e-5)
@@ -113,13 +143,19 @@ def test_kill_during_a_sharded_stage_and_resume(tiny_model_dir, data, tmp_path):
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     result = run_launch(["run", *overrides(tiny_model_dir, seed, prompts, clean)], port=29613)
     assert result.returncode == 0, result.stderr[-3000:]
-    command, env = launch(["run", *overrides(tiny_model_dir, seed, prompts, killed)], port=29614,
-                          extra_env={"SPREADPREF_UNIT_DELAY": "0.3"})
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+    command, env = launch(
+        ["run", *overrides(tiny_model_dir, seed, prompts, killed)],
+        port=29614,
+        extra_env={"SPREADPREF_UNIT_DELAY": "0.3"},
+    )
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     parts = killed / "round-1" / ".generations.jsonl.parts"
     deadline = time.time() + 180
-    while time.time() < deadline and process.poll() is None and not (parts.is_dir() and len(list(parts.iterdir())) >= 2):
+    while (
+        time.time() < deadline and process.poll() is None and not (parts.is_dir() and len(list(parts.iterdir())) >= 2)
+    ):
         time.sleep(0.05)
     assert process.poll() is None, "the run ended before it could be killed"
     os.killpg(process.pid, signal.SIGKILL)  # the launcher and both workers

@@ -30,8 +30,13 @@ def fake_vllm(monkeypatch, tmp_path):
 
 
 def common(model_dir, prompts):
-    return [f"model.name_or_path={model_dir}", f"data.prompts={prompts}", "generation.max_new_tokens=12",
-            "data.max_length=64", "data.max_prompt_length=32"]
+    return [
+        f"model.name_or_path={model_dir}",
+        f"data.prompts={prompts}",
+        "generation.max_new_tokens=12",
+        "data.max_length=64",
+        "data.max_prompt_length=32",
+    ]
 
 
 @pytest.fixture
@@ -43,8 +48,17 @@ def prompts(tmp_path):
 
 def test_vllm_backend_passes_token_ids_and_sampling_settings(tiny_model_dir, prompts, fake_vllm, tmp_path):
     out = tmp_path / "gen.jsonl"
-    result = runner.invoke(app, ["generate", *common(tiny_model_dir, prompts), "generation.backend=vllm",
-                                 "generation.tensor_parallel_size=2", "-o", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "generate",
+            *common(tiny_model_dir, prompts),
+            "generation.backend=vllm",
+            "generation.tensor_parallel_size=2",
+            "-o",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     call = json.loads(fake_vllm.read_text())
     tokenizer = make_tiny_tokenizer()
@@ -59,23 +73,38 @@ def test_vllm_backend_passes_token_ids_and_sampling_settings(tiny_model_dir, pro
     assert len({p["seed"] for p in params}) == 5  # a seed per prompt: independent of batching
 
     rows = read_jsonl(out)
-    hf_keys = {"prompt_id", "prompt_index", "sample", "prompt", "prompt_ids", "reply_ids", "text", "num_tokens",
-               "finish_reason"}
+    hf_keys = {
+        "prompt_id",
+        "prompt_index",
+        "sample",
+        "prompt",
+        "prompt_ids",
+        "reply_ids",
+        "text",
+        "num_tokens",
+        "finish_reason",
+    }
     assert all(set(row) == hf_keys for row in rows) and len(rows) == 10
     for row in rows:
         assert (row["reply_ids"][-1] == tokenizer.eos_token_id) == (row["finish_reason"] == "stop")
         assert row["num_tokens"] == len(row["reply_ids"])
     # Same seed, same samples.
     again = tmp_path / "again.jsonl"
-    assert runner.invoke(app, ["generate", *common(tiny_model_dir, prompts), "generation.backend=vllm",
-                               "-o", str(again)]).exit_code == 0
+    assert (
+        runner.invoke(
+            app, ["generate", *common(tiny_model_dir, prompts), "generation.backend=vllm", "-o", str(again)]
+        ).exit_code
+        == 0
+    )
     assert read_jsonl(again) == rows
 
 
 def test_a_missing_vllm_is_explained(tiny_model_dir, prompts, tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", "")
-    result = runner.invoke(app, ["generate", *common(tiny_model_dir, prompts), "generation.backend=vllm",
-                                 "-o", str(tmp_path / "gen.jsonl")])
+    result = runner.invoke(
+        app,
+        ["generate", *common(tiny_model_dir, prompts), "generation.backend=vllm", "-o", str(tmp_path / "gen.jsonl")],
+    )
     assert result.exit_code == 2
     assert "pip install 'spreadpref[vllm]'" in " ".join(result.output.split())
 
@@ -94,7 +123,6 @@ def test_the_loop_runs_on_the_vllm_backend(tiny_model_dir, fake_vllm, tmp_path):
 
     seed, prompts = write_loop_data(tmp_path / "data")
     out = tmp_path / "run"
-    run(load_config(None, overrides(tiny_model_dir, seed, prompts, out) + ["generation.backend=vllm",
-                                                                           "loop.rounds=1"]))
+    run(load_config(None, overrides(tiny_model_dir, seed, prompts, out) + ["generation.backend=vllm", "loop.rounds=1"]))
     assert json.loads(fake_vllm.read_text())["model"] == str(out / "seed" / "model")
     assert read_jsonl(out / "round-1" / "pairs.jsonl")

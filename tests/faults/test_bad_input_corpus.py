@@ -36,43 +36,101 @@ DATA_CASES = [
     ("prompt-wrong-type", [row(prompt={"text": "x"})], [], 2, ["line 1", "'prompt'", "string or a list"]),
     ("empty-prompt", [row(prompt="")], [], 2, ["line 1", "'prompt'", "is empty"]),
     ("blank-reply", [row(chosen="   \n ")], [], 2, ["line 1", "'chosen'", "is empty"]),
-    ("roles-not-alternating", [row(prompt=[{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])],
-     [], 2, ["line 1", "'prompt'", "alternate"]),
-    ("prompt-ends-with-assistant", [row(prompt=[{"role": "user", "content": "a"},
-                                                {"role": "assistant", "content": "b"}])],
-     [], 2, ["line 1", "end with a user"]),
+    (
+        "roles-not-alternating",
+        [row(prompt=[{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])],
+        [],
+        2,
+        ["line 1", "'prompt'", "alternate"],
+    ),
+    (
+        "prompt-ends-with-assistant",
+        [row(prompt=[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])],
+        [],
+        2,
+        ["line 1", "end with a user"],
+    ),
     ("unknown-role", [row(prompt=[{"role": "wizard", "content": "a"}])], [], 2, ["'prompt[0].role'", "unknown role"]),
     ("message-without-content", [row(prompt=[{"role": "user"}])], [], 2, ["'prompt[0]'", "'role' and 'content'"]),
     ("label-above-one", [row(label=1.5)], [], 2, ["line 1", "'label'", "[0, 1]"]),
-    ("label-nan", ['{"prompt": "a", "chosen": "b", "rejected": "c", "label": NaN}'], [], 2,
-     ["line 1", "'label'", "finite"]),
+    (
+        "label-nan",
+        ['{"prompt": "a", "chosen": "b", "rejected": "c", "label": NaN}'],
+        [],
+        2,
+        ["line 1", "'label'", "finite"],
+    ),
     ("label-as-string", [row(label="1")], [], 2, ["'label'", "must be a number"]),
     ("label-as-bool", [row(label=True)], [], 2, ["'label'", "must be a number"]),
     ("negative-weight", [row(weight=-2)], [], 2, ["'weight'", ">= 0"]),
-    ("positive-reference-logp", [row(ref_chosen_logps=4.0, ref_rejected_logps=-1.0)], [], 2,
-     ["'ref_chosen_logps'", "<= 0"]),
+    (
+        "positive-reference-logp",
+        [row(ref_chosen_logps=4.0, ref_rejected_logps=-1.0)],
+        [],
+        2,
+        ["'ref_chosen_logps'", "<= 0"],
+    ),
     ("partial-token-ids", [row(prompt_ids=[1, 2], chosen_ids=[3])], [], 2, ["'rejected_ids'", "together"]),
     ("duplicate-ids", [row(id="a"), row(id="a")], [], 2, ["line 2", "'id'", "duplicate id 'a'"]),
-    ("no-valid-rows-skipped", [row(label=3), row(chosen="")], ["data.skip_invalid=true"], 2,
-     ["no usable records", "2 invalid rows skipped"]),
+    (
+        "no-valid-rows-skipped",
+        [row(label=3), row(chosen="")],
+        ["data.skip_invalid=true"],
+        2,
+        ["no usable records", "2 invalid rows skipped"],
+    ),
     ("empty-file", [], [], 2, ["no usable records"]),
-    ("implicit-two-replies", [{"chosen": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-                                          {"role": "assistant", "content": "c"}],
-                               "rejected": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "d"}]}],
-     [], 2, ["'chosen'", "exactly one assistant message"]),
-    ("prompt-disagrees-with-conversation", [{"prompt": "something else",
-                                             "chosen": [{"role": "user", "content": "a"},
-                                                        {"role": "assistant", "content": "b"}],
-                                             "rejected": [{"role": "user", "content": "a"},
-                                                          {"role": "assistant", "content": "c"}]}],
-     [], 2, ["'prompt'", "does not match"]),
-    ("skip-invalid-counts", [OK | {"id": "1"}, row(label=2), OK | {"id": "3"}, "{broken", row(chosen=7)],
-     ["data.skip_invalid=true"], 0, ["2 of 5 records kept", "3 skipped"]),
+    (
+        "implicit-two-replies",
+        [
+            {
+                "chosen": [
+                    {"role": "user", "content": "a"},
+                    {"role": "assistant", "content": "b"},
+                    {"role": "assistant", "content": "c"},
+                ],
+                "rejected": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "d"}],
+            }
+        ],
+        [],
+        2,
+        ["'chosen'", "exactly one assistant message"],
+    ),
+    (
+        "prompt-disagrees-with-conversation",
+        [
+            {
+                "prompt": "something else",
+                "chosen": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+                "rejected": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "c"}],
+            }
+        ],
+        [],
+        2,
+        ["'prompt'", "does not match"],
+    ),
+    (
+        "skip-invalid-counts",
+        [OK | {"id": "1"}, row(label=2), OK | {"id": "3"}, "{broken", row(chosen=7)],
+        ["data.skip_invalid=true"],
+        0,
+        ["2 of 5 records kept", "3 skipped"],
+    ),
     ("extra-columns-are-listed", [OK | {"source": "web", "score": 9}], [], 0, ["columns not used: score, source"]),
-    ("prompt-longer-than-max-length", [row(prompt="word " * 400)], ["data.max_length=64", "data.max_prompt_length=32"],
-     0, ["1 prompts cut at the start"]),
-    ("very-long-single-line", [row(chosen="x" * 2_000_000)], ["data.max_length=64", "data.max_prompt_length=32"], 0,
-     ["1 replies cut at max_length"]),
+    (
+        "prompt-longer-than-max-length",
+        [row(prompt="word " * 400)],
+        ["data.max_length=64", "data.max_prompt_length=32"],
+        0,
+        ["1 prompts cut at the start"],
+    ),
+    (
+        "very-long-single-line",
+        [row(chosen="x" * 2_000_000)],
+        ["data.max_length=64", "data.max_prompt_length=32"],
+        0,
+        ["1 replies cut at max_length"],
+    ),
 ]
 
 
@@ -81,8 +139,9 @@ def test_bad_data(case, tiny_model_dir, tmp_path):
     name, lines, extra, code, fragments = case
     path = tmp_path / f"{name}.jsonl"
     path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
-    result = runner.invoke(app, ["inspect", f"model.name_or_path={tiny_model_dir}", f"data.train={path}", *extra,
-                                 "--plain"])
+    result = runner.invoke(
+        app, ["inspect", f"model.name_or_path={tiny_model_dir}", f"data.train={path}", *extra, "--plain"]
+    )
     message = " ".join(result.output.split())
     assert result.exit_code == code, result.output[-2000:]
     assert "Traceback" not in result.output
@@ -121,8 +180,9 @@ def test_bad_files(case, tiny_model_dir, tmp_path):
 
 
 def test_missing_data_file(tiny_model_dir, tmp_path):
-    result = runner.invoke(app, ["inspect", f"model.name_or_path={tiny_model_dir}",
-                                 f"data.train={tmp_path / 'missing.jsonl'}"])
+    result = runner.invoke(
+        app, ["inspect", f"model.name_or_path={tiny_model_dir}", f"data.train={tmp_path / 'missing.jsonl'}"]
+    )
     assert result.exit_code == 2 and "no such file or directory" in " ".join(result.output.split())
 
 
@@ -164,18 +224,26 @@ def test_model_directory_without_weights(tiny_model_dir, tmp_path):
             (broken / item.name).write_bytes(item.read_bytes())
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps(OK) + "\n")
-    result = runner.invoke(app, ["train", f"model.name_or_path={broken}", f"data.train={data}",
-                                 "-o", str(tmp_path / "run")])
+    result = runner.invoke(
+        app, ["train", f"model.name_or_path={broken}", f"data.train={data}", "-o", str(tmp_path / "run")]
+    )
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "no weights" in " ".join(result.output.split())
 
 
-@pytest.mark.parametrize("template, fragment", [
-    (None, "has no chat template"),
-    ("{% set sep = ': ' if add_generation_prompt else '\\n' %}{% for m in messages %}"
-     "{{ '<|im_start|>' + m['role'] + sep + m['content'] + '<|im_end|>' }}{% endfor %}"
-     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}", "not a prefix"),
-], ids=["no-chat-template", "template-breaks-prefix"])
+@pytest.mark.parametrize(
+    "template, fragment",
+    [
+        (None, "has no chat template"),
+        (
+            "{% set sep = ': ' if add_generation_prompt else '\\n' %}{% for m in messages %}"
+            "{{ '<|im_start|>' + m['role'] + sep + m['content'] + '<|im_end|>' }}{% endfor %}"
+            "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
+            "not a prefix",
+        ),
+    ],
+    ids=["no-chat-template", "template-breaks-prefix"],
+)
 def test_chat_template_problems(tmp_path, template, fragment):
     model_dir = make_tiny_model_dir(tmp_path / "model", chat_template=template)
     if template is None:

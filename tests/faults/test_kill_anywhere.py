@@ -47,8 +47,9 @@ def stage_running(out, stage: str) -> bool:
 def kill_and_resume(reference, model_dir, out, stage: str, delay: float) -> str:
     """SIGKILL once ``stage`` has started plus ``delay`` seconds; check the leftovers; resume; compare."""
     args = overrides(model_dir, reference["seed"], reference["prompts"], out)
-    process = subprocess.Popen(command(args), env=env(SPREADPREF_UNIT_DELAY="0.05"),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command(args), env=env(SPREADPREF_UNIT_DELAY="0.05"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while process.poll() is None and time.time() < deadline and not stage_running(out, stage):
         time.sleep(0.01)
@@ -71,15 +72,19 @@ def moments(count: int, seed: int) -> list[tuple[str, float]]:
 
 def test_kill_anywhere_reduced(reference_run, tiny_model_dir, tmp_path):
     chosen = [("seed", 0.3), ("round-1/generate", 0.1), ("round-2/train", 0.2)]
-    landed = [kill_and_resume(reference_run, tiny_model_dir, tmp_path / f"kill-{i}", stage, delay)
-              for i, (stage, delay) in enumerate(chosen)]
+    landed = [
+        kill_and_resume(reference_run, tiny_model_dir, tmp_path / f"kill-{i}", stage, delay)
+        for i, (stage, delay) in enumerate(chosen)
+    ]
     assert len(set(landed)) >= 2, landed
 
 
 @pytest.mark.slow
 def test_kill_anywhere_full(reference_run, tiny_model_dir, tmp_path):
-    landed = [kill_and_resume(reference_run, tiny_model_dir, tmp_path / f"kill-{i}", stage, delay)
-              for i, (stage, delay) in enumerate(moments(FULL_KILLS, seed=2026))]
+    landed = [
+        kill_and_resume(reference_run, tiny_model_dir, tmp_path / f"kill-{i}", stage, delay)
+        for i, (stage, delay) in enumerate(moments(FULL_KILLS, seed=2026))
+    ]
     counts = Counter(landed)
     report = {"kills": len(landed), "by_stage": dict(counts), "clean_run_seconds": round(reference_run["seconds"], 1)}
     print("kill-anywhere:", json.dumps(report))
@@ -91,8 +96,9 @@ def test_kill_anywhere_full(reference_run, tiny_model_dir, tmp_path):
 def test_sigint_stops_cleanly_and_says_how_to_resume(reference_run, tiny_model_dir, tmp_path):
     out = tmp_path / "interrupted"
     args = overrides(tiny_model_dir, reference_run["seed"], reference_run["prompts"], out)
-    process = subprocess.Popen(command(args), env=env(SPREADPREF_UNIT_DELAY="0.3"), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command(args), env=env(SPREADPREF_UNIT_DELAY="0.3"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     parts = out / "round-1" / ".generations.jsonl.parts"
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None and not (parts.is_dir() and any(parts.iterdir())):

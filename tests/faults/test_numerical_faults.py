@@ -21,10 +21,22 @@ runner = CliRunner()
 def test_nan_loss_mid_training_keeps_the_last_good_checkpoint(tiny_model_dir, tmp_path, monkeypatch):
     data = write_jsonl(tmp_path / "pairs.jsonl", arithmetic_pairs(16))
     out = tmp_path / "run"
-    config = load_config(None, [f"model.name_or_path={tiny_model_dir}", f"data.train={data}", f"output_dir={out}",
-                                "data.max_length=64", "data.max_prompt_length=32", "train.max_steps=6",
-                                "train.per_device_batch_size=2", "train.gradient_accumulation_steps=1",
-                                "train.save_strategy=steps", "train.save_steps=2", "train.learning_rate=1e-3"])
+    config = load_config(
+        None,
+        [
+            f"model.name_or_path={tiny_model_dir}",
+            f"data.train={data}",
+            f"output_dir={out}",
+            "data.max_length=64",
+            "data.max_prompt_length=32",
+            "train.max_steps=6",
+            "train.per_device_batch_size=2",
+            "train.gradient_accumulation_steps=1",
+            "train.save_strategy=steps",
+            "train.save_steps=2",
+            "train.learning_rate=1e-3",
+        ],
+    )
     real = trainer_module.soft_dpo_loss
     calls = {"n": 0}
 
@@ -60,11 +72,23 @@ def test_non_finite_log_probs_stop_the_judge_with_the_sample_named(tiny_model_di
     _, prompts = write_loop_data(tmp_path / "data")
     model = f"model.name_or_path={tiny_model_dir}"
     generations = tmp_path / "gen.jsonl"
-    gen = runner.invoke(app, ["generate", model, f"data.prompts={prompts}", "generation.max_new_tokens=4",
-                              "--limit", "2", "-o", str(generations)])
+    gen = runner.invoke(
+        app,
+        [
+            "generate",
+            model,
+            f"data.prompts={prompts}",
+            "generation.max_new_tokens=4",
+            "--limit",
+            "2",
+            "-o",
+            str(generations),
+        ],
+    )
     assert gen.exit_code == 0, gen.output
-    judged = runner.invoke(app, ["judge", str(generations), model, "--policy", str(poisoned),
-                                 "-o", str(tmp_path / "judged")])
+    judged = runner.invoke(
+        app, ["judge", str(generations), model, "--policy", str(poisoned), "-o", str(tmp_path / "judged")]
+    )
     assert judged.exit_code == 2, judged.output
     message = " ".join(judged.output.split())
     assert "non-finite judge score for prompt 'q" in message and "sample 0" in message

@@ -59,7 +59,10 @@ def test_remote_code_is_off_unless_asked(tiny_model_dir, monkeypatch):
     from spreadpref.models.loading import load_model, load_tokenizer
 
     seen = []
-    real_model, real_tokenizer = transformers.AutoModelForCausalLM.from_pretrained, transformers.AutoTokenizer.from_pretrained
+    real_model, real_tokenizer = (
+        transformers.AutoModelForCausalLM.from_pretrained,
+        transformers.AutoTokenizer.from_pretrained,
+    )
 
     def spy_model(*args, **kwargs):
         seen.append(("model", kwargs.get("trust_remote_code")))

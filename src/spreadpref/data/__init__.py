@@ -9,12 +9,20 @@ typed artifacts that the stages write (samples, judged samples, pairs).
 """
 
 from spreadpref.data.loading import (
-           iter_rows,
-           load_preferences,
-           load_prompts,
-           load_training_preferences,
+    iter_rows,
+    load_preferences,
+    load_prompts,
+    load_training_preferences,
 )
 from spreadpref.data.records import LoadReport, Message, PreferenceRecord, PromptRecord
 
-__all__ = ["LoadReport", "Message", "PreferenceRecord", "PromptRecord", "iter_rows", "load_preferences",
-           "load_prompts", "load_training_preferences"]
+__all__ = [
+    "LoadReport",
+    "Message",
+    "PreferenceRecord",
+    "PromptRecord",
+    "iter_rows",
+    "load_preferences",
+    "load_prompts",
+    "load_training_preferences",
+]

@@ -55,8 +55,7 @@ class Artifact:
         return [cls.from_row(row, str(path), location) for location, row in read_jsonl_rows(path)]
 
 
-_JSON_TYPES: dict[Any, tuple[type, ...]] = {float: (int, float), int: (int,), bool: (bool,), str: (str,),
-                                            list: (list,)}
+_JSON_TYPES: dict[Any, tuple[type, ...]] = {float: (int, float), int: (int,), bool: (bool,), str: (str,), list: (list,)}
 
 
 def _checked(value: Any, annotation: Any, source: str, location: str | None, name: str) -> Any:
@@ -120,10 +119,12 @@ class JudgedSample(Artifact):
     policy_logps: float = doc("log pi_{i-1}(y|x), summed over reply tokens: the round's DPO reference")
     reference_logps: float | None = doc("log pi_ref(y|x) under the judge reference; null without one")
     judged_tokens: int = doc("reply tokens scored")
-    score: float = doc("implicit judge: the log-ratio s (per-token means with judge.length_normalize); "
-                       "external judge: its score")
-    prefer: list[float] | None = doc("external judges only: P(this sample is preferred to sample j), by j",
-                                     default=None)
+    score: float = doc(
+        "implicit judge: the log-ratio s (per-token means with judge.length_normalize); external judge: its score"
+    )
+    prefer: list[float] | None = doc(
+        "external judges only: P(this sample is preferred to sample j), by j", default=None
+    )
 
 
 @dataclass
@@ -148,15 +149,22 @@ class Pair(Artifact):
     p: float = doc("preference probability: sigmoid(beta * margin) for the implicit judge, else the external judge's")
     ref_chosen_logps: float = doc("log pi_{i-1}(chosen|x): the DPO reference of round i")
     ref_rejected_logps: float = doc("log pi_{i-1}(rejected|x)")
-    label: float = doc("target probability that chosen is preferred (1.0; soft labels come from refinement)",
-                       default=1.0)
+    label: float = doc(
+        "target probability that chosen is preferred (1.0; soft labels come from refinement)", default=1.0
+    )
 
     def to_tokenized(self) -> TokenizedPair:
         """The pair as the trainer takes it: token ids and the judge's reference log-probs."""
         return TokenizedPair(
-            id=self.id, prompt_ids=self.prompt_ids, chosen_ids=self.chosen_ids, rejected_ids=self.rejected_ids,
-            label=self.label, ref_chosen_logps=self.ref_chosen_logps, ref_rejected_logps=self.ref_rejected_logps,
-            chosen_truncated=self.chosen_truncated, rejected_truncated=self.rejected_truncated,
+            id=self.id,
+            prompt_ids=self.prompt_ids,
+            chosen_ids=self.chosen_ids,
+            rejected_ids=self.rejected_ids,
+            label=self.label,
+            ref_chosen_logps=self.ref_chosen_logps,
+            ref_rejected_logps=self.ref_rejected_logps,
+            chosen_truncated=self.chosen_truncated,
+            rejected_truncated=self.rejected_truncated,
         )
 
 
@@ -190,8 +198,7 @@ def schema_markdown() -> str:
     lines = []
     for artifact in ARTIFACTS:
         summary = (artifact.__doc__ or "").strip().splitlines()[0].split(" (a row of")[0]
-        lines += [f"`{artifact.FILE}`: {summary}.", "",
-                  "| field | type | meaning |", "|---|---|---|"]
+        lines += [f"`{artifact.FILE}`: {summary}.", "", "| field | type | meaning |", "|---|---|---|"]
         hints = get_type_hints(artifact)
         for spec in dataclasses.fields(artifact):  # type: ignore[arg-type]
             kind = _type_name(hints[spec.name])

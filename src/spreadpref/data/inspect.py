@@ -6,16 +6,14 @@ tokens are shown by name, and lengths and truncation are listed per example.
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.console import Console
 from rich.panel import Panel
 from rich.text import Text
+from transformers import PreTrainedTokenizerBase
 
 from spreadpref.config import Config
 from spreadpref.data.loading import load_training_preferences
 from spreadpref.data.tokenize import TokenizedPair, tokenize_pairs
-from spreadpref.models.loading import load_tokenizer
 
 PROMPT_STYLE = "cyan"
 CHOSEN_STYLE = "green"
@@ -23,7 +21,7 @@ REJECTED_STYLE = "red"
 SPECIAL_STYLE = "bold magenta"
 
 
-def render_tokens(tokenizer: Any, ids: list[int], style: str, plain: bool) -> Text:
+def render_tokens(tokenizer: PreTrainedTokenizerBase, ids: list[int], style: str, plain: bool) -> Text:
     special = set(tokenizer.all_special_ids)
     text = Text()
     for token_id in ids:
@@ -35,7 +33,7 @@ def render_tokens(tokenizer: Any, ids: list[int], style: str, plain: bool) -> Te
     return text
 
 
-def describe_pair(tokenizer: Any, pair: TokenizedPair, plain: bool = False) -> Panel:
+def describe_pair(tokenizer: PreTrainedTokenizerBase, pair: TokenizedPair, plain: bool = False) -> Panel:
     body = Text()
     for name, ids, style, cut in (
         ("chosen", pair.chosen_ids, CHOSEN_STYLE, pair.chosen_truncated),
@@ -59,9 +57,15 @@ def describe_pair(tokenizer: Any, pair: TokenizedPair, plain: bool = False) -> P
     return Panel(body, title=title, title_align="left")
 
 
-def inspect_dataset(config: Config, count: int = 3, plain: bool = False, console: Console | None = None) -> None:
+def inspect_dataset(
+    config: Config,
+    tokenizer: PreTrainedTokenizerBase,
+    count: int = 3,
+    plain: bool = False,
+    console: Console | None = None,
+) -> None:
+    """Print ``count`` tokenised pairs of ``data.train``, then lengths and truncation."""
     console = console or Console()
-    tokenizer = load_tokenizer(config.model)
     data = config.data
     records, report = load_training_preferences(data)
     pairs, truncation = tokenize_pairs(tokenizer, records, data.max_length, data.max_prompt_length)

@@ -40,10 +40,14 @@ from spreadpref.data.records import (
 from spreadpref.errors import DataError
 
 BUILTIN_PREFIX = "builtin:"
-BUILTIN_FILES = {"seed_pairs": "seed_pairs.jsonl", "prompts": "prompts.jsonl",
-                 # Verifiable prompts (IFEval-style constraints), disjoint by task: see resources/IFEVAL_TASKS.md.
-                 "ifeval_eval": "ifeval_eval.jsonl", "ifeval_seed_prompts": "ifeval_seed_prompts.jsonl",
-                 "ifeval_prompts": "ifeval_prompts.jsonl"}
+BUILTIN_FILES = {
+    "seed_pairs": "seed_pairs.jsonl",
+    "prompts": "prompts.jsonl",
+    # Verifiable prompts (IFEval-style constraints), disjoint by task: see resources/IFEVAL_TASKS.md.
+    "ifeval_eval": "ifeval_eval.jsonl",
+    "ifeval_seed_prompts": "ifeval_seed_prompts.jsonl",
+    "ifeval_prompts": "ifeval_prompts.jsonl",
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,7 +79,9 @@ def iter_rows(source: str, *, split: str = "train", subset: str | None = None) -
 
 
 def _looks_like_local_path(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or source.endswith((".jsonl", ".json", ".parquet")) or source.count("/") > 1
+    return (
+        source.startswith((".", "/", "~")) or source.endswith((".jsonl", ".json", ".parquet")) or source.count("/") > 1
+    )
 
 
 def _iter_builtin(source: str) -> Iterator[tuple[str, Any]]:
@@ -109,7 +115,7 @@ def _iter_json(path: Path) -> Iterator[tuple[str, Any]]:
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
-        raise DataError(str(path), None, None, "a .json dataset must be a list of records (or {\"data\": [...]})")
+        raise DataError(str(path), None, None, 'a .json dataset must be a list of records (or {"data": [...]})')
     for index, row in enumerate(data):
         yield f"row {index}", row
 
@@ -153,8 +159,9 @@ class _Broken:
 # Normalisation of one row
 
 
-def parse_preference(row: Any, columns: ColumnMap, source: str, location: str,
-                     system_prompt: str | None = None) -> PreferenceRecord:
+def parse_preference(
+    row: Any, columns: ColumnMap, source: str, location: str, system_prompt: str | None = None
+) -> PreferenceRecord:
     if isinstance(row, _Broken):
         raise DataError(source, location, None, row.reason)
     if not isinstance(row, dict):
@@ -207,16 +214,19 @@ def _token_ids(row: dict, fail) -> dict[str, list[int]] | None:
     ids = {}
     for name in TOKEN_COLUMNS:
         value = row[name]
-        if not isinstance(value, list) or not value or not all(
-            isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value)
         ):
             raise fail(name, "must be a non-empty list of non-negative integers")
         ids[name] = value
     return ids
 
 
-def parse_prompt(row: Any, columns: ColumnMap, source: str, location: str,
-                 system_prompt: str | None = None) -> PromptRecord:
+def parse_prompt(
+    row: Any, columns: ColumnMap, source: str, location: str, system_prompt: str | None = None
+) -> PromptRecord:
     if isinstance(row, _Broken):
         raise DataError(source, location, None, row.reason)
     if isinstance(row, str):
@@ -245,17 +255,17 @@ def _split_conversations(prompt_raw, chosen_raw, rejected_raw, columns: ColumnMa
     chosen_msgs = _messages(chosen_raw, columns.chosen, fail)
     rejected_msgs = _messages(rejected_raw, columns.rejected, fail)
     shared = 0
-    while (
-        shared < min(len(chosen_msgs), len(rejected_msgs)) - 1
-        and chosen_msgs[shared] == rejected_msgs[shared]
-    ):
+    while shared < min(len(chosen_msgs), len(rejected_msgs)) - 1 and chosen_msgs[shared] == rejected_msgs[shared]:
         shared += 1
     prefix = chosen_msgs[:shared]
     for name, msgs in ((columns.chosen, chosen_msgs), (columns.rejected, rejected_msgs)):
         tail = msgs[shared:]
         if len(tail) != 1 or tail[0]["role"] != "assistant":
-            raise fail(name, "after the part shared with the other reply there must be exactly one "
-                             f"assistant message, found {[m['role'] for m in tail]}")
+            raise fail(
+                name,
+                "after the part shared with the other reply there must be exactly one "
+                f"assistant message, found {[m['role'] for m in tail]}",
+            )
     if prefix:
         if prompt_raw is not None:
             explicit = _prompt_messages(prompt_raw, columns.prompt, fail)
@@ -384,29 +394,74 @@ def _optional_logp(value: Any, name: str, fail) -> float | None:
 # Whole datasets
 
 
-def load_preferences(source: str, columns: ColumnMap | None = None, *, split: str = "train",
-                     subset: str | None = None, skip_invalid: bool = False, limit: int | None = None,
-                     system_prompt: str | None = None) -> tuple[list[PreferenceRecord], LoadReport]:
+def load_preferences(
+    source: str,
+    columns: ColumnMap | None = None,
+    *,
+    split: str = "train",
+    subset: str | None = None,
+    skip_invalid: bool = False,
+    limit: int | None = None,
+    system_prompt: str | None = None,
+) -> tuple[list[PreferenceRecord], LoadReport]:
     columns = columns or ColumnMap()
-    used = {columns.prompt, columns.chosen, columns.rejected, columns.label, columns.weight, columns.id,
-            columns.ref_chosen_logps, columns.ref_rejected_logps, "chosen_truncated", "rejected_truncated",
-            *TOKEN_COLUMNS}
-    return _load(source, split, subset, skip_invalid, limit, used,
-                 lambda row, loc: parse_preference(row, columns, source, loc, system_prompt))
+    used = {
+        columns.prompt,
+        columns.chosen,
+        columns.rejected,
+        columns.label,
+        columns.weight,
+        columns.id,
+        columns.ref_chosen_logps,
+        columns.ref_rejected_logps,
+        "chosen_truncated",
+        "rejected_truncated",
+        *TOKEN_COLUMNS,
+    }
+    return _load(
+        source,
+        split,
+        subset,
+        skip_invalid,
+        limit,
+        used,
+        lambda row, loc: parse_preference(row, columns, source, loc, system_prompt),
+    )
 
 
 def load_training_preferences(data: DataSettings) -> tuple[list[PreferenceRecord], LoadReport]:
     """The preference records that ``data.train`` names, with the config's columns and options."""
-    return load_preferences(data.train, data.columns, split=data.split, subset=data.subset,
-                            skip_invalid=data.skip_invalid, limit=data.limit, system_prompt=data.system_prompt)
+    return load_preferences(
+        data.train,
+        data.columns,
+        split=data.split,
+        subset=data.subset,
+        skip_invalid=data.skip_invalid,
+        limit=data.limit,
+        system_prompt=data.system_prompt,
+    )
 
 
-def load_prompts(source: str, columns: ColumnMap | None = None, *, split: str = "train",
-                 subset: str | None = None, skip_invalid: bool = False, limit: int | None = None,
-                 system_prompt: str | None = None) -> tuple[list[PromptRecord], LoadReport]:
+def load_prompts(
+    source: str,
+    columns: ColumnMap | None = None,
+    *,
+    split: str = "train",
+    subset: str | None = None,
+    skip_invalid: bool = False,
+    limit: int | None = None,
+    system_prompt: str | None = None,
+) -> tuple[list[PromptRecord], LoadReport]:
     columns = columns or ColumnMap()
-    return _load(source, split, subset, skip_invalid, limit, {columns.prompt, columns.id, "messages"},
-                 lambda row, loc: parse_prompt(row, columns, source, loc, system_prompt))
+    return _load(
+        source,
+        split,
+        subset,
+        skip_invalid,
+        limit,
+        {columns.prompt, columns.id, "messages"},
+        lambda row, loc: parse_prompt(row, columns, source, loc, system_prompt),
+    )
 
 
 def _load(source, split, subset, skip_invalid, limit, used_columns, parse):

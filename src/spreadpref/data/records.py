@@ -60,4 +60,3 @@ class LoadReport:
         if self.ignored_columns:
             text += f"; columns not used: {', '.join(self.ignored_columns)}"
         return text
-

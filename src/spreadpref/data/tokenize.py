@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+
+from transformers import PreTrainedTokenizerBase
 
 from spreadpref.data.records import Message, PreferenceRecord
 from spreadpref.errors import TokenizationError
@@ -46,11 +47,13 @@ class TruncationReport:
     examples: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        return (f"{self.pairs} pairs tokenised; {self.prompts_truncated} prompts cut at the start, "
-                f"{self.replies_truncated} replies cut at max_length")
+        return (
+            f"{self.pairs} pairs tokenised; {self.prompts_truncated} prompts cut at the start, "
+            f"{self.replies_truncated} replies cut at max_length"
+        )
 
 
-def require_chat_template(tokenizer: Any) -> None:
+def require_chat_template(tokenizer: PreTrainedTokenizerBase) -> None:
     if not getattr(tokenizer, "chat_template", None):
         name = getattr(tokenizer, "name_or_path", "the tokenizer")
         raise TokenizationError(
@@ -59,12 +62,12 @@ def require_chat_template(tokenizer: Any) -> None:
         )
 
 
-def render_prompt_ids(tokenizer: Any, messages: Sequence[Message]) -> list[int]:
+def render_prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message]) -> list[int]:
     text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
     return _encode(tokenizer, text)
 
 
-def _encode(tokenizer: Any, text: str) -> list[int]:
+def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     # The template already writes BOS where the model wants one; adding special tokens would double it.
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     bos = tokenizer.bos_token_id
@@ -73,15 +76,21 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
     return list(ids)
 
 
-def eos_token_ids(tokenizer: Any) -> set[int]:
+def eos_token_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
     ids = set()
     if tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
     return ids
 
 
-def reply_ids(tokenizer: Any, prompt: Sequence[Message], prompt_ids: list[int], reply: str,
-              complete: bool, record_id: str = "?") -> list[int]:
+def reply_ids(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: Sequence[Message],
+    prompt_ids: list[int],
+    reply: str,
+    complete: bool,
+    record_id: str = "?",
+) -> list[int]:
     """Token ids of ``reply`` as it follows ``prompt_ids``: one EOS at the end if complete, none if cut off."""
     conversation = [*prompt, {"role": "assistant", "content": reply}]
     full_text = tokenizer.apply_chat_template(conversation, tokenize=False)
@@ -97,7 +106,7 @@ def reply_ids(tokenizer: Any, prompt: Sequence[Message], prompt_ids: list[int], 
             f"  prompt+reply: {tokenizer.decode(full_ids[: len(prompt_ids) + 5])[-200:]!r}\n"
             "Fix the template (or use a tokenizer whose template keeps the prompt a prefix)."
         )
-    ids = full_ids[len(prompt_ids):]
+    ids = full_ids[len(prompt_ids) :]
     eos = eos_token_ids(tokenizer)
     if not eos:
         raise TokenizationError("the tokenizer has no eos_token_id; set one so replies can end")
@@ -123,28 +132,36 @@ def _end_of_reply(ids: list[int], eos: set[int]) -> int | None:
     return None
 
 
-def truncate_pair(prompt_ids: list[int], chosen: list[int], rejected: list[int], max_length: int,
-                  max_prompt_length: int, bos_token_id: int | None):
+def truncate_pair(
+    prompt_ids: list[int],
+    chosen: list[int],
+    rejected: list[int],
+    max_length: int,
+    max_prompt_length: int,
+    bos_token_id: int | None,
+):
     """Keep the end of the prompt, then cut each reply so prompt + reply fits ``max_length``."""
     prompt_cut = len(prompt_ids) > max_prompt_length
     if prompt_cut:
         keep_bos = bos_token_id is not None and prompt_ids and prompt_ids[0] == bos_token_id
-        tail = prompt_ids[len(prompt_ids) - (max_prompt_length - int(keep_bos)):]
+        tail = prompt_ids[len(prompt_ids) - (max_prompt_length - int(keep_bos)) :]
         prompt_ids = [bos_token_id, *tail] if keep_bos else tail
     budget = max_length - len(prompt_ids)
     return prompt_ids, chosen[:budget], rejected[:budget], prompt_cut, len(chosen) > budget, len(rejected) > budget
 
 
-def tokenize_pair(tokenizer: Any, record: PreferenceRecord, max_length: int, max_prompt_length: int) -> TokenizedPair:
+def tokenize_pair(
+    tokenizer: PreTrainedTokenizerBase, record: PreferenceRecord, max_length: int, max_prompt_length: int
+) -> TokenizedPair:
     if record.token_ids is not None:  # made in token space (generation): keep the exact ids
         prompt_ids = record.token_ids["prompt_ids"]
         chosen, rejected = record.token_ids["chosen_ids"], record.token_ids["rejected_ids"]
     else:
         prompt_ids = render_prompt_ids(tokenizer, record.prompt)
-        chosen = reply_ids(tokenizer, record.prompt, prompt_ids, record.chosen, not record.chosen_truncated,
-                           record.id)
-        rejected = reply_ids(tokenizer, record.prompt, prompt_ids, record.rejected, not record.rejected_truncated,
-                             record.id)
+        chosen = reply_ids(tokenizer, record.prompt, prompt_ids, record.chosen, not record.chosen_truncated, record.id)
+        rejected = reply_ids(
+            tokenizer, record.prompt, prompt_ids, record.rejected, not record.rejected_truncated, record.id
+        )
     prompt_ids, chosen, rejected, prompt_cut, chosen_cut, rejected_cut = truncate_pair(
         prompt_ids, chosen, rejected, max_length, max_prompt_length, tokenizer.bos_token_id
     )
@@ -163,8 +180,13 @@ def tokenize_pair(tokenizer: Any, record: PreferenceRecord, max_length: int, max
     )
 
 
-def tokenize_pairs(tokenizer: Any, records: Sequence[PreferenceRecord], max_length: int, max_prompt_length: int,
-                   progress: bool = True) -> tuple[list[TokenizedPair], TruncationReport]:
+def tokenize_pairs(
+    tokenizer: PreTrainedTokenizerBase,
+    records: Sequence[PreferenceRecord],
+    max_length: int,
+    max_prompt_length: int,
+    progress: bool = True,
+) -> tuple[list[TokenizedPair], TruncationReport]:
     require_chat_template(tokenizer)
     report = TruncationReport()
     pairs = []
@@ -172,7 +194,8 @@ def tokenize_pairs(tokenizer: Any, records: Sequence[PreferenceRecord], max_leng
         pair = tokenize_pair(tokenizer, record, max_length, max_prompt_length)
         # Truncation from our length limits (not a generation cut-off recorded in the data) is what we report.
         cut_by_limit = (pair.chosen_truncated and not record.chosen_truncated) or (
-            pair.rejected_truncated and not record.rejected_truncated)
+            pair.rejected_truncated and not record.rejected_truncated
+        )
         report.prompts_truncated += int(pair.prompt_truncated)
         report.replies_truncated += int(cut_by_limit)
         if pair.prompt_truncated or cut_by_limit:

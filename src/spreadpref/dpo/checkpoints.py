@@ -7,7 +7,9 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase, Trainer
 
 from spreadpref.config import Config
 from spreadpref.models.loading import is_peft_model
@@ -24,8 +26,11 @@ def last_checkpoint(directory: Path) -> str | None:
     """
     if not directory.is_dir():
         return None
-    found = [(int(m.group(1)), p) for p in directory.iterdir()
-             if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
+    found = [
+        (int(m.group(1)), p)
+        for p in directory.iterdir()
+        if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))
+    ]
     for _, checkpoint in sorted(found, reverse=True):
         try:
             json.loads((checkpoint / "trainer_state.json").read_text())
@@ -36,8 +41,9 @@ def last_checkpoint(directory: Path) -> str | None:
     return None
 
 
-def save_outputs(config: Config, trainer: Any, tokenizer: Any, out: Path,
-                 merge_lora: bool | None = None) -> dict[str, str]:
+def save_outputs(
+    config: Config, trainer: Trainer, tokenizer: PreTrainedTokenizerBase, out: Path, merge_lora: bool | None = None
+) -> dict[str, str]:
     """Write the trained model as ``save_pretrained`` directories, each replaced in one rename.
 
     Every process takes part in ``trainer.save_model`` (ZeRO-3 and FSDP gather the weights there);
@@ -57,14 +63,14 @@ def save_outputs(config: Config, trainer: Any, tokenizer: Any, out: Path,
     return outputs
 
 
-def save_pretrained_atomically(model: Any, tokenizer: Any, directory: Path) -> str:
+def save_pretrained_atomically(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, directory: Path) -> str:
     with atomic_directory(directory) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return str(directory)
 
 
-def save_with_trainer(trainer: Any, tokenizer: Any, directory: Path) -> str:
+def save_with_trainer(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, directory: Path) -> str:
     staging = directory.with_name(f".{directory.name}.staging.tmp")  # one name, shared by all processes
     if distributed.is_main():
         shutil.rmtree(staging, ignore_errors=True)
@@ -80,4 +86,3 @@ def save_with_trainer(trainer: Any, tokenizer: Any, directory: Path) -> str:
             staging.rename(tmp)
     distributed.barrier()
     return str(directory)
-

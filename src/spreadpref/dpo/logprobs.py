@@ -11,7 +11,6 @@ import contextlib
 import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -39,8 +38,9 @@ class PairLogps:
         return self.rejected / self.rejected_tokens.clamp(min=1)
 
 
-def collate_sequences(prompts: Sequence[list[int]], replies: Sequence[list[int]],
-                      pad_token_id: int) -> dict[str, torch.Tensor]:
+def collate_sequences(
+    prompts: Sequence[list[int]], replies: Sequence[list[int]], pad_token_id: int
+) -> dict[str, torch.Tensor]:
     """Right-padded prompt+reply rows with a mask of the reply tokens."""
     sequences = [p + r for p, r in zip(prompts, replies)]
     width = max(len(seq) for seq in sequences)
@@ -79,8 +79,9 @@ class ReplyLogits:
     num_rows: int
 
 
-def reply_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 response_mask: torch.Tensor) -> ReplyLogits:
+def reply_logits(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor
+) -> ReplyLogits:
     # Position p predicts token p + 1: keep the positions whose next token is a reply token.
     keep = torch.zeros_like(response_mask)
     keep[:, :-1] = response_mask[:, 1:]
@@ -95,21 +96,23 @@ def sum_by_row(values: torch.Tensor, rows: torch.Tensor, num_rows: int) -> torch
     return out.index_add(0, rows, values)
 
 
-def sequence_logps(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_logps(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-prob of the reply tokens of every row, and the number of reply tokens."""
     sums, _ = sequence_logps_and_logits(model, input_ids, attention_mask, response_mask)
     return sums, response_mask.sum(dim=1)
 
 
-def sequence_logps_and_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                              response_mask: torch.Tensor) -> tuple[torch.Tensor, ReplyLogits]:
+def sequence_logps_and_logits(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor
+) -> tuple[torch.Tensor, ReplyLogits]:
     """Summed reply log-probs per row, plus the reply logits (for the DND detector)."""
     out = reply_logits(model, input_ids, attention_mask, response_mask)
     return sum_by_row(token_logps(out.logits, out.targets), out.rows, out.num_rows), out
 
 
-def _reply_logits(model: Any, input_ids, attention_mask, keep: torch.Tensor) -> torch.Tensor:
+def _reply_logits(model: torch.nn.Module, input_ids, attention_mask, keep: torch.Tensor) -> torch.Tensor:
     if supports_position_mask(model):
         out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, use_cache=False)
         logits = out.logits
@@ -120,8 +123,9 @@ def _reply_logits(model: Any, input_ids, attention_mask, keep: torch.Tensor) -> 
     return logits[keep]
 
 
-def token_logps(logits: torch.Tensor, targets: torch.Tensor, reference_logits: torch.Tensor | None = None,
-                lam: float = 0.0) -> torch.Tensor:
+def token_logps(
+    logits: torch.Tensor, targets: torch.Tensor, reference_logits: torch.Tensor | None = None, lam: float = 0.0
+) -> torch.Tensor:
     """log softmax(h)[y_t] at every reply position, in chunks of positions (no full float32 copy).
 
     With ``reference_logits`` the logits are DND's extrapolation h = (1 + lam) h_policy - lam h_ref.
@@ -142,7 +146,7 @@ def token_logps(logits: torch.Tensor, targets: torch.Tensor, reference_logits: t
 _MASK_SUPPORT: dict[type, bool] = {}
 
 
-def supports_position_mask(model: Any) -> bool:
+def supports_position_mask(model: torch.nn.Module) -> bool:
     """Whether the model's forward understands a boolean ``logits_to_keep`` (transformers >= 5)."""
     core = unwrap(model)
     kind = type(core)
@@ -155,7 +159,7 @@ def supports_position_mask(model: Any) -> bool:
     return _MASK_SUPPORT[kind]
 
 
-def unwrap(model: Any) -> Any:
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model inside DDP / DeepSpeed / peft wrappers."""
     seen = 0
     while seen < 8:
@@ -170,7 +174,7 @@ def unwrap(model: Any) -> Any:
 
 
 @contextlib.contextmanager
-def adapter_disabled(model: Any) -> Iterator[None]:
+def adapter_disabled(model: torch.nn.Module) -> Iterator[None]:
     """For a LoRA policy, the reference is the base model: the same weights with the adapter off."""
     if hasattr(model, "disable_adapter"):
         with model.disable_adapter():
@@ -186,9 +190,16 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
 
 
 @torch.no_grad()
-def score_sequences(model: Any, prompts: Sequence[list[int]], replies: Sequence[list[int]], pad_token_id: int,
-                    batch_size: int = 16, description: str = "Scoring", as_reference: bool = False,
-                    progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def score_sequences(
+    model: torch.nn.Module,
+    prompts: Sequence[list[int]],
+    replies: Sequence[list[int]],
+    pad_token_id: int,
+    batch_size: int = 16,
+    description: str = "Scoring",
+    as_reference: bool = False,
+    progress: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """No-grad summed log-prob of each reply given its prompt, and its token count, in input order.
 
     Sequences are batched by length; ``as_reference`` switches a LoRA adapter off (the base model).
@@ -206,7 +217,8 @@ def score_sequences(model: Any, prompts: Sequence[list[int]], replies: Sequence[
             for indices in track(length_batches(lengths, batch_size), description, enabled=progress):
                 batch = collate_sequences([prompts[i] for i in indices], [replies[i] for i in indices], pad_token_id)
                 batch_sums, batch_counts = sequence_logps(
-                    model, *(batch[key].to(device) for key in ("input_ids", "attention_mask", "response_mask")))
+                    model, *(batch[key].to(device) for key in ("input_ids", "attention_mask", "response_mask"))
+                )
                 index = torch.tensor(indices)
                 sums[index] = batch_sums.double().cpu()
                 counts[index] = batch_counts.cpu()
@@ -215,8 +227,14 @@ def score_sequences(model: Any, prompts: Sequence[list[int]], replies: Sequence[
     return sums, counts
 
 
-def score_pairs(model: Any, pairs: Sequence[TokenizedPair], pad_token_id: int, batch_size: int = 8,
-                description: str = "Scoring pairs", as_reference: bool = False) -> PairLogps:
+def score_pairs(
+    model: torch.nn.Module,
+    pairs: Sequence[TokenizedPair],
+    pad_token_id: int,
+    batch_size: int = 8,
+    description: str = "Scoring pairs",
+    as_reference: bool = False,
+) -> PairLogps:
     """No-grad log-probs of both replies of every pair, batched by length."""
     prompts = [p.prompt_ids for p in pairs] * 2
     replies = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]

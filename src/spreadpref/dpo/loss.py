@@ -27,8 +27,9 @@ class DPOOutput:
     rejected_rewards: torch.Tensor
 
 
-def dpo_logits(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
-               ref_chosen: torch.Tensor, ref_rejected: torch.Tensor) -> torch.Tensor:
+def dpo_logits(
+    policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor
+) -> torch.Tensor:
     """z = (log pi(y_w) - log pi(y_l)) - (log ref(y_w) - log ref(y_l)), in the policy's dtype.
 
     With a detector's log-probs in place of the policy's this is DND's z_det.
@@ -38,9 +39,15 @@ def dpo_logits(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
     return (policy_chosen - policy_rejected) - (ref_chosen - ref_rejected)
 
 
-def soft_dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-                  ref_rejected: torch.Tensor, beta: float, target: torch.Tensor | float = 1.0,
-                  weight: torch.Tensor | float = 1.0) -> DPOOutput:
+def soft_dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+    target: torch.Tensor | float = 1.0,
+    weight: torch.Tensor | float = 1.0,
+) -> DPOOutput:
     """Soft-label DPO on summed reply log-probs; ``target`` is q in [0, 1], per pair or constant."""
     ref_chosen = ref_chosen.to(policy_chosen.dtype)
     ref_rejected = ref_rejected.to(policy_rejected.dtype)

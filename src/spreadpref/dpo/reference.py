@@ -27,7 +27,9 @@ from spreadpref.runtime.files import atomic_path
 from spreadpref.runtime.fingerprint import fingerprint_rows
 
 
-def compute_reference(config: Config, policy: Any, pairs: list[TokenizedPair], pad_token_id: int) -> dict[str, Any]:
+def compute_reference(
+    config: Config, policy: torch.nn.Module, pairs: list[TokenizedPair], pad_token_id: int
+) -> dict[str, Any]:
     """Reference log-probs for every pair: from the data, the cache, or one no-grad pass before training."""
     cache_dir = Path(config.train.ref_cache_dir) if config.train.ref_cache_dir else cache_root() / "ref_logps"
     if config.train.reference_model:
@@ -38,8 +40,9 @@ def compute_reference(config: Config, policy: Any, pairs: list[TokenizedPair], p
         info["model"] = config.train.reference_model
         return info
     # The starting policy is the reference (pi_init in the seed stage): no second copy is loaded.
-    info = fill_reference_logps(pairs, policy, pad_token_id, cache_dir, config.train.logprob_batch_size,
-                                as_adapter_off=is_peft_model(policy))
+    info = fill_reference_logps(
+        pairs, policy, pad_token_id, cache_dir, config.train.logprob_batch_size, as_adapter_off=is_peft_model(policy)
+    )
     info["model"] = "starting policy" + (" (LoRA adapter off)" if is_peft_model(policy) else "")
     return info
 
@@ -48,12 +51,23 @@ def pairs_fingerprint(pairs: Sequence[TokenizedPair]) -> str:
     return fingerprint_rows([pair.prompt_ids, pair.chosen_ids, pair.rejected_ids] for pair in pairs)
 
 
-def fill_reference_logps(pairs: list[TokenizedPair], reference: torch.nn.Module, pad_token_id: int,
-                         cache_dir: Path | None, batch_size: int, as_adapter_off: bool = False) -> dict[str, Any]:
+def fill_reference_logps(
+    pairs: list[TokenizedPair],
+    reference: torch.nn.Module,
+    pad_token_id: int,
+    cache_dir: Path | None,
+    batch_size: int,
+    as_adapter_off: bool = False,
+) -> dict[str, Any]:
     """Give every pair without reference log-probs its values, from the cache or one no-grad pass."""
     missing = [p for p in pairs if p.ref_chosen_logps is None or p.ref_rejected_logps is None]
-    info: dict[str, Any] = {"pairs": len(pairs), "from_data": len(pairs) - len(missing), "computed": 0,
-                            "cache_hit": False, "cache_file": None}
+    info: dict[str, Any] = {
+        "pairs": len(pairs),
+        "from_data": len(pairs) - len(missing),
+        "computed": 0,
+        "cache_hit": False,
+        "cache_file": None,
+    }
     if not missing:
         return info
     # A LoRA reference is the base model: the adapter weights must not change the key.
@@ -66,8 +80,9 @@ def fill_reference_logps(pairs: list[TokenizedPair], reference: torch.nn.Module,
         chosen, rejected = tensors["chosen"], tensors["rejected"]
         info["cache_hit"] = True
     else:
-        scored = score_pairs(reference, missing, pad_token_id, batch_size,
-                             description="Reference log-probs", as_reference=as_adapter_off)
+        scored = score_pairs(
+            reference, missing, pad_token_id, batch_size, description="Reference log-probs", as_reference=as_adapter_off
+        )
         chosen, rejected = scored.chosen, scored.rejected
         info["computed"] = len(missing)
         if cache_file is not None:
@@ -76,4 +91,3 @@ def fill_reference_logps(pairs: list[TokenizedPair], reference: torch.nn.Module,
     for pair, c, r in zip(missing, chosen.tolist(), rejected.tolist()):
         pair.ref_chosen_logps, pair.ref_rejected_logps = c, r
     return info
-

@@ -47,8 +47,13 @@ class RefineDecision:
     margins: torch.Tensor
 
 
-def refine_targets(margins: torch.Tensor, threshold_state: ConfidenceThreshold, alpha: float,
-                   active: bool, window_margins: torch.Tensor | None = None) -> RefineDecision:
+def refine_targets(
+    margins: torch.Tensor,
+    threshold_state: ConfidenceThreshold,
+    alpha: float,
+    active: bool,
+    window_margins: torch.Tensor | None = None,
+) -> RefineDecision:
     """Soft targets for one batch: q = 1 - alpha where m <= tau (after warm-up), else 1.
 
     ``window_margins`` are the margins that enter the window (all processes' margins when

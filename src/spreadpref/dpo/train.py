@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from rich.table import Table
-from transformers import TrainingArguments, set_seed
+from transformers import PreTrainedTokenizerBase, TrainingArguments, set_seed
 
 from spreadpref.config import Config
 from spreadpref.data.loading import load_training_preferences
@@ -47,8 +47,16 @@ from spreadpref.runtime.progress import console
 STAGE = "train"
 # Keys that change how a run is watched or stored, not what it computes: editing them never
 # invalidates a finished stage.
-COSMETIC_TRAIN_KEYS = ("report_to", "logging_steps", "save_strategy", "save_steps", "save_total_limit",
-                       "logprob_batch_size", "ref_cache_dir", "evaluate_after")
+COSMETIC_TRAIN_KEYS = (
+    "report_to",
+    "logging_steps",
+    "save_strategy",
+    "save_steps",
+    "save_total_limit",
+    "logprob_batch_size",
+    "ref_cache_dir",
+    "evaluate_after",
+)
 
 
 @dataclass
@@ -92,13 +100,13 @@ def train_policy(config: Config, force: bool = False) -> TrainResult:
     config.save(out / "config.yaml")
     manifest.start(STAGE, fingerprint)
 
-
     set_seed(config.seed)
     tokenizer = load_tokenizer(config.model)
     pairs, data_info = prepare_pairs(config, tokenizer)
     manifest.update(STAGE, data=data_info)
-    outputs, metrics = train_on_pairs(config, tokenizer, pairs, out, on_reference=lambda info: manifest.update(
-        STAGE, reference=info))
+    outputs, metrics = train_on_pairs(
+        config, tokenizer, pairs, out, on_reference=lambda info: manifest.update(STAGE, reference=info)
+    )
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     metrics["peak_rss_gb"] = round(peak_rss_gb(), 2)
     manifest.complete(STAGE, outputs=outputs, metrics=metrics)
@@ -106,10 +114,19 @@ def train_policy(config: Config, force: bool = False) -> TrainResult:
     return TrainResult(out, Path(outputs["model"]), metrics=metrics)
 
 
-def train_on_pairs(config: Config, tokenizer: Any, pairs: list[TokenizedPair], out: Path, *,
-                   start_model: str | None = None, num_epochs: float | None = None,
-                   learning_rate: float | None = None, refinement: Refinement | None = None,
-                   merge_lora: bool | None = None, on_reference=None) -> tuple[dict[str, str], dict[str, Any]]:
+def train_on_pairs(
+    config: Config,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: list[TokenizedPair],
+    out: Path,
+    *,
+    start_model: str | None = None,
+    num_epochs: float | None = None,
+    learning_rate: float | None = None,
+    refinement: Refinement | None = None,
+    merge_lora: bool | None = None,
+    on_reference=None,
+) -> tuple[dict[str, str], dict[str, Any]]:
     """Train from ``start_model`` (default: config.model) on tokenised pairs; save under ``out``.
 
     Pairs without reference log-probs get them first (the starting policy is the reference).
@@ -123,8 +140,16 @@ def train_on_pairs(config: Config, tokenizer: Any, pairs: list[TokenizedPair], o
     if on_reference is not None:
         on_reference(ref_info)
 
-    trainer = build_trainer(config, model, tokenizer, pairs, out / "checkpoints", num_epochs=num_epochs,
-                            learning_rate=learning_rate, refinement=refinement)
+    trainer = build_trainer(
+        config,
+        model,
+        tokenizer,
+        pairs,
+        out / "checkpoints",
+        num_epochs=num_epochs,
+        learning_rate=learning_rate,
+        refinement=refinement,
+    )
     checkpoint = last_checkpoint(out / "checkpoints")
     if checkpoint:
         console.print(f"Resuming training from {checkpoint}")
@@ -135,8 +160,11 @@ def train_on_pairs(config: Config, tokenizer: Any, pairs: list[TokenizedPair], o
     if not all(torch.isfinite(p).all() for p in model.parameters() if p.requires_grad):
         raise SpreadprefError("training produced non-finite weights; the model was not saved")
 
-    metrics: dict[str, Any] = {"train_loss": train_output.training_loss, "global_steps": train_output.global_step,
-                               "train_seconds": round(train_seconds, 1)}
+    metrics: dict[str, Any] = {
+        "train_loss": train_output.training_loss,
+        "global_steps": train_output.global_step,
+        "train_seconds": round(train_seconds, 1),
+    }
     epochs = num_epochs if num_epochs is not None else config.train.num_epochs
     tokens = sum(len(p.prompt_ids) * 2 + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs) * epochs
     metrics["train_tokens_per_second"] = round(tokens / max(train_seconds, 1e-9), 1)
@@ -147,14 +175,15 @@ def train_on_pairs(config: Config, tokenizer: Any, pairs: list[TokenizedPair], o
     if distributed.is_main():
         if config.train.evaluate_after:
             # The main process's replica (DDP); under ZeRO-3 / FSDP set train.evaluate_after=false.
-            metrics.update(evaluate_pairs(model, pairs, tokenizer.pad_token_id, config.train.beta,
-                                          config.train.logprob_batch_size))
+            metrics.update(
+                evaluate_pairs(model, pairs, tokenizer.pad_token_id, config.train.beta, config.train.logprob_batch_size)
+            )
         atomic_write_json(out / "log_history.json", trainer.state.log_history)
     metrics = distributed.broadcast_object(metrics)
     return outputs, metrics
 
 
-def prepare_pairs(config: Config, tokenizer: Any) -> tuple[list[TokenizedPair], dict[str, Any]]:
+def prepare_pairs(config: Config, tokenizer: PreTrainedTokenizerBase) -> tuple[list[TokenizedPair], dict[str, Any]]:
     data = config.data
     records, load_report = load_training_preferences(data)
     console.print(load_report.summary())
@@ -177,9 +206,16 @@ def prepare_pairs(config: Config, tokenizer: Any) -> tuple[list[TokenizedPair], 
     return pairs, info
 
 
-def build_trainer(config: Config, model: Any, tokenizer: Any, pairs: list[TokenizedPair], checkpoints: Path,
-                  num_epochs: float | None = None, learning_rate: float | None = None,
-                  refinement: Refinement | None = None):
+def build_trainer(
+    config: Config,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: list[TokenizedPair],
+    checkpoints: Path,
+    num_epochs: float | None = None,
+    learning_rate: float | None = None,
+    refinement: Refinement | None = None,
+):
 
     train = config.train
     device = resolve_device(config.model.device)
@@ -226,8 +262,9 @@ def build_trainer(config: Config, model: Any, tokenizer: Any, pairs: list[Tokeni
     )
 
 
-def evaluate_pairs(model: Any, pairs: list[TokenizedPair], pad_token_id: int, beta: float,
-                   batch_size: int) -> dict[str, float]:
+def evaluate_pairs(
+    model: torch.nn.Module, pairs: list[TokenizedPair], pad_token_id: int, beta: float, batch_size: int
+) -> dict[str, float]:
     """Implicit-reward accuracy and margin of the trained policy on the training pairs."""
     scored = score_pairs(model, pairs, pad_token_id, batch_size, description="Scoring the training pairs")
     ref_chosen = torch.tensor([p.ref_chosen_logps for p in pairs], dtype=torch.float64)

@@ -35,8 +35,17 @@ from spreadpref.dpo.refine import (
 )
 from spreadpref.errors import TrainingError
 
-TRAIN_COLUMNS = ("id", "prompt_ids", "chosen_ids", "rejected_ids", "label", "weight",
-                 "ref_chosen_logps", "ref_rejected_logps", "length")
+TRAIN_COLUMNS = (
+    "id",
+    "prompt_ids",
+    "chosen_ids",
+    "rejected_ids",
+    "label",
+    "weight",
+    "ref_chosen_logps",
+    "ref_rejected_logps",
+    "length",
+)
 
 
 class PairCollator:
@@ -74,8 +83,10 @@ class RefineWindow(TrainerCallback, ExportableState):
         self.threshold.margins.extend(values)
 
     def state(self) -> dict[str, Any]:
-        return {"args": {"window": self.threshold.margins.maxlen, "quantile": self.threshold.quantile},
-                "attributes": {"margins": self.margins, "pairs": self.pairs, "smoothed": self.smoothed}}
+        return {
+            "args": {"window": self.threshold.margins.maxlen, "quantile": self.threshold.quantile},
+            "attributes": {"margins": self.margins, "pairs": self.pairs, "smoothed": self.smoothed},
+        }
 
 
 class SoftDPOTrainer(Trainer):
@@ -84,8 +95,14 @@ class SoftDPOTrainer(Trainer):
     # Our loss is a per-micro-batch mean: Trainer divides it by the accumulation steps.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args: Any, beta: float = 0.1, label_smoothing: float = 0.0,
-                 refinement: Refinement | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        beta: float = 0.1,
+        label_smoothing: float = 0.0,
+        refinement: Refinement | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
         self.beta = beta
         self.label_smoothing = label_smoothing
@@ -111,17 +128,27 @@ class SoftDPOTrainer(Trainer):
         if "ref_chosen_logps" not in inputs:
             raise TrainingError("a training batch has no reference log-probs; compute them before training")
         sums, logits = sequence_logps_and_logits(
-            model, inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"])
+            model, inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"]
+        )
         k = inputs["label"].shape[0]
         labels = inputs["label"].to(sums.dtype)
         smoothing = torch.full_like(labels, self.label_smoothing)
         decision = None
         if self.refinement is not None and model.training:
             decision = self._refine(model, inputs, sums.detach(), logits, k)
-            smoothing = torch.where(decision.smoothed, torch.full_like(labels, self.refinement.settings.alpha), smoothing)
+            smoothing = torch.where(
+                decision.smoothed, torch.full_like(labels, self.refinement.settings.alpha), smoothing
+            )
         target = labels * (1 - smoothing) + (1 - labels) * smoothing
-        out = soft_dpo_loss(sums[:k], sums[k:], inputs["ref_chosen_logps"], inputs["ref_rejected_logps"],
-                            beta=self.beta, target=target, weight=inputs["weight"].to(sums.dtype))
+        out = soft_dpo_loss(
+            sums[:k],
+            sums[k:],
+            inputs["ref_chosen_logps"],
+            inputs["ref_rejected_logps"],
+            beta=self.beta,
+            target=target,
+            weight=inputs["weight"].to(sums.dtype),
+        )
         if not torch.isfinite(out.loss):
             raise TrainingError(
                 f"non-finite DPO loss ({out.loss.item()}) at optimizer step {self.state.global_step + 1}, "
@@ -129,8 +156,7 @@ class SoftDPOTrainer(Trainer):
                 "Lower train.learning_rate or check the data's reference log-probs."
             )
         if model.training:
-            self._record(out, sums[:k].detach(), sums[k:].detach(), target.detach(), inputs["attention_mask"],
-                         decision)
+            self._record(out, sums[:k].detach(), sums[k:].detach(), target.detach(), inputs["attention_mask"], decision)
         return (out.loss, {"logits": out.logits}) if return_outputs else out.loss
 
     @torch.no_grad()
@@ -142,12 +168,14 @@ class SoftDPOTrainer(Trainer):
             detector = sum_by_row(tokens, logits.rows, logits.num_rows).to(sums.dtype)
         else:
             detector = sums
-        margins = self.beta * dpo_logits(detector[:k], detector[k:], inputs["ref_chosen_logps"],
-                                              inputs["ref_rejected_logps"])
+        margins = self.beta * dpo_logits(
+            detector[:k], detector[k:], inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+        )
         active = self.state.global_step >= refinement.settings.warmup_fraction * max(self.state.max_steps, 1)
         window = self.refine_window
-        decision = refine_targets(margins, window.threshold, refinement.settings.alpha, active,
-                                  self._gather_margins(margins))
+        decision = refine_targets(
+            margins, window.threshold, refinement.settings.alpha, active, self._gather_margins(margins)
+        )
         window.pairs += int(margins.numel())
         window.smoothed += int(decision.smoothed.sum())
         return decision
@@ -175,20 +203,29 @@ class SoftDPOTrainer(Trainer):
         return gathered[~torch.isnan(gathered)]
 
     def _record(self, out, chosen_logps, rejected_logps, targets, attention_mask, decision=None) -> None:
-        values = torch.stack([
-            out.chosen_rewards.mean(),
-            out.rejected_rewards.mean(),
-            (out.chosen_rewards - out.rejected_rewards).mean(),
-            (out.chosen_rewards > out.rejected_rewards).float().mean(),
-            chosen_logps.mean(),
-            rejected_logps.mean(),
-            targets.mean(),
-            decision.smoothed.float().mean() if decision is not None else targets.new_zeros(()),
-            targets.new_tensor(decision.threshold if decision is not None else 0.0),
-        ]).float()
+        values = torch.stack(
+            [
+                out.chosen_rewards.mean(),
+                out.rejected_rewards.mean(),
+                (out.chosen_rewards - out.rejected_rewards).mean(),
+                (out.chosen_rewards > out.rejected_rewards).float().mean(),
+                chosen_logps.mean(),
+                rejected_logps.mean(),
+                targets.mean(),
+                decision.smoothed.float().mean() if decision is not None else targets.new_zeros(()),
+                targets.new_tensor(decision.threshold if decision is not None else 0.0),
+            ]
+        ).float()
         values = self.accelerator.gather(values.unsqueeze(0)).mean(dim=0).tolist()
-        names = ["rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
-                 "logps/chosen", "logps/rejected", "labels/mean"]
+        names = [
+            "rewards/chosen",
+            "rewards/rejected",
+            "rewards/margins",
+            "rewards/accuracies",
+            "logps/chosen",
+            "logps/rejected",
+            "labels/mean",
+        ]
         if decision is not None:
             names += ["refine/smoothed_fraction", "refine/threshold"]
         for name, value in zip(names, values):

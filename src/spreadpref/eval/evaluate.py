@@ -69,8 +69,11 @@ def run_models(run_dir: Path, config: Config) -> list[EvalModel]:
     seed = stages.get("seed", {})
     if seed.get("status") == "complete":
         models.append(EvalModel("seed", seed["outputs"]["model"]))
-    rounds = sorted((int(name.split("/")[0].split("-")[1]), entry) for name, entry in stages.items()
-                    if name.endswith("/train") and entry.get("status") == "complete")
+    rounds = sorted(
+        (int(name.split("/")[0].split("-")[1]), entry)
+        for name, entry in stages.items()
+        if name.endswith("/train") and entry.get("status") == "complete"
+    )
     for index, entry in rounds:
         path = Path(entry["outputs"]["model"])
         if (path / "config.json").is_file():
@@ -86,8 +89,10 @@ def model_targets(targets: list[str], config: Config) -> list[EvalModel]:
     for target in targets:
         path = Path(target)
         if (path / "manifest.json").is_file() and (path / "config.yaml").is_file():
-            models += [EvalModel(f"{path.name}/{m.name}" if len(targets) > 1 else m.name, m.path)
-                       for m in run_models(path, load_config(path / "config.yaml"))]
+            models += [
+                EvalModel(f"{path.name}/{m.name}" if len(targets) > 1 else m.name, m.path)
+                for m in run_models(path, load_config(path / "config.yaml"))
+            ]
         else:
             models.append(EvalModel(path.name or target, target))
     names = [m.name for m in models]
@@ -102,32 +107,49 @@ def model_targets(targets: list[str], config: Config) -> list[EvalModel]:
 
 
 def answer_settings(config: Config) -> GenerationSettings:
-    return GenerationSettings(num_samples=1, temperature=config.eval.temperature,
-                              max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size)
+    return GenerationSettings(
+        num_samples=1,
+        temperature=config.eval.temperature,
+        max_new_tokens=config.eval.max_new_tokens,
+        batch_size=config.eval.batch_size,
+    )
 
 
-def generate_answers(config: Config, tokenizer: PreTrainedTokenizerBase, model: EvalModel,
-                     prompts: list[PromptRecord], out_dir: Path) -> list[Sample]:
+def generate_answers(
+    config: Config, tokenizer: PreTrainedTokenizerBase, model: EvalModel, prompts: list[PromptRecord], out_dir: Path
+) -> list[Sample]:
     out = out_dir / "answers" / f"{_file_name(model.name)}.jsonl"
     if out.is_file():
         return Sample.read(out)
     policy = load_for_inference(config.model, model.path)
     console.print(f"Answering {len(prompts)} evaluation prompts with {model.name}")
-    rows = generate_samples(policy, tokenizer, prompts, answer_settings(config), config.data, config.seed, out,
-                            round_index=0)
+    rows = generate_samples(
+        policy, tokenizer, prompts, answer_settings(config), config.data, config.seed, out, round_index=0
+    )
     del policy
     return rows
 
 
 def write_official_formats(out_dir: Path, name: str, prompts: list[PromptRecord], answers: list[str]) -> None:
     """AlpacaEval model outputs (JSON list) and MT-Bench answers (JSONL), one answer per prompt."""
-    alpaca = [{"instruction": _instruction(p), "output": a, "generator": name, "dataset": "spreadpref"}
-              for p, a in zip(prompts, answers)]
+    alpaca = [
+        {"instruction": _instruction(p), "output": a, "generator": name, "dataset": "spreadpref"}
+        for p, a in zip(prompts, answers)
+    ]
     atomic_write_text(out_dir / "alpaca_eval" / f"{_file_name(name)}.json", json.dumps(alpaca, indent=2) + "\n")
     now = time.time()
-    mt_bench = [json.dumps({"question_id": p.id, "answer_id": hashlib.sha256(f"{name}:{p.id}".encode()).hexdigest()[:22],
-                            "model_id": name, "choices": [{"index": 0, "turns": [a]}], "tstamp": now})
-                for p, a in zip(prompts, answers)]
+    mt_bench = [
+        json.dumps(
+            {
+                "question_id": p.id,
+                "answer_id": hashlib.sha256(f"{name}:{p.id}".encode()).hexdigest()[:22],
+                "model_id": name,
+                "choices": [{"index": 0, "turns": [a]}],
+                "tstamp": now,
+            }
+        )
+        for p, a in zip(prompts, answers)
+    ]
     atomic_write_text(out_dir / "mt_bench" / f"{_file_name(name)}.jsonl", "\n".join(mt_bench) + "\n")
 
 
@@ -144,18 +166,25 @@ def load_baseline_answers(path: Path, prompts: list[PromptRecord]) -> list[str]:
     try:
         rows = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise SpreadprefError(f"{path}: cannot read baseline answers ({err}); eval.baseline takes `initial`, a "
-                              "model directory, or an AlpacaEval-format JSON list of {instruction, output}") from None
+        raise SpreadprefError(
+            f"{path}: cannot read baseline answers ({err}); eval.baseline takes `initial`, a "
+            "model directory, or an AlpacaEval-format JSON list of {instruction, output}"
+        ) from None
     by_instruction = {}
     for index, row in enumerate(rows if isinstance(rows, list) else []):
-        if not isinstance(row, dict) or not isinstance(row.get("instruction"), str) or not isinstance(
-                row.get("output"), str):
+        if (
+            not isinstance(row, dict)
+            or not isinstance(row.get("instruction"), str)
+            or not isinstance(row.get("output"), str)
+        ):
             raise SpreadprefError(f"{path}: entry {index} needs string fields instruction and output")
         by_instruction[row["instruction"]] = row["output"]
     missing = [p.id for p in prompts if _instruction(p) not in by_instruction]
     if missing:
-        raise SpreadprefError(f"{path}: no baseline answer for {len(missing)} evaluation prompts "
-                              f"(first: {missing[0]!r}); the instructions must match the evaluation prompts")
+        raise SpreadprefError(
+            f"{path}: no baseline answer for {len(missing)} evaluation prompts "
+            f"(first: {missing[0]!r}); the instructions must match the evaluation prompts"
+        )
     return [by_instruction[_instruction(p)] for p in prompts]
 
 
@@ -168,8 +197,15 @@ def load_baseline_answers(path: Path, prompts: list[PromptRecord]) -> list[str]:
 
 
 def _fingerprint(config: Config, prompts: list[PromptRecord]) -> str:
-    parts = [answer_settings(config).model_dump(mode="json"), config.data.max_length, config.data.max_prompt_length,
-             config.seed, [p.id for p in prompts], config.eval.judge.model_dump(mode="json"), config.eval.baseline]
+    parts = [
+        answer_settings(config).model_dump(mode="json"),
+        config.data.max_length,
+        config.data.max_prompt_length,
+        config.seed,
+        [p.id for p in prompts],
+        config.eval.judge.model_dump(mode="json"),
+        config.eval.baseline,
+    ]
     return fingerprint(parts)
 
 
@@ -184,18 +220,29 @@ def evaluate_models(config: Config, models: list[EvalModel], out_dir: Path, forc
     Answers and verdicts are cached per model name, so calling this again with more models only
     does the new ones, and eval.json keeps the earlier models' results.
     """
-    prompts, report = load_prompts(config.eval.prompts, config.data.columns, skip_invalid=config.data.skip_invalid,
-                                   limit=config.eval.limit, system_prompt=config.data.system_prompt)
+    prompts, report = load_prompts(
+        config.eval.prompts,
+        config.data.columns,
+        skip_invalid=config.data.skip_invalid,
+        limit=config.eval.limit,
+        system_prompt=config.data.system_prompt,
+    )
     console.print(report.summary())
     manifest = Manifest(out_dir)
     expected = _fingerprint(config, prompts)
     previous = manifest.stage("eval")
-    results: dict[str, Any] = {"prompts": len(prompts), "judge": config.eval.judge.kind,
-                               "baseline": config.eval.baseline, "models": {}}
+    results: dict[str, Any] = {
+        "prompts": len(prompts),
+        "judge": config.eval.judge.kind,
+        "baseline": config.eval.baseline,
+        "models": {},
+    }
     if previous and (force or previous.get("fingerprint") != expected):
         if not force:
-            raise SpreadprefError(f"{out_dir} holds an evaluation made with other settings (prompts, generation, "
-                                  "judge or baseline); use another --output directory, or --force to redo it")
+            raise SpreadprefError(
+                f"{out_dir} holds an evaluation made with other settings (prompts, generation, "
+                "judge or baseline); use another --output directory, or --force to redo it"
+            )
 
         for sub in ("answers", "verdicts", "alpaca_eval", "mt_bench", "eval.json"):
             target = out_dir / sub
@@ -210,8 +257,7 @@ def evaluate_models(config: Config, models: list[EvalModel], out_dir: Path, forc
     for model in models:
         answers = generate_answers(config, tokenizer, model, prompts, out_dir)
         write_official_formats(out_dir, model.name, prompts, [a.text for a in answers])
-        results["models"][model.name] = _score_model(config, judge, model, prompts, answers, baseline_answers,
-                                                     out_dir)
+        results["models"][model.name] = _score_model(config, judge, model, prompts, answers, baseline_answers, out_dir)
         atomic_write_json(out_dir / "eval.json", results)
     if config.eval.labelled:
         _held_out_agreement(config, tokenizer, models, results)
@@ -226,13 +272,17 @@ def _check_eval_judge(config: Config) -> None:
     """An evaluation judge must be the same for every model, never the evaluated model itself."""
     kind, llm = config.eval.judge.kind, config.eval.judge.llm
     if kind == "implicit" or (kind == "llm" and not llm.base_url and llm.model == "policy"):
-        raise SpreadprefError(f"eval.judge.kind={kind}" + (" with llm.model=policy" if kind == "llm" else "") +
-                              " would let each evaluated model judge itself; use verifier, reward_model, or an llm "
-                              "judge with eval.judge.llm.model set to a fixed model or base_url")
+        raise SpreadprefError(
+            f"eval.judge.kind={kind}"
+            + (" with llm.model=policy" if kind == "llm" else "")
+            + " would let each evaluated model judge itself; use verifier, reward_model, or an llm "
+            "judge with eval.judge.llm.model set to a fixed model or base_url"
+        )
 
 
-def _baseline_answers(config: Config, tokenizer: PreTrainedTokenizerBase, prompts: list[PromptRecord],
-                      out_dir: Path) -> list[str]:
+def _baseline_answers(
+    config: Config, tokenizer: PreTrainedTokenizerBase, prompts: list[PromptRecord], out_dir: Path
+) -> list[str]:
     """The baseline's answer texts: from an AlpacaEval file, or generated by the baseline model."""
     baseline = config.eval.baseline
     if baseline.endswith(".json") and Path(baseline).is_file():
@@ -253,38 +303,71 @@ class EvalVerdict(Artifact):
     baseline_score: float = doc("the judge's score of the baseline's answer")
 
 
-def _score_model(config: Config, judge: Judge, model: EvalModel, prompts: list[PromptRecord],
-                 answers: list[Sample], baseline: list[str], out_dir: Path) -> dict[str, Any]:
+def _score_model(
+    config: Config,
+    judge: Judge,
+    model: EvalModel,
+    prompts: list[PromptRecord],
+    answers: list[Sample],
+    baseline: list[str],
+    out_dir: Path,
+) -> dict[str, Any]:
     units = [list(range(i, min(i + 16, len(prompts)))) for i in range(0, len(prompts), 16)]
 
     def process(_: int, unit: list[int]) -> list[EvalVerdict]:
-        comparisons = [Comparison(prompt=prompts[i].prompt, replies=[answers[i].text, baseline[i]],
-                                  id=prompts[i].id, metadata=prompts[i].metadata) for i in unit]
-        return [EvalVerdict(index=i, p=j.p(0, 1), score=j.scores[0], baseline_score=j.scores[1])
-                for i, j in zip(unit, judge.judge(comparisons))]
+        comparisons = [
+            Comparison(
+                prompt=prompts[i].prompt,
+                replies=[answers[i].text, baseline[i]],
+                id=prompts[i].id,
+                metadata=prompts[i].metadata,
+            )
+            for i in unit
+        ]
+        return [
+            EvalVerdict(index=i, p=j.p(0, 1), score=j.scores[0], baseline_score=j.scores[1])
+            for i, j in zip(unit, judge.judge(comparisons))
+        ]
 
-    verdicts = run_in_parts(out_dir / "verdicts" / f"{_file_name(model.name)}.jsonl", units, process, EvalVerdict,
-                            f"Judging {model.name} against the baseline", order=lambda v: v.index)
+    verdicts = run_in_parts(
+        out_dir / "verdicts" / f"{_file_name(model.name)}.jsonl",
+        units,
+        process,
+        EvalVerdict,
+        f"Judging {model.name} against the baseline",
+        order=lambda v: v.index,
+    )
     p = np.array([v.p for v in verdicts], dtype=np.float64)
     words = np.array([len(a.text.split()) for a in answers], dtype=np.float64)
     baseline_words = np.array([len(b.split()) for b in baseline], dtype=np.float64)
     result = win_rate_with_ci(p, config.eval.bootstrap, config.seed)
     result["lc_win_rate"] = length_controlled_win_rate(p, words - baseline_words)
-    result.update(mean_words=float(words.mean()), baseline_mean_words=float(baseline_words.mean()),
-                  mean_tokens=float(np.mean([a.num_tokens for a in answers])),
-                  cut_off_fraction=float(np.mean([a.cut_off for a in answers])))
+    result.update(
+        mean_words=float(words.mean()),
+        baseline_mean_words=float(baseline_words.mean()),
+        mean_tokens=float(np.mean([a.num_tokens for a in answers])),
+        cut_off_fraction=float(np.mean([a.cut_off for a in answers])),
+    )
     if config.eval.judge.kind == "verifier":
         scores = np.array([v.score for v in verdicts])
-        result.update(constraint_satisfaction=float(scores.mean()), all_satisfied=float((scores == 1.0).mean()),
-                      baseline_constraint_satisfaction=float(np.mean([v.baseline_score for v in verdicts])))
+        result.update(
+            constraint_satisfaction=float(scores.mean()),
+            all_satisfied=float((scores == 1.0).mean()),
+            baseline_constraint_satisfaction=float(np.mean([v.baseline_score for v in verdicts])),
+        )
     return result
 
 
-def _held_out_agreement(config: Config, tokenizer: PreTrainedTokenizerBase, models: list[EvalModel],
-                        results: dict[str, Any]) -> None:
+def _held_out_agreement(
+    config: Config, tokenizer: PreTrainedTokenizerBase, models: list[EvalModel], results: dict[str, Any]
+) -> None:
     """Each model's implicit reward (against the SFT model) on held-out human-labelled pairs."""
-    records, report = load_preferences(config.eval.labelled, config.data.columns,
-                                       skip_invalid=config.data.skip_invalid, system_prompt=config.data.system_prompt)
+    records, report = load_preferences(
+        config.eval.labelled,
+        config.data.columns,
+        skip_invalid=config.data.skip_invalid,
+        system_prompt=config.data.system_prompt,
+    )
     console.print(report.summary())
     comparisons = [Comparison(prompt=r.prompt, replies=[r.chosen, r.rejected], id=r.id) for r in records]
     reference = load_for_inference(config.model)
@@ -302,9 +385,15 @@ def _held_out_agreement(config: Config, tokenizer: PreTrainedTokenizerBase, mode
 # Tables
 
 
-EVAL_COLUMNS = [("win_rate", "win rate", ".3f"), ("ci", "95% CI", ""), ("lc_win_rate", "LC win rate", ".3f"),
-                ("constraint_satisfaction", "constraints met", ".3f"), ("mean_words", "words", ".0f"),
-                ("cut_off_fraction", "cut off", ".2f"), ("held_out_agreement", "held-out agree", ".3f")]
+EVAL_COLUMNS = [
+    ("win_rate", "win rate", ".3f"),
+    ("ci", "95% CI", ""),
+    ("lc_win_rate", "LC win rate", ".3f"),
+    ("constraint_satisfaction", "constraints met", ".3f"),
+    ("mean_words", "words", ".0f"),
+    ("cut_off_fraction", "cut off", ".2f"),
+    ("held_out_agreement", "held-out agree", ".3f"),
+]
 
 
 def _cells(row: dict[str, Any]) -> list[str]:
@@ -319,14 +408,20 @@ def _cells(row: dict[str, Any]) -> list[str]:
 
 
 def eval_markdown(results: dict[str, Any]) -> str:
-    lines = [f"# Evaluation: {results['prompts']} prompts, judge `{results['judge']}`, "
-             f"baseline `{results['baseline']}`", "",
-             "| model | " + " | ".join(title for _, title, _ in EVAL_COLUMNS) + " |",
-             "|---|" + "---|" * len(EVAL_COLUMNS)]
+    lines = [
+        f"# Evaluation: {results['prompts']} prompts, judge `{results['judge']}`, baseline `{results['baseline']}`",
+        "",
+        "| model | " + " | ".join(title for _, title, _ in EVAL_COLUMNS) + " |",
+        "|---|" + "---|" * len(EVAL_COLUMNS),
+    ]
     lines += [f"| {name} | " + " | ".join(_cells(row)) + " |" for name, row in results["models"].items()]
-    lines += ["", "Win rate: the judge's mean preference for the model's answer over the baseline's (ties count "
-              "one half), with a 95% percentile bootstrap interval over prompts. LC: length-controlled, the "
-              "logistic model's preference at zero length difference.", ""]
+    lines += [
+        "",
+        "Win rate: the judge's mean preference for the model's answer over the baseline's (ties count "
+        "one half), with a 95% percentile bootstrap interval over prompts. LC: length-controlled, the "
+        "logistic model's preference at zero length difference.",
+        "",
+    ]
     return "\n".join(lines)
 
 

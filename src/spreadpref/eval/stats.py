@@ -37,4 +37,3 @@ def length_controlled_win_rate(p: np.ndarray, length_difference: np.ndarray, l2:
         if np.abs(step).max() < 1e-10:
             break
     return float(1.0 / (1.0 + math.exp(-w[0])))
-

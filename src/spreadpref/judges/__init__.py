@@ -16,7 +16,8 @@ diagonal and for ties); ``scores`` rank the replies (higher is better). One modu
 
 from __future__ import annotations
 
-from typing import Any
+import torch
+from transformers import PreTrainedTokenizerBase
 
 from spreadpref.config import JudgeSettings, ModelSettings
 from spreadpref.errors import JudgeError
@@ -40,8 +41,15 @@ from spreadpref.judges.verifier import VerifierJudge
 from spreadpref.models.loading import load_model, load_tokenizer, resolve_device
 
 
-def make_judge(settings: JudgeSettings, model_settings: ModelSettings, *, beta: float = 0.1,
-               policy: Any = None, reference: Any = None, tokenizer: Any = None) -> Judge:
+def make_judge(
+    settings: JudgeSettings,
+    model_settings: ModelSettings,
+    *,
+    beta: float = 0.1,
+    policy: torch.nn.Module = None,
+    reference: torch.nn.Module = None,
+    tokenizer: PreTrainedTokenizerBase = None,
+) -> Judge:
     """The judge ``settings.kind`` names; ``policy``/``reference`` are the loaded models where one is needed."""
     device = resolve_device(model_settings.device)
     if settings.kind == "implicit":
@@ -49,25 +57,54 @@ def make_judge(settings: JudgeSettings, model_settings: ModelSettings, *, beta: 
             raise JudgeError("the implicit judge needs the policy model")
         return ImplicitJudge(policy, reference, tokenizer, beta, settings)
     if settings.kind == "reward_model":
-        return RewardModelJudge(settings.reward_model.name_or_path or "", device, settings.reward_model.batch_size,
-                                settings.reward_model.max_length, model_settings.trust_remote_code)
+        return RewardModelJudge(
+            settings.reward_model.name_or_path or "",
+            device,
+            settings.reward_model.batch_size,
+            settings.reward_model.max_length,
+            model_settings.trust_remote_code,
+        )
     if settings.kind == "verifier":
         return VerifierJudge()
     llm = settings.llm
     if llm.base_url:
-        return HTTPLLMJudge(llm.base_url, llm.api_model or "", llm.api_key_env, llm.max_retries, llm.timeout,
-                            llm.concurrency, llm.max_reply_chars)
+        return HTTPLLMJudge(
+            llm.base_url,
+            llm.api_model or "",
+            llm.api_key_env,
+            llm.max_retries,
+            llm.timeout,
+            llm.concurrency,
+            llm.max_reply_chars,
+        )
     if llm.model == "policy":
         if policy is None:
             raise JudgeError("judge.llm.model=policy needs the policy model")
         return LocalLLMJudge(policy, tokenizer, llm.batch_size, llm.max_reply_chars)
-    judge_settings = model_settings.model_copy(update={"name_or_path": llm.model, "tokenizer": None,
-                                                       "lora": model_settings.lora.model_copy(update={"enabled": False})})
+    judge_settings = model_settings.model_copy(
+        update={
+            "name_or_path": llm.model,
+            "tokenizer": None,
+            "lora": model_settings.lora.model_copy(update={"enabled": False}),
+        }
+    )
     judge_model = load_model(judge_settings).to(device).eval()
     return LocalLLMJudge(judge_model, load_tokenizer(judge_settings), llm.batch_size, llm.max_reply_chars)
 
 
-
-__all__ = ["Comparison", "HTTPLLMJudge", "ImplicitJudge", "Judge", "Judgement", "LocalLLMJudge", "PairwiseJudge",
-           "RewardModelJudge",            "VerifierJudge", "agreement", "bradley_terry", "hard_preferences", "judge_messages", "make_judge"]
-
+__all__ = [
+    "Comparison",
+    "HTTPLLMJudge",
+    "ImplicitJudge",
+    "Judge",
+    "Judgement",
+    "LocalLLMJudge",
+    "PairwiseJudge",
+    "RewardModelJudge",
+    "VerifierJudge",
+    "agreement",
+    "bradley_terry",
+    "hard_preferences",
+    "judge_messages",
+    "make_judge",
+]

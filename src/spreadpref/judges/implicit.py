@@ -39,32 +39,64 @@ def preference_probability(margin: float, beta: float) -> float:
     return sigmoid(beta * margin)
 
 
-def both_logps(policy: PreTrainedModel, reference: PreTrainedModel | None, prompts: list[list[int]],
-               replies: list[list[int]], pad_token_id: int, batch_size: int, reference_is_adapter_off: bool = False,
-               progress: bool = True, description: str = "Judging",
-               ) -> tuple[torch.Tensor, list[float | None], torch.Tensor]:
+def both_logps(
+    policy: PreTrainedModel,
+    reference: PreTrainedModel | None,
+    prompts: list[list[int]],
+    replies: list[list[int]],
+    pad_token_id: int,
+    batch_size: int,
+    reference_is_adapter_off: bool = False,
+    progress: bool = True,
+    description: str = "Judging",
+) -> tuple[torch.Tensor, list[float | None], torch.Tensor]:
     """Reply log-probs under the policy and under the judge reference (None entries without one)."""
-    policy_logps, counts = score_sequences(policy, prompts, replies, pad_token_id, batch_size,
-                                           description=f"{description}: policy", progress=progress)
+    policy_logps, counts = score_sequences(
+        policy, prompts, replies, pad_token_id, batch_size, description=f"{description}: policy", progress=progress
+    )
     if reference is None and not reference_is_adapter_off:
         return policy_logps, [None] * len(prompts), counts
     model = policy if reference_is_adapter_off else reference
-    reference_logps, _ = score_sequences(model, prompts, replies, pad_token_id, batch_size,
-                                         description=f"{description}: reference",
-                                         as_reference=reference_is_adapter_off, progress=progress)
+    reference_logps, _ = score_sequences(
+        model,
+        prompts,
+        replies,
+        pad_token_id,
+        batch_size,
+        description=f"{description}: reference",
+        as_reference=reference_is_adapter_off,
+        progress=progress,
+    )
     return policy_logps, [float(r) for r in reference_logps], counts
 
 
-def score_replies(policy: PreTrainedModel, reference: PreTrainedModel | None, prompts: list[list[int]],
-                  replies: list[list[int]], pad_token_id: int, settings: JudgeSettings,
-                  reference_is_adapter_off: bool = False, progress: bool = True,
-                  description: str = "Judging") -> list[float]:
+def score_replies(
+    policy: PreTrainedModel,
+    reference: PreTrainedModel | None,
+    prompts: list[list[int]],
+    replies: list[list[int]],
+    pad_token_id: int,
+    settings: JudgeSettings,
+    reference_is_adapter_off: bool = False,
+    progress: bool = True,
+    description: str = "Judging",
+) -> list[float]:
     """The log-ratio score of every (prompt, reply), in order."""
-    policy_logps, reference_logps, counts = both_logps(policy, reference, prompts, replies, pad_token_id,
-                                                       settings.batch_size, reference_is_adapter_off, progress,
-                                                       description)
-    scores = [log_ratio(float(p), r, int(c), settings.length_normalize)
-              for p, r, c in zip(policy_logps, reference_logps, counts)]
+    policy_logps, reference_logps, counts = both_logps(
+        policy,
+        reference,
+        prompts,
+        replies,
+        pad_token_id,
+        settings.batch_size,
+        reference_is_adapter_off,
+        progress,
+        description,
+    )
+    scores = [
+        log_ratio(float(p), r, int(c), settings.length_normalize)
+        for p, r, c in zip(policy_logps, reference_logps, counts)
+    ]
     bad = next((s for s in scores if not math.isfinite(s)), None)
     if bad is not None:
         raise JudgeError(f"non-finite implicit-judge score ({bad}); the model produces NaN or inf")
@@ -76,9 +108,15 @@ class ImplicitJudge(Judge):
 
     name = "implicit"
 
-    def __init__(self, policy: PreTrainedModel, reference: PreTrainedModel | None,
-                 tokenizer: PreTrainedTokenizerBase, beta: float, settings: JudgeSettings | None = None,
-                 reference_is_adapter_off: bool = False):
+    def __init__(
+        self,
+        policy: PreTrainedModel,
+        reference: PreTrainedModel | None,
+        tokenizer: PreTrainedTokenizerBase,
+        beta: float,
+        settings: JudgeSettings | None = None,
+        reference_is_adapter_off: bool = False,
+    ):
         self.policy, self.reference, self.tokenizer = policy, reference, tokenizer
         self.beta = beta
         self.settings = settings or JudgeSettings()
@@ -91,8 +129,16 @@ class ImplicitJudge(Judge):
             prompts += [prompt_ids] * len(reply_token_ids)
             replies += reply_token_ids
             sizes.append(len(reply_token_ids))
-        flat = score_replies(self.policy, self.reference, prompts, replies, self.tokenizer.pad_token_id,
-                             self.settings, self.reference_is_adapter_off, progress=False)
+        flat = score_replies(
+            self.policy,
+            self.reference,
+            prompts,
+            replies,
+            self.tokenizer.pad_token_id,
+            self.settings,
+            self.reference_is_adapter_off,
+            progress=False,
+        )
         judgements, start = [], 0
         for size in sizes:
             scores = flat[start : start + size]
@@ -104,5 +150,7 @@ class ImplicitJudge(Judge):
         if comparison.prompt_ids is not None and comparison.reply_ids is not None:
             return comparison.prompt_ids, comparison.reply_ids
         prompt_ids = render_prompt_ids(self.tokenizer, comparison.prompt)
-        return prompt_ids, [reply_ids(self.tokenizer, comparison.prompt, prompt_ids, text, complete=True,
-                                      record_id=comparison.id) for text in comparison.replies]
+        return prompt_ids, [
+            reply_ids(self.tokenizer, comparison.prompt, prompt_ids, text, complete=True, record_id=comparison.id)
+            for text in comparison.replies
+        ]

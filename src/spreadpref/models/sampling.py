@@ -45,13 +45,16 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase, generation_config: Genera
     return sorted(ids)
 
 
-def prepare_prompt_ids(tokenizer: PreTrainedTokenizerBase, prompts: list[PromptRecord], data: DataSettings) -> list[list[int]]:
+def prepare_prompt_ids(
+    tokenizer: PreTrainedTokenizerBase, prompts: list[PromptRecord], data: DataSettings
+) -> list[list[int]]:
     require_chat_template(tokenizer)
     ids = []
     for record in prompts:
         prompt_ids = render_prompt_ids(tokenizer, record.prompt)
-        prompt_ids, *_ = truncate_pair(prompt_ids, [], [], data.max_length, data.max_prompt_length,
-                                       tokenizer.bos_token_id)
+        prompt_ids, *_ = truncate_pair(
+            prompt_ids, [], [], data.max_length, data.max_prompt_length, tokenizer.bos_token_id
+        )
         ids.append(prompt_ids)
     return ids
 
@@ -66,12 +69,27 @@ def split_reply(new_tokens: list[int], stop_ids: set[int], pad_token_id: int) ->
     return new_tokens, "length"
 
 
-def make_sample(prompts: list[PromptRecord], i: int, sample: int, prompt_ids: list[int], reply: list[int],
-                finish: str, tokenizer: PreTrainedTokenizerBase) -> Sample:
+def make_sample(
+    prompts: list[PromptRecord],
+    i: int,
+    sample: int,
+    prompt_ids: list[int],
+    reply: list[int],
+    finish: str,
+    tokenizer: PreTrainedTokenizerBase,
+) -> Sample:
     text_ids = reply[:-1] if finish == "stop" else reply
-    return Sample(prompt_id=prompts[i].id, prompt_index=i, sample=sample, prompt=prompts[i].prompt,
-                  prompt_ids=prompt_ids, reply_ids=reply, text=tokenizer.decode(text_ids, skip_special_tokens=True),
-                  num_tokens=len(reply), finish_reason=finish)
+    return Sample(
+        prompt_id=prompts[i].id,
+        prompt_index=i,
+        sample=sample,
+        prompt=prompts[i].prompt,
+        prompt_ids=prompt_ids,
+        reply_ids=reply,
+        text=tokenizer.decode(text_ids, skip_special_tokens=True),
+        num_tokens=len(reply),
+        finish_reason=finish,
+    )
 
 
 def _order(sample: Sample) -> tuple[int, int]:
@@ -90,13 +108,14 @@ def left_padded(rows: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor,
     input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
     attention = torch.zeros((len(rows), width), dtype=torch.long)
     for index, row in enumerate(rows):
-        input_ids[index, width - len(row):] = torch.tensor(row, dtype=torch.long)
-        attention[index, width - len(row):] = 1
+        input_ids[index, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        attention[index, width - len(row) :] = 1
     return input_ids, attention
 
 
-def sampling_kwargs(settings: GenerationSettings, stops: list[int], pad_token_id: int,
-                    max_new_tokens: int) -> dict[str, Any]:
+def sampling_kwargs(
+    settings: GenerationSettings, stops: list[int], pad_token_id: int, max_new_tokens: int
+) -> dict[str, Any]:
     """``model.generate`` keyword arguments for the configured sampling."""
     sampling = settings.temperature > 0
     return {
@@ -112,9 +131,16 @@ def sampling_kwargs(settings: GenerationSettings, stops: list[int], pad_token_id
 
 
 @torch.no_grad()
-def generate_samples(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[PromptRecord],
-                     settings: GenerationSettings, data: DataSettings, seed: int, out_file: Path,
-                     round_index: int = 0) -> list[Sample]:
+def generate_samples(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[PromptRecord],
+    settings: GenerationSettings,
+    data: DataSettings,
+    seed: int,
+    out_file: Path,
+    round_index: int = 0,
+) -> list[Sample]:
     """Sample ``settings.num_samples`` replies per prompt with ``model.generate``; samples in prompt order."""
     prompt_ids = prepare_prompt_ids(tokenizer, prompts, data)
     batches = prompt_batches(prompt_ids, settings.batch_size)
@@ -127,23 +153,33 @@ def generate_samples(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         input_ids, attention = left_padded([prompt_ids[i] for i in indices], pad)
         width = input_ids.shape[1]
         budget = min(settings.max_new_tokens, data.max_length - width)
-        output = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                **sampling_kwargs(settings, stops, pad, budget))
+        output = model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            **sampling_kwargs(settings, stops, pad, budget),
+        )
         samples = []
         for row, sequence in enumerate(output[:, width:].tolist()):
             i = indices[row // settings.num_samples]
             reply, finish = split_reply(sequence, set(stops), pad)
-            samples.append(make_sample(prompts, i, row % settings.num_samples, prompt_ids[i], reply, finish,
-                                       tokenizer))
+            samples.append(make_sample(prompts, i, row % settings.num_samples, prompt_ids[i], reply, finish, tokenizer))
         return samples
 
     model.eval()
     return run_in_parts(out_file, batches, process, Sample, f"Generating (round {round_index})", order=_order)
 
 
-def generate_samples_vllm(model_path: str, tokenizer: PreTrainedTokenizerBase, prompts: list[PromptRecord],
-                          settings: GenerationSettings, data: DataSettings, seed: int, out_file: Path,
-                          round_index: int = 0, dtype: str = "bfloat16") -> list[Sample]:
+def generate_samples_vllm(
+    model_path: str,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[PromptRecord],
+    settings: GenerationSettings,
+    data: DataSettings,
+    seed: int,
+    out_file: Path,
+    round_index: int = 0,
+    dtype: str = "bfloat16",
+) -> list[Sample]:
     """The same samples as :func:`generate_samples`, drawn by vLLM in a subprocess on ``model_path``.
 
     The whole round is one unit of work: vLLM's start-up is too slow to pay per batch.
@@ -157,20 +193,34 @@ def generate_samples_vllm(model_path: str, tokenizer: PreTrainedTokenizerBase, p
 
     def process(_: int, indices: list[int]) -> list[Sample]:
         request = build_request(
-            model_path, [prompt_ids[i] for i in indices],
-            seeds=[unit_seed(seed, "generate", round_index, "prompt", i) for i in indices], stops=stops,
-            temperature=settings.temperature, top_p=settings.top_p,
-            max_new_tokens=[max(1, min(settings.max_new_tokens, data.max_length - len(prompt_ids[i]))) for i in indices],
-            num_samples=settings.num_samples, tensor_parallel_size=settings.tensor_parallel_size, dtype=dtype,
+            model_path,
+            [prompt_ids[i] for i in indices],
+            seeds=[unit_seed(seed, "generate", round_index, "prompt", i) for i in indices],
+            stops=stops,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            max_new_tokens=[
+                max(1, min(settings.max_new_tokens, data.max_length - len(prompt_ids[i]))) for i in indices
+            ],
+            num_samples=settings.num_samples,
+            tensor_parallel_size=settings.tensor_parallel_size,
+            dtype=dtype,
             gpu_memory_utilization=settings.gpu_memory_utilization,
         )
         samples = []
         for i, result in zip(indices, run_vllm(request)):
             for k, sample in enumerate(result["samples"]):
-                reply, finish = normalise_reply(sample["token_ids"], sample["finish_reason"], set(stops),
-                                                tokenizer.eos_token_id)
+                reply, finish = normalise_reply(
+                    sample["token_ids"], sample["finish_reason"], set(stops), tokenizer.eos_token_id
+                )
                 samples.append(make_sample(prompts, i, k, prompt_ids[i], reply, finish, tokenizer))
         return samples
 
-    return run_in_parts(out_file, [list(range(len(prompts)))], process, Sample,
-                        f"Generating with vLLM (round {round_index})", order=_order)
+    return run_in_parts(
+        out_file,
+        [list(range(len(prompts)))],
+        process,
+        Sample,
+        f"Generating with vLLM (round {round_index})",
+        order=_order,
+    )

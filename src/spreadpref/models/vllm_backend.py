@@ -26,13 +26,30 @@ from typing import Any
 from spreadpref.errors import SpreadprefError
 
 
-def build_request(model_path: str, prompt_ids: list[list[int]], seeds: list[int], stops: list[int],
-                  temperature: float, top_p: float, max_new_tokens: list[int], num_samples: int,
-                  tensor_parallel_size: int, dtype: str, gpu_memory_utilization: float) -> dict[str, Any]:
+def build_request(
+    model_path: str,
+    prompt_ids: list[list[int]],
+    seeds: list[int],
+    stops: list[int],
+    temperature: float,
+    top_p: float,
+    max_new_tokens: list[int],
+    num_samples: int,
+    tensor_parallel_size: int,
+    dtype: str,
+    gpu_memory_utilization: float,
+) -> dict[str, Any]:
     return {
-        "model": model_path, "prompt_ids": prompt_ids, "seeds": seeds, "stop_token_ids": stops,
-        "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "n": num_samples,
-        "tensor_parallel_size": tensor_parallel_size, "dtype": dtype,
+        "model": model_path,
+        "prompt_ids": prompt_ids,
+        "seeds": seeds,
+        "stop_token_ids": stops,
+        "temperature": temperature,
+        "top_p": top_p,
+        "max_new_tokens": max_new_tokens,
+        "n": num_samples,
+        "tensor_parallel_size": tensor_parallel_size,
+        "dtype": dtype,
         "gpu_memory_utilization": gpu_memory_utilization,
     }
 
@@ -44,13 +61,18 @@ def run_vllm(request: dict[str, Any], timeout: float | None = None) -> list[dict
         request_file.write_text(json.dumps(request))
         completed = subprocess.run(
             [sys.executable, "-m", "spreadpref.models.vllm_backend", str(request_file), str(result_file)],
-            env=dict(os.environ), capture_output=True, text=True, timeout=timeout,
+            env=dict(os.environ),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         if completed.returncode != 0:
             tail = completed.stderr[-3000:]
             if "No module named 'vllm'" in tail:
-                raise SpreadprefError("generation.backend=vllm needs vLLM: pip install 'spreadpref[vllm]' "
-                                      "(on a machine with a GPU that vLLM supports)")
+                raise SpreadprefError(
+                    "generation.backend=vllm needs vLLM: pip install 'spreadpref[vllm]' "
+                    "(on a machine with a GPU that vLLM supports)"
+                )
             raise SpreadprefError(f"the vLLM generation subprocess failed (exit {completed.returncode}):\n{tail}")
         with open(result_file, encoding="utf-8") as handle:
             return [json.loads(line) for line in handle if line.strip()]
@@ -58,18 +80,31 @@ def run_vllm(request: dict[str, Any], timeout: float | None = None) -> list[dict
 
 def _worker(request_file: str, result_file: str) -> None:
     """Inside the subprocess: the documented offline API, nothing else."""
-    from vllm import LLM, SamplingParams
-    from vllm.inputs import TokensPrompt
+    # The optional vLLM, imported only in the subprocess: the parent process never loads it.
+    from vllm import LLM, SamplingParams  # noqa: PLC0415
+    from vllm.inputs import TokensPrompt  # noqa: PLC0415
 
     request = json.loads(Path(request_file).read_text())
-    llm = LLM(model=request["model"], tokenizer=request["model"], dtype=request["dtype"],
-              tensor_parallel_size=request["tensor_parallel_size"], trust_remote_code=False,
-              gpu_memory_utilization=request["gpu_memory_utilization"], seed=request["seeds"][0] if request["seeds"] else 0)
+    llm = LLM(
+        model=request["model"],
+        tokenizer=request["model"],
+        dtype=request["dtype"],
+        tensor_parallel_size=request["tensor_parallel_size"],
+        trust_remote_code=False,
+        gpu_memory_utilization=request["gpu_memory_utilization"],
+        seed=request["seeds"][0] if request["seeds"] else 0,
+    )
     prompts = [TokensPrompt(prompt_token_ids=ids) for ids in request["prompt_ids"]]
     params = [
-        SamplingParams(n=request["n"], temperature=request["temperature"], top_p=request["top_p"],
-                       max_tokens=budget, seed=seed, stop_token_ids=request["stop_token_ids"],
-                       skip_special_tokens=False)
+        SamplingParams(
+            n=request["n"],
+            temperature=request["temperature"],
+            top_p=request["top_p"],
+            max_tokens=budget,
+            seed=seed,
+            stop_token_ids=request["stop_token_ids"],
+            skip_special_tokens=False,
+        )
         for seed, budget in zip(request["seeds"], request["max_new_tokens"])
     ]
     outputs = llm.generate(prompts, params)
@@ -79,7 +114,9 @@ def _worker(request_file: str, result_file: str) -> None:
             handle.write(json.dumps({"samples": samples}) + "\n")
 
 
-def normalise_reply(token_ids: list[int], finish_reason: str | None, stops: set[int], eos: int) -> tuple[list[int], str]:
+def normalise_reply(
+    token_ids: list[int], finish_reason: str | None, stops: set[int], eos: int
+) -> tuple[list[int], str]:
     """vLLM's reply as the built-in backend writes it: ends with its stop token if stopped, else cut off."""
     if finish_reason == "stop":
         for index, token in enumerate(token_ids):

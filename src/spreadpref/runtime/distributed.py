@@ -43,7 +43,7 @@ def barrier() -> None:
         _state().wait_for_everyone()
 
 
-def local_device() -> Any:
+def local_device() -> torch.device:
     """The device this process owns (cuda:<local rank> under a multi-GPU launch)."""
     return _state().device
 

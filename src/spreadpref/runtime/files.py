@@ -102,5 +102,3 @@ def read_jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
-
-

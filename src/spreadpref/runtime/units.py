@@ -40,8 +40,14 @@ def parts_directory(final: Path) -> Path:
     return final.parent / f".{final.name}.parts"
 
 
-def run_in_parts(final: Path, units: Sequence[U], process: Callable[[int, U], list[R]], record: type[R],
-                 description: str, order: Callable[[R], Any] | None = None) -> list[R]:
+def run_in_parts(
+    final: Path,
+    units: Sequence[U],
+    process: Callable[[int, U], list[R]],
+    record: type[R],
+    description: str,
+    order: Callable[[R], Any] | None = None,
+) -> list[R]:
     """Process ``units`` one by one, each result saved as its own part, then merged into ``final``.
 
     A killed run keeps every finished part; the next run skips them, so at most the unit in flight
@@ -82,4 +88,3 @@ def _fault_injection_delay() -> None:
     delay = os.environ.get("SPREADPREF_UNIT_DELAY")
     if delay:
         time.sleep(float(delay))
-

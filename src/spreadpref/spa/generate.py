@@ -30,8 +30,13 @@ class GenerateResult:
     metrics: dict[str, Any]
 
 
-def generate_stage(ctx: StageContext, prompts: list[PromptRecord], policy: str | Path,
-                   out_file: Path | None = None, write_prompts: bool = True) -> GenerateResult:
+def generate_stage(
+    ctx: StageContext,
+    prompts: list[PromptRecord],
+    policy: str | Path,
+    out_file: Path | None = None,
+    write_prompts: bool = True,
+) -> GenerateResult:
     """Sample ``generation.num_samples`` replies per prompt from ``policy`` into ``out_file``.
 
     ``out_file`` defaults to the context's generations.jsonl; ``write_prompts`` also records the
@@ -44,17 +49,32 @@ def generate_stage(ctx: StageContext, prompts: list[PromptRecord], policy: str |
         write_jsonl(out.parent / PROMPTS_FILE, [{"id": p.id, "prompt": p.prompt} for p in prompts])
     started = time.perf_counter()
     if config.generation.backend == "vllm":
-        samples = generate_samples_vllm(resolve_model_path(str(policy)), ctx.tokenizer, prompts, config.generation,
-                                        config.data, config.seed, out, ctx.round_index, dtype=config.model.dtype)
+        samples = generate_samples_vllm(
+            resolve_model_path(str(policy)),
+            ctx.tokenizer,
+            prompts,
+            config.generation,
+            config.data,
+            config.seed,
+            out,
+            ctx.round_index,
+            dtype=config.model.dtype,
+        )
     else:
         model = load_for_inference(config.model, policy)
-        samples = generate_samples(model, ctx.tokenizer, prompts, config.generation, config.data, config.seed, out,
-                                   ctx.round_index)
+        samples = generate_samples(
+            model, ctx.tokenizer, prompts, config.generation, config.data, config.seed, out, ctx.round_index
+        )
         del model
         gc.collect()
     seconds = time.perf_counter() - started
     tokens = sum(s.num_tokens for s in samples)
-    metrics = {"prompts": len(prompts), "samples": len(samples), "generated_tokens": tokens,
-               "seconds": round(seconds, 1), "tokens_per_second": round(tokens / max(seconds, 1e-9), 1),
-               "cut_off_fraction": sum(s.cut_off for s in samples) / max(len(samples), 1)}
+    metrics = {
+        "prompts": len(prompts),
+        "samples": len(samples),
+        "generated_tokens": tokens,
+        "seconds": round(seconds, 1),
+        "tokens_per_second": round(tokens / max(seconds, 1e-9), 1),
+        "cut_off_fraction": sum(s.cut_off for s in samples) / max(len(samples), 1),
+    }
     return GenerateResult(samples, metrics)

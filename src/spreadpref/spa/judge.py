@@ -71,8 +71,14 @@ class JudgeResult:
     metrics: dict[str, Any]
 
 
-def judge_stage(ctx: StageContext, samples: list[Sample], policy_path: str | Path, reference_path: str | None,
-                metadata: dict[str, dict[str, Any]], seed_pairs: list[TokenizedPair] | None = None) -> JudgeResult:
+def judge_stage(
+    ctx: StageContext,
+    samples: list[Sample],
+    policy_path: str | Path,
+    reference_path: str | None,
+    metadata: dict[str, dict[str, Any]],
+    seed_pairs: list[TokenizedPair] | None = None,
+) -> JudgeResult:
     """Judge a round's samples with ``config.judge`` and pair them; writes judged.jsonl and pairs.jsonl.
 
     ``reference_path`` is the judge reference (None: no reference); ``metadata`` maps prompt ids to
@@ -101,22 +107,38 @@ def judge_stage(ctx: StageContext, samples: list[Sample], policy_path: str | Pat
     two_models = kind == "implicit" and reference_path is not None
     scored_tokens = sum(s.num_tokens + len(s.prompt_ids) for s in samples) * (2 if two_models else 1)
     # Throughput of judging the round's samples; the stage time also covers the seed-agreement check.
-    metrics.update(seconds=round(time.perf_counter() - started, 1),
-                   tokens_per_second=round(scored_tokens / max(judge_seconds, 1e-9), 1))
+    metrics.update(
+        seconds=round(time.perf_counter() - started, 1),
+        tokens_per_second=round(scored_tokens / max(judge_seconds, 1e-9), 1),
+    )
     return JudgeResult(pairs, stats, metrics)
 
 
-def score_samples(policy: PreTrainedModel, reference: PreTrainedModel | None, samples: list[Sample],
-                  settings: JudgeSettings, pad_token_id: int, out_file: Path, round_index: int = 0,
-                  reference_is_adapter_off: bool = False) -> list[JudgedSample]:
+def score_samples(
+    policy: PreTrainedModel,
+    reference: PreTrainedModel | None,
+    samples: list[Sample],
+    settings: JudgeSettings,
+    pad_token_id: int,
+    out_file: Path,
+    round_index: int = 0,
+    reference_is_adapter_off: bool = False,
+) -> list[JudgedSample]:
     """Every sample with its policy and reference log-probs and its score (resumable in chunks)."""
     chunks = [samples[i : i + CHUNK] for i in range(0, len(samples), CHUNK)]
 
     def process(_: int, chunk: list[Sample]) -> list[JudgedSample]:
         # The chunk loop shows the progress; the inner passes stay quiet.
         policy_logps, reference_logps, counts = both_logps(
-            policy, reference, [s.prompt_ids for s in chunk], [s.reply_ids for s in chunk], pad_token_id,
-            settings.batch_size, reference_is_adapter_off, progress=False)
+            policy,
+            reference,
+            [s.prompt_ids for s in chunk],
+            [s.reply_ids for s in chunk],
+            pad_token_id,
+            settings.batch_size,
+            reference_is_adapter_off,
+            progress=False,
+        )
         judged = []
         for sample, pol, ref, count in zip(chunk, policy_logps.tolist(), reference_logps, counts.tolist()):
             score = log_ratio(pol, ref, sample.num_tokens, settings.length_normalize)
@@ -124,11 +146,22 @@ def score_samples(policy: PreTrainedModel, reference: PreTrainedModel | None, sa
                 raise JudgeError(
                     f"non-finite judge score for prompt {sample.prompt_id!r}, sample {sample.sample} "
                     f"(policy log-prob {pol}, reference log-prob {ref}); the model produces NaN or inf. "
-                    "Nothing of this chunk was written.")
-            judged.append(JudgedSample(
-                prompt_id=sample.prompt_id, prompt_index=sample.prompt_index, sample=sample.sample, text=sample.text,
-                num_tokens=sample.num_tokens, finish_reason=sample.finish_reason, policy_logps=pol,
-                reference_logps=ref, judged_tokens=count, score=score))
+                    "Nothing of this chunk was written."
+                )
+            judged.append(
+                JudgedSample(
+                    prompt_id=sample.prompt_id,
+                    prompt_index=sample.prompt_index,
+                    sample=sample.sample,
+                    text=sample.text,
+                    num_tokens=sample.num_tokens,
+                    finish_reason=sample.finish_reason,
+                    policy_logps=pol,
+                    reference_logps=ref,
+                    judged_tokens=count,
+                    score=score,
+                )
+            )
         return judged
 
     return run_in_parts(out_file, chunks, process, JudgedSample, f"Judging (round {round_index})", order=_order)
@@ -138,8 +171,14 @@ def _order(row: JudgedSample | Verdict) -> tuple[int, int]:
     return row.prompt_index, row.sample
 
 
-def external_verdicts(judge: Judge, samples: list[Sample], metadata: dict[str, dict[str, Any]], out_file: Path,
-                      round_index: int = 0, prompts_per_unit: int = 8) -> list[Verdict]:
+def external_verdicts(
+    judge: Judge,
+    samples: list[Sample],
+    metadata: dict[str, dict[str, Any]],
+    out_file: Path,
+    round_index: int = 0,
+    prompts_per_unit: int = 8,
+) -> list[Verdict]:
     """Per sample, the external judge's score and its preference row over the prompt's other samples."""
     groups: dict[int, list[Sample]] = defaultdict(list)
     for sample in samples:
@@ -148,8 +187,15 @@ def external_verdicts(judge: Judge, samples: list[Sample], metadata: dict[str, d
     units = [ordered[i : i + prompts_per_unit] for i in range(0, len(ordered), prompts_per_unit)]
 
     def process(_: int, unit: list[list[Sample]]) -> list[Verdict]:
-        comparisons = [Comparison(prompt=g[0].prompt, replies=[s.text for s in g], id=g[0].prompt_id,
-                                  metadata=metadata.get(g[0].prompt_id, {})) for g in unit]
+        comparisons = [
+            Comparison(
+                prompt=g[0].prompt,
+                replies=[s.text for s in g],
+                id=g[0].prompt_id,
+                metadata=metadata.get(g[0].prompt_id, {}),
+            )
+            for g in unit
+        ]
         verdicts = []
         for group, judgement in zip(unit, judge.judge(comparisons)):
             for position, sample in enumerate(group):
@@ -157,21 +203,34 @@ def external_verdicts(judge: Judge, samples: list[Sample], metadata: dict[str, d
                 prefer = [0.5] * (max(s.sample for s in group) + 1)
                 for other, other_sample in enumerate(group):
                     prefer[other_sample.sample] = judgement.prefer[position][other]
-                verdicts.append(Verdict(prompt_index=sample.prompt_index, sample=sample.sample,
-                                        judge_score=judgement.scores[position], prefer=prefer))
+                verdicts.append(
+                    Verdict(
+                        prompt_index=sample.prompt_index,
+                        sample=sample.sample,
+                        judge_score=judgement.scores[position],
+                        prefer=prefer,
+                    )
+                )
         return verdicts
 
-    return run_in_parts(out_file, units, process, Verdict, f"Judging with {judge.name} (round {round_index})",
-                        order=_order)
+    return run_in_parts(
+        out_file, units, process, Verdict, f"Judging with {judge.name} (round {round_index})", order=_order
+    )
 
 
-def judge_samples(policy: PreTrainedModel, reference: PreTrainedModel | None, samples: list[Sample],
-                  ctx: StageContext, metadata: dict[str, dict[str, Any]] | None = None) -> list[JudgedSample]:
+def judge_samples(
+    policy: PreTrainedModel,
+    reference: PreTrainedModel | None,
+    samples: list[Sample],
+    ctx: StageContext,
+    metadata: dict[str, dict[str, Any]] | None = None,
+) -> list[JudgedSample]:
     """judged.jsonl for ``config.judge.kind``: pi_{i-1} log-probs (the training reference) and the score."""
     config, pad = ctx.config, ctx.tokenizer.pad_token_id
     if config.judge.kind == "implicit":
-        return score_samples(policy, reference, samples, config.judge, pad, ctx.path(JudgedSample.FILE),
-                             ctx.round_index)
+        return score_samples(
+            policy, reference, samples, config.judge, pad, ctx.path(JudgedSample.FILE), ctx.round_index
+        )
     logps = score_samples(policy, None, samples, config.judge, pad, ctx.path(POLICY_LOGPS_FILE), ctx.round_index)
     judge = make_judge(config.judge, config.model, beta=config.train.beta, policy=policy, tokenizer=ctx.tokenizer)
     verdicts = external_verdicts(judge, samples, metadata or {}, ctx.path(Verdict.FILE), ctx.round_index)
@@ -191,8 +250,9 @@ def merge_external(judged: list[JudgedSample], verdicts: list[Verdict]) -> list[
     return merged
 
 
-def pair_samples(samples: list[Sample], judged: list[JudgedSample], beta: float,
-                 round_index: int = 0) -> tuple[list[Pair], JudgeStats]:
+def pair_samples(
+    samples: list[Sample], judged: list[JudgedSample], beta: float, round_index: int = 0
+) -> tuple[list[Pair], JudgeStats]:
     """Chosen = highest score, rejected = lowest, per prompt; identical replies and ties are dropped."""
     by_prompt: dict[int, list[tuple[Sample, JudgedSample]]] = defaultdict(list)
     for sample, verdict in zip(samples, judged, strict=True):
@@ -218,31 +278,58 @@ def pair_samples(samples: list[Sample], judged: list[JudgedSample], beta: float,
         margin = scores[best] - scores[worst]
         # External judges give the preference probability; the implicit one is Bradley-Terry on the margin.
         p = chosen_v.prefer[rejected.sample] if chosen_v.prefer else preference_probability(margin, beta)
-        pairs.append(Pair(
-            id=f"round{round_index}-{chosen.prompt_id}", prompt_id=chosen.prompt_id, prompt=chosen.prompt,
-            chosen=chosen.text, rejected=rejected.text, prompt_ids=chosen.prompt_ids, chosen_ids=chosen.reply_ids,
-            rejected_ids=rejected.reply_ids, chosen_truncated=chosen.cut_off, rejected_truncated=rejected.cut_off,
-            chosen_score=scores[best], rejected_score=scores[worst], margin=margin, p=p, label=1.0,
-            # The judge's pi_{i-1} log-probs are exactly the reference of round i's DPO.
-            ref_chosen_logps=chosen_v.policy_logps, ref_rejected_logps=rejected_v.policy_logps,
-        ))
+        pairs.append(
+            Pair(
+                id=f"round{round_index}-{chosen.prompt_id}",
+                prompt_id=chosen.prompt_id,
+                prompt=chosen.prompt,
+                chosen=chosen.text,
+                rejected=rejected.text,
+                prompt_ids=chosen.prompt_ids,
+                chosen_ids=chosen.reply_ids,
+                rejected_ids=rejected.reply_ids,
+                chosen_truncated=chosen.cut_off,
+                rejected_truncated=rejected.cut_off,
+                chosen_score=scores[best],
+                rejected_score=scores[worst],
+                margin=margin,
+                p=p,
+                label=1.0,
+                # The judge's pi_{i-1} log-probs are exactly the reference of round i's DPO.
+                ref_chosen_logps=chosen_v.policy_logps,
+                ref_rejected_logps=rejected_v.policy_logps,
+            )
+        )
     stats.pairs = len(pairs)
     if pairs:
         margins = torch.tensor([pair.margin for pair in pairs], dtype=torch.float64)
-        stats.margin_quantiles = {
-            f"p{int(q * 100)}": float(torch.quantile(margins, q)) for q in (0.1, 0.5, 0.9)
-        }
+        stats.margin_quantiles = {f"p{int(q * 100)}": float(torch.quantile(margins, q)) for q in (0.1, 0.5, 0.9)}
     return pairs, stats
 
 
-def seed_agreement(policy: PreTrainedModel, reference: PreTrainedModel | None, seed_pairs: list[TokenizedPair],
-                   settings: JudgeSettings, pad_token_id: int, reference_is_adapter_off: bool = False,
-                   ) -> dict[str, float]:
+def seed_agreement(
+    policy: PreTrainedModel,
+    reference: PreTrainedModel | None,
+    seed_pairs: list[TokenizedPair],
+    settings: JudgeSettings,
+    pad_token_id: int,
+    reference_is_adapter_off: bool = False,
+) -> dict[str, float]:
     """How often the self-judge prefers the human-chosen reply of the seed pairs."""
     prompts = [p.prompt_ids for p in seed_pairs] * 2
     replies = [p.chosen_ids for p in seed_pairs] + [p.rejected_ids for p in seed_pairs]
-    scores = torch.tensor(score_replies(policy, reference, prompts, replies, pad_token_id, settings,
-                                        reference_is_adapter_off, description="Judging the seed pairs"))
+    scores = torch.tensor(
+        score_replies(
+            policy,
+            reference,
+            prompts,
+            replies,
+            pad_token_id,
+            settings,
+            reference_is_adapter_off,
+            description="Judging the seed pairs",
+        )
+    )
     n = len(seed_pairs)
     agree = (scores[:n] > scores[n:]).double()
     return {"seed_agreement": float(agree.mean()), "seed_pairs": n}

@@ -72,8 +72,9 @@ def stage_fingerprints(config: Config, sizes: list[int]) -> dict[str, str]:
     loop = dump["loop"]
     for i in range(1, len(sizes) + 1):
         name = f"round-{i}"
-        generated = fingerprint([previous, dump["generation"], dump["data"]["prompts"], sizes[:i],
-                                 dump["data"]["max_length"]])
+        generated = fingerprint(
+            [previous, dump["generation"], dump["data"]["prompts"], sizes[:i], dump["data"]["max_length"]]
+        )
         judged = fingerprint([generated, dump["judge"], dump["train"]["beta"]])
         refine = dict(dump["refine"], lam=config.refine.lam(i))
         trained = fingerprint([judged, train_settings, refine, loop["epochs_per_round"], loop["learning_rate"]])
@@ -86,8 +87,12 @@ def run(config: Config, force: bool = False) -> RunResult:
     """Run SPA end to end (or the rest of it): seed stage, then ``config.loop.rounds`` rounds."""
     root = Path(config.output_dir)
     manifest = Manifest(root)
-    pool, pool_report = load_prompts(config.data.prompts, config.data.columns, skip_invalid=config.data.skip_invalid,
-                                     system_prompt=config.data.system_prompt)
+    pool, pool_report = load_prompts(
+        config.data.prompts,
+        config.data.columns,
+        skip_invalid=config.data.skip_invalid,
+        system_prompt=config.data.system_prompt,
+    )
     sizes = round_sizes(len(pool), config.loop.rounds, config.loop.prompts_per_round)
     fingerprints = stage_fingerprints(config, sizes)
     _check_plan(root, manifest, fingerprints, force)
@@ -167,10 +172,10 @@ def _check_plan(root: Path, manifest: Manifest, fingerprints: dict[str, str], fo
         return
     if not distributed.is_main():
         distributed.barrier()  # the main process deletes; the others only forget
-        for name in names[names.index(first):]:
+        for name in names[names.index(first) :]:
             manifest.data["stages"].pop(name, None)
         return
-    for name in names[names.index(first):]:
+    for name in names[names.index(first) :]:
         for path in _stage_paths(root, name):
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
@@ -185,35 +190,53 @@ def _check_plan(root: Path, manifest: Manifest, fingerprints: dict[str, str], fo
 # Each stage: skip it when done, else record it in the manifest and the summary around the stage's function
 
 
-def _seed(config: Config, tokenizer: PreTrainedTokenizerBase, seed_pairs: seed.SeedPairs, manifest: Manifest,
-          fp: str, summary: dict[str, Any]) -> Path:
+def _seed(
+    config: Config,
+    tokenizer: PreTrainedTokenizerBase,
+    seed_pairs: seed.SeedPairs,
+    manifest: Manifest,
+    fp: str,
+    summary: dict[str, Any],
+) -> Path:
     if _done(manifest, SEED_STAGE, fp):
         return Path(manifest.stage(SEED_STAGE)["outputs"]["model"])
     console.rule("[bold]Seed stage: DPO of the initial model on the seed pairs")
     manifest.start(SEED_STAGE, fp, data=seed_pairs.info)
     root = Path(config.output_dir)
-    result = seed.seed_stage(StageContext(config, tokenizer, root / seed.DIRECTORY), seed_pairs,
-                             on_reference=lambda info: manifest.update(SEED_STAGE, reference=info))
+    result = seed.seed_stage(
+        StageContext(config, tokenizer, root / seed.DIRECTORY),
+        seed_pairs,
+        on_reference=lambda info: manifest.update(SEED_STAGE, reference=info),
+    )
     manifest.complete(SEED_STAGE, outputs=result.outputs, metrics=result.metrics)
-    summary["seed"] = {"pairs": len(seed_pairs.pairs), "train_loss": result.metrics["train_loss"],
-                       "reward_accuracy": result.metrics.get("final/rewards_accuracy"),
-                       "seconds": result.metrics["seconds"]}
+    summary["seed"] = {
+        "pairs": len(seed_pairs.pairs),
+        "train_loss": result.metrics["train_loss"],
+        "reward_accuracy": result.metrics.get("final/rewards_accuracy"),
+        "seconds": result.metrics["seconds"],
+    }
     write_summary(root, summary)
     return result.model
 
 
-def _generate(ctx: StageContext, prompts: list[PromptRecord], policy: Path, manifest: Manifest, fp: str,
-              row: dict[str, Any]) -> list[Sample]:
+def _generate(
+    ctx: StageContext, prompts: list[PromptRecord], policy: Path, manifest: Manifest, fp: str, row: dict[str, Any]
+) -> list[Sample]:
     name = f"round-{ctx.round_index}/generate"
     if _done(manifest, name, fp):
         return Sample.read(ctx.path(Sample.FILE))
-    console.rule(f"[bold]Round {ctx.round_index}: generate {ctx.config.generation.num_samples} replies for "
-                 f"{len(prompts)} prompts")
+    console.rule(
+        f"[bold]Round {ctx.round_index}: generate {ctx.config.generation.num_samples} replies for "
+        f"{len(prompts)} prompts"
+    )
     manifest.start(name, fp)
     result = generate.generate_stage(ctx, prompts, policy)
     manifest.complete(name, outputs={"generations": str(ctx.path(Sample.FILE))}, metrics=result.metrics)
-    row.update(prompts=len(prompts), generate_seconds=result.metrics["seconds"],
-               generate_tokens_per_second=result.metrics["tokens_per_second"])
+    row.update(
+        prompts=len(prompts),
+        generate_seconds=result.metrics["seconds"],
+        generate_tokens_per_second=result.metrics["tokens_per_second"],
+    )
     return result.samples
 
 
@@ -226,26 +249,52 @@ def judge_reference_path(config: Config, models: dict[int, Path], i: int) -> str
     return resolve_model_path(config.model.name_or_path)  # pi_init
 
 
-def _judge(ctx: StageContext, samples: list[Sample], prompts: list[PromptRecord], models: dict[int, Path],
-           seed_pairs: seed.SeedPairs, manifest: Manifest, fp: str, row: dict[str, Any]) -> None:
+def _judge(
+    ctx: StageContext,
+    samples: list[Sample],
+    prompts: list[PromptRecord],
+    models: dict[int, Path],
+    seed_pairs: seed.SeedPairs,
+    manifest: Manifest,
+    fp: str,
+    row: dict[str, Any],
+) -> None:
     name = f"round-{ctx.round_index}/judge"
     if _done(manifest, name, fp):
         return
     kind = ctx.config.judge.kind
-    console.rule(f"[bold]Round {ctx.round_index}: judge {len(samples)} samples "
-                 f"({'by the implicit reward' if kind == 'implicit' else f'with the {kind} judge'})")
+    console.rule(
+        f"[bold]Round {ctx.round_index}: judge {len(samples)} samples "
+        f"({'by the implicit reward' if kind == 'implicit' else f'with the {kind} judge'})"
+    )
     manifest.start(name, fp)
     result = judge.judge_stage(
-        ctx, samples, models[ctx.round_index - 1], judge_reference_path(ctx.config, models, ctx.round_index),
-        {p.id: p.metadata for p in prompts}, seed_pairs.pairs if ctx.config.judge.seed_agreement else None)
-    manifest.complete(name, outputs={"judged": str(ctx.path(JudgedSample.FILE)),
-                                     "pairs": str(ctx.path(Pair.FILE))}, metrics=result.metrics)
+        ctx,
+        samples,
+        models[ctx.round_index - 1],
+        judge_reference_path(ctx.config, models, ctx.round_index),
+        {p.id: p.metadata for p in prompts},
+        seed_pairs.pairs if ctx.config.judge.seed_agreement else None,
+    )
+    manifest.complete(
+        name,
+        outputs={"judged": str(ctx.path(JudgedSample.FILE)), "pairs": str(ctx.path(Pair.FILE))},
+        metrics=result.metrics,
+    )
     stats = result.stats
-    row.update(samples=stats.samples, pairs=stats.pairs, identical_dropped=stats.identical_dropped,
-               ties_dropped=stats.ties_dropped, cut_off_fraction=stats.cut_off_samples / max(stats.samples, 1),
-               mean_reply_tokens=round(stats.mean_reply_tokens, 1), margin_quantiles=stats.margin_quantiles,
-               seed_agreement=result.metrics.get("seed_agreement"), judge_seconds=result.metrics["seconds"],
-               judge_tokens_per_second=result.metrics["tokens_per_second"], judge_kind=kind)
+    row.update(
+        samples=stats.samples,
+        pairs=stats.pairs,
+        identical_dropped=stats.identical_dropped,
+        ties_dropped=stats.ties_dropped,
+        cut_off_fraction=stats.cut_off_samples / max(stats.samples, 1),
+        mean_reply_tokens=round(stats.mean_reply_tokens, 1),
+        margin_quantiles=stats.margin_quantiles,
+        seed_agreement=result.metrics.get("seed_agreement"),
+        judge_seconds=result.metrics["seconds"],
+        judge_tokens_per_second=result.metrics["tokens_per_second"],
+        judge_kind=kind,
+    )
 
 
 def _train(ctx: StageContext, start: Path, manifest: Manifest, fp: str, row: dict[str, Any]) -> Path:
@@ -256,9 +305,13 @@ def _train(ctx: StageContext, start: Path, manifest: Manifest, fp: str, row: dic
     result = train.train_stage(ctx, start)
     manifest.complete(name, outputs=result.outputs, metrics=result.metrics)
     metrics = result.metrics
-    row.update(train_loss=metrics["train_loss"], reward_accuracy=metrics.get("final/rewards_accuracy"),
-               smoothed_fraction=metrics.get("smoothed_fraction"), train_seconds=metrics["seconds"],
-               train_tokens_per_second=metrics["train_tokens_per_second"])
+    row.update(
+        train_loss=metrics["train_loss"],
+        reward_accuracy=metrics.get("final/rewards_accuracy"),
+        smoothed_fraction=metrics.get("smoothed_fraction"),
+        train_seconds=metrics["seconds"],
+        train_tokens_per_second=metrics["train_tokens_per_second"],
+    )
     return result.model
 
 
@@ -277,5 +330,7 @@ def _write_report(root: Path) -> None:
     try:
         console.print(f"Report: {write_report(root)}")
     except Exception as err:  # noqa: BLE001 - the models and data are safe; only the report is missing
-        console.print(f"[yellow]Could not write the report ({type(err).__name__}: {err}); "
-                      f"run `spreadpref report {root}` to retry.[/]")
+        console.print(
+            f"[yellow]Could not write the report ({type(err).__name__}: {err}); "
+            f"run `spreadpref report {root}` to retry.[/]"
+        )

@@ -36,8 +36,12 @@ def load_seed_pairs(config: Config, tokenizer: PreTrainedTokenizerBase) -> SeedP
     """The seed pairs of ``data.train``, tokenised."""
     records, report = load_training_preferences(config.data)
     pairs, truncation = tokenize_pairs(tokenizer, records, config.data.max_length, config.data.max_prompt_length)
-    info = {"pairs": len(pairs), "skipped_invalid": report.skipped, "prompts_truncated": truncation.prompts_truncated,
-            "replies_truncated": truncation.replies_truncated}
+    info = {
+        "pairs": len(pairs),
+        "skipped_invalid": report.skipped,
+        "prompts_truncated": truncation.prompts_truncated,
+        "replies_truncated": truncation.replies_truncated,
+    }
     return SeedPairs(pairs, info)
 
 
@@ -48,7 +52,8 @@ def seed_stage(ctx: StageContext, seed: SeedPairs, on_reference=None) -> SeedRes
     started = time.perf_counter()
     # Copies: the reference log-probs get filled in on these pairs, not on the caller's.
     pairs = [dataclasses.replace(pair) for pair in seed.pairs]
-    outputs, metrics = train_on_pairs(config, ctx.tokenizer, pairs, ctx.directory, merge_lora=True,
-                                      on_reference=on_reference)
+    outputs, metrics = train_on_pairs(
+        config, ctx.tokenizer, pairs, ctx.directory, merge_lora=True, on_reference=on_reference
+    )
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     return SeedResult(Path(outputs["model"]), outputs, metrics)

@@ -61,9 +61,15 @@ def train_stage(ctx: StageContext, start: str | Path) -> TrainResult:
     started = time.perf_counter()
     refinement = round_refinement(ctx, start)
     outputs, metrics = train_on_pairs(
-        config, ctx.tokenizer, pairs, ctx.path(DIRECTORY), start_model=str(start),
-        num_epochs=config.loop.epochs_per_round, learning_rate=config.loop.learning_rate,
-        refinement=refinement, merge_lora=True,
+        config,
+        ctx.tokenizer,
+        pairs,
+        ctx.path(DIRECTORY),
+        start_model=str(start),
+        num_epochs=config.loop.epochs_per_round,
+        learning_rate=config.loop.learning_rate,
+        refinement=refinement,
+        merge_lora=True,
     )
     del refinement
     gc.collect()

@@ -1,0 +1,158 @@
+"""The layout's rules: imports follow the layer order, and no module imports one that imports it back.
+
+Layers, lowest first (a module may import from its own layer and the ones below it):
+
+    errors, testing  <  runtime  <  config  <  data  <  models  <  dpo  <  judges  <  eval  <  spa  <  interface
+
+``interface`` is the package's public face: ``spreadpref`` itself, the CLI, ``envinfo`` and the old
+module paths (``_moved``). See docs/architecture.md.
+"""
+
+import ast
+import importlib
+import re
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+import spreadpref
+from spreadpref import _moved
+
+PACKAGE = Path(spreadpref.__file__).parent
+ORDER = ["base", "runtime", "config", "data", "models", "dpo", "judges", "eval", "spa", "interface"]
+LAYER_OF = {
+    "spreadpref.errors": "base",
+    "spreadpref.testing": "base",
+    "spreadpref.runtime": "runtime",
+    "spreadpref.config": "config",
+    "spreadpref.data": "data",
+    "spreadpref.resources": "data",
+    "spreadpref.models": "models",
+    "spreadpref.dpo": "dpo",
+    "spreadpref.judges": "judges",
+    "spreadpref.eval": "eval",
+    "spreadpref.spa": "spa",
+    "spreadpref": "interface",
+    "spreadpref.cli": "interface",
+    "spreadpref.__main__": "interface",
+    "spreadpref.envinfo": "interface",
+    "spreadpref._moved": "interface",
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def layer(module: str) -> str:
+    """The layer of a module: that of its longest listed prefix."""
+    candidates = [name for name in LAYER_OF if module == name or module.startswith(name + ".")]
+    if not candidates:
+        raise AssertionError(f"{module} belongs to no layer: add it to LAYER_OF and to docs/architecture.md")
+    return LAYER_OF[max(candidates, key=len)]
+
+
+def imported_modules(module: str) -> set[str]:
+    """Every spreadpref module that ``module`` imports, at the top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(MODULES[module].read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from package import submodule` imports the submodule.
+            names = [
+                f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in MODULES else node.module
+                for alias in node.names
+            ]
+        else:
+            continue
+        found.update(name for name in names if name in MODULES and name != module)
+    return found
+
+
+GRAPH = {module: imported_modules(module) for module in MODULES}
+
+
+def test_every_module_has_a_layer():
+    for module in MODULES:
+        layer(module)
+
+
+def upward_imports(module: str, graph: dict[str, set[str]]) -> list[str]:
+    mine = ORDER.index(layer(module))
+    return sorted(other for other in graph[module] if ORDER.index(layer(other)) > mine)
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_imports_follow_the_layer_order(module):
+    upward = upward_imports(module, GRAPH)
+    assert not upward, f"{module} ({layer(module)}) imports a higher layer: {upward}"
+
+
+def test_the_layer_check_sees_an_upward_import():
+    graph = {"spreadpref.data.loading": {"spreadpref.spa.loop", "spreadpref.config"}}
+    assert upward_imports("spreadpref.data.loading", graph) == ["spreadpref.spa.loop"]
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph``, or None."""
+    state: dict[str, str] = {}
+    stack: list[str] = []
+
+    def visit(module: str) -> None:
+        state[module] = "open"
+        stack.append(module)
+        for other in sorted(graph.get(module, ())):
+            if other == "spreadpref" or module.startswith(other + "."):
+                continue  # a module's own package __init__ runs first by the import system, not by this module
+            if state.get(other) == "open":
+                raise CycleFound(stack[stack.index(other) :] + [other])
+            if other not in state:
+                visit(other)
+        stack.pop()
+        state[module] = "done"
+
+    try:
+        for module in sorted(graph):
+            if module not in state:
+                visit(module)
+    except CycleFound as found:
+        return found.cycle
+    return None
+
+
+class CycleFound(Exception):
+    def __init__(self, cycle: list[str]):
+        self.cycle = cycle
+
+
+def test_no_import_cycles():
+    cycle = find_cycle(GRAPH)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_cycle_check_sees_a_cycle():
+    graph = {"spreadpref.spa.judge": {"spreadpref.judges.base"}, "spreadpref.judges.base": {"spreadpref.spa.judge"}}
+    assert find_cycle(graph) == ["spreadpref.judges.base", "spreadpref.spa.judge", "spreadpref.judges.base"]
+
+
+@pytest.mark.parametrize("old", sorted(_moved.MOVED))
+def test_old_module_paths_still_import_and_warn(old):
+    sys.modules.pop(old, None)  # an earlier import of the old path would not warn again
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module = importlib.import_module(old)
+    assert module is importlib.import_module(_moved.MOVED[old])
+    assert any(issubclass(w.category, DeprecationWarning) and _moved.MOVED[old] in str(w.message) for w in caught)
+
+
+def test_the_readme_advertises_modules_that_exist():
+    readme = (PACKAGE.parents[1] / "README.md").read_text()
+    for name in sorted(set(re.findall(r"`(spreadpref(?:\.[a-z_]+)+)\.[A-Za-z_]+`", readme))):
+        assert name in MODULES, f"the README names {name}, which is not a module"

@@ -205,6 +205,7 @@ def make_seed_pairs(args: argparse.Namespace, model: str) -> Path:
 def share_stages(source: Path, target: Path, stages: list[str]) -> None:
     """Start ``target`` with ``source``'s finished ``stages`` (identical fingerprints: same config prefix)."""
     from spreadpref.runtime.manifest import Manifest
+    from spreadpref.spa.loop import ROUND_STAGES
 
     if (target / "manifest.json").is_file() or not (source / "manifest.json").is_file():
         return
@@ -217,10 +218,7 @@ def share_stages(source: Path, target: Path, stages: list[str]) -> None:
             shutil.copytree(source / "seed", target / "seed")
             continue
         round_name, step = stage.split("/")
-        files = {
-            "generate": ["prompts.jsonl", "generations.jsonl"],
-            "judge": ["judged.jsonl", "pairs.jsonl", "seed_agreement.json"],
-        }[step]
+        files = ROUND_STAGES[step]  # the files each stage declares it writes
         (target / round_name).mkdir(exist_ok=True)
         for name in files:
             if (source / round_name / name).is_file():
@@ -238,7 +236,8 @@ def run_variant(args, model: str, seed_file: Path, seed: int, variant: str) -> P
     from spreadpref.spa.loop import run
 
     out = args.work / f"seed-{seed}" / variant
-    config = load(base_overrides(args, model, seed_file, seed, out) + VARIANTS[variant])
+    # Every seed pair trains pi_0, as when the published seeds were run (before data.seed_holdout existed).
+    config = load(base_overrides(args, model, seed_file, seed, out) + VARIANTS[variant] + ["data.seed_holdout=0"])
     run(config)
     return out
 

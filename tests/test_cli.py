@@ -5,6 +5,7 @@ from typer.testing import CliRunner
 
 from spreadpref.cli import app, default_config_path
 from spreadpref.config import load_config
+from spreadpref.testing import make_tiny_reward_model_dir
 
 runner = CliRunner()
 
@@ -150,6 +151,17 @@ def test_stages_alone_generate_judge_train(tiny_model_dir, tmp_path):
     pairs = read_jsonl(judged / "pairs.jsonl")
     assert pairs and all(p["margin"] > 0 for p in pairs)
     assert len(read_jsonl(judged / "judged.jsonl")) == 8
+
+    # With a gold judge the pairs are also labelled by it, and the self-labels' accuracy is printed.
+    rm = make_tiny_reward_model_dir(tmp_path / "rm")
+    gold = ["judge.gold=reward_model", f"judge.reward_model.name_or_path={rm}"]
+    measured = tmp_path / "measured"
+    result = runner.invoke(app, ["judge", str(generations), *common, *gold, "--reference", "none", "-o", str(measured)])
+    assert result.exit_code == 0, result.output
+    assert "Self-label accuracy against the reward_model judge" in " ".join(result.output.split())
+    assert "accuracy by judge-margin decile" in result.output
+    assert len(read_jsonl(measured / "gold.jsonl")) == len(pairs)
+    assert read_jsonl(measured / "pairs.jsonl") == pairs  # measured, not changed
 
     out = tmp_path / "train"
     result = runner.invoke(

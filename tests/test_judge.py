@@ -9,9 +9,11 @@ from spreadpref.data.artifacts import JudgedSample, Sample
 from spreadpref.dpo.logprobs import collate_pairs, sequence_logps
 from spreadpref.judges.implicit import log_ratio, preference_probability
 from spreadpref.spa.judge import (
+    HumanLabels,
+    human_agreement,
+    label_agreement,
     pair_samples,
     score_samples,
-    seed_agreement,
 )
 
 
@@ -123,7 +125,7 @@ def test_judge_logps_equal_a_fresh_reference_pass(tiny_model_dir, tiny_tokenizer
     assert again == judged
 
 
-def test_seed_agreement_counts_human_chosen_wins(tiny_model_dir, tiny_tokenizer):
+def test_agreement_with_human_labels_counts_ties_as_half_with_an_interval(tiny_model_dir, tiny_tokenizer):
     from spreadpref.data.records import PreferenceRecord
     from spreadpref.data.tokenize import tokenize_pairs
 
@@ -135,8 +137,16 @@ def test_seed_agreement_counts_human_chosen_wins(tiny_model_dir, tiny_tokenizer)
         for i in range(4)
     ]
     pairs, _ = tokenize_pairs(tiny_tokenizer, records, 128, 64)
-    # With the policy as its own reference every score is 0: ties are not agreement.
-    assert seed_agreement(policy, policy, pairs, JudgeSettings(), 0)["seed_agreement"] == 0.0
-    result = seed_agreement(policy, None, pairs, JudgeSettings(reference="none"), 0)
-    scored_chosen_higher = result["seed_agreement"]
-    assert scored_chosen_higher in (0.0, 1.0) and result["seed_pairs"] == 4
+    # With the policy as its own reference every score is 0: every pair ties, and a tie is half an agreement.
+    tied = label_agreement(policy, policy, pairs, JudgeSettings(), 0)
+    assert (tied["rate"], tied["ties"], tied["n"]) == (0.5, 4, 4)
+    assert tied["ci_low"] < 0.5 < tied["ci_high"]
+    result = human_agreement(
+        policy, None, HumanLabels(trained=pairs, held_out=pairs[:2]), JudgeSettings(reference="none"), 0
+    )
+    assert result["seed_agreement"] in (0.0, 1.0) and result["seed_pairs"] == 4
+    assert result["held_out_pairs"] == 2 and len(result["held_out_agreement_ci"]) == 2
+    assert (
+        human_agreement(policy, None, HumanLabels(pairs, []), JudgeSettings(reference="none"), 0)["held_out_agreement"]
+        is None
+    )

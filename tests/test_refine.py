@@ -6,7 +6,7 @@ from transformers import AutoModelForCausalLM
 from spreadpref.config import RefineSettings
 from spreadpref.dpo.logprobs import collate_pairs, sequence_logps_and_logits, sum_by_row, token_logps
 from spreadpref.dpo.loss import dpo_logits
-from spreadpref.dpo.refine import ConfidenceThreshold, refine_targets
+from spreadpref.dpo.refine import ConfidenceThreshold, RefineDecision, decision_records, refine_targets
 
 
 def test_threshold_is_the_quantile_of_a_true_sliding_window():
@@ -31,10 +31,36 @@ def test_refine_targets_smooth_only_low_margins_after_warmup():
     assert decision.targets[1].item() == pytest.approx(0.9) and decision.targets[0].item() == 1.0
 
 
+def test_a_partial_window_smooths_only_when_allowed():
+    margins = torch.tensor([0.5, -0.2])
+    partial = refine_targets(margins, ConfidenceThreshold(window=4, quantile=0.1), alpha=0.1, active=True)
+    assert partial.smoothed.tolist() == [False, True]  # tau from the 2 margins it has
+    state = ConfidenceThreshold(window=4, quantile=0.1)
+    waiting = refine_targets(margins, state, alpha=0.1, active=True, partial_window=False)
+    assert not waiting.smoothed.any() and waiting.threshold == pytest.approx(partial.threshold)
+    full = refine_targets(torch.tensor([2.0, -1.0]), state, alpha=0.1, active=True, partial_window=False)
+    assert state.full and full.smoothed.tolist() == [False, True]  # the window now holds 4 margins
+
+
+def test_decision_records_keep_every_detector_and_the_driving_one():
+    plain = RefineDecision(torch.ones(2), torch.tensor([True, False]), 0.3, torch.tensor([0.1, 0.9]))
+    dnd = RefineDecision(torch.ones(2), torch.tensor([False, False]), 0.05, torch.tensor([0.2, 0.8]))
+    records = decision_records(["a", "b"], 3, True, "dnd", {"plain": plain, "dnd": dnd})
+    assert records[0] == {
+        "id": "a", "batch": 0, "step": 3, "active": True, "driving": "dnd",
+        "margin_plain": pytest.approx(0.1), "tau_plain": 0.3, "smoothed_plain": True,
+        "margin_dnd": pytest.approx(0.2), "tau_dnd": 0.05, "smoothed_dnd": False,
+        "smoothed": False,
+    }  # fmt: skip
+    only_plain = decision_records(["a"], 0, False, "plain", {"plain": plain})
+    assert only_plain[0]["margin_dnd"] is None and only_plain[0]["smoothed"] is True
+
+
 def test_lambda_schedule():
     settings = RefineSettings()
     assert [settings.lam(i) for i in (1, 2, 3, 4, 5)] == [0.5, 0.25, 0.125, 0.0625, 0.03125]
     assert RefineSettings(decoupled=False).lam(1) == 0.0
+    assert RefineSettings(decoupled=False).scheduled_lam(2) == 0.25  # what DND would use, for measurement
 
 
 @pytest.fixture

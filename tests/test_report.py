@@ -53,7 +53,7 @@ def test_loop_with_an_external_judge_labels_pairs_by_it_and_ends_with_a_report(t
     results = json.loads((out / "eval" / "eval.json").read_text())
     assert set(results["models"]) == {"sft", "seed", "round-1", "round-2"}
     report = (out / "report.md").read_text()
-    for name in ("margins.png", "seed_agreement.png", "reply_length.png", "win_rate.png"):
+    for name in ("margins.png", "label_quality.png", "reply_length.png", "win_rate.png"):
         assert f"(plots/{name})" in report
         assert (out / "plots" / name).read_bytes().startswith(PNG)
     assert "| 2 | reward_model |" in report and "## Evaluation" in report
@@ -92,7 +92,7 @@ def test_report_plots_refinement_from_the_training_logs(tmp_path):
     report = write_report(run_dir).read_text()
     assert "(plots/refinement.png)" in report and "(plots/margins.png)" in report
     assert "win_rate.png" not in report  # no evaluation yet
-    assert "| 1 | implicit | 3 | 0 | 12 | 0.100 | 0.750 | 0.250 |" in report
+    assert "| 1 | implicit | 3 | 0 | – | – | 0.75 | 0.10 | 0.25 |" in report
     assert (run_dir / "plots" / "refinement.png").read_bytes().startswith(PNG)
 
 
@@ -116,3 +116,43 @@ def test_format_cell_formats_floats_keeps_counts_and_marks_missing_values(value,
     from spreadpref.runtime.progress import format_cell
 
     assert format_cell(value, spec) == expected
+
+
+def test_a_gold_judge_measures_the_self_labels_without_changing_training(tiny_model_dir, tmp_path):
+    from conftest import arithmetic_pairs, write_jsonl
+
+    seed = write_jsonl(tmp_path / "seed.jsonl", arithmetic_pairs(24))
+    prompts = write_jsonl(
+        tmp_path / "prompts.jsonl", [{"id": f"q{i}", "prompt": f"Tell me about the number {i}."} for i in range(24)]
+    )
+    rm = make_tiny_reward_model_dir(tmp_path / "rm")
+    gold = ["judge.gold=reward_model", f"judge.reward_model.name_or_path={rm}"]
+    run(load_config(None, loop_overrides(tiny_model_dir, seed, prompts, tmp_path / "gold") + gold))
+    run(load_config(None, loop_overrides(tiny_model_dir, seed, prompts, tmp_path / "plain")))
+    out = tmp_path / "gold"
+    # Measured, never trained on: the second round's pairs are the same with and without the gold judge.
+    assert read_jsonl(out / "round-2" / "pairs.jsonl") == read_jsonl(tmp_path / "plain" / "round-2" / "pairs.jsonl")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seed"]["pairs"] == 16 and summary["seed"]["held_out"] == 8  # 20% of 24, at least 8
+    for key in ("1", "2"):
+        row = summary["rounds"][key]
+        assert row["held_out_pairs"] == 8 and row["seed_pairs"] == 16
+        low, high = row["held_out_agreement_ci"]
+        assert low <= row["held_out_agreement"] <= high
+        labels = row["gold_labels"]
+        verdicts = read_jsonl(out / f"round-{key}" / "gold.jsonl")
+        assert len(verdicts) == row["pairs"] == labels["n"] + labels["gold_ties"]
+        assert labels["rate"] == pytest.approx(sum(v["p"] > 0.5 for v in verdicts) / labels["n"])
+        assert sum(b["n"] for b in labels["by_margin_decile"]) == labels["n"]
+        quality = row["refinement_quality"]
+        assert quality["driving"] == "dnd" and {"plain", "dnd"} <= set(quality)
+        assert quality["dnd"]["smoothed"] == sum(
+            d["smoothed"] for d in read_jsonl(out / f"round-{key}" / "train" / "refinement.jsonl")
+        )
+    assert "gold_labels" not in json.loads((tmp_path / "plain" / "summary.json").read_text())["rounds"]["1"] or (
+        json.loads((tmp_path / "plain" / "summary.json").read_text())["rounds"]["1"]["gold_labels"] is None
+    )
+    report = (out / "report.md").read_text()
+    assert "held-out agree (95% CI)" in report and "self-label acc (gold, 95% CI)" in report
+    for name in ("label_quality.png", "noise_detection.png", "accuracy_by_margin.png"):
+        assert f"(plots/{name})" in report and (out / "plots" / name).read_bytes().startswith(PNG)

@@ -1,6 +1,7 @@
 import contextlib
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ from spreadpref.dpo import reference as reference_module
 from spreadpref.dpo import trainer as trainer_module
 from spreadpref.dpo.train import train_policy
 from spreadpref.errors import SpreadprefError, TrainingError
+from spreadpref.eval.labels import replay_smoothing
+from spreadpref.runtime.files import read_jsonl
 from spreadpref.runtime.manifest import Manifest
 
 
@@ -247,7 +250,7 @@ def test_embedded_model_trains_and_reloads(tmp_path):
     assert {p.dtype for p in reloaded.parameters()} == {torch.float32}
 
 
-@pytest.mark.parametrize("mode", ["frozen-copy", "lora-adapter-off", "no-dnd"])
+@pytest.mark.parametrize("mode", ["frozen-copy", "lora-adapter-off", "no-dnd", "no-dnd-measuring-dnd"])
 def test_round_training_with_self_refinement(tiny_model_dir, tmp_path, mode):
     from spreadpref.data.loading import load_preferences
     from spreadpref.data.tokenize import tokenize_pairs
@@ -262,13 +265,14 @@ def test_round_training_with_self_refinement(tiny_model_dir, tmp_path, mode):
     records, _ = load_preferences(str(data))
     pairs, _ = tokenize_pairs(tokenizer, records, 64, 32)
     reference = None
-    if mode == "frozen-copy":
+    if mode in ("frozen-copy", "no-dnd-measuring-dnd"):
         reference = load_model(config.model).eval().requires_grad_(False)
     # A window of two batches and the 90% quantile: after warm-up every batch has a pair at or below tau.
     refinement = Refinement(
         RefineSettings(alpha=0.1, quantile=0.9, window=4, warmup_fraction=0.25),
-        lam=0.0 if mode == "no-dnd" else 0.5,
+        lam=0.0 if mode.startswith("no-dnd") else 0.5,
         reference=reference,
+        measure_lam=0.5 if mode == "no-dnd-measuring-dnd" else 0.0,
     )
     outputs, metrics = train_on_pairs(
         config, tokenizer, pairs, tmp_path / "run", num_epochs=1, refinement=refinement, merge_lora=True
@@ -280,6 +284,21 @@ def test_round_training_with_self_refinement(tiny_model_dir, tmp_path, mode):
     assert all(row["labels/mean"] >= 0.9 for row in logs)
     assert 0.0 < metrics["smoothed_fraction"] < 1.0
     assert (tmp_path / "run" / "model" / "config.json").is_file()
+    # One decision record per pair, in training order; the driving detector's flags are the smoothing.
+    decisions = read_jsonl(Path(outputs["refinement"]))
+    assert len(decisions) == 16 and {d["id"] for d in decisions} == {p.id for p in pairs}
+    driving = "plain" if mode.startswith("no-dnd") else "dnd"
+    assert all(d["driving"] == driving and d["smoothed"] == d[f"smoothed_{driving}"] for d in decisions)
+    assert sum(d["smoothed"] for d in decisions) / 16 == pytest.approx(metrics["smoothed_fraction"])
+    assert not any(d["smoothed"] for d in decisions if not d["active"])
+    both = mode != "no-dnd"
+    assert all((d["margin_dnd"] is not None) == both for d in decisions)
+    # Replaying the recorded margins with the round's settings reproduces every detector's decisions.
+    for detector in ("plain", "dnd") if both else ("plain",):
+        replayed = replay_smoothing(decisions, detector, window=4, quantile=0.9, partial_window=True)
+        assert replayed == [d[f"smoothed_{detector}"] for d in decisions]
+    if both:  # the two detectors' margins differ: the extrapolation is not a rescaling of z
+        assert any(abs(d["margin_dnd"] - 1.5 * d["margin_plain"]) > 1e-6 for d in decisions)
 
 
 def test_resumed_refinement_round_smooths_as_an_uninterrupted_one(tiny_model_dir, tmp_path, monkeypatch):
@@ -319,6 +338,9 @@ def test_resumed_refinement_round_smooths_as_an_uninterrupted_one(tiny_model_dir
     resumed = train(tmp_path / "resumed")
     assert thresholds(tmp_path / "resumed") == thresholds(tmp_path / "clean")  # as logged (6 decimals)
     assert resumed["smoothed_fraction"] == clean["smoothed_fraction"]
+    # The per-pair decisions travel in the checkpoint too: the resumed round records every pair once.
+    records = [read_jsonl(d / "refinement.jsonl") for d in (tmp_path / "resumed", tmp_path / "clean")]
+    assert [(r["id"], r["smoothed"]) for r in records[0]] == [(r["id"], r["smoothed"]) for r in records[1]]
     final, final_clean = (
         AutoModelForCausalLM.from_pretrained(d / "model").state_dict()
         for d in (tmp_path / "resumed", tmp_path / "clean")

@@ -156,16 +156,32 @@ def judge(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for judged.jsonl and pairs.jsonl.")] = Path(
         "judged"
     ),
+    prompts: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Prompt source whose extra columns (the verifier's constraints) the judges read, by prompt id "
+            "(default: data.prompts when judge.kind or judge.gold is verifier)."
+        ),
+    ] = None,
 ) -> None:
-    """Score samples (implicit reward, or judge.kind) and pair them: chosen = best, rejected = worst per prompt."""
+    """Score samples (implicit reward, or judge.kind) and pair them: chosen = best, rejected = worst per prompt.
+
+    With judge.gold set, a gold judge also labels the pairs and the self-labels' accuracy is printed.
+    """
 
     def action() -> None:
         from spreadpref.data.artifacts import Pair, Sample
+        from spreadpref.data.loading import load_prompts
         from spreadpref.models.loading import load_tokenizer
         from spreadpref.spa.context import StageContext
         from spreadpref.spa.judge import judge_stage
 
         cfg = _load(config, overrides)
+        metadata = {}
+        source = prompts or (cfg.data.prompts if "verifier" in (cfg.judge.kind, cfg.judge.gold) else None)
+        if source:
+            records, _ = load_prompts(source, cfg.data.columns, skip_invalid=cfg.data.skip_invalid)
+            metadata = {record.id: record.metadata for record in records}
         if not generations.is_file():
             raise SpreadprefError(f"generations file not found: {generations}")
         samples = Sample.read(generations)
@@ -177,15 +193,36 @@ def judge(
             samples,
             policy or cfg.model.name_or_path,
             None if ref_name.lower() == "none" else ref_name,
-            metadata={},
+            metadata=metadata,
         )
         stats = result.stats
         console.print(
             f"{stats.pairs} pairs from {stats.prompts} prompts ({stats.identical_dropped} identical, "
             f"{stats.ties_dropped} tied dropped) written to {out / Pair.FILE}"
         )
+        if result.metrics.get("gold"):
+            print_gold_figures(cfg.judge.gold, result.metrics["gold"])
 
     _run(action)
+
+
+def print_gold_figures(gold_kind: str, gold: dict) -> None:
+    from rich.table import Table
+
+    console.print(
+        f"Self-label accuracy against the {gold_kind} judge: {gold['rate']:.3f} "
+        f"(95% CI {gold['ci_low']:.3f}–{gold['ci_high']:.3f}) on {gold['n']} pairs; {gold['gold_ties']} gold ties left out."
+    )
+    table = Table(title="accuracy by judge-margin decile")
+    for column in ("margin", "pairs", "accuracy (95% CI)"):
+        table.add_column(column, justify="right")
+    for row in gold["by_margin_decile"]:
+        table.add_row(
+            f"{row['margin_low']:.3g} – {row['margin_high']:.3g}",
+            str(row["n"]),
+            f"{row['rate']:.2f} ({row['ci_low']:.2f}–{row['ci_high']:.2f})",
+        )
+    console.print(table)
 
 
 @app.command("eval")

@@ -84,6 +84,13 @@ class DataSettings(Section):
     max_prompt_length: int = Field(256, gt=0, description="The start of longer prompts is cut.")
     skip_invalid: bool = Field(False, description="Skip and count bad records instead of stopping.")
     limit: int | None = Field(None, gt=0, description="Use only the first N records.")
+    seed_holdout: float = Field(
+        0.2,
+        ge=0.0,
+        lt=1.0,
+        description="`spreadpref run`: share of the seed pairs held out from the seed stage (at least 8 pairs; "
+        "0: none). Each round reports the self-judge's agreement with their human labels, with a 95% interval.",
+    )
 
     @model_validator(mode="after")
     def _prompt_shorter_than_total(self) -> DataSettings:
@@ -123,6 +130,11 @@ class TrainSettings(Section):
         None, description="Reference for DPO; defaults to the starting policy (pi_init for the seed stage)."
     )
     evaluate_after: bool = Field(True, description="Score the training pairs with the trained policy at the end.")
+    group_by_length: bool = Field(
+        True,
+        description="Batches of pairs of similar length (less padding); false: shuffled, as the paper. Also "
+        "decides which pairs share a self-refinement window: see docs/spa-method.md.",
+    )
 
 
 class GenerationSettings(Section):
@@ -182,7 +194,15 @@ class JudgeSettings(Section):
     length_normalize: bool = Field(False, description="Score with per-token mean log-probs instead of sums.")
     batch_size: int = Field(8, gt=0, description="Samples per no-grad scoring batch.")
     seed_agreement: bool = Field(
-        True, description="Each round, report how often the model's implicit reward agrees with the seed labels."
+        True,
+        description="Each round, report how often the model's implicit reward agrees with the human labels of the "
+        "seed pairs, trained on and held out (data.seed_holdout).",
+    )
+    gold: Literal["verifier", "reward_model", "llm"] | None = Field(
+        None,
+        description="A judge for measurement only, never for training: each round it also labels the round's pairs, "
+        "and the run reports self-label accuracy, accuracy by margin decile and the smoothing's precision and "
+        "recall. It takes its settings from judge.reward_model or judge.llm.",
     )
     reward_model: RewardModelJudgeSettings = RewardModelJudgeSettings()
     llm: LLMJudgeSettings = LLMJudgeSettings()
@@ -193,7 +213,18 @@ class JudgeSettings(Section):
             raise ValueError("judge.kind=reward_model needs judge.reward_model.name_or_path")
         if self.llm.base_url and not self.llm.api_model:
             raise ValueError("judge.llm.base_url needs judge.llm.api_model (the model name the endpoint serves)")
+        if self.gold == "reward_model" and not self.reward_model.name_or_path:
+            raise ValueError("judge.gold=reward_model needs judge.reward_model.name_or_path")
+        if self.gold == "llm" and not self.llm.base_url and self.llm.model == "policy":
+            raise ValueError(
+                "judge.gold=llm needs a fixed judge, not the policy being trained: set judge.llm.model to a model "
+                "directory or hub id, or judge.llm.base_url"
+            )
         return self
+
+    def gold_settings(self) -> JudgeSettings | None:
+        """The gold judge's settings: its kind with this section's reward_model and llm settings."""
+        return None if self.gold is None else self.model_copy(update={"kind": self.gold, "gold": None})
 
 
 class RefineSettings(Section):
@@ -209,10 +240,19 @@ class RefineSettings(Section):
         default_factory=lambda: [0.5, 0.25, 0.125],
         description="DND lambda per round; later rounds keep halving.",
     )
+    partial_window: bool = Field(
+        True,
+        description="Take tau from the window before it holds `window` margins (false: smooth nothing until it is "
+        "full, as the authors' code). See docs/spa-method.md for the measurement behind the default.",
+    )
 
     def lam(self, round_index: int) -> float:
-        """lambda for round ``round_index`` (1-based)."""
-        if not self.decoupled or not self.lambdas:
+        """The DND lambda that drives round ``round_index`` (1-based); 0 without DND."""
+        return self.scheduled_lam(round_index) if self.decoupled else 0.0
+
+    def scheduled_lam(self, round_index: int) -> float:
+        """The schedule's lambda for round ``round_index``, whether or not DND drives the smoothing."""
+        if not self.lambdas:
             return 0.0
         if round_index <= len(self.lambdas):
             return self.lambdas[round_index - 1]
@@ -228,6 +268,12 @@ class LoopSettings(Section):
     )
     epochs_per_round: float = Field(1.0, gt=0.0, description="Training epochs on each round's pairs.")
     learning_rate: float | None = Field(None, gt=0.0, description="Round learning rate; default train.learning_rate.")
+    group_by_length: bool | None = Field(
+        None,
+        description="Round training: batches of pairs of similar length (true) or shuffled (false, as the paper); "
+        "default train.group_by_length. It decides which pairs share a self-refinement window: see "
+        "docs/spa-method.md.",
+    )
     keep_models: int = Field(2, ge=1, description="Keep the last N round models (the seed model is always kept).")
 
 

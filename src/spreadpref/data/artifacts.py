@@ -180,7 +180,25 @@ class Verdict(Artifact):
     prefer: list[float] = doc("P(this sample is preferred to sample j), by j (0.5 for itself)")
 
 
-ARTIFACTS: tuple[type[Artifact], ...] = (Sample, JudgedSample, Pair)
+@dataclass
+class GoldVerdict(Artifact):
+    """The gold judge on one self-labelled pair (a row of ``gold.jsonl``; only with ``judge.gold``)."""
+
+    FILE: ClassVar[str] = "gold.jsonl"
+
+    pair_id: str = doc("the pair's id in pairs.jsonl")
+    p: float = doc("the gold judge's P(chosen is better than rejected); 0.5 is a gold tie")
+    chosen_score: float = doc("the gold judge's score of the chosen reply")
+    rejected_score: float = doc("the gold judge's score of the rejected reply")
+    margin: float = doc("the self-judge's margin of the pair (as in pairs.jsonl)")
+
+    @property
+    def correct(self) -> bool | None:
+        """Whether the self-label agrees with the gold judge; None when the gold judge ties."""
+        return None if self.p == 0.5 else self.p > 0.5
+
+
+ARTIFACTS: tuple[type[Artifact], ...] = (Sample, JudgedSample, Pair, GoldVerdict)
 
 
 def to_rows(records: Iterable[Artifact]) -> list[dict[str, Any]]:

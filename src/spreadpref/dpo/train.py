@@ -36,15 +36,13 @@ from spreadpref.models.loading import (
     resolve_device,
 )
 from spreadpref.runtime import distributed
-from spreadpref.runtime.files import (
-    atomic_write_json,
-    remove_stale_temporaries,
-)
+from spreadpref.runtime.files import atomic_write_json, remove_stale_temporaries, write_jsonl
 from spreadpref.runtime.fingerprint import fingerprint
 from spreadpref.runtime.manifest import Manifest
 from spreadpref.runtime.progress import console
 
 STAGE = "train"
+REFINEMENT_FILE = "refinement.jsonl"  # per pair, in training order: each detector's margin, threshold, decision
 # Keys that change how a run is watched or stored, not what it computes: editing them never
 # invalidates a finished stage.
 COSMETIC_TRAIN_KEYS = (
@@ -123,6 +121,7 @@ def train_on_pairs(
     start_model: str | None = None,
     num_epochs: float | None = None,
     learning_rate: float | None = None,
+    group_by_length: bool | None = None,
     refinement: Refinement | None = None,
     merge_lora: bool | None = None,
     on_reference=None,
@@ -148,6 +147,7 @@ def train_on_pairs(
         out / "checkpoints",
         num_epochs=num_epochs,
         learning_rate=learning_rate,
+        group_by_length=group_by_length,
         refinement=refinement,
     )
     checkpoint = last_checkpoint(out / "checkpoints")
@@ -179,6 +179,10 @@ def train_on_pairs(
                 evaluate_pairs(model, pairs, tokenizer.pad_token_id, config.train.beta, config.train.logprob_batch_size)
             )
         atomic_write_json(out / "log_history.json", trainer.state.log_history)
+        if refinement is not None:
+            write_jsonl(out / REFINEMENT_FILE, trainer.refine_window.decisions)
+    if refinement is not None:
+        outputs["refinement"] = str(out / REFINEMENT_FILE)
     metrics = distributed.broadcast_object(metrics)
     return outputs, metrics
 
@@ -206,6 +210,10 @@ def prepare_pairs(config: Config, tokenizer: PreTrainedTokenizerBase) -> tuple[l
     return pairs, info
 
 
+def _first(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
 def build_trainer(
     config: Config,
     model: torch.nn.Module,
@@ -214,8 +222,10 @@ def build_trainer(
     checkpoints: Path,
     num_epochs: float | None = None,
     learning_rate: float | None = None,
+    group_by_length: bool | None = None,
     refinement: Refinement | None = None,
 ):
+    """A SoftDPOTrainer for ``pairs``; the keyword arguments override ``config.train`` (a round's settings)."""
 
     train = config.train
     device = resolve_device(config.model.device)
@@ -242,7 +252,7 @@ def build_trainer(
         seed=config.seed,
         use_cpu=device.type == "cpu",
         remove_unused_columns=False,
-        train_sampling_strategy="group_by_length",
+        train_sampling_strategy="group_by_length" if _first(group_by_length, train.group_by_length) else "random",
         length_column_name="length",
         activation_checkpointing=config.model.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if config.model.gradient_checkpointing else None,

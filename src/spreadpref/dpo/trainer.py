@@ -15,8 +15,8 @@ from typing import Any
 
 import datasets
 import torch
-from transformers import Trainer, TrainerCallback
-from transformers.trainer_callback import ExportableState
+from accelerate.utils import gather_object
+from transformers import Trainer
 
 from spreadpref.data.tokenize import TokenizedPair
 from spreadpref.dpo.logprobs import (
@@ -24,13 +24,14 @@ from spreadpref.dpo.logprobs import (
     collate_pairs,
     reply_logits,
     sequence_logps_and_logits,
-    sum_by_row,
-    token_logps,
 )
-from spreadpref.dpo.loss import dpo_logits, soft_dpo_loss
+from spreadpref.dpo.loss import soft_dpo_loss
 from spreadpref.dpo.refine import (
-    ConfidenceThreshold,
+    RefineDecision,
     Refinement,
+    RefineWindow,
+    decision_records,
+    detector_margins,
     refine_targets,
 )
 from spreadpref.errors import TrainingError
@@ -58,35 +59,6 @@ class PairCollator:
         batch = collate_pairs(features, self.pad_token_id)
         batch["ids"] = [f.get("id", "?") for f in features]
         return batch
-
-
-class RefineWindow(TrainerCallback, ExportableState):
-    """The refinement's sliding window of margins and its counts, kept in every checkpoint.
-
-    A callback only for Trainer's ``ExportableState``: its state goes into each checkpoint's
-    ``trainer_state.json`` (written last, so it is there exactly when the checkpoint is complete)
-    and comes back on resume, so a resumed round smooths the same pairs as an uninterrupted one.
-    """
-
-    def __init__(self, window: int = 50, quantile: float = 0.1):
-        self.threshold = ConfidenceThreshold(window, quantile)
-        self.pairs = 0
-        self.smoothed = 0
-
-    @property
-    def margins(self) -> list[float]:
-        return list(self.threshold.margins)
-
-    @margins.setter
-    def margins(self, values: list[float]) -> None:
-        self.threshold.margins.clear()
-        self.threshold.margins.extend(values)
-
-    def state(self) -> dict[str, Any]:
-        return {
-            "args": {"window": self.threshold.margins.maxlen, "quantile": self.threshold.quantile},
-            "attributes": {"margins": self.margins, "pairs": self.pairs, "smoothed": self.smoothed},
-        }
 
 
 class SoftDPOTrainer(Trainer):
@@ -160,24 +132,34 @@ class SoftDPOTrainer(Trainer):
         return (out.loss, {"logits": out.logits}) if return_outputs else out.loss
 
     @torch.no_grad()
-    def _refine(self, model, inputs, sums: torch.Tensor, logits: ReplyLogits, k: int):
+    def _refine(self, model, inputs, sums: torch.Tensor, logits: ReplyLogits, k: int) -> RefineDecision:
+        """Which pairs of this batch to smooth; every computed detector's decision is recorded."""
         refinement = self.refinement
-        if refinement.lam > 0:
-            ref_logits = self._reference_reply_logits(model, inputs)
-            tokens = token_logps(logits.logits.detach(), logits.targets, ref_logits, refinement.lam)
-            detector = sum_by_row(tokens, logits.rows, logits.num_rows).to(sums.dtype)
-        else:
-            detector = sums
-        margins = self.beta * dpo_logits(
-            detector[:k], detector[k:], inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
-        )
-        active = self.state.global_step >= refinement.settings.warmup_fraction * max(self.state.max_steps, 1)
+        settings = refinement.settings
+        references = (inputs["ref_chosen_logps"], inputs["ref_rejected_logps"])
+        margins = {"plain": detector_margins(self.beta, sums, logits, None, 0.0, *references)}
+        if refinement.dnd_lam > 0:
+            reference_logits = self._reference_reply_logits(model, inputs)
+            margins["dnd"] = detector_margins(
+                self.beta, sums, logits, reference_logits, refinement.dnd_lam, *references
+            )
+        step = self.state.global_step
+        active = step >= settings.warmup_fraction * max(self.state.max_steps, 1)
         window = self.refine_window
-        decision = refine_targets(
-            margins, window.threshold, refinement.settings.alpha, active, self._gather_margins(margins)
-        )
-        window.pairs += int(margins.numel())
+        decisions = {}
+        for name, values in margins.items():
+            state = window.threshold if name == refinement.driving else window.shadow
+            decisions[name] = refine_targets(
+                values, state, settings.alpha, active, self._gather_margins(values), settings.partial_window
+            )
+        decision = decisions[refinement.driving]
+        window.pairs += int(decision.margins.numel())
         window.smoothed += int(decision.smoothed.sum())
+        records = decision_records(
+            list(inputs.get("ids") or []), step, active, refinement.driving, decisions, window.batches
+        )
+        window.decisions.extend(self._gather_records(records))
+        window.batches += 1
         return decision
 
     def _reference_reply_logits(self, model, inputs) -> torch.Tensor:
@@ -193,6 +175,12 @@ class SoftDPOTrainer(Trainer):
         if next(reference.parameters()).device != device:
             reference.to(device)
         return reply_logits(reference, *batch).logits
+
+    def _gather_records(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Every process's decision records, so every process keeps (and resumes) the same list."""
+        if self.accelerator.num_processes == 1:
+            return records
+        return gather_object(records)
 
     def _gather_margins(self, margins: torch.Tensor) -> torch.Tensor:
         """Every process's margins, so all processes share one window and one threshold."""

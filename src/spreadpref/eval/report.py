@@ -8,6 +8,7 @@ per round, and the win rate per model when ``spreadpref eval`` has results in ``
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -121,30 +122,182 @@ def plot_win_rates(results: dict[str, Any], out: Path) -> bool:
     return True
 
 
-def _round_table(summary: dict[str, Any]) -> list[str]:
-    lines = [
-        "| round | judge | pairs | dropped | reply tokens | margin p50 | seed agreement | smoothed | "
-        "train loss | reward acc | seconds (gen / judge / train) |",
-        "|---|" + "---|" * 10,
+def interval_cell(rate: float | None, ci: list[float] | tuple[float, float] | None) -> str:
+    """ "0.69 (0.44–0.86)": a rate with its 95% interval; "–" when missing."""
+    if rate is None or (isinstance(rate, float) and math.isnan(rate)):
+        return "–"
+    if not ci or ci[0] is None:
+        return format_cell(rate, ".2f")
+    return f"{rate:.2f} ({ci[0]:.2f}–{ci[1]:.2f})"
+
+
+def _gold_cell(row: dict[str, Any]) -> str:
+    gold = row.get("gold_labels")
+    if not gold or gold["rate"] is None:
+        return "–"
+    return interval_cell(gold["rate"], (gold["ci_low"], gold["ci_high"]))
+
+
+def _precision_recall_cell(row: dict[str, Any]) -> str:
+    quality = row.get("refinement_quality") or {}
+    detector = quality.get(quality.get("driving") or "")
+    if not detector:
+        return "–"
+    return f"{format_cell(detector['precision']['rate'], '.2f')} / {format_cell(detector['recall']['rate'], '.2f')}"
+
+
+def round_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The per-round table, the same in the terminal and in report.md: headers and rows of cells.
+
+    Held-out agreement leads: it is the signal a user without a gold judge has. The gold columns
+    appear when a round was measured against ``judge.gold``.
+    """
+    rows = _rounds(summary)
+    gold = any(r.get("gold_labels") for r in rows)
+    columns: list[tuple[str, Any, Any]] = [
+        ("round", lambda s: "seed", lambda r: str(r["round"])),
+        ("judge", lambda s: "human", lambda r: r.get("judge_kind", "implicit")),
+        (
+            "pairs",
+            lambda s: format_cell(s.get("pairs")) + (f" (+{s['held_out']} held out)" if s.get("held_out") else ""),
+            lambda r: format_cell(r.get("pairs")),
+        ),
+        ("dropped", None, lambda r: format_cell((r.get("identical_dropped") or 0) + (r.get("ties_dropped") or 0))),
+        ("cut off", None, lambda r: format_cell(r.get("cut_off_fraction"), ".2f")),
+        (
+            "held-out agree (95% CI)",
+            None,
+            lambda r: interval_cell(r.get("held_out_agreement"), r.get("held_out_agreement_ci")),
+        ),
+        ("seed agree", None, lambda r: format_cell(r.get("seed_agreement"), ".2f")),
+        ("margin p50", None, lambda r: format_cell((r.get("margin_quantiles") or {}).get("p50"), ".2f")),
+        ("smoothed", None, lambda r: format_cell(r.get("smoothed_fraction"), ".2f")),
     ]
-    seed = summary.get("seed")
-    if seed:
-        lines.append(
-            f"| seed | human labels | {seed.get('pairs')} | – | – | – | – | – | {format_cell(seed.get('train_loss'))} "
-            f"| {format_cell(seed.get('reward_accuracy'))} | {format_cell(seed.get('seconds'), '.0f')} |"
+    if gold:
+        columns += [
+            ("self-label acc (gold, 95% CI)", None, _gold_cell),
+            ("smoothing prec / recall", None, _precision_recall_cell),
+        ]
+    columns += [
+        ("loss", lambda s: format_cell(s.get("train_loss"), ".2f"), lambda r: format_cell(r.get("train_loss"), ".2f")),
+        (
+            "reward acc",
+            lambda s: format_cell(s.get("reward_accuracy"), ".2f"),
+            lambda r: format_cell(r.get("reward_accuracy"), ".2f"),
+        ),
+        (
+            "seconds (gen / judge / train)",
+            lambda s: format_cell(s.get("seconds"), ".0f"),
+            lambda r: " / ".join(
+                format_cell(r.get(k), ".0f") for k in ("generate_seconds", "judge_seconds", "train_seconds")
+            ),
+        ),
+    ]
+    table = []
+    if summary.get("seed"):
+        table.append([seed_cell(summary["seed"]) if seed_cell else "–" for _, seed_cell, _ in columns])
+    table += [[cell(r) for _, _, cell in columns] for r in rows]
+    return [title for title, _, _ in columns], table
+
+
+def _markdown_table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(headers) + " |",
+        "|" + "---|" * len(headers),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
+def plot_label_quality(rows: list[dict[str, Any]], out: Path) -> bool:
+    """Held-out agreement, seed agreement and (with a gold judge) self-label accuracy per round, with intervals."""
+    series = [
+        ("held-out agreement", "held_out_agreement", lambda r: r.get("held_out_agreement_ci"), "o-"),
+        ("seed agreement (trained on)", "seed_agreement", lambda r: r.get("seed_agreement_ci"), "s:"),
+    ]
+    gold = [(r["round"], r["gold_labels"]) for r in rows if (r.get("gold_labels") or {}).get("rate") is not None]
+    points = [(r["round"], r.get(key)) for _, key, _, _ in series for r in rows if r.get(key) is not None]
+    if not points and not gold:
+        return False
+    figure, axis = _figure((4.8, 2.8))
+    for label, key, interval, style in series:
+        kept = [r for r in rows if r.get(key) is not None]
+        if kept:
+            _errorbar(
+                axis, [r["round"] for r in kept], [r[key] for r in kept], [interval(r) for r in kept], style, label
+            )
+    if gold:
+        _errorbar(
+            axis,
+            [i for i, _ in gold],
+            [g["rate"] for _, g in gold],
+            [(g["ci_low"], g["ci_high"]) for _, g in gold],
+            "D-",
+            "self-label accuracy (gold)",
         )
-    for r in _rounds(summary):
-        dropped = (r.get("identical_dropped") or 0) + (r.get("ties_dropped") or 0)
-        seconds = " / ".join(
-            format_cell(r.get(k), ".0f") for k in ("generate_seconds", "judge_seconds", "train_seconds")
-        )
-        lines.append(
-            f"| {r['round']} | {r.get('judge_kind', 'implicit')} | {format_cell(r.get('pairs'))} | {dropped} | "
-            f"{format_cell(r.get('mean_reply_tokens'), '.0f')} | {format_cell((r.get('margin_quantiles') or {}).get('p50'))} | "
-            f"{format_cell(r.get('seed_agreement'))} | {format_cell(r.get('smoothed_fraction'))} | {format_cell(r.get('train_loss'))} | "
-            f"{format_cell(r.get('reward_accuracy'))} | {seconds} |"
-        )
-    return lines
+    axis.axhline(0.5, color="grey", lw=0.8, ls=":")
+    axis.set_xlabel("round")
+    axis.set_ylabel("share (95% CI)")
+    axis.set_ylim(0, 1.05)
+    axis.set_xticks(sorted({r["round"] for r in rows}))
+    axis.legend(fontsize=7)
+    _save(figure, out)
+    return True
+
+
+def _errorbar(axis: Any, x: list[int], y: list[float], intervals: list[Any], style: str, label: str) -> None:
+    low = [v - ci[0] if ci else 0.0 for v, ci in zip(y, intervals)]
+    high = [ci[1] - v if ci else 0.0 for v, ci in zip(y, intervals)]
+    axis.errorbar(x, y, yerr=[low, high], fmt=style, capsize=3, label=label)
+
+
+def plot_noise_detection(rows: list[dict[str, Any]], out: Path) -> bool:
+    """Precision and recall of each detector's smoothing per round, beside the base error rate."""
+    measured = [(r["round"], r["refinement_quality"]) for r in rows if r.get("refinement_quality")]
+    if not measured:
+        return False
+    figure, axis = _figure((5.2, 2.8))
+    styles = {"plain": ("tab:orange", "plain"), "dnd": ("tab:purple", "DND")}
+    for detector, (color, name) in styles.items():
+        kept = [(i, q[detector]) for i, q in measured if q.get(detector)]
+        if not kept:
+            continue
+        x = [i for i, _ in kept]
+        for metric, style in (("precision", "o-"), ("recall", "s--")):
+            values = [math.nan if q[metric]["rate"] is None else q[metric]["rate"] for _, q in kept]
+            axis.plot(x, values, style, color=color, label=f"{name} {metric}")
+    base = [
+        (i, q[q["driving"]]["base_error_rate"]["rate"])
+        for i, q in measured
+        if q.get(q.get("driving") or "") and q[q["driving"]]["base_error_rate"]["rate"] is not None
+    ]
+    if base:
+        axis.plot([i for i, _ in base], [b for _, b in base], "x:", color="grey", label="base error rate")
+    axis.set_xlabel("round")
+    axis.set_ylabel("share")
+    axis.set_ylim(0, 1.05)
+    axis.set_xticks([i for i, _ in measured])
+    axis.legend(fontsize=7)
+    _save(figure, out)
+    return True
+
+
+def plot_accuracy_by_margin(rows: list[dict[str, Any]], out: Path) -> bool:
+    """Self-label accuracy in each judge-margin decile, per round: does confidence mean correctness?"""
+    measured = [(r["round"], r["gold_labels"]["by_margin_decile"]) for r in rows if r.get("gold_labels")]
+    measured = [(i, bins) for i, bins in measured if bins]
+    if not measured:
+        return False
+    figure, axis = _figure((4.8, 2.8))
+    for i, bins in measured:
+        x = [(b["margin_low"] + b["margin_high"]) / 2 for b in bins]
+        axis.plot(x, [b["rate"] for b in bins], "o-", label=f"round {i}")
+    axis.axhline(0.5, color="grey", lw=0.8, ls=":")
+    axis.set_xlabel("judge margin (middle of the decile)")
+    axis.set_ylabel("self-label accuracy")
+    axis.set_ylim(0, 1.05)
+    axis.legend(fontsize=7)
+    _save(figure, out)
+    return True
 
 
 def write_report(run_dir: Path) -> Path:
@@ -161,7 +314,11 @@ def write_report(run_dir: Path) -> Path:
         "",
         "## Per round",
         "",
-        *_round_table(summary),
+        *_markdown_table(*round_table(summary)),
+        "",
+        "Held-out agree: how often pi_{i-1}'s implicit reward prefers the human-chosen reply of the seed pairs held "
+        "out from training (data.seed_holdout), with a 95% Wilson interval; seed agree: the same on the seed pairs "
+        "pi_0 was trained on.",
         "",
     ]
     figures = [
@@ -178,11 +335,27 @@ def write_report(run_dir: Path) -> Path:
             "Fraction of pairs whose label was smoothed, and the confidence threshold, per logged training step.",
         ),
         (
-            "Seed agreement",
-            "seed_agreement.png",
-            lambda p: plot_per_round(rows, "seed_agreement", "seed agreement", p),
-            "How often pi_{i-1}'s implicit reward prefers the human-chosen seed reply (the seed is pi_0's "
-            "training data, so this catches collapse rather than measuring generalisation).",
+            "Label quality",
+            "label_quality.png",
+            lambda p: plot_label_quality(rows, p),
+            "How often pi_{i-1}'s implicit reward agrees with the human labels of the held-out seed pairs (the "
+            "signal without a gold judge) and of the seed pairs pi_0 was trained on, and, with a gold judge, the "
+            "share of the round's self-labels it confirms; 95% intervals.",
+        ),
+        (
+            "Noise detection",
+            "noise_detection.png",
+            lambda p: plot_noise_detection(rows, p),
+            "Against the gold judge: the share of smoothed pairs that were mislabelled (precision) and of "
+            "mislabelled pairs that were smoothed (recall), for the plain and the decoupled (DND) detector on the "
+            "same pairs, beside the base error rate (a detector that smooths at random has precision equal to it).",
+        ),
+        (
+            "Accuracy against margin",
+            "accuracy_by_margin.png",
+            lambda p: plot_accuracy_by_margin(rows, p),
+            "Self-label accuracy in deciles of the judge margin: if larger margins are more often right, "
+            "confidence-based smoothing has something to work with.",
         ),
         (
             "Reply length",

@@ -37,3 +37,29 @@ def length_controlled_win_rate(p: np.ndarray, length_difference: np.ndarray, l2:
         if np.abs(step).max() < 1e-10:
             break
     return float(1.0 / (1.0 + math.exp(-w[0])))
+
+
+Z_95 = 1.959963984540054  # the standard normal's 97.5% quantile
+
+
+def wilson_interval(successes: float, n: int, z: float = Z_95) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion (95% by default); (nan, nan) for n = 0.
+
+    Unlike the normal approximation it stays inside [0, 1] and is sensible for small n and for
+    proportions near 0 or 1. ``successes`` may be fractional (ties counted as one half).
+    """
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def proportion(successes: float, n: int) -> dict[str, float | int | None]:
+    """A proportion with its 95% Wilson interval, as summaries and reports store it (None for n = 0: strict JSON)."""
+    if n <= 0:
+        return {"rate": None, "ci_low": None, "ci_high": None, "n": 0}
+    low, high = wilson_interval(successes, n)
+    return {"rate": successes / n, "ci_low": low, "ci_high": high, "n": n}

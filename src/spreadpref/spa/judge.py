@@ -27,9 +27,11 @@ import torch
 from transformers import PreTrainedModel
 
 from spreadpref.config import JudgeSettings
-from spreadpref.data.artifacts import JudgedSample, Pair, Sample, Verdict
+from spreadpref.data.artifacts import GoldVerdict, JudgedSample, Pair, Sample, Verdict
 from spreadpref.data.tokenize import TokenizedPair
 from spreadpref.errors import JudgeError
+from spreadpref.eval.labels import accuracy_by_margin, self_label_accuracy
+from spreadpref.eval.stats import proportion
 from spreadpref.judges import make_judge
 from spreadpref.judges.base import Comparison, Judge
 from spreadpref.judges.implicit import (
@@ -61,7 +63,7 @@ class JudgeStats:
 
 POLICY_LOGPS_FILE = "policy_logps.jsonl"  # external judges: the pi_{i-1} log-probs before the verdicts
 SEED_AGREEMENT_FILE = "seed_agreement.json"
-OUTPUTS = (JudgedSample.FILE, Pair.FILE, SEED_AGREEMENT_FILE, POLICY_LOGPS_FILE, Verdict.FILE)
+OUTPUTS = (JudgedSample.FILE, Pair.FILE, SEED_AGREEMENT_FILE, POLICY_LOGPS_FILE, Verdict.FILE, GoldVerdict.FILE)
 
 
 @dataclass
@@ -71,25 +73,33 @@ class JudgeResult:
     metrics: dict[str, Any]
 
 
+@dataclass
+class HumanLabels:
+    """Human-labelled seed pairs to hold the self-judge against: those pi_0 was trained on, and those held out."""
+
+    trained: list[TokenizedPair]
+    held_out: list[TokenizedPair]
+
+
 def judge_stage(
     ctx: StageContext,
     samples: list[Sample],
     policy_path: str | Path,
     reference_path: str | None,
     metadata: dict[str, dict[str, Any]],
-    seed_pairs: list[TokenizedPair] | None = None,
+    human: HumanLabels | None = None,
 ) -> JudgeResult:
     """Judge a round's samples with ``config.judge`` and pair them; writes judged.jsonl and pairs.jsonl.
 
     ``reference_path`` is the judge reference (None: no reference); ``metadata`` maps prompt ids to
-    their extra columns (the verifier's constraints); with ``seed_pairs`` the self-judge's agreement
-    with their human labels is measured too.
+    their extra columns (the verifier's constraints). With ``human`` the self-judge's agreement with
+    the human labels is measured too, and with ``judge.gold`` the gold judge labels every pair.
     """
     config = ctx.config
     kind = config.judge.kind
     started = time.perf_counter()
     policy = load_for_inference(config.model, policy_path)
-    needs_reference = reference_path is not None and (kind == "implicit" or seed_pairs is not None)
+    needs_reference = reference_path is not None and (kind == "implicit" or human is not None)
     reference = load_for_inference(config.model, reference_path) if needs_reference else None
     judged = judge_samples(policy, reference if kind == "implicit" else None, samples, ctx)
     pairs, stats = pair_samples(samples, judged, config.train.beta, ctx.round_index)
@@ -98,12 +108,16 @@ def judge_stage(
     distributed.barrier()
     judge_seconds = time.perf_counter() - started
     metrics: dict[str, Any] = dict(vars(stats), judge_kind=kind)
-    if seed_pairs is not None and distributed.is_main():  # a few dozen pairs: not worth sharding
-        agreement = seed_agreement(policy, reference, seed_pairs, config.judge, ctx.tokenizer.pad_token_id)
+    if human is not None and distributed.is_main():  # a few dozen pairs: not worth sharding
+        agreement = human_agreement(policy, reference, human, config.judge, ctx.tokenizer.pad_token_id)
         atomic_write_json(ctx.path(SEED_AGREEMENT_FILE), agreement)
         metrics.update(agreement)
     del policy, reference
     gc.collect()
+    if config.judge.gold is not None:
+        gold = make_judge(config.judge.gold_settings(), config.model, beta=config.train.beta, tokenizer=ctx.tokenizer)
+        verdicts = gold_verdicts(gold, pairs, metadata, ctx.path(GoldVerdict.FILE), ctx.round_index)
+        metrics["gold"] = gold_label_figures(verdicts)
     two_models = kind == "implicit" and reference_path is not None
     scored_tokens = sum(s.num_tokens + len(s.prompt_ids) for s in samples) * (2 if two_models else 1)
     # Throughput of judging the round's samples; the stage time also covers the seed-agreement check.
@@ -307,29 +321,82 @@ def pair_samples(
     return pairs, stats
 
 
-def seed_agreement(
+def gold_verdicts(
+    judge: Judge, pairs: list[Pair], metadata: dict[str, dict[str, Any]], out_file: Path, round_index: int = 0
+) -> list[GoldVerdict]:
+    """The gold judge's verdict on every self-labelled pair (resumable in units of 16 pairs)."""
+    units = [pairs[i : i + 16] for i in range(0, len(pairs), 16)]
+
+    def process(_: int, unit: list[Pair]) -> list[GoldVerdict]:
+        comparisons = [
+            Comparison(
+                prompt=p.prompt, replies=[p.chosen, p.rejected], id=p.prompt_id, metadata=metadata.get(p.prompt_id, {})
+            )
+            for p in unit
+        ]
+        return [
+            GoldVerdict(
+                pair_id=p.id, p=j.p(0, 1), chosen_score=j.scores[0], rejected_score=j.scores[1], margin=p.margin
+            )
+            for p, j in zip(unit, judge.judge(comparisons))
+        ]
+
+    return run_in_parts(out_file, units, process, GoldVerdict, f"Gold labels with {judge.name} (round {round_index})")
+
+
+def gold_label_figures(verdicts: list[GoldVerdict]) -> dict[str, Any]:
+    """Self-label accuracy (with its interval and the gold ties) and accuracy by judge-margin decile."""
+    gold_p = [v.p for v in verdicts]
+    return {**self_label_accuracy(gold_p), "by_margin_decile": accuracy_by_margin([v.margin for v in verdicts], gold_p)}
+
+
+def label_agreement(
     policy: PreTrainedModel,
     reference: PreTrainedModel | None,
-    seed_pairs: list[TokenizedPair],
+    pairs: list[TokenizedPair],
     settings: JudgeSettings,
     pad_token_id: int,
     reference_is_adapter_off: bool = False,
-) -> dict[str, float]:
-    """How often the self-judge prefers the human-chosen reply of the seed pairs."""
-    prompts = [p.prompt_ids for p in seed_pairs] * 2
-    replies = [p.chosen_ids for p in seed_pairs] + [p.rejected_ids for p in seed_pairs]
-    scores = torch.tensor(
-        score_replies(
-            policy,
-            reference,
-            prompts,
-            replies,
-            pad_token_id,
-            settings,
-            reference_is_adapter_off,
-            description="Judging the seed pairs",
-        )
+) -> dict[str, float | int]:
+    """How often the implicit reward prefers the human-chosen reply (ties one half), with a 95% Wilson interval."""
+    prompts = [p.prompt_ids for p in pairs] * 2
+    replies = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
+    scores = score_replies(
+        policy,
+        reference,
+        prompts,
+        replies,
+        pad_token_id,
+        settings,
+        reference_is_adapter_off,
+        description="Judging the human-labelled pairs",
     )
-    n = len(seed_pairs)
-    agree = (scores[:n] > scores[n:]).double()
-    return {"seed_agreement": float(agree.mean()), "seed_pairs": n}
+    n = len(pairs)
+    wins = sum(c > r for c, r in zip(scores[:n], scores[n:]))
+    ties = sum(c == r for c, r in zip(scores[:n], scores[n:]))
+    return {**proportion(wins + 0.5 * ties, n), "ties": ties}
+
+
+def human_agreement(
+    policy: PreTrainedModel,
+    reference: PreTrainedModel | None,
+    human: HumanLabels,
+    settings: JudgeSettings,
+    pad_token_id: int,
+) -> dict[str, Any]:
+    """The self-judge against the human labels: on the seed pairs trained on, and on those held out."""
+    figures: dict[str, Any] = {}
+    for name, pairs in (("seed", human.trained), ("held_out", human.held_out)):
+        if not pairs:
+            figures.update({f"{name}_agreement": None, f"{name}_pairs": 0})
+            continue
+        agreement = label_agreement(policy, reference, pairs, settings, pad_token_id)
+        figures.update(
+            {
+                f"{name}_agreement": agreement["rate"],
+                f"{name}_agreement_ci": [agreement["ci_low"], agreement["ci_high"]],
+                f"{name}_pairs": agreement["n"],
+                f"{name}_ties": agreement["ties"],
+            }
+        )
+    return figures

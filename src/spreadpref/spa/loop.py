@@ -48,6 +48,14 @@ from spreadpref.spa.schedule import round_sizes, schedule_prompts
 from spreadpref.spa.summary import print_round_table, read_summary, write_summary
 
 SEED_STAGE = "seed"
+HUMAN_AGREEMENT_KEYS = (
+    "held_out_agreement",
+    "held_out_agreement_ci",
+    "held_out_pairs",
+    "seed_agreement",
+    "seed_agreement_ci",
+    "seed_pairs",
+)
 ROUND_STAGES = {"generate": generate.OUTPUTS, "judge": judge.OUTPUTS, "train": train.OUTPUTS}
 
 
@@ -77,7 +85,9 @@ def stage_fingerprints(config: Config, sizes: list[int]) -> dict[str, str]:
         )
         judged = fingerprint([generated, dump["judge"], dump["train"]["beta"]])
         refine = dict(dump["refine"], lam=config.refine.lam(i))
-        trained = fingerprint([judged, train_settings, refine, loop["epochs_per_round"], loop["learning_rate"]])
+        trained = fingerprint(
+            [judged, train_settings, refine, loop["epochs_per_round"], loop["learning_rate"], loop["group_by_length"]]
+        )
         prints.update({f"{name}/generate": generated, f"{name}/judge": judged, f"{name}/train": trained})
         previous = trained
     return prints
@@ -211,6 +221,7 @@ def _seed(
     manifest.complete(SEED_STAGE, outputs=result.outputs, metrics=result.metrics)
     summary["seed"] = {
         "pairs": len(seed_pairs.pairs),
+        "held_out": len(seed_pairs.held_out),
         "train_loss": result.metrics["train_loss"],
         "reward_accuracy": result.metrics.get("final/rewards_accuracy"),
         "seconds": result.metrics["seconds"],
@@ -274,7 +285,7 @@ def _judge(
         models[ctx.round_index - 1],
         judge_reference_path(ctx.config, models, ctx.round_index),
         {p.id: p.metadata for p in prompts},
-        seed_pairs.pairs if ctx.config.judge.seed_agreement else None,
+        judge.HumanLabels(seed_pairs.pairs, seed_pairs.held_out) if ctx.config.judge.seed_agreement else None,
     )
     manifest.complete(
         name,
@@ -290,7 +301,8 @@ def _judge(
         cut_off_fraction=stats.cut_off_samples / max(stats.samples, 1),
         mean_reply_tokens=round(stats.mean_reply_tokens, 1),
         margin_quantiles=stats.margin_quantiles,
-        seed_agreement=result.metrics.get("seed_agreement"),
+        **{key: result.metrics.get(key) for key in HUMAN_AGREEMENT_KEYS},
+        gold_labels=result.metrics.get("gold"),
         judge_seconds=result.metrics["seconds"],
         judge_tokens_per_second=result.metrics["tokens_per_second"],
         judge_kind=kind,
@@ -309,6 +321,7 @@ def _train(ctx: StageContext, start: Path, manifest: Manifest, fp: str, row: dic
         train_loss=metrics["train_loss"],
         reward_accuracy=metrics.get("final/rewards_accuracy"),
         smoothed_fraction=metrics.get("smoothed_fraction"),
+        refinement_quality=metrics.get("refinement_quality"),
         train_seconds=metrics["seconds"],
         train_tokens_per_second=metrics["train_tokens_per_second"],
     )

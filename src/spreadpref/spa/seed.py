@@ -1,8 +1,14 @@
-"""The seed stage: DPO of the initial SFT model pi_init on the human-labelled seed pairs -> pi_0."""
+"""The seed stage: DPO of the initial SFT model pi_init on the human-labelled seed pairs -> pi_0.
+
+A seeded share of the seed pairs (``data.seed_holdout``) is held out: never trained on, it is what
+every round's self-judge is checked against, the signal a user without a gold judge has.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,15 +20,38 @@ from spreadpref.config import Config
 from spreadpref.data.loading import load_training_preferences
 from spreadpref.data.tokenize import TokenizedPair, tokenize_pairs
 from spreadpref.dpo.train import train_on_pairs
+from spreadpref.runtime.progress import console
 from spreadpref.spa.context import StageContext
 
 DIRECTORY = "seed"
+MIN_HELD_OUT = 8  # fewer held-out pairs give an interval too wide to tell anything
 
 
 @dataclass
 class SeedPairs:
-    pairs: list[TokenizedPair]
-    info: dict[str, Any]  # what was loaded, skipped and truncated
+    pairs: list[TokenizedPair]  # trained on
+    held_out: list[TokenizedPair]  # never trained on
+    info: dict[str, Any]  # what was loaded, skipped, truncated and held out
+
+
+def held_out_count(total: int, fraction: float) -> int:
+    """How many of ``total`` seed pairs to hold out: the fraction, at least 8, and never so many that fewer
+    than 8 remain to train on (then none)."""
+    if fraction <= 0:
+        return 0
+    count = max(MIN_HELD_OUT, math.ceil(fraction * total))
+    return count if total - count >= MIN_HELD_OUT else 0
+
+
+def split_seed_pairs(
+    pairs: list[TokenizedPair], fraction: float, seed: int
+) -> tuple[list[TokenizedPair], list[TokenizedPair]]:
+    """(trained, held out): a seeded draw, the same for the same pairs, fraction and seed; order kept."""
+    count = held_out_count(len(pairs), fraction)
+    order = list(range(len(pairs)))
+    random.Random(f"spreadpref-seed-holdout-{seed}").shuffle(order)
+    held = set(order[:count])
+    return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]
 
 
 @dataclass
@@ -33,16 +62,24 @@ class SeedResult:
 
 
 def load_seed_pairs(config: Config, tokenizer: PreTrainedTokenizerBase) -> SeedPairs:
-    """The seed pairs of ``data.train``, tokenised."""
+    """The seed pairs of ``data.train``, tokenised, and split into trained and held out."""
     records, report = load_training_preferences(config.data)
     pairs, truncation = tokenize_pairs(tokenizer, records, config.data.max_length, config.data.max_prompt_length)
+    trained, held_out = split_seed_pairs(pairs, config.data.seed_holdout, config.seed)
+    if config.data.seed_holdout > 0 and not held_out:
+        console.print(
+            f"[yellow]data.seed_holdout={config.data.seed_holdout}: {len(pairs)} seed pairs are too few to hold "
+            f"{MIN_HELD_OUT} out and train on {MIN_HELD_OUT} or more; training on all of them, and no round reports "
+            "held-out agreement.[/]"
+        )
     info = {
-        "pairs": len(pairs),
+        "pairs": len(trained),
+        "held_out": len(held_out),
         "skipped_invalid": report.skipped,
         "prompts_truncated": truncation.prompts_truncated,
         "replies_truncated": truncation.replies_truncated,
     }
-    return SeedPairs(pairs, info)
+    return SeedPairs(trained, held_out, info)
 
 
 def seed_stage(ctx: StageContext, seed: SeedPairs, on_reference=None) -> SeedResult:

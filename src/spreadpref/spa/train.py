@@ -14,11 +14,13 @@ from typing import Any
 
 from transformers import set_seed
 
-from spreadpref.data.artifacts import Pair
+from spreadpref.data.artifacts import GoldVerdict, Pair
 from spreadpref.dpo.refine import Refinement
 from spreadpref.dpo.train import train_on_pairs
 from spreadpref.errors import SpreadprefError
+from spreadpref.eval.labels import refinement_quality
 from spreadpref.models.loading import load_for_inference
+from spreadpref.runtime.files import read_jsonl
 from spreadpref.runtime.progress import console
 from spreadpref.spa.context import StageContext
 
@@ -39,12 +41,15 @@ def round_refinement(ctx: StageContext, start: str | Path) -> Refinement | None:
     if not config.refine.enabled:
         return None
     lam = config.refine.lam(ctx.round_index)
+    # With a gold judge, the DND margins are computed beside the plain ones even when the plain detector
+    # drives, so both detectors are measured on the same pairs.
+    measure_lam = config.refine.scheduled_lam(ctx.round_index) if config.judge.gold and lam == 0 else 0.0
     reference = None
-    if lam > 0 and not config.model.lora.enabled:
+    if max(lam, measure_lam) > 0 and not config.model.lora.enabled:
         # DND needs the reference's full logits: a frozen copy of pi_{i-1} (with LoRA, the adapter is switched off).
         reference = load_for_inference(config.model, start)
         reference.requires_grad_(False)
-    return Refinement(config.refine, lam=lam, reference=reference)
+    return Refinement(config.refine, lam=lam, reference=reference, measure_lam=measure_lam)
 
 
 def train_stage(ctx: StageContext, start: str | Path) -> TrainResult:
@@ -68,10 +73,14 @@ def train_stage(ctx: StageContext, start: str | Path) -> TrainResult:
         start_model=str(start),
         num_epochs=config.loop.epochs_per_round,
         learning_rate=config.loop.learning_rate,
+        group_by_length=config.loop.group_by_length,
         refinement=refinement,
         merge_lora=True,
     )
     del refinement
     gc.collect()
+    if "refinement" in outputs and ctx.path(GoldVerdict.FILE).is_file():
+        decisions = read_jsonl(Path(outputs["refinement"]))
+        metrics["refinement_quality"] = refinement_quality(decisions, GoldVerdict.read(ctx.path(GoldVerdict.FILE)))
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     return TrainResult(Path(outputs["model"]), outputs, metrics)

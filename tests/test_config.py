@@ -95,3 +95,54 @@ def test_configuration_reference_is_up_to_date():
     assert doc.read_text().strip() == reference_markdown().strip(), (
         "docs/configuration.md is stale: run `spreadpref config --reference > docs/configuration.md`"
     )
+
+
+def list_keys(model=None, prefix=""):
+    """Every key of the schema whose type admits a list, with the list's element type."""
+    import types
+    import typing
+
+    from pydantic import BaseModel
+
+    from spreadpref.config import Config
+
+    model = model or Config
+    found = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            found += list_keys(annotation, f"{prefix}{name}.")
+            continue
+        options = (
+            typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
+        )
+        for option in (annotation, *options):
+            if typing.get_origin(option) is list:
+                found.append((f"{prefix}{name}", typing.get_args(option)[0]))
+    return found
+
+
+SAMPLE_ITEMS = {str: ("q_proj", "v_proj"), int: (4, 8), float: (0.5, 0.25)}
+
+
+def test_the_schema_has_the_list_keys_this_test_knows():
+    keys = {key for key, _ in list_keys()}
+    assert {"model.lora.target_modules", "train.report_to", "refine.lambdas", "loop.prompts_per_round"} <= keys
+
+
+@pytest.mark.parametrize(("key", "item"), list_keys())
+@pytest.mark.parametrize("form", ["[{a},{b}]", "[{a}, {b}]", "[ {a} , {b} ]"])
+def test_every_list_key_parses_from_the_command_line(key, item, form):
+    a, b = SAMPLE_ITEMS[item]
+    if key == "train.report_to":
+        a, b = "tensorboard", "none"
+    config = load_config(None, [f"{key}={form.format(a=a, b=b)}"])
+    value = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    assert value == [a, b]
+
+
+def test_one_value_for_a_list_key_is_a_list_of_one_and_a_string_stays_a_string_where_allowed():
+    config = load_config(None, ["train.report_to=tensorboard", "model.lora.target_modules=all-linear"])
+    assert config.train.report_to == ["tensorboard"] and config.model.lora.target_modules == "all-linear"

@@ -428,9 +428,16 @@ def _convert_override(dotted: str, text: str, annotation: Any) -> Any:
     candidates: list[Any] = [stripped]
     try:
         parsed = yaml.safe_load(stripped)
-        candidates.append(parsed)
     except yaml.YAMLError:
-        pass
+        parsed = None
+    else:
+        # `[a,b]` is a list wherever a list is allowed, even where a plain string would also be (lora.target_modules).
+        if isinstance(parsed, list | dict):
+            candidates.insert(0, parsed)
+        else:
+            candidates.append(parsed)
+        if _accepts_list(annotation) and not isinstance(parsed, list | dict) and parsed is not None:
+            candidates.append([parsed])  # one value for a list key: a list of one (train.report_to=tensorboard)
     errors = []
     for candidate in candidates:
         try:
@@ -443,6 +450,16 @@ def _convert_override(dotted: str, text: str, annotation: Any) -> Any:
         return value
     detail = errors[-1].errors()[0]["msg"] if errors else "cannot parse"
     raise ConfigError(f"override {dotted}={text!r}: {detail} (expected {_type_name(annotation)})")
+
+
+def _accepts_list(annotation: Any) -> bool:
+    if typing.get_origin(annotation) is list:
+        return True
+    return any(
+        _accepts_list(arg)
+        for arg in typing.get_args(annotation)
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    )
 
 
 def _allows_none(annotation: Any) -> bool:

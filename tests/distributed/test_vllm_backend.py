@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from spreadpref.cli import app
 from spreadpref.data.tokenize import render_prompt_ids
-from spreadpref.models.vllm_backend import normalise_reply
+from spreadpref.models.vllm_backend import normalise_reply, prompt_seeds, root_cause
 from spreadpref.runtime.files import read_jsonl
 from spreadpref.testing import make_tiny_tokenizer
 
@@ -71,6 +71,7 @@ def test_vllm_backend_passes_token_ids_and_sampling_settings(tiny_model_dir, pro
     assert {(p["n"], p["temperature"], p["top_p"]) for p in params} == {(2, 0.7, 1.0)}
     assert all(p["max_tokens"] == 12 and p["stop_token_ids"] == [tokenizer.eos_token_id] for p in params)
     assert len({p["seed"] for p in params}) == 5  # a seed per prompt: independent of batching
+    assert all(0 <= p["seed"] < 2**32 for p in params) and 0 <= call["kwargs"]["seed"] < 2**32  # numpy's range
 
     rows = read_jsonl(out)
     hf_keys = {
@@ -107,6 +108,43 @@ def test_a_missing_vllm_is_explained(tiny_model_dir, prompts, tmp_path, monkeypa
     )
     assert result.exit_code == 2
     assert "pip install 'spreadpref[vllm]'" in " ".join(result.output.split())
+
+
+def test_a_failed_engine_names_its_root_cause_and_keeps_the_log(
+    tiny_model_dir, prompts, fake_vllm, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("FAKE_VLLM_FAIL", "1")
+    out = tmp_path / "round" / "generations.jsonl"
+    result = runner.invoke(
+        app, ["generate", *common(tiny_model_dir, prompts), "generation.backend=vllm", "-o", str(out)]
+    )
+    assert result.exit_code == 2
+    message = " ".join(result.output.split())
+    # The worker's own exception (logged on stdout), not the generic engine error that ends stderr.
+    assert "RuntimeError: CUDA out of memory in the engine core (simulated)" in message
+    log = tmp_path / "round" / "vllm.log"
+    assert "Full log:" in message and "".join(message.split()).endswith(str(log).replace(" ", ""))
+    assert "Engine core initialization failed" in log.read_text() and "Traceback" in log.read_text()
+
+
+def test_root_cause_reads_the_first_traceback_through_process_tags():
+    log = "\n".join([
+        "INFO engine starting",
+        "(EngineCore_DP0 pid=7) Traceback (most recent call last):",
+        '(EngineCore_DP0 pid=7)   File "x.py", line 1, in seed',
+        "(EngineCore_DP0 pid=7)     np.random.seed(seed)",
+        "(EngineCore_DP0 pid=7) ValueError: Seed must be between 0 and 2**32 - 1",
+        "RuntimeError: Engine core initialization failed. See root cause above.",
+    ])  # fmt: skip
+    assert root_cause(log) == "ValueError: Seed must be between 0 and 2**32 - 1"
+    assert root_cause("OSError: no such model\n") == "OSError: no such model"
+
+
+@pytest.mark.parametrize("base", [0, 2**32 - 2, 2**63 - 1, 12345678901234567])
+def test_prompt_seeds_are_below_two_to_the_32_and_distinct(base):
+    seeds = prompt_seeds(base, 1000)
+    assert all(0 <= s < 2**32 for s in seeds) and len(set(seeds)) == 1000
+    assert prompt_seeds(base, 1000) == seeds  # the same on a resume
 
 
 def test_replies_are_normalised_like_the_builtin_backend():

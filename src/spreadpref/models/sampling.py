@@ -24,7 +24,7 @@ from spreadpref.data.tokenize import (
     require_chat_template,
     truncate_pair,
 )
-from spreadpref.models.vllm_backend import build_request, normalise_reply, run_vllm
+from spreadpref.models.vllm_backend import VLLM_LOG, build_request, normalise_reply, prompt_seeds, run_vllm
 from spreadpref.runtime.units import run_in_parts
 
 
@@ -190,12 +190,13 @@ def generate_samples_vllm(
     except OSError:
         generation_config = None
     stops = stop_token_ids(tokenizer, generation_config)
+    seeds = prompt_seeds(unit_seed(seed, "generate", round_index, "vllm"), len(prompts))
 
     def process(_: int, indices: list[int]) -> list[Sample]:
         request = build_request(
             model_path,
             [prompt_ids[i] for i in indices],
-            seeds=[unit_seed(seed, "generate", round_index, "prompt", i) for i in indices],
+            seeds=[seeds[i] for i in indices],
             stops=stops,
             temperature=settings.temperature,
             top_p=settings.top_p,
@@ -208,7 +209,7 @@ def generate_samples_vllm(
             gpu_memory_utilization=settings.gpu_memory_utilization,
         )
         samples = []
-        for i, result in zip(indices, run_vllm(request)):
+        for i, result in zip(indices, run_vllm(request, log_file=out_file.parent / VLLM_LOG)):
             for k, sample in enumerate(result["samples"]):
                 reply, finish = normalise_reply(
                     sample["token_ids"], sample["finish_reason"], set(stops), tokenizer.eos_token_id

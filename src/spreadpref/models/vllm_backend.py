@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -54,26 +55,67 @@ def build_request(
     }
 
 
-def run_vllm(request: dict[str, Any], timeout: float | None = None) -> list[dict[str, Any]]:
-    """Run the worker in a fresh Python process; return one result per prompt, in order."""
+SEED_LIMIT = 2**32  # vLLM seeds numpy with the request seeds, which must be below 2^32
+VLLM_LOG = "vllm.log"  # beside the generations: the subprocess's whole output
+
+
+def prompt_seeds(base: int, count: int) -> list[int]:
+    """Per-prompt seeds below 2^32: consecutive from a base, so distinct for every prompt of a round."""
+    start = base % SEED_LIMIT
+    return [(start + i) % SEED_LIMIT for i in range(count)]
+
+
+def root_cause(log: str) -> str:
+    """The first exception a failed vLLM run raised: the last line of its first traceback.
+
+    vLLM logs a worker's traceback on stdout and often ends stderr with a generic engine error, so the
+    cause is looked for in both, in the order they were written.
+    """
+    # vLLM prefixes its engine process's lines with a tag such as "(EngineCore_DP0 pid=123) ".
+    lines = [re.sub(r"^\([^)]*pid=\d+\)\s?", "", line) for line in log.splitlines()]
+    for index, line in enumerate(lines):
+        if line.lstrip().startswith("Traceback (most recent call last):"):
+            for later in lines[index + 1 :]:
+                text = later.strip()
+                if text and not later.startswith((" ", "\t")) and not text.startswith(("File ", "^", "~")):
+                    return text
+    errors = [line.strip() for line in lines if re.match(r"\s*(\w+\.)*\w*(Error|Exception)\b", line)]
+    return errors[0] if errors else (lines[-1].strip() if lines else "no output")
+
+
+def run_vllm(
+    request: dict[str, Any], log_file: Path | None = None, timeout: float | None = None
+) -> list[dict[str, Any]]:
+    """Run the worker in a fresh Python process; return one result per prompt, in order.
+
+    The subprocess's output (stdout and stderr, interleaved as written) goes to ``log_file`` when given;
+    a failure names its first exception and where the full log is.
+    """
     with tempfile.TemporaryDirectory(prefix="spreadpref-vllm-") as tmp:
         request_file, result_file = Path(tmp) / "request.json", Path(tmp) / "result.jsonl"
         request_file.write_text(json.dumps(request))
-        completed = subprocess.run(
-            [sys.executable, "-m", "spreadpref.models.vllm_backend", str(request_file), str(result_file)],
-            env=dict(os.environ),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        log = Path(log_file) if log_file is not None else Path(tmp) / "vllm.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w", encoding="utf-8") as handle:
+            completed = subprocess.run(
+                [sys.executable, "-m", "spreadpref.models.vllm_backend", str(request_file), str(result_file)],
+                env=dict(os.environ),
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=timeout,
+            )
         if completed.returncode != 0:
-            tail = completed.stderr[-3000:]
-            if "No module named 'vllm'" in tail:
+            output = log.read_text(encoding="utf-8", errors="replace")
+            if "No module named 'vllm'" in output:
                 raise SpreadprefError(
                     "generation.backend=vllm needs vLLM: pip install 'spreadpref[vllm]' "
-                    "(on a machine with a GPU that vLLM supports)"
+                    "(on a machine with a GPU that vLLM supports; on CPUs see the README's vLLM section)"
                 )
-            raise SpreadprefError(f"the vLLM generation subprocess failed (exit {completed.returncode}):\n{tail}")
+            where = f" Full log: {log}" if log_file is not None else f"\nLast lines:\n{output[-3000:]}"
+            raise SpreadprefError(
+                f"the vLLM generation subprocess failed (exit {completed.returncode}): {root_cause(output)}.{where}"
+            )
         with open(result_file, encoding="utf-8") as handle:
             return [json.loads(line) for line in handle if line.strip()]
 

@@ -16,12 +16,13 @@ from spreadpref.data.artifacts import Sample
 from spreadpref.data.records import PromptRecord
 from spreadpref.models.loading import load_for_inference, resolve_model_path
 from spreadpref.models.sampling import generate_samples, generate_samples_vllm
+from spreadpref.models.vllm_backend import VLLM_LOG
 from spreadpref.runtime import distributed
 from spreadpref.runtime.files import write_jsonl
 from spreadpref.spa.context import StageContext
 
 PROMPTS_FILE = "prompts.jsonl"
-OUTPUTS = (PROMPTS_FILE, Sample.FILE)
+OUTPUTS = (PROMPTS_FILE, Sample.FILE, VLLM_LOG)
 
 
 @dataclass

@@ -8,7 +8,27 @@ seeded RNG instead of a model, and records every call in the JSON file named by 
 import json
 import os
 import random
+import sys
+import traceback
 from dataclasses import asdict, dataclass, field
+
+
+def _check_seed(seed):
+    # As real vLLM (0.32, CPU build): it seeds numpy with every seed, and numpy takes only 32 bits.
+    if seed is not None and not 0 <= seed < 2**32:
+        raise ValueError("Seed must be between 0 and 2**32 - 1")
+
+
+def _fail_like_the_engine_core():
+    """FAKE_VLLM_FAIL=1: the engine process prints its traceback on stdout, stderr ends with a generic error."""
+    try:
+        raise RuntimeError("CUDA out of memory in the engine core (simulated)")
+    except RuntimeError:
+        for line in traceback.format_exc().splitlines():
+            print(f"(EngineCore_DP0 pid=4242) {line}")
+    sys.stdout.flush()
+    print("RuntimeError: Engine core initialization failed. See root cause above.", file=sys.stderr)
+    sys.exit(1)
 
 
 @dataclass
@@ -37,6 +57,9 @@ class RequestOutput:
 
 class LLM:
     def __init__(self, model, **kwargs):
+        if os.environ.get("FAKE_VLLM_FAIL"):
+            _fail_like_the_engine_core()
+        _check_seed(kwargs.get("seed"))
         self.model = model
         self.kwargs = kwargs
         self.calls = []
@@ -46,6 +69,7 @@ class LLM:
             sampling_params = [sampling_params] * len(prompts)
         results = []
         for prompt, params in zip(prompts, sampling_params):
+            _check_seed(params.seed)
             rng = random.Random(params.seed)
             outputs = []
             for index in range(params.n):

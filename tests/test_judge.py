@@ -150,3 +150,18 @@ def test_agreement_with_human_labels_counts_ties_as_half_with_an_interval(tiny_m
         human_agreement(policy, None, HumanLabels(pairs, []), JudgeSettings(reference="none"), 0)["held_out_agreement"]
         is None
     )
+
+
+def test_the_judge_stage_hands_prompt_metadata_to_an_external_judge(tiny_model_dir, tiny_tokenizer, tmp_path):
+    pytest.importorskip("if_verifiable")
+    from spreadpref.config import load_config
+    from spreadpref.spa.context import StageContext
+    from spreadpref.spa.judge import judge_stage
+
+    config = load_config(None, [f"model.name_or_path={tiny_model_dir}", "judge.kind=verifier"])
+    rows = [sample(0, 0, [20, 21, 2]), sample(0, 1, [22, 23, 2])]
+    rows[0].text, rows[1].text = "This Reply Shouts In Capitals.", "this reply is all lowercase."
+    metadata = {"p0": {"instruction_id_list": ["change_case:english_lowercase"], "kwargs": [{}]}}
+    result = judge_stage(StageContext(config, tiny_tokenizer, tmp_path, 1), rows, tiny_model_dir, None, metadata)
+    (pair,) = result.pairs
+    assert pair.chosen == "this reply is all lowercase." and pair.p == 1.0

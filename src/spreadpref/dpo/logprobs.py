@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
+from spreadpref.config import Config
 from spreadpref.data.tokenize import TokenizedPair
+from spreadpref.models.loading import keeps_float32_master_weights
 from spreadpref.runtime.progress import track
 
 LOGIT_CHUNK = 512  # positions per log-softmax chunk: 512 x 49K x 4 bytes = 100 MB at most
@@ -121,6 +123,30 @@ def _reply_logits(model: torch.nn.Module, input_ids, attention_mask, keep: torch
     else:
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     return logits[keep]
+
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def training_precision(config: Config) -> str:
+    """The autocast of training forwards: ``train.mixed_precision``; else bf16 / fp16 when bfloat16 /
+    float16 weights train as float32 master weights (they compute in their own dtype either way)."""
+    if config.train.mixed_precision != "no":
+        return config.train.mixed_precision
+    if keeps_float32_master_weights(config.model):
+        return {"bfloat16": "bf16", "float16": "fp16"}[config.model.dtype]
+    return "no"
+
+
+def forward_precision(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast as the trainer's forward runs it (``"bf16"``, ``"fp16"``), or nothing (``"no"``).
+
+    Log-probs that serve as a DPO reference must be computed under the same precision as the
+    training forward, or the round starts from a reference that is not the policy (z != 0 at step 1).
+    """
+    if precision not in AUTOCAST_DTYPES:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision])
 
 
 def token_logps(

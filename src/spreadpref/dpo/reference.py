@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from spreadpref.config import Config
 from spreadpref.data.tokenize import TokenizedPair
-from spreadpref.dpo.logprobs import score_pairs
+from spreadpref.dpo.logprobs import forward_precision, score_pairs, training_precision
 from spreadpref.models.loading import (
     cache_root,
     is_peft_model,
@@ -32,17 +32,30 @@ def compute_reference(
 ) -> dict[str, Any]:
     """Reference log-probs for every pair: from the data, the cache, or one no-grad pass before training."""
     cache_dir = Path(config.train.ref_cache_dir) if config.train.ref_cache_dir else cache_root() / "ref_logps"
+    # Under the training forward's precision: the reference at step 1 is then exactly the policy.
+    precision = training_precision(config)
+    device = next(policy.parameters()).device
     if config.train.reference_model:
         reference = load_model(config.model, path=config.train.reference_model)
-        reference.to(next(policy.parameters()).device)
-        info = fill_reference_logps(pairs, reference, pad_token_id, cache_dir, config.train.logprob_batch_size)
+        reference.to(device)
+        with forward_precision(precision, device):
+            info = fill_reference_logps(
+                pairs, reference, pad_token_id, cache_dir, config.train.logprob_batch_size, precision=precision
+            )
         del reference
         info["model"] = config.train.reference_model
         return info
     # The starting policy is the reference (pi_init in the seed stage): no second copy is loaded.
-    info = fill_reference_logps(
-        pairs, policy, pad_token_id, cache_dir, config.train.logprob_batch_size, as_adapter_off=is_peft_model(policy)
-    )
+    with forward_precision(precision, device):
+        info = fill_reference_logps(
+            pairs,
+            policy,
+            pad_token_id,
+            cache_dir,
+            config.train.logprob_batch_size,
+            as_adapter_off=is_peft_model(policy),
+            precision=precision,
+        )
     info["model"] = "starting policy" + (" (LoRA adapter off)" if is_peft_model(policy) else "")
     return info
 
@@ -58,6 +71,7 @@ def fill_reference_logps(
     cache_dir: Path | None,
     batch_size: int,
     as_adapter_off: bool = False,
+    precision: str = "no",
 ) -> dict[str, Any]:
     """Give every pair without reference log-probs its values, from the cache or one no-grad pass."""
     missing = [p for p in pairs if p.ref_chosen_logps is None or p.ref_rejected_logps is None]
@@ -73,6 +87,8 @@ def fill_reference_logps(
     # A LoRA reference is the base model: the adapter weights must not change the key.
     skip = "lora_" if as_adapter_off else None
     key = f"{model_fingerprint(reference, skip)}-{pairs_fingerprint(missing)}"
+    if precision != "no":
+        key += f"-{precision}"  # autocast changes the values
     cache_file = cache_dir / f"{key}.safetensors" if cache_dir else None
     info["cache_file"] = str(cache_file) if cache_file else None
     if cache_file is not None and cache_file.is_file():

@@ -24,13 +24,15 @@ from spreadpref.config import Config
 from spreadpref.data.loading import load_training_preferences
 from spreadpref.data.tokenize import TokenizedPair, tokenize_pairs
 from spreadpref.dpo.checkpoints import last_checkpoint, save_outputs
-from spreadpref.dpo.logprobs import score_pairs
+from spreadpref.dpo.logprobs import score_pairs, training_precision
 from spreadpref.dpo.reference import compute_reference
 from spreadpref.dpo.refine import Refinement
 from spreadpref.dpo.trainer import PairCollator, SoftDPOTrainer, to_train_dataset
 from spreadpref.errors import SpreadprefError
 from spreadpref.models.loading import (
+    DTYPES,
     disable_dropout,
+    keeps_float32_master_weights,
     load_model,
     load_tokenizer,
     resolve_device,
@@ -171,6 +173,8 @@ def train_on_pairs(
     if refinement is not None:
         counts = trainer.refine_counts
         metrics["smoothed_fraction"] = counts["smoothed"] / max(counts["pairs"], 1)
+    if keeps_float32_master_weights(config.model):
+        trainer.model.to(DTYPES[config.model.dtype])  # trained on float32 masters; saved as configured
     outputs = save_outputs(config, trainer, tokenizer, out, merge_lora=merge_lora)
     if distributed.is_main():
         if config.train.evaluate_after:
@@ -241,8 +245,8 @@ def build_trainer(
         weight_decay=train.weight_decay,
         max_grad_norm=train.max_grad_norm,
         optim=train.optimizer,
-        bf16=train.mixed_precision == "bf16",
-        fp16=train.mixed_precision == "fp16",
+        bf16=training_precision(config) == "bf16",
+        fp16=training_precision(config) == "fp16",
         logging_steps=train.logging_steps,
         logging_first_step=True,
         save_strategy=train.save_strategy,

@@ -126,12 +126,31 @@ def load_tokenizer(settings: ModelSettings) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def keeps_float32_master_weights(settings: ModelSettings) -> bool:
+    """Whether training loads float32 weights although ``model.dtype`` is bfloat16 or float16.
+
+    AdamW on bfloat16 weights loses updates smaller than the weights' precision: at lr 5e-7 most of
+    them. Full fine-tuning therefore keeps float32 master weights and computes under autocast in the
+    configured dtype, unless DeepSpeed or FSDP (under ``accelerate launch``) keeps master weights
+    itself. LoRA adapters are float32 already (peft), so a LoRA base stays in the configured dtype.
+    """
+    sharded = any(
+        os.environ.get(name, "").lower() == "true" for name in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP")
+    )
+    return settings.dtype != "float32" and not settings.lora.enabled and not sharded
+
+
 def load_model(settings: ModelSettings, path: str | None = None, for_training: bool = False) -> torch.nn.Module:
-    """A causal LM in the configured dtype and device, with LoRA attached when enabled and training."""
+    """A causal LM in the configured dtype and device, with LoRA attached when enabled and training.
+
+    For training, bfloat16 or float16 weights load as float32 master weights where needed (see
+    :func:`keeps_float32_master_weights`).
+    """
     path = resolve_model_path(path or settings.name_or_path)
     _check_weights_present(path)
+    dtype = torch.float32 if for_training and keeps_float32_master_weights(settings) else DTYPES[settings.dtype]
     kwargs: dict[str, Any] = {
-        "dtype": DTYPES[settings.dtype],
+        "dtype": dtype,
         "revision": settings.revision,
         "trust_remote_code": settings.trust_remote_code,
     }

@@ -29,6 +29,7 @@ from transformers import PreTrainedModel
 from spreadpref.config import JudgeSettings
 from spreadpref.data.artifacts import GoldVerdict, JudgedSample, Pair, Sample, Verdict
 from spreadpref.data.tokenize import TokenizedPair
+from spreadpref.dpo.logprobs import forward_precision, training_precision
 from spreadpref.errors import JudgeError
 from spreadpref.eval.labels import accuracy_by_margin, self_label_accuracy
 from spreadpref.eval.stats import proportion
@@ -101,7 +102,9 @@ def judge_stage(
     policy = load_for_inference(config.model, policy_path)
     needs_reference = reference_path is not None and (kind == "implicit" or human is not None)
     reference = load_for_inference(config.model, reference_path) if needs_reference else None
-    judged = judge_samples(policy, reference if kind == "implicit" else None, samples, ctx)
+    # pi_{i-1}'s log-probs become the round's DPO reference: computed under the training forward's precision.
+    with forward_precision(training_precision(config), next(policy.parameters()).device):
+        judged = judge_samples(policy, reference if kind == "implicit" else None, samples, ctx, metadata)
     pairs, stats = pair_samples(samples, judged, config.train.beta, ctx.round_index)
     if distributed.is_main():
         write_jsonl(ctx.path(Pair.FILE), [pair.to_row() for pair in pairs])

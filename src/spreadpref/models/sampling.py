@@ -24,7 +24,14 @@ from spreadpref.data.tokenize import (
     require_chat_template,
     truncate_pair,
 )
-from spreadpref.models.vllm_backend import VLLM_LOG, build_request, normalise_reply, prompt_seeds, run_vllm
+from spreadpref.models.vllm_backend import (
+    VLLM_LOG,
+    build_request,
+    check_prompt_unchanged,
+    normalise_reply,
+    prompt_seeds,
+    run_vllm,
+)
 from spreadpref.runtime.units import run_in_parts
 
 
@@ -210,6 +217,7 @@ def generate_samples_vllm(
         )
         samples = []
         for i, result in zip(indices, run_vllm(request, log_file=out_file.parent / VLLM_LOG)):
+            check_prompt_unchanged(prompt_ids[i], result.get("prompt_token_ids"), i)
             for k, sample in enumerate(result["samples"]):
                 reply, finish = normalise_reply(
                     sample["token_ids"], sample["finish_reason"], set(stops), tokenizer.eos_token_id

@@ -8,9 +8,8 @@ same temperature, top_p, max_new_tokens and stop tokens, with a per-prompt seed 
 seed, and the output rows have exactly the schema of the built-in backend.
 
 Written against vLLM's documented offline API (``LLM``, ``SamplingParams``, ``vllm.inputs.TokensPrompt``,
-``RequestOutput.outputs[i].token_ids`` / ``.finish_reason``), versions >= 0.6. It has not been run
-against a real vLLM in this repository's CI (no GPU there); the tests use a stand-in module that
-implements that interface.
+``RequestOutput.outputs[i].token_ids`` / ``.finish_reason``), versions >= 0.6, and tested against the
+real engine (vLLM's CPU build, ``tests/vllm/``) as well as a stand-in for fast tests.
 """
 
 from __future__ import annotations
@@ -65,14 +64,22 @@ def prompt_seeds(base: int, count: int) -> list[int]:
     return [(start + i) % SEED_LIMIT for i in range(count)]
 
 
+_PROCESS_TAG = re.compile(r"^.*?\([^)]*pid=\d+\)\s?")  # "(Worker pid=12) ", after any progress-bar debris
+_LOGGER_PREFIX = re.compile(r"^(?:ERROR|WARNING|INFO|DEBUG) \d\d-\d\d \d\d:\d\d:\d\d \[[^\]]*\] ?")
+
+
+def _strip_vllm_prefix(line: str) -> str:
+    """A log line as the Python process printed it, without vLLM's process tag and logger prefix."""
+    return _LOGGER_PREFIX.sub("", _PROCESS_TAG.sub("", line))
+
+
 def root_cause(log: str) -> str:
     """The first exception a failed vLLM run raised: the last line of its first traceback.
 
     vLLM logs a worker's traceback on stdout and often ends stderr with a generic engine error, so the
     cause is looked for in both, in the order they were written.
     """
-    # vLLM prefixes its engine process's lines with a tag such as "(EngineCore_DP0 pid=123) ".
-    lines = [re.sub(r"^\([^)]*pid=\d+\)\s?", "", line) for line in log.splitlines()]
+    lines = [_strip_vllm_prefix(line) for line in log.splitlines()]
     for index, line in enumerate(lines):
         if line.lstrip().startswith("Traceback (most recent call last):"):
             for later in lines[index + 1 :]:
@@ -153,7 +160,18 @@ def _worker(request_file: str, result_file: str) -> None:
     with open(result_file, "w", encoding="utf-8") as handle:
         for output in outputs:
             samples = [{"token_ids": list(c.token_ids), "finish_reason": c.finish_reason} for c in output.outputs]
-            handle.write(json.dumps({"samples": samples}) + "\n")
+            # The prompt as the engine saw it: the parent checks that nothing (a second BOS) was added.
+            row = {"prompt_token_ids": list(output.prompt_token_ids or []), "samples": samples}
+            handle.write(json.dumps(row) + "\n")
+
+
+def check_prompt_unchanged(sent: list[int], seen: list[int] | None, prompt_index: int) -> None:
+    """vLLM must generate from exactly the token ids it was given (no BOS added, nothing cut)."""
+    if seen is not None and list(seen) != list(sent):
+        raise SpreadprefError(
+            f"vLLM changed prompt {prompt_index}'s token ids (sent {len(sent)} tokens starting {sent[:4]}, it saw "
+            f"{len(seen)} starting {list(seen)[:4]}); the samples would not match the judge's and trainer's ids"
+        )
 
 
 def normalise_reply(

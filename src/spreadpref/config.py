@@ -137,7 +137,7 @@ class TrainSettings(Section):
     )
 
 
-AUTO_VLLM_MIN_PROMPTS = 128  # see docs/performance.md, "Generation backends"
+AUTO_VLLM_MIN_PROMPTS = 64  # see docs/performance.md, "Generation backends"
 
 
 class GenerationSettings(Section):

@@ -217,3 +217,13 @@ def test_eval_command_writes_results_and_names_a_bad_judge(tiny_model_dir, tmp_p
 def test_report_command_needs_a_run_directory(tmp_path):
     result = runner.invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "not a spreadpref run directory" in result.output
+
+
+@pytest.mark.parametrize("command", ["run", "train", "generate", "judge", "eval", "report", "inspect", "config", "env"])
+def test_every_command_has_a_help_page(command):
+    # Rich markup in a help text (an unescaped "[/PROMPT]") used to crash `spreadpref inspect --help`.
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+    if command == "inspect":
+        assert "[PROMPT]" in result.output

@@ -4,6 +4,7 @@ On a machine without GPUs, `accelerate launch --config_file configs/accelerate/c
 processes through torch's launcher and spreadpref makes them talk over gloo on the CPU.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -43,6 +44,34 @@ def launch(args, processes=2, extra_env=None, port=29611, **kwargs):
     return command, env
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc): torch's launcher starts each worker in a session of its own,
+    so killing the launcher's process group does not reach them."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, queue = [], list(children.get(pid, []))
+    while queue:
+        child = queue.pop()
+        found.append(child)
+        queue += children.get(child, [])
+    return found
+
+
+def kill_launch(process: subprocess.Popen) -> None:
+    """SIGKILL the launcher and every worker it started, as a crash of the whole job would."""
+    workers = descendants(process.pid)
+    os.killpg(process.pid, signal.SIGKILL)
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    process.wait()
+
+
 def run_launch(args, processes=2, port=29611, timeout=300):
     command, env = launch(args, processes, port=port)
     process = subprocess.Popen(
@@ -51,7 +80,7 @@ def run_launch(args, processes=2, port=29611, timeout=300):
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        kill_launch(process)
         stdout, stderr = process.communicate()
         pytest.fail(f"accelerate launch hung for {timeout} s; its output ended with:\n{stderr[-4000:]}")
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
@@ -158,8 +187,9 @@ def test_kill_during_a_sharded_stage_and_resume(tiny_model_dir, data, tmp_path):
     ):
         time.sleep(0.05)
     assert process.poll() is None, "the run ended before it could be killed"
-    os.killpg(process.pid, signal.SIGKILL)  # the launcher and both workers
-    process.wait()
+    kill_launch(process)  # the launcher and both workers
+    time.sleep(1)  # the workers' last writes land before the resume starts
+
     assert not (killed / "round-1" / "generations.jsonl").exists()
     result = run_launch(["run", *overrides(tiny_model_dir, seed, prompts, killed)], port=29615)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -287,7 +287,9 @@ def inspect(
     config: ConfigOption = None,
     overrides: Overrides = None,
     num: Annotated[int, typer.Option("--num", "-n", help="How many examples to show.")] = 3,
-    plain: Annotated[bool, typer.Option(help="Markers instead of colours (\\[PROMPT]...\\[/PROMPT]\\[REPLY]...).")] = False,
+    plain: Annotated[
+        bool, typer.Option(help="Markers instead of colours (\\[PROMPT]...\\[/PROMPT]\\[REPLY]...).")
+    ] = False,
 ) -> None:
     """Print tokenised examples with prompt and reply tokens told apart, lengths and truncation."""
 

@@ -38,6 +38,7 @@ LAYER_OF = {
     "spreadpref.cli": "interface",
     "spreadpref.__main__": "interface",
     "spreadpref.envinfo": "interface",
+    "spreadpref.goldworld": "interface",
     "spreadpref._moved": "interface",
 }
 

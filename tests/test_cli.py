@@ -125,6 +125,11 @@ def test_shipped_configs_are_valid():
     assert configs
     for path in configs:
         load_config(path)
+    # The paper's settings beside the Zephyr ones (issue: SPA without seed, other backbones).
+    names = {path.stem for path in configs}
+    assert {"mistral-7b-instruct-noseed", "phi-2-spa", "llama-3-8b-instruct-spa", "zephyr-7b-spa"} <= names
+    noseed = load_config(Path(configs[0]).with_name("mistral-7b-instruct-noseed.yaml"))
+    assert not noseed.loop.seed_stage and noseed.judge.reference == "mistralai/Mistral-7B-v0.1"
 
 
 def test_stages_alone_generate_judge_train(tiny_model_dir, tmp_path):

@@ -191,16 +191,33 @@ class LLMJudgeSettings(Section):
     batch_size: int = Field(4, gt=0, description="Judge prompts per forward pass of a local judge model.")
 
 
+NAMED_REFERENCES = ("initial", "previous")  # judge.reference values that name a model of the run itself
+
+
+class CustomJudgeSettings(Section):
+    """Your own judge (judge.kind=custom): a Python callable that returns a :class:`spreadpref.judges.Judge`."""
+
+    factory: str | None = Field(
+        None,
+        description="`package.module:callable`, imported and called with judge.custom.kwargs; it must return a "
+        "spreadpref.judges.Judge. It runs your code, like any import.",
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the factory.")
+
+
 class JudgeSettings(Section):
     """Who labels the pairs. SPA: the implicit DPO reward s = log pi_{i-1}(y|x) - log pi_ref(y|x)."""
 
-    kind: Literal["implicit", "reward_model", "llm", "verifier"] = Field(
+    kind: Literal["implicit", "reward_model", "llm", "verifier", "custom"] = Field(
         "implicit",
-        description="implicit: the DPO reward of the model itself (SPA); reward_model, llm or verifier: an "
+        description="implicit: the DPO reward of the model itself (SPA); reward_model, llm, verifier or custom: an "
         "external judge (the paper's iterative-DPO baselines; set refine.enabled=false for them).",
     )
-    reference: Literal["initial", "previous", "none"] = Field(
-        "initial", description="Judge reference: initial SFT model (paper), the round before pi_{i-1}, or none."
+    reference: str = Field(
+        "initial",
+        description="Judge reference: `initial` (model.name_or_path, the SFT model: the paper), `previous` (the "
+        "round before pi_{i-1}), `none`, or a model directory or hub id (e.g. the base model before SFT, for "
+        "loop.seed_stage=false). Its tokenizer must be the policy's.",
     )
     length_normalize: bool = Field(False, description="Score with per-token mean log-probs instead of sums.")
     batch_size: int = Field(8, gt=0, description="Samples per no-grad scoring batch.")
@@ -209,14 +226,15 @@ class JudgeSettings(Section):
         description="Each round, report how often the model's implicit reward agrees with the human labels of the "
         "seed pairs, trained on and held out (data.seed_holdout).",
     )
-    gold: Literal["verifier", "reward_model", "llm"] | None = Field(
+    gold: Literal["verifier", "reward_model", "llm", "custom"] | None = Field(
         None,
         description="A judge for measurement only, never for training: each round it also labels the round's pairs, "
         "and the run reports self-label accuracy, accuracy by margin decile and the smoothing's precision and "
-        "recall. It takes its settings from judge.reward_model or judge.llm.",
+        "recall. It takes its settings from judge.reward_model, judge.llm or judge.custom.",
     )
     reward_model: RewardModelJudgeSettings = RewardModelJudgeSettings()
     llm: LLMJudgeSettings = LLMJudgeSettings()
+    custom: CustomJudgeSettings = CustomJudgeSettings()
 
     @model_validator(mode="after")
     def _external_judge_is_named(self) -> JudgeSettings:
@@ -224,6 +242,12 @@ class JudgeSettings(Section):
             raise ValueError("judge.kind=reward_model needs judge.reward_model.name_or_path")
         if self.llm.base_url and not self.llm.api_model:
             raise ValueError("judge.llm.base_url needs judge.llm.api_model (the model name the endpoint serves)")
+        if "custom" in (self.kind, self.gold) and not self.custom.factory:
+            raise ValueError(
+                "judge.kind=custom (or judge.gold=custom) needs judge.custom.factory, e.g. mypkg.judges:make"
+            )
+        if not self.reference.strip():
+            raise ValueError("judge.reference is empty: use initial, previous, none, or a model directory or hub id")
         if self.gold == "reward_model" and not self.reward_model.name_or_path:
             raise ValueError("judge.gold=reward_model needs judge.reward_model.name_or_path")
         if self.gold == "llm" and not self.llm.base_url and self.llm.model == "policy":
@@ -286,12 +310,17 @@ class LoopSettings(Section):
         "docs/spa-method.md.",
     )
     keep_models: int = Field(2, ge=1, description="Keep the last N round models (the seed model is always kept).")
+    seed_stage: bool = Field(
+        True,
+        description="false: no seed DPO; pi_0 is model.name_or_path itself and data.train is not read (the paper's "
+        "Figure 4). The judge then needs a reference other than pi_0: set judge.reference to, e.g., the base model.",
+    )
 
 
 class EvalJudgeSettings(JudgeSettings):
     """The judge of `spreadpref eval`'s win rates: fixed for every model, so never the model itself."""
 
-    kind: Literal["implicit", "reward_model", "llm", "verifier"] = Field(
+    kind: Literal["implicit", "reward_model", "llm", "verifier", "custom"] = Field(
         "verifier",
         description="verifier (default: the rule-based gold judge of the built-in evaluation prompts), "
         "reward_model, or llm with a fixed model or base_url.",
@@ -343,6 +372,21 @@ class Config(Section):
     def _previous_judge_needs_two_models(self) -> Config:
         if self.judge.reference == "previous" and self.loop.keep_models < 2:
             raise ValueError("judge.reference=previous needs loop.keep_models >= 2")
+        if not self.loop.seed_stage and self.judge.kind == "implicit" and self.judge.reference in NAMED_REFERENCES:
+            raise ValueError(
+                "loop.seed_stage=false makes pi_0 the initial model itself, so with "
+                f"judge.reference={self.judge.reference} the implicit reward would be 0 for every reply in round 1: set judge.reference to another model (for example the "
+                "base model before SFT: judge.reference=PATH), or none"
+            )
+        if (
+            not self.loop.seed_stage
+            and self.judge.kind == "implicit"
+            and self.judge.reference.rstrip("/") == self.model.name_or_path.rstrip("/")
+        ):
+            raise ValueError(
+                f"judge.reference is model.name_or_path ({self.model.name_or_path}), which is pi_0 itself with "
+                "loop.seed_stage=false: the implicit reward would be 0 for every reply; set another reference"
+            )
         if self.generation.num_samples < 2:
             raise ValueError("generation.num_samples must be at least 2: each round pairs the best and worst reply")
         return self

@@ -12,6 +12,7 @@ diagonal and for ties); ``scores`` rank the replies (higher is better). One modu
 - :mod:`~spreadpref.judges.reward_model`: a sequence-classification reward model (Bradley-Terry).
 - :mod:`~spreadpref.judges.llm`: LLM-as-judge, both orders; a local chat model or an HTTP endpoint.
 - :mod:`~spreadpref.judges.verifier`: the rule-based gold judge of verifiable constraints.
+- :mod:`~spreadpref.judges.custom`: your own :class:`Judge`, built by a factory named in the config.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from spreadpref.judges.base import (
     bradley_terry,
     hard_preferences,
 )
+from spreadpref.judges.custom import custom_judge
 from spreadpref.judges.implicit import ImplicitJudge
 from spreadpref.judges.llm import (
     HTTPLLMJudge,
@@ -66,6 +68,8 @@ def make_judge(
         )
     if settings.kind == "verifier":
         return VerifierJudge()
+    if settings.kind == "custom":
+        return custom_judge(settings.custom.factory or "", settings.custom.kwargs)
     llm = settings.llm
     if llm.base_url:
         return HTTPLLMJudge(

@@ -1,6 +1,6 @@
 """The SPA loop: seed DPO, then rounds of generate -> judge -> train, resumable at every stage.
 
-Run directory::
+Run directory (``seed/`` is absent with ``loop.seed_stage=false``: pi_0 is then the starting model)::
 
     config.yaml  manifest.json  summary.json
     seed/                    DPO of pi_init on the seed pairs -> pi_0 (model/, log_history.json)
@@ -28,7 +28,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from spreadpref.config import Config
+from spreadpref.config import NAMED_REFERENCES, Config
 from spreadpref.data.artifacts import JudgedSample, Pair, Sample
 from spreadpref.data.loading import load_prompts
 from spreadpref.data.records import PromptRecord
@@ -75,8 +75,12 @@ def stage_fingerprints(config: Config, sizes: list[int]) -> dict[str, str]:
     """One fingerprint per stage, in order; each includes the one before it."""
     dump = config.model_dump(mode="json")
     train_settings = {k: v for k, v in dump["train"].items() if k not in COSMETIC_TRAIN_KEYS}
-    prints = {SEED_STAGE: train_fingerprint(config)}
-    previous = prints[SEED_STAGE]
+    if config.loop.seed_stage:
+        prints = {SEED_STAGE: train_fingerprint(config)}
+        previous = prints[SEED_STAGE]
+    else:  # pi_0 is the starting model itself
+        prints = {}
+        previous = fingerprint(["no seed stage", config.model.name_or_path, config.model.revision])
     loop = dump["loop"]
     for i in range(1, len(sizes) + 1):
         name = f"round-{i}"
@@ -122,11 +126,17 @@ def run(config: Config, force: bool = False) -> RunResult:
     console.print(pool_report.summary())
     schedule = schedule_prompts(pool, sizes, config.seed)
     tokenizer = load_tokenizer(config.model)
-    seed_pairs = seed.load_seed_pairs(config, tokenizer)
+    check_judge_reference(config, tokenizer)
     summary = read_summary(root) or {"rounds": {}}
     summary["schedule"] = sizes
-
-    models = {0: _seed(config, tokenizer, seed_pairs, manifest, fingerprints[SEED_STAGE], summary)}
+    if config.loop.seed_stage:
+        seed_pairs = seed.load_seed_pairs(config, tokenizer)
+        models = {0: _seed(config, tokenizer, seed_pairs, manifest, fingerprints[SEED_STAGE], summary)}
+    else:
+        seed_pairs = None
+        models = {0: Path(resolve_model_path(config.model.name_or_path))}
+        summary["seed"] = None
+        console.print(f"No seed stage (loop.seed_stage=false): pi_0 is {config.model.name_or_path}.")
     for i in range(1, len(sizes) + 1):
         ctx = StageContext(config, tokenizer, round_directory(root, i), i)
         row = summary["rounds"].setdefault(str(i), {"round": i})
@@ -261,12 +271,40 @@ def _generate(
 
 
 def judge_reference_path(config: Config, models: dict[int, Path], i: int) -> str | None:
-    """The judge's reference in round ``i``: pi_init (the paper), the model before pi_{i-1}, or none."""
-    if config.judge.reference == "none":
+    """The judge's reference in round ``i``: pi_init (the paper), the model before pi_{i-1}, none, or a model
+    the user names (a directory or hub id)."""
+    reference = config.judge.reference
+    if reference == "none":
         return None
-    if config.judge.reference == "previous" and i >= 2:
+    if reference == "previous" and i >= 2:
         return str(models[i - 2])
-    return resolve_model_path(config.model.name_or_path)  # pi_init
+    if reference in NAMED_REFERENCES:
+        return resolve_model_path(config.model.name_or_path)  # pi_init
+    return resolve_model_path(reference)
+
+
+def check_judge_reference(config: Config, tokenizer: PreTrainedTokenizerBase) -> None:
+    """A reference named by path must exist (when local) and share the policy's tokenizer: the implicit reward
+    compares the same token ids under both models."""
+    reference = config.judge.reference
+    if config.judge.kind != "implicit" or reference in (*NAMED_REFERENCES, "none"):
+        return
+    path = resolve_model_path(reference)
+    looks_local = path.startswith((".", "/", "~")) or Path(path).exists() or path.count("/") > 1
+    if looks_local and not Path(path).expanduser().is_dir():
+        raise SpreadprefError(f"judge.reference={reference}: no such model directory")
+    reference_tokenizer = load_tokenizer(config.model.model_copy(update={"name_or_path": path, "tokenizer": None}))
+    if reference_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise SpreadprefError(
+            f"judge.reference={reference} has a different tokenizer from the policy ({config.model.name_or_path}): "
+            "the implicit reward compares the same token ids under both models. Use the policy's base model, or a "
+            "model with the same tokenizer."
+        )
+    if reference_tokenizer.chat_template != tokenizer.chat_template:
+        console.print(
+            f"[yellow]judge.reference={reference} has a different chat template; the replies are scored with the "
+            "policy's template under both models.[/]"
+        )
 
 
 def _judge(
@@ -274,7 +312,7 @@ def _judge(
     samples: list[Sample],
     prompts: list[PromptRecord],
     models: dict[int, Path],
-    seed_pairs: seed.SeedPairs,
+    seed_pairs: seed.SeedPairs | None,
     manifest: Manifest,
     fp: str,
     row: dict[str, Any],
@@ -294,7 +332,9 @@ def _judge(
         models[ctx.round_index - 1],
         judge_reference_path(ctx.config, models, ctx.round_index),
         {p.id: p.metadata for p in prompts},
-        judge.HumanLabels(seed_pairs.pairs, seed_pairs.held_out) if ctx.config.judge.seed_agreement else None,
+        judge.HumanLabels(seed_pairs.pairs, seed_pairs.held_out)
+        if ctx.config.judge.seed_agreement and seed_pairs is not None
+        else None,
     )
     manifest.complete(
         name,

@@ -1,0 +1,225 @@
+"""Does the preference spread? Every SPA variant and baseline in a synthetic world with a hidden gold reward.
+
+    python benchmarks/gold_world.py                 # the reported seeds 0-9 -> docs/results/gold_world.*
+    python benchmarks/gold_world.py --dev           # development seeds 100-104 (where settings were chosen)
+    python benchmarks/gold_world.py --seeds 0 1 2   # any seeds; finished seeds are reused
+
+The world and the variants are in :mod:`spreadpref.goldworld`; each variant is the real pipeline. Seeds run
+in ``--jobs`` processes of one torch thread each (2 cores: two jobs). Per-seed results go to
+``<out>/seeds/seed-N.json`` (reused on a rerun: delete one to redo it); the aggregate, with 95%
+t-intervals over seeds and the paired differences, goes to ``<out>/gold_world.json`` and ``gold_world.md``,
+and the plot to ``gold_world.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from spreadpref import goldworld
+from spreadpref.eval.stats import t_interval
+from spreadpref.runtime.files import atomic_write_json, atomic_write_text
+
+ROOT = Path(__file__).resolve().parent.parent
+REPORTED_SEEDS = list(range(10))
+DEV_SEEDS = [100, 101, 102, 103, 104]
+FINAL = "final"  # the last round of a round variant, round 0 of the others
+# Paired differences reported, each (a, b): a's final-round value minus b's, seed by seed.
+DIFFERENCES = [
+    ("spa_dnd", "seed_only"),
+    ("spa_dnd", "iterative_gold"),
+    ("spa_dnd", "offline_gold"),
+    ("spa_direct", "seed_only"),
+    ("spa_refine", "spa_direct"),
+    ("spa_dnd", "spa_refine"),
+    ("spa_dnd", "iterative_random"),
+    ("no_seed", "sft"),
+]
+METRICS = ("gold_reward", "win_rate_vs_sft", "reply_words", "kl_from_init")
+LABEL_METRICS = ("self_label_accuracy", "smoothed_fraction", "smoothing_precision", "smoothing_recall")
+
+
+def run_one_seed(seed: int, workdir: Path, out_file: Path, world: goldworld.WorldSettings) -> None:
+    result = goldworld.run_seed(world, seed, workdir)
+    result["world_settings"] = goldworld.world_settings_dict(world)
+    atomic_write_json(out_file, result)
+
+
+def run_seeds(seeds: list[int], workdir: Path, seeds_dir: Path, jobs: int, reduced: bool) -> None:
+    """Each missing seed in a subprocess of its own (one torch thread), ``jobs`` at a time."""
+    todo = [s for s in seeds if not (seeds_dir / f"seed-{s}.json").is_file()]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", SPREADPREF_NO_PROGRESS="1")
+    running: list[tuple[int, subprocess.Popen, float]] = []
+    while todo or running:
+        while todo and len(running) < jobs:
+            seed = todo.pop(0)
+            log = open(workdir / f"seed-{seed}.log", "w")  # noqa: SIM115 - closed with the process
+            command = [sys.executable, __file__, "--one-seed", str(seed), "--workdir", str(workdir)]
+            command += ["--out", str(seeds_dir.parent)] + (["--reduced"] if reduced else [])
+            running.append(
+                (seed, subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT), time.time())
+            )
+        time.sleep(1)
+        for entry in list(running):
+            seed, process, started = entry
+            if process.poll() is None:
+                continue
+            running.remove(entry)
+            status = "done" if process.returncode == 0 else f"FAILED (exit {process.returncode}, see the log)"
+            print(
+                f"seed {seed}: {status} in {time.time() - started:.0f} s ({workdir / f'seed-{seed}.log'})", flush=True
+            )
+            if process.returncode != 0:
+                raise SystemExit(f"seed {seed} failed: {workdir / f'seed-{seed}.log'}")
+
+
+def final_row(rows: list[dict]) -> dict:
+    return max(rows, key=lambda r: r["round"])
+
+
+def value(result: dict, variant: str, round_index: int | str, metric: str):
+    rows = result["variants"].get(variant)
+    if not rows:
+        return None
+    row = final_row(rows) if round_index == FINAL else next((r for r in rows if r["round"] == round_index), None)
+    return None if row is None else row.get(metric)
+
+
+def interval(values: list) -> dict | None:
+    present = [v for v in values if v is not None]
+    return t_interval(present) if present else None
+
+
+def aggregate(results: list[dict]) -> dict:
+    """Per variant and round: mean and 95% t half-width over seeds; the paired differences of the final rounds."""
+    table = []
+    for variant in goldworld.VARIANTS:
+        rounds = sorted({r["round"] for res in results for r in res["variants"].get(variant, [])})
+        for i in rounds:
+            row = {"variant": variant, "round": i}
+            for metric in METRICS + LABEL_METRICS:
+                row[metric] = interval([value(res, variant, i, metric) for res in results])
+            table.append(row)
+    differences = []
+    for a, b in DIFFERENCES:
+        per_seed = [(value(res, a, FINAL, "gold_reward"), value(res, b, FINAL, "gold_reward")) for res in results]
+        deltas = [x - y for x, y in per_seed if x is not None and y is not None]
+        if deltas:
+            stats = t_interval(deltas)
+            differences.append({"a": a, "b": b, **stats, "per_seed": deltas, "wins": sum(d > 0 for d in deltas)})
+    return {"table": table, "differences": differences}
+
+
+def fmt(cell: dict | None, spec: str = ".3f") -> str:
+    if not cell:
+        return "–"
+    return f"{cell['mean']:{spec}} ± {cell['half_width']:{spec}}"
+
+
+def markdown(summary: dict, seeds: list[int], seconds: float) -> str:
+    lines = [
+        f"Seeds {', '.join(map(str, seeds))}: mean ± half-width of the 95% t-interval over seeds.",
+        "",
+        "| variant | round | gold reward | win rate vs SFT | words | KL from pi_init | self-label acc. | smoothed "
+        "| smoothing precision | smoothing recall |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in summary["table"]:
+        lines.append(
+            f"| {goldworld.VARIANTS[row['variant']]} | {row['round']} | {fmt(row['gold_reward'])} | "
+            f"{fmt(row['win_rate_vs_sft'])} | {fmt(row['reply_words'], '.2f')} | {fmt(row['kl_from_init'], '.2f')} | "
+            f"{fmt(row['self_label_accuracy'])} | {fmt(row['smoothed_fraction'])} | "
+            f"{fmt(row['smoothing_precision'])} | {fmt(row['smoothing_recall'])} |"
+        )
+    lines += [
+        "",
+        "Paired differences of the final models' gold reward (a − b, seed by seed):",
+        "",
+        "| a | b | mean difference (95% CI) | seeds where a > b |",
+        "|---|---|---|---|",
+    ]
+    for d in summary["differences"]:
+        low, high = d["mean"] - d["half_width"], d["mean"] + d["half_width"]
+        verdict = "excludes 0" if low > 0 or high < 0 else "contains 0"
+        lines.append(
+            f"| {goldworld.VARIANTS[d['a']]} | {goldworld.VARIANTS[d['b']]} | {d['mean']:+.3f} "
+            f"({low:+.3f} to {high:+.3f}; {verdict}) | {d['wins']} of {d['n']} |"
+        )
+    lines += ["", f"Cost: {seconds / 60:.1f} min of seed processes (sum over seeds, one thread each)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib  # noqa: PLC0415 - only for the figure
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for variant, label in goldworld.VARIANTS.items():
+        rows = [r for r in summary["table"] if r["variant"] == variant and r["gold_reward"]]
+        if not rows:
+            continue
+        if variant in goldworld.ROUND_VARIANTS and variant != "no_seed":
+            seed_row = next(r for r in summary["table"] if r["variant"] == "seed_only")
+            rows = [seed_row, *rows]  # every SPA-style variant starts from the seed model
+        xs = [r["round"] for r in rows]
+        means = [r["gold_reward"]["mean"] for r in rows]
+        errors = [r["gold_reward"]["half_width"] for r in rows]
+        style = "o-" if len(rows) > 1 else "s"
+        ax.errorbar(xs, means, yerr=errors, fmt=style, capsize=3, label=label)
+    ax.set_xlabel("round")
+    ax.set_ylabel("held-out gold reward (95% CI over seeds)")
+    ax.set_xticks(range(0, 4))
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="*", help="default: the reported seeds 0-9")
+    parser.add_argument("--dev", action="store_true", help="the development seeds 100-104")
+    parser.add_argument("--jobs", type=int, default=2, help="seed processes at once (one thread each)")
+    parser.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "work" / "gold_world")
+    parser.add_argument("--out", type=Path, help="default docs/results (benchmarks/work/gold_world_dev with --dev)")
+    parser.add_argument("--reduced", action="store_true", help="the small world of the regression test")
+    parser.add_argument("--one-seed", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    world = goldworld.REDUCED_WORLD if args.reduced else goldworld.WorldSettings()
+    out = args.out or (ROOT / "benchmarks" / "work" / "gold_world_dev" if args.dev else ROOT / "docs" / "results")
+    seeds_dir = out / ("gold_world_seeds" if not args.reduced else "gold_world_reduced_seeds")
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    seeds_dir.mkdir(parents=True, exist_ok=True)
+    if args.one_seed is not None:
+        run_one_seed(args.one_seed, args.workdir, seeds_dir / f"seed-{args.one_seed}.json", world)
+        return
+    seeds = args.seeds if args.seeds else (DEV_SEEDS if args.dev else REPORTED_SEEDS)
+    started = time.time()
+    run_seeds(seeds, args.workdir, seeds_dir, args.jobs, args.reduced)
+    results = [json.loads((seeds_dir / f"seed-{s}.json").read_text()) for s in seeds]
+    summary = aggregate(results)
+    seconds = sum(r["seconds"] for r in results)
+    document = {
+        "seeds": seeds,
+        "world": goldworld.world_settings_dict(world),
+        "pipeline_overrides": list(goldworld.DEFAULT_SPA),
+        "seed_seconds": seconds,
+        "wall_seconds_this_invocation": round(time.time() - started, 1),
+        **summary,
+        "per_seed": results,
+    }
+    atomic_write_json(out / "gold_world.json", document)
+    atomic_write_text(out / "gold_world.md", markdown(summary, seeds, seconds))
+    plot(summary, out / "gold_world.png")
+    print((out / "gold_world.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

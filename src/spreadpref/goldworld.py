@@ -1,0 +1,601 @@
+"""A synthetic gold world: a tiny language model, a hidden gold reward, and SPA run through the real pipeline.
+
+The world, in a few lines:
+
+- **Words.** A prompt is a topic token and a few content words (``t2 w7 w30 w11``); a reply is 3 to 8
+  content words. The content words fall into one group per topic.
+- **The hidden gold reward** ``r*(x, y)`` is the share of the reply's words that belong to the prompt's
+  topic group. It plays the human: it labels the seed pairs and scores the held-out prompts.
+- **pi_base** is trained in code on replies drawn uniformly from all words (its gold reward is about
+  1 / topics), and **pi_init** (the SFT model) is pi_base fine-tuned on replies that use the topic's words
+  a bit more often (``sft_good_rate``): it satisfies r* only part of the time, and DPO can learn more.
+- **Everything else is the real pipeline**: the seed stage is :func:`spreadpref.train_policy`, the rounds
+  are :func:`spreadpref.run` with ``loop.seed_stage=false`` from the seed model (so the variants share one
+  seed stage), the implicit judge, refinement and DND are the shipped code, and the baselines' judges
+  plug in through ``judge.kind=custom`` (:func:`gold_judge`, :func:`random_judge`).
+
+``benchmarks/gold_world.py`` runs every variant on many seeds and writes docs/results.md's table; the slow
+test ``tests/test_goldworld.py`` runs a reduced world so that a change that breaks the method fails CI.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from spreadpref.config import Config, load_config
+from spreadpref.judges.base import Comparison, Judge, Judgement, hard_preferences
+from spreadpref.runtime.files import write_jsonl
+from spreadpref.testing import CHATML_TEMPLATE
+
+SPECIALS = ["<pad>", "<|im_start|>", "<|im_end|>", "<unk>"]
+ROLES = ["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class WorldSettings:
+    """The world's shape and the training budget of every variant (chosen on development seeds)."""
+
+    topics: int = 4
+    words_per_topic: int = 8
+    prompt_words: int = 3
+    reply_words: tuple[int, int] = (3, 8)
+    sft_good_rate: float = 0.4  # pi_init's chance of a topic word (pi_base: 1 / topics)
+    hidden_size: int = 64
+    layers: int = 2
+    heads: int = 4
+    pretrain_steps: int = 300
+    sft_steps: int = 600
+    lm_batch: int = 64
+    lm_learning_rate: float = 3e-3
+    seed_pairs: int = 30  # labelled by the gold reward: ~3% of all pairs the variants see
+    prompts_per_round: tuple[int, ...] = (320, 320, 320)
+    eval_prompts: int = 256
+    eval_samples: int = 4  # sampled replies per held-out prompt
+    spa: tuple[str, ...] = ()  # overrides every variant's pipeline run shares (on top of DEFAULT_SPA)
+
+    @property
+    def vocabulary(self) -> list[str]:
+        topic_tokens = [f"t{t}" for t in range(self.topics)]
+        words = [f"w{w}" for w in range(self.topics * self.words_per_topic)]
+        return SPECIALS + ROLES + topic_tokens + words
+
+    def topic_words(self, topic: int) -> list[str]:
+        return [f"w{topic * self.words_per_topic + j}" for j in range(self.words_per_topic)]
+
+
+# The regression test's world (tests/test_goldworld.py): fewer prompts, the same shape and budget.
+REDUCED_WORLD = WorldSettings(seed_pairs=16, prompts_per_round=(160, 160, 160), eval_prompts=128, eval_samples=4)
+
+# The SPA hyper-parameters every variant shares; the world's budget (lr, epochs) was chosen on development
+# seeds (benchmarks/gold_world.py --dev), never on the reported ones.
+DEFAULT_SPA = (
+    "data.max_length=32",
+    "data.max_prompt_length=16",
+    "data.seed_holdout=0",
+    "train.beta=0.1",
+    "train.learning_rate=2e-3",
+    "train.num_epochs=3",
+    "train.per_device_batch_size=16",
+    "train.gradient_accumulation_steps=1",
+    "train.warmup_ratio=0.1",
+    "train.save_strategy=no",
+    "train.logging_steps=5",
+    "train.evaluate_after=false",
+    "generation.num_samples=2",
+    "generation.temperature=1.0",
+    "generation.max_new_tokens=12",
+    "generation.batch_size=64",
+    "judge.batch_size=64",
+    "judge.seed_agreement=false",
+    "train.logprob_batch_size=64",
+    "loop.epochs_per_round=1",
+    "loop.learning_rate=5e-4",  # dev seeds 101-102: at 1e-3 and 2e-3 SPA's KL from pi_init ran away by round 3
+    "loop.keep_models=8",
+)
+
+VARIANTS = {
+    "sft": "SFT (pi_init)",
+    "seed_only": "DPO on the seed only",
+    "spa_direct": "SPA, direct judgment",
+    "spa_refine": "SPA + self-refinement",
+    "spa_dnd": "SPA + refinement + DND",
+    "iterative_gold": "Iterative DPO, gold labels (100%)",
+    "offline_gold": "Offline DPO, gold labels, off-policy",
+    "iterative_random": "Iterative DPO, random labels",
+    "no_seed": "SPA without seed (reference: pi_base)",
+}
+ROUND_VARIANTS = ("spa_direct", "spa_refine", "spa_dnd", "iterative_gold", "iterative_random", "no_seed")
+VARIANT_OVERRIDES = {
+    "spa_direct": ("refine.enabled=false",),
+    "spa_refine": ("refine.enabled=true", "refine.decoupled=false"),
+    "spa_dnd": ("refine.enabled=true", "refine.decoupled=true"),
+    "iterative_gold": ("judge.kind=custom", "refine.enabled=false"),
+    "iterative_random": ("judge.kind=custom", "refine.enabled=false"),
+    "no_seed": ("refine.enabled=true", "refine.decoupled=true"),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# The gold reward and the judges built on it
+
+
+def gold_reward(prompt: str, reply: str, words_per_topic: int) -> float:
+    """r*(x, y): the share of the reply's words in the prompt topic's group (0 for an empty reply)."""
+    topic = prompt.split()[0] if prompt.split() else ""
+    words = reply.split()
+    if not words or not topic.startswith("t"):
+        return 0.0
+    low = int(topic[1:]) * words_per_topic
+    good = sum(1 for w in words if w.startswith("w") and w[1:].isdigit() and low <= int(w[1:]) < low + words_per_topic)
+    return good / len(words)
+
+
+def _prompt_text(comparison: Comparison) -> str:
+    return next((m["content"] for m in reversed(comparison.prompt) if m["role"] == "user"), "")
+
+
+class GoldJudge(Judge):
+    """The hidden gold reward as a judge: hard labels, ties where both replies score the same."""
+
+    name = "gold"
+
+    def __init__(self, words_per_topic: int):
+        self.words_per_topic = words_per_topic
+
+    def judge(self, comparisons: Sequence[Comparison]) -> list[Judgement]:
+        out = []
+        for c in comparisons:
+            scores = [gold_reward(_prompt_text(c), reply, self.words_per_topic) for reply in c.replies]
+            out.append(Judgement(scores, hard_preferences(scores)))
+        return out
+
+
+class RandomJudge(Judge):
+    """Labels by a coin: a seeded draw per prompt and reply, the same on a resumed run."""
+
+    name = "random"
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def judge(self, comparisons: Sequence[Comparison]) -> list[Judgement]:
+        out = []
+        for c in comparisons:
+            rng = random.Random(f"{self.seed}-{c.id}-{_prompt_text(c)}")
+            scores = [rng.random() for _ in c.replies]
+            out.append(Judgement(scores, hard_preferences(scores)))
+        return out
+
+
+def gold_judge(words_per_topic: int = 8) -> GoldJudge:
+    """Factory for ``judge.custom.factory=spreadpref.goldworld:gold_judge``."""
+    return GoldJudge(words_per_topic)
+
+
+def random_judge(seed: int = 0) -> RandomJudge:
+    """Factory for ``judge.custom.factory=spreadpref.goldworld:random_judge``."""
+    return RandomJudge(seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the world: tokenizer, prompts, pi_base and pi_init
+
+
+def make_tokenizer(world: WorldSettings) -> PreTrainedTokenizerFast:
+    vocab = {token: i for i, token in enumerate(world.vocabulary)}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<pad>", unk_token="<unk>"
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def make_prompts(world: WorldSettings, count: int, rng: random.Random) -> list[str]:
+    words = [f"w{w}" for w in range(world.topics * world.words_per_topic)]
+    return [
+        f"t{rng.randrange(world.topics)} " + " ".join(rng.choices(words, k=world.prompt_words)) for _ in range(count)
+    ]
+
+
+def draw_reply(world: WorldSettings, prompt: str, good_rate: float, rng: random.Random) -> str:
+    """A reply whose words come from the prompt's topic with probability ``good_rate``, else from the others."""
+    topic = int(prompt.split()[0][1:])
+    good = world.topic_words(topic)
+    other = [f"w{w}" for w in range(world.topics * world.words_per_topic) if f"w{w}" not in good]
+    length = rng.randint(*world.reply_words)
+    return " ".join(rng.choice(good) if rng.random() < good_rate else rng.choice(other) for _ in range(length))
+
+
+def _chat_ids(tokenizer: PreTrainedTokenizerFast, prompt: str) -> list[int]:
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+    return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+
+
+def _lm_batch(tokenizer, prompts: list[str], replies: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and labels that count the reply and its end token only (SFT)."""
+    rows, labels = [], []
+    for prompt, reply in zip(prompts, replies):
+        prompt_ids = _chat_ids(tokenizer, prompt)
+        reply_ids = tokenizer(reply, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append(prompt_ids + reply_ids)
+        labels.append([-100] * len(prompt_ids) + reply_ids)
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])
+    lab = torch.tensor([r + [-100] * (width - len(r)) for r in labels])
+    return ids, lab
+
+
+def train_language_model(
+    model: LlamaForCausalLM, tokenizer, world: WorldSettings, good_rate: float, steps: int, rng: random.Random
+) -> float:
+    """Plain next-token training on prompts and replies drawn with ``good_rate``; returns the last loss."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=world.lm_learning_rate)
+    model.train()
+    loss = torch.tensor(float("nan"))
+    for _ in range(steps):
+        prompts = make_prompts(world, world.lm_batch, rng)
+        ids, labels = _lm_batch(tokenizer, prompts, [draw_reply(world, p, good_rate, rng) for p in prompts])
+        loss = model(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long(), labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    return float(loss.detach())
+
+
+def build_models(world: WorldSettings, seed: int, directory: Path) -> tuple[Path, Path]:
+    """pi_base (uniform replies) and pi_init (pi_base fine-tuned toward the topic's words): two directories."""
+    base_dir, init_dir = directory / "pi_base", directory / "pi_init"
+    if (init_dir / "model.safetensors").is_file() and (base_dir / "model.safetensors").is_file():
+        return base_dir, init_dir
+    torch.manual_seed(seed)
+    rng = random.Random(f"world-{seed}")
+    tokenizer = make_tokenizer(world)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=world.hidden_size,
+        intermediate_size=world.hidden_size * 2,
+        num_hidden_layers=world.layers,
+        num_attention_heads=world.heads,
+        num_key_value_heads=world.heads,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    train_language_model(model, tokenizer, world, 1.0 / world.topics, world.pretrain_steps, rng)
+    for path in (base_dir,):
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+    train_language_model(model, tokenizer, world, world.sft_good_rate, world.sft_steps, rng)
+    model.save_pretrained(init_dir)
+    tokenizer.save_pretrained(init_dir)
+    return base_dir, init_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling and scoring with a model of the world
+
+
+def load_model(path: Path) -> LlamaForCausalLM:
+    return LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+@torch.no_grad()
+def sample_replies(
+    model: LlamaForCausalLM, tokenizer, prompts: list[str], samples: int, seed: int, max_new_tokens: int = 12
+) -> list[list[list[int]]]:
+    """``samples`` replies per prompt at temperature 1 (token ids without the end token)."""
+    torch.manual_seed(seed)
+    tokenizer.padding_side = "left"
+    out: list[list[list[int]]] = []
+    for start in range(0, len(prompts), 128):
+        chunk = prompts[start : start + 128]
+        encoded = [_chat_ids(tokenizer, p) for p in chunk]
+        width = max(len(e) for e in encoded)
+        ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(e)) + e for e in encoded])
+        generated = model.generate(
+            input_ids=ids,
+            attention_mask=(ids != tokenizer.pad_token_id).long(),
+            do_sample=True,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=samples,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )[:, width:]
+        for p in range(len(chunk)):
+            group = []
+            for row in generated[p * samples : (p + 1) * samples].tolist():
+                reply = []
+                for token in row:
+                    if token in (tokenizer.eos_token_id, tokenizer.pad_token_id):
+                        break
+                    reply.append(token)
+                group.append(reply)
+            out.append(group)
+    return out
+
+
+@torch.no_grad()
+def reply_logps(model: LlamaForCausalLM, tokenizer, prompts: list[str], replies: list[list[int]]) -> torch.Tensor:
+    """log pi(y|x) of each reply with its end token, as the pipeline scores replies that stopped."""
+    totals = []
+    for start in range(0, len(prompts), 256):
+        rows, spans = [], []
+        for prompt, reply in zip(prompts[start : start + 256], replies[start : start + 256]):
+            prompt_ids = _chat_ids(tokenizer, prompt)
+            rows.append(prompt_ids + reply + [tokenizer.eos_token_id])
+            spans.append((len(prompt_ids), len(rows[-1])))
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])
+        mask = torch.zeros_like(ids)
+        for i, r in enumerate(rows):
+            mask[i, : len(r)] = 1
+        logps = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
+        token = logps.gather(-1, ids[:, 1:, None])[..., 0]
+        for i, (begin, end) in enumerate(spans):
+            totals.append(token[i, begin - 1 : end - 1].sum())
+    return torch.stack(totals)
+
+
+@dataclass
+class HeldOut:
+    """The held-out prompts and pi_init's replies to them (the win-rate baseline and the KL's reference)."""
+
+    prompts: list[str]
+    sft_rewards: list[float]
+
+
+def evaluate_model(
+    model_dir: Path, init: LlamaForCausalLM, tokenizer, world: WorldSettings, held_out: HeldOut, seed: int
+) -> dict[str, float]:
+    """Mean gold reward, win rate against pi_init, reply length and KL(pi || pi_init) on the held-out prompts."""
+    model = load_model(model_dir)
+    replies = sample_replies(model, tokenizer, held_out.prompts, world.eval_samples, seed)
+    flat_prompts = [p for p, group in zip(held_out.prompts, replies) for _ in group]
+    flat = [r for group in replies for r in group]
+    texts = [tokenizer.decode(r) for r in flat]
+    rewards = [gold_reward(p, t, world.words_per_topic) for p, t in zip(flat_prompts, texts)]
+    wins = [1.0 if r > s else 0.5 if r == s else 0.0 for r, s in zip(rewards, held_out.sft_rewards)]
+    kl = (reply_logps(model, tokenizer, flat_prompts, flat) - reply_logps(init, tokenizer, flat_prompts, flat)).mean()
+    return {
+        "gold_reward": sum(rewards) / len(rewards),
+        "win_rate_vs_sft": sum(wins) / len(wins),
+        "reply_words": sum(len(t.split()) for t in texts) / len(texts),
+        "kl_from_init": float(kl),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Labelled pairs for the seed stage and the off-policy baseline
+
+
+def gold_pairs(
+    model: LlamaForCausalLM, tokenizer, world: WorldSettings, prompts: list[str], wanted: int, seed: int
+) -> tuple[list[dict[str, Any]], int]:
+    """Up to ``wanted`` pairs of two sampled replies labelled by r*, in prompt order; ties and pairs with an
+    empty reply are skipped and counted."""
+    pairs, ties = [], 0
+    replies = sample_replies(model, tokenizer, prompts, 2, seed)
+    for prompt, (a, b) in zip(prompts, replies):
+        texts = [tokenizer.decode(a), tokenizer.decode(b)]
+        ra, rb = (gold_reward(prompt, t, world.words_per_topic) for t in texts)
+        if ra == rb or not all(texts):  # a tie, or an empty reply (a preference file holds none): skipped
+            ties += 1
+            continue
+        chosen, rejected = (texts[0], texts[1]) if ra > rb else (texts[1], texts[0])
+        pairs.append({"id": f"p{len(pairs)}", "prompt": prompt, "chosen": chosen, "rejected": rejected})
+        if len(pairs) == wanted:
+            break
+    return pairs, ties
+
+
+@dataclass
+class SeedWorld:
+    """One seed's world on disk: models, prompts and labelled pairs; built once, reused by every variant."""
+
+    seed: int
+    directory: Path
+    base: Path
+    init: Path
+    seed_pairs: Path
+    offline_pairs: Path
+    round_prompts: Path
+    held_out: HeldOut
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def build_world(world: WorldSettings, seed: int, directory: Path) -> SeedWorld:
+    directory.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    base_dir, init_dir = build_models(world, seed, directory)
+    tokenizer = make_tokenizer(world)
+    rng = random.Random(f"prompts-{seed}")
+    rounds_total = sum(world.prompts_per_round)
+    seed_prompts = make_prompts(world, world.seed_pairs * 4, rng)
+    offline_prompts = make_prompts(world, (world.seed_pairs + rounds_total) * 3, rng)
+    round_prompts = make_prompts(world, rounds_total, rng)
+    eval_prompts = make_prompts(world, world.eval_prompts, rng)
+    init, base = load_model(init_dir), load_model(base_dir)
+    seed_rows, seed_ties = gold_pairs(init, tokenizer, world, seed_prompts, world.seed_pairs, seed)
+    # The off-policy baseline's pairs come from another policy (pi_base), as many as all rounds' pairs together.
+    offline_rows, offline_ties = gold_pairs(
+        base, tokenizer, world, offline_prompts, world.seed_pairs + rounds_total, seed
+    )
+    paths = {name: directory / f"{name}.jsonl" for name in ("seed_pairs", "offline_pairs", "round_prompts")}
+    write_jsonl(paths["seed_pairs"], seed_rows)
+    write_jsonl(paths["offline_pairs"], offline_rows)
+    write_jsonl(paths["round_prompts"], [{"id": f"r{i}", "prompt": p} for i, p in enumerate(round_prompts)])
+    sft_replies = sample_replies(init, tokenizer, eval_prompts, world.eval_samples, seed + 7919)
+    sft_rewards = [
+        gold_reward(p, tokenizer.decode(r), world.words_per_topic)
+        for p, group in zip(eval_prompts, sft_replies)
+        for r in group
+    ]
+    info = {
+        "seed_pairs": len(seed_rows),
+        "seed_ties_skipped": seed_ties,
+        "offline_pairs": len(offline_rows),
+        "offline_ties_skipped": offline_ties,
+        "round_prompts": rounds_total,
+        "held_out_prompts": len(eval_prompts),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    return SeedWorld(seed, directory, base_dir, init_dir, *paths.values(), HeldOut(eval_prompts, sft_rewards), info)
+
+
+# ---------------------------------------------------------------------------------------------
+# The variants, through the real pipeline
+
+
+def pipeline_config(world: WorldSettings, output_dir: Path, overrides: Sequence[str]) -> Config:
+    rounds = len(world.prompts_per_round)
+    return load_config(
+        None,
+        [
+            *DEFAULT_SPA,
+            *world.spa,
+            f"loop.rounds={rounds}",
+            f"loop.prompts_per_round=[{','.join(map(str, world.prompts_per_round))}]",
+            f"output_dir={output_dir}",
+            "eval.after_run=false",
+            *overrides,
+        ],
+    )
+
+
+def variant_overrides(name: str, world: WorldSettings, sw: SeedWorld, seed_model: Path) -> list[str]:
+    """The pipeline settings of round variant ``name``: its start, its judge and its refinement."""
+    start = sw.init if name == "no_seed" else seed_model
+    reference = sw.base if name == "no_seed" else sw.init
+    out = [
+        f"model.name_or_path={start}",
+        f"data.prompts={sw.round_prompts}",
+        "loop.seed_stage=false",
+        f"judge.reference={reference}",
+        f"seed={sw.seed}",
+        *VARIANT_OVERRIDES[name],
+    ]
+    if name == "iterative_gold":
+        out += [
+            "judge.custom.factory=spreadpref.goldworld:gold_judge",
+            f"judge.custom.kwargs={{words_per_topic: {world.words_per_topic}}}",
+        ]
+    elif name == "iterative_random":
+        out += ["judge.custom.factory=spreadpref.goldworld:random_judge", f"judge.custom.kwargs={{seed: {sw.seed}}}"]
+    else:  # SPA: the gold reward measures the self-labels and the smoothing, never trains
+        out += [
+            "judge.gold=custom",
+            "judge.custom.factory=spreadpref.goldworld:gold_judge",
+            f"judge.custom.kwargs={{words_per_topic: {world.words_per_topic}}}",
+        ]
+    return out
+
+
+def _train_stage(world: WorldSettings, output_dir: Path, start: Path, data: Path, seed: int, extra=()) -> Path:
+    from spreadpref.dpo.train import train_policy  # noqa: PLC0415 - Trainer imports cost seconds
+
+    config = pipeline_config(
+        world, output_dir, [f"model.name_or_path={start}", f"data.train={data}", f"seed={seed}", *extra]
+    )
+    return train_policy(config).model_dir
+
+
+def run_seed(
+    world: WorldSettings, seed: int, directory: Path, variants: Sequence[str] = tuple(VARIANTS)
+) -> dict[str, Any]:
+    """Every variant of ``variants`` on one seed's world; per variant, per round: the held-out metrics and the
+    label measurements. Finished stages are reused (the pipeline resumes), so a killed run continues."""
+    from spreadpref.spa.loop import run  # noqa: PLC0415 - deferred, as above
+
+    sw = build_world(world, seed, directory / f"seed-{seed}")
+    tokenizer = make_tokenizer(world)
+    init = load_model(sw.init)
+    results: dict[str, Any] = {"seed": seed, "world": sw.info, "variants": {}}
+
+    def evaluate(model_dir: Path, tag: str) -> dict[str, float]:
+        return evaluate_model(model_dir, init, tokenizer, world, sw.held_out, seed * 1000 + 17)
+
+    started = time.perf_counter()
+    results["variants"]["sft"] = [dict(evaluate(sw.init, "sft"), round=0)]
+    seed_model = _train_stage(world, sw.directory / "seed_only", sw.init, sw.seed_pairs, seed)
+    results["variants"]["seed_only"] = [dict(evaluate(seed_model, "seed_only"), round=0)]
+    if "offline_gold" in variants:
+        offline = _train_stage(
+            world,
+            sw.directory / "offline_gold",
+            sw.init,
+            sw.offline_pairs,
+            seed,
+            [f"train.num_epochs={OFFLINE_EPOCHS}"],
+        )
+        results["variants"]["offline_gold"] = [dict(evaluate(offline, "offline_gold"), round=0)]
+    for name in (v for v in ROUND_VARIANTS if v in variants):
+        config = pipeline_config(world, sw.directory / name, variant_overrides(name, world, sw, seed_model))
+        summary = run(config).summary
+        rows = (
+            [dict(evaluate(sw.init if name == "no_seed" else seed_model, name), round=0)] if name == "no_seed" else []
+        )
+        for i in range(1, len(world.prompts_per_round) + 1):
+            model_dir = sw.directory / name / f"round-{i}" / "train" / "model"
+            rows.append(dict(evaluate(model_dir, name), round=i, **label_measurements(summary["rounds"][str(i)])))
+        results["variants"][name] = rows
+    results["seconds"] = round(time.perf_counter() - started + sw.info["seconds"], 1)
+    return results
+
+
+OFFLINE_EPOCHS = 1  # one pass over as many labels as all rounds together, as each round makes one pass over its own
+
+
+def label_measurements(row: dict[str, Any]) -> dict[str, Any]:
+    """Self-label accuracy and the driving detector's smoothing precision and recall against the gold reward,
+    from a round's summary row (the pipeline's own instruments: judge.gold)."""
+    gold = row.get("gold_labels") or {}
+    quality = row.get("refinement_quality") or {}
+    driving = quality.get(quality.get("driving") or "", {}) if quality.get("driving") else {}
+    return {
+        "pairs": row.get("pairs"),
+        "self_label_accuracy": gold.get("rate"),
+        "gold_decided": gold.get("n"),
+        "smoothed_fraction": row.get("smoothed_fraction"),
+        "smoothing_precision": (driving.get("precision") or {}).get("rate"),
+        "smoothing_recall": (driving.get("recall") or {}).get("rate"),
+        "margin_median": (row.get("margin_quantiles") or {}).get("p50"),
+    }
+
+
+def world_settings_dict(world: WorldSettings) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(world)))
+
+
+__all__ = [
+    "DEFAULT_SPA",
+    "GoldJudge",
+    "RandomJudge",
+    "VARIANTS",
+    "WorldSettings",
+    "build_world",
+    "gold_judge",
+    "gold_reward",
+    "random_judge",
+    "run_seed",
+]

@@ -1,0 +1,60 @@
+"""The synthetic gold world: its reward and judges by hand, and (slow) the method's regression test."""
+
+import math
+
+import pytest
+
+from spreadpref import goldworld
+from spreadpref.eval.stats import t_interval
+from spreadpref.goldworld import GoldJudge, WorldSettings, gold_reward
+from spreadpref.judges.base import Comparison
+
+
+def test_gold_reward_is_the_share_of_reply_words_in_the_prompt_topics_group():
+    # words_per_topic=8: topic t2 owns w16..w23.
+    assert gold_reward("t2 w0 w1 w2", "w16 w23 w0 w24", 8) == pytest.approx(0.5)
+    assert gold_reward("t0 w9", "w0 w1 w7", 8) == 1.0
+    assert gold_reward("t0 w9", "", 8) == 0.0  # an empty reply earns nothing
+    assert gold_reward("t0 w9", "w0 <unk> user", 8) == pytest.approx(1 / 3)  # stray tokens count against
+
+
+def test_the_gold_judge_ties_equal_rewards_and_orders_the_others():
+    [j] = GoldJudge(8).judge([Comparison([{"role": "user", "content": "t1 w0"}], ["w8 w0", "w9 w1", "w8 w9"])])
+    assert j.scores == pytest.approx([0.5, 0.5, 1.0])
+    assert j.p(0, 1) == 0.5 and j.p(2, 0) == 1.0 and j.p(0, 2) == 0.0
+
+
+def test_the_world_tokenizer_round_trips_prompts_and_replies():
+    world = WorldSettings()
+    tokenizer = goldworld.make_tokenizer(world)
+    text = "t3 w31 w0"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tokenizer.unk_token_id not in ids and tokenizer.decode(ids) == text
+    prompt = goldworld._chat_ids(tokenizer, text)
+    assert prompt.count(tokenizer.bos_token_id) == 2  # the user turn and the assistant turn, nothing else
+
+
+def test_t_interval_over_seeds():
+    stats = t_interval([0.3, 0.35, 0.4])
+    assert stats["mean"] == pytest.approx(0.35) and stats["n"] == 3
+    assert stats["half_width"] == pytest.approx(4.303 * 0.05 / math.sqrt(3))
+    assert t_interval([0.7]) == {"mean": 0.7, "half_width": 0.0, "n": 1}
+
+
+@pytest.mark.slow
+def test_spa_beats_the_seed_alone_in_the_reduced_gold_world(tmp_path):
+    """The method's regression test: a change that breaks SPA itself (not just the code) fails here.
+
+    Three seeds of the reduced world, the real pipeline: after three rounds, SPA (refinement and DND)
+    must have a higher mean held-out gold reward than DPO on the seed alone.
+    """
+    results = [
+        goldworld.run_seed(goldworld.REDUCED_WORLD, seed, tmp_path, variants=("seed_only", "spa_dnd"))
+        for seed in (0, 1, 2)
+    ]
+    seed_only = [r["variants"]["seed_only"][0]["gold_reward"] for r in results]
+    spa = [r["variants"]["spa_dnd"][-1]["gold_reward"] for r in results]
+    assert all(r["variants"]["spa_dnd"][-1]["round"] == 3 for r in results)
+    assert sum(spa) / 3 > sum(seed_only) / 3, (spa, seed_only)
+    # The instruments ran: self-labels measured against the gold reward every round.
+    assert all(row["self_label_accuracy"] is not None for r in results for row in r["variants"]["spa_dnd"])

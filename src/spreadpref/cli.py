@@ -48,28 +48,88 @@ def _load(config: Path | None, overrides: list[str] | None, output: Path | None 
     return load_config(config or default_config_path(), extra)
 
 
+MAX_MESSAGE_CHARS = 2000  # an error message never prints unbounded input (a 2 MB line, an expanded YAML alias)
+EXIT_USER_ERROR, EXIT_IO_ERROR, EXIT_UNEXPECTED, EXIT_INTERRUPTED = 2, 3, 1, 130
+
+
+def debug_requested() -> bool:
+    """``--debug`` or SPREADPREF_DEBUG=1: let the traceback through."""
+    return os.environ.get("SPREADPREF_DEBUG", "").strip().lower() in {"1", "true", "yes"}
+
+
+def bounded(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit // 2]} [... {len(text) - limit} characters left out ...] {text[-limit // 2 :]}"
+
+
+@app.callback()
+def _options(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the full traceback of an error (or set SPREADPREF_DEBUG=1).")
+    ] = False,
+) -> None:
+    if debug:
+        os.environ["SPREADPREF_DEBUG"] = "1"
+
+
 def _run(action) -> None:
-    """Turn the errors a user can fix into a message and an exit code, not a traceback."""
+    """The one error boundary: every error ends in a message and a documented exit code, not a traceback.
+
+    Exit codes: 2 a problem in the input or settings (the message says what to fix), 3 a file that could
+    not be read or written, 130 interrupted, 1 anything unexpected (a bug: the message says how to report it).
+    """
+    if debug_requested():
+        action()
+        return
     try:
         action()
     except SpreadprefError as err:
         # soft_wrap: no hard line breaks inside paths, so the message can be copied as it is.
-        error_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+        error_console.print(f"[bold red]error:[/] {escape(bounded(str(err)))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_USER_ERROR) from None
     except KeyboardInterrupt:
         console.print("[yellow]Interrupted.[/] Finished work is saved: run the same command again to resume.")
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     except OSError as err:
         # Disk full, read-only or vanished directory: every write is atomic, so nothing finished is lost.
         where = f" ({err.filename})" if getattr(err, "filename", None) else ""
         error_console.print(
             f"[bold red]error:[/] could not read or write a file{escape(where)}: "
-            f"{escape(str(err.strerror or err))}. Files already written are intact; fix the "
+            f"{escape(bounded(str(err.strerror or err)))}. Files already written are intact; fix the "
             "cause and run the same command again to resume.",
             highlight=False,
             soft_wrap=True,
         )
-        raise typer.Exit(3) from None
+        raise typer.Exit(EXIT_IO_ERROR) from None
+    except MemoryError:
+        error_console.print(
+            "[bold red]error:[/] out of memory. Finished work is saved; lower the batch sizes "
+            "(train.per_device_batch_size, generation.batch_size, judge.batch_size) and run the same command again.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_IO_ERROR) from None
+    except Exception as err:  # noqa: BLE001 - the boundary: anything else is a bug, reported without a traceback
+        where = _innermost_frame(err)
+        error_console.print(
+            f"[bold red]error:[/] unexpected {type(err).__name__}: {escape(bounded(str(err), 500))}{escape(where)}. "
+            "Finished work is saved. This is a bug in spreadpref or a case it does not check yet: run the same "
+            "command with --debug (or SPREADPREF_DEBUG=1) for the traceback and report it.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_UNEXPECTED) from None
+
+
+def _innermost_frame(err: BaseException) -> str:
+    """' (at module.py:123)': where the error was raised, enough for a report without a traceback."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return ""
+    return f" (at {Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno})"
 
 
 @app.command()

@@ -31,7 +31,8 @@ EMBEDDED_MODEL = "embedded:SmolLM2-135M-Instruct"
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `.nan` or `.inf` from YAML is refused like any other bad number.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class LoraSettings(Section):
@@ -146,7 +147,9 @@ class GenerationSettings(Section):
     num_samples: int = Field(
         2, ge=1, description="K replies per prompt (the loop needs 2 or more); chosen = best, rejected = worst."
     )
-    temperature: float = Field(0.7, ge=0.0)
+    temperature: float = Field(
+        0.7, ge=0.0, description="Sampling temperature; above 0 in the loop, where K greedy replies would all be equal."
+    )
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(300, gt=0, description="Replies cut off here are kept, marked, and get no EOS.")
     batch_size: int = Field(8, gt=0, description="Prompts per generation batch (x num_samples sequences).")
@@ -370,6 +373,8 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _previous_judge_needs_two_models(self) -> Config:
+        if not self.output_dir.strip():
+            raise ValueError("output_dir is empty: name a directory (an empty path would mean the current one)")
         if self.judge.reference == "previous" and self.loop.keep_models < 2:
             raise ValueError("judge.reference=previous needs loop.keep_models >= 2")
         if not self.loop.seed_stage and self.judge.kind == "implicit" and self.judge.reference in NAMED_REFERENCES:
@@ -386,6 +391,11 @@ class Config(Section):
             raise ValueError(
                 f"judge.reference is model.name_or_path ({self.model.name_or_path}), which is pi_0 itself with "
                 "loop.seed_stage=false: the implicit reward would be 0 for every reply; set another reference"
+            )
+        if self.generation.temperature == 0:
+            raise ValueError(
+                "generation.temperature=0 means greedy decoding, so the K replies of a prompt would all be the same "
+                "and no round would have a pair: use a temperature above 0 (the paper: 0.7)"
             )
         if self.generation.num_samples < 2:
             raise ValueError("generation.num_samples must be at least 2: each round pairs the best and worst reply")
@@ -419,13 +429,40 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(_describe_validation_error(err, source)) from None
 
 
+MAX_YAML_VALUES = 100_000  # a config has hundreds; nested aliases can expand a ten-line file to billions
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values ``node`` stands for once every alias is expanded (computed once per node)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    sizes[id(node)] = 1  # a recursive alias counts once; the loader refuses recursion anyway
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(child, sizes) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    else:
+        size = 1
+    sizes[id(node)] = min(size, MAX_YAML_VALUES + 1)
+    return sizes[id(node)]
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is not None and _expanded_size(root, {}) > MAX_YAML_VALUES:
+            raise ConfigError(
+                f"{path}: its YAML aliases expand to more than {MAX_YAML_VALUES:,} values; a configuration needs "
+                "a few hundred. Write the values out, or use fewer nested aliases."
+            )
+        data = yaml.safe_load(text)
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(f"{path}: not valid YAML: {_short_repr(str(err), 500)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -562,9 +599,41 @@ def _describe_validation_error(err: ValidationError, source: str) -> str:
     for item in err.errors():
         where = ".".join(str(p) for p in item["loc"]) or "<root>"
         got = item.get("input")
-        shown = f" (got {got!r})" if not isinstance(got, dict) else ""
+        shown = f" (got {_short_repr(got)})" if not isinstance(got, dict | list) else ""
         lines.append(f"  {where}: {item['msg']}{shown}")
     return "\n".join(lines)
+
+
+def _short_repr(value: Any, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def check_library_settings(config: Config) -> None:
+    """Settings that transformers checks only after the model has loaded, checked before: the scheduler,
+    the optimizer and the report_to integrations. Deferred import: `spreadpref config` must stay instant."""
+    from transformers.integrations import get_available_reporting_integrations  # noqa: PLC0415
+    from transformers.trainer_utils import SchedulerType  # noqa: PLC0415
+    from transformers.training_args import OptimizerNames  # noqa: PLC0415
+
+    train = config.train
+    schedulers = [s.value for s in SchedulerType]
+    if train.lr_scheduler not in schedulers:
+        raise ConfigError(f"train.lr_scheduler={train.lr_scheduler!r} is not a scheduler: use one of {schedulers}")
+    optimizers = [o.value for o in OptimizerNames]
+    if train.optimizer not in optimizers:
+        close = difflib.get_close_matches(train.optimizer, optimizers, n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else f"one of {optimizers}"
+        raise ConfigError(f"train.optimizer={train.optimizer!r} is not an optimizer transformers knows: {hint}")
+    wanted = [r for r in train.report_to if r not in ("none", "all")]
+    available = get_available_reporting_integrations()
+    missing = [r for r in wanted if r not in available]
+    if missing:
+        raise ConfigError(
+            f"train.report_to={train.report_to}: {', '.join(missing)} is not installed here (installed: "
+            f"{', '.join(available) or 'none'}). Install it (pip install {' '.join(missing)}) or set "
+            "train.report_to=none."
+        )
 
 
 def reference_markdown() -> str:

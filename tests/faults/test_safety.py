@@ -9,7 +9,7 @@ from spreadpref.config import ModelSettings, load_config
 from spreadpref.spa.loop import run
 
 PLANTED = "sk-planted-secret-0123456789abcdef"
-ALLOWED_SUFFIXES = {".png", ".json", ".jsonl", ".yaml", ".safetensors", ".jinja", ".txt", ".md"}
+ALLOWED_SUFFIXES = {".png", ".json", ".jsonl", ".yaml", ".safetensors", ".jinja", ".txt", ".md", ".lock"}  # .lock: JSON
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerBase, Trainer
 from spreadpref.config import Config
 from spreadpref.models.loading import is_peft_model
 from spreadpref.runtime import distributed
-from spreadpref.runtime.files import atomic_directory
+from spreadpref.runtime.files import atomic_directory, temporary_name
 from spreadpref.runtime.progress import console
 
 
@@ -71,7 +71,7 @@ def save_pretrained_atomically(model: torch.nn.Module, tokenizer: PreTrainedToke
 
 
 def save_with_trainer(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, directory: Path) -> str:
-    staging = directory.with_name(f".{directory.name}.staging.tmp")  # one name, shared by all processes
+    staging = directory.with_name(temporary_name(directory.name, "staging"))  # one name, shared by all processes
     if distributed.is_main():
         shutil.rmtree(staging, ignore_errors=True)
     distributed.barrier()

@@ -20,7 +20,7 @@ import torch
 from rich.table import Table
 from transformers import PreTrainedTokenizerBase, TrainingArguments, set_seed
 
-from spreadpref.config import Config
+from spreadpref.config import Config, check_library_settings
 from spreadpref.data.loading import load_training_preferences
 from spreadpref.data.tokenize import TokenizedPair, tokenize_pairs
 from spreadpref.dpo.checkpoints import last_checkpoint, save_outputs
@@ -40,6 +40,7 @@ from spreadpref.models.loading import (
 from spreadpref.runtime import distributed
 from spreadpref.runtime.files import atomic_write_json, remove_stale_temporaries, write_jsonl
 from spreadpref.runtime.fingerprint import fingerprint
+from spreadpref.runtime.lock import directory_lock
 from spreadpref.runtime.manifest import Manifest
 from spreadpref.runtime.progress import console
 
@@ -76,9 +77,23 @@ def train_fingerprint(config: Config) -> str:
 
 
 def train_policy(config: Config, force: bool = False) -> TrainResult:
-    """Run the train stage; resume it if it was interrupted; do nothing if it already finished."""
+    """Run the train stage; resume it if it was interrupted; do nothing if it already finished.
+
+    The output directory is locked while it runs: a second process writing it is refused at once."""
     out = Path(config.output_dir)
+    check_library_settings(config)
+    with directory_lock(out, "train"):
+        return _train_policy_locked(config, out, force)
+
+
+def _train_policy_locked(config: Config, out: Path, force: bool) -> TrainResult:
     manifest = Manifest(out)
+    others = [name for name in manifest.data.get("stages", {}) if name != STAGE]
+    if others:
+        raise SpreadprefError(
+            f"{out} is a `spreadpref run` directory (it holds {others[0]}): `spreadpref train` would overwrite its "
+            "config.yaml. Use another output directory."
+        )
     fingerprint = train_fingerprint(config)
     previous = manifest.stage(STAGE)
     if previous and previous.get("fingerprint") != fingerprint and not force:

@@ -44,6 +44,7 @@ from spreadpref.models.loading import (
 from spreadpref.models.sampling import generate_samples
 from spreadpref.runtime.files import atomic_write_json, atomic_write_text
 from spreadpref.runtime.fingerprint import fingerprint
+from spreadpref.runtime.lock import directory_lock
 from spreadpref.runtime.manifest import Manifest
 from spreadpref.runtime.progress import console
 from spreadpref.runtime.units import run_in_parts
@@ -218,8 +219,13 @@ def evaluate_models(config: Config, models: list[EvalModel], out_dir: Path, forc
     """Answers, win rates and agreement of ``models``; writes eval.json, eval.md and the answer files.
 
     Answers and verdicts are cached per model name, so calling this again with more models only
-    does the new ones, and eval.json keeps the earlier models' results.
+    does the new ones, and eval.json keeps the earlier models' results. ``out_dir`` is locked meanwhile.
     """
+    with directory_lock(Path(out_dir), "eval"):
+        return _evaluate_locked(config, models, out_dir, force)
+
+
+def _evaluate_locked(config: Config, models: list[EvalModel], out_dir: Path, force: bool) -> dict[str, Any]:
     prompts, report = load_prompts(
         config.eval.prompts,
         config.data.columns,

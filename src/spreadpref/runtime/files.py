@@ -1,4 +1,8 @@
-"""Atomic file output: a killed process leaves either the old file or the new one, never half of one."""
+"""Atomic file output: a killed process leaves either the old file or the new one, never half of one.
+
+Temporaries are named ``.<name>.spreadpref-<random>.tmp`` (TEMP_MARK), so that the cleanup at the next
+start removes only what spreadpref wrote, never a user's own ``.something.tmp``.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +17,24 @@ from typing import Any
 
 from spreadpref.errors import DataError
 
+TEMP_MARK = ".spreadpref-"  # in the name of every temporary spreadpref writes
+
+
+def temporary_name(name: str, tag: str = "") -> str:
+    """The name of a fixed (not random) temporary next to ``name``: recognisably spreadpref's."""
+    return f".{name}{TEMP_MARK}{tag}.tmp"
+
+
+def is_spreadpref_temporary(path: Path) -> bool:
+    return path.name.startswith(".") and path.name.endswith(".tmp") and TEMP_MARK in path.name
+
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling path to write; on success it replaces ``path`` in one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARK}", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -46,12 +61,12 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces ``final`` in one rename."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}{TEMP_MARK}", suffix=".tmp", dir=final.parent))
     try:
         yield tmp
         if final.exists():
             # Move the old copy aside first so that a crash between the two renames keeps one of them.
-            old = final.with_name(f".{final.name}.old.tmp")
+            old = final.with_name(temporary_name(final.name, "old"))
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
             os.replace(tmp, final)
@@ -64,11 +79,12 @@ def atomic_directory(final: Path) -> Iterator[Path]:
 
 
 def remove_stale_temporaries(directory: Path) -> int:
-    """Delete temporary files and directories left by a killed writer; return how many."""
+    """Delete the temporaries a killed spreadpref writer left (only those: see TEMP_MARK); return how many."""
     directory = Path(directory)
     if not directory.is_dir():
         return 0
-    stale = [p for p in directory.rglob(".*.tmp")]
+    stale = [p for p in directory.rglob(f".*{TEMP_MARK}*.tmp") if is_spreadpref_temporary(p)]
+    stale = [p for p in stale if not any(is_spreadpref_temporary(parent) for parent in p.parents)]
     for path in stale:
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)

@@ -28,11 +28,12 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from spreadpref.config import NAMED_REFERENCES, Config
+from spreadpref.config import NAMED_REFERENCES, Config, check_library_settings
 from spreadpref.data.artifacts import JudgedSample, Pair, Sample
 from spreadpref.data.loading import load_prompts
 from spreadpref.data.records import PromptRecord
 from spreadpref.dpo.train import COSMETIC_TRAIN_KEYS, peak_gpu_memory_gb, peak_rss_gb, train_fingerprint
+from spreadpref.dpo.train import STAGE as TRAIN_STAGE
 from spreadpref.errors import SpreadprefError
 from spreadpref.eval.evaluate import evaluate
 from spreadpref.eval.report import write_report
@@ -40,6 +41,7 @@ from spreadpref.models.loading import load_tokenizer, resolve_model_path
 from spreadpref.runtime import distributed
 from spreadpref.runtime.files import remove_stale_temporaries
 from spreadpref.runtime.fingerprint import fingerprint
+from spreadpref.runtime.lock import directory_lock
 from spreadpref.runtime.manifest import Manifest
 from spreadpref.runtime.progress import console
 from spreadpref.spa import generate, judge, seed, train
@@ -98,9 +100,21 @@ def stage_fingerprints(config: Config, sizes: list[int]) -> dict[str, str]:
 
 
 def run(config: Config, force: bool = False) -> RunResult:
-    """Run SPA end to end (or the rest of it): seed stage, then ``config.loop.rounds`` rounds."""
+    """Run SPA end to end (or the rest of it): seed stage, then ``config.loop.rounds`` rounds.
+
+    The output directory is locked for the whole run: a second process writing it is refused at once."""
     root = Path(config.output_dir)
+    check_library_settings(config)
+    with directory_lock(root, "run"):
+        return _run_locked(config, root, force)
+
+
+def _run_locked(config: Config, root: Path, force: bool) -> RunResult:
     manifest = Manifest(root)
+    if manifest.stage(TRAIN_STAGE):
+        raise SpreadprefError(
+            f"{root} holds a `spreadpref train` result, not a run: use another output directory for `spreadpref run`"
+        )
     pool, pool_report = load_prompts(
         config.data.prompts,
         config.data.columns,

@@ -1,0 +1,75 @@
+"""A run directory belongs to one process: an advisory lock, released by the kernel when its holder dies.
+
+``fcntl.flock`` on ``<dir>/.spreadpref.lock``: a second ``spreadpref run``, ``train`` or ``eval`` writing the
+same directory is refused at once, with the holder's pid, host, command and start time read from the
+file. A holder killed with SIGKILL leaves the file but not the lock, so nothing is ever stale. Under a
+distributed launch only the main process takes it (the others write where it tells them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from spreadpref.errors import SpreadprefError
+from spreadpref.runtime import distributed
+
+LOCK_FILE = ".spreadpref.lock"
+
+try:  # POSIX; on Windows the lock is skipped (documented in docs/reliability.md)
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
+
+class DirectoryBusyError(SpreadprefError):
+    pass
+
+
+def _holder(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8") or "{}")
+    except (OSError, ValueError):
+        return "another process (its details could not be read)"
+    return (
+        f"pid {info.get('pid', '?')} on {info.get('host', '?')} ({info.get('command', '?')}, "
+        f"since {info.get('since', '?')})"
+    )
+
+
+@contextlib.contextmanager
+def directory_lock(directory: Path, command: str) -> Iterator[None]:
+    """Hold ``directory``'s lock for the body; refuse at once if another process holds it."""
+    if fcntl is None or not distributed.is_main():
+        yield
+        return
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DirectoryBusyError(
+                f"{directory} is in use by another spreadpref process: {_holder(path)}. Two processes writing one "
+                "directory would mix their files; wait for it to finish (or stop it), or use another output "
+                "directory."
+            ) from None
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": f"spreadpref {command}" if not sys.argv[1:] else " ".join(["spreadpref", *sys.argv[1:]])[:300],
+            "since": datetime.datetime.now().isoformat(timespec="seconds"),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

@@ -52,9 +52,12 @@ MAX_MESSAGE_CHARS = 2000  # an error message never prints unbounded input (a 2 M
 EXIT_USER_ERROR, EXIT_IO_ERROR, EXIT_UNEXPECTED, EXIT_INTERRUPTED = 2, 3, 1, 130
 
 
+_debug_flag = False  # --debug of the current invocation
+
+
 def debug_requested() -> bool:
     """``--debug`` or SPREADPREF_DEBUG=1: let the traceback through."""
-    return os.environ.get("SPREADPREF_DEBUG", "").strip().lower() in {"1", "true", "yes"}
+    return _debug_flag or os.environ.get("SPREADPREF_DEBUG", "").strip().lower() in {"1", "true", "yes"}
 
 
 def bounded(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
@@ -69,8 +72,8 @@ def _options(
         bool, typer.Option("--debug", help="Show the full traceback of an error (or set SPREADPREF_DEBUG=1).")
     ] = False,
 ) -> None:
-    if debug:
-        os.environ["SPREADPREF_DEBUG"] = "1"
+    global _debug_flag  # noqa: PLW0603 - one flag per invocation, read by the boundary
+    _debug_flag = debug
 
 
 def _run(action) -> None:

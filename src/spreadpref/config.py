@@ -243,6 +243,8 @@ class JudgeSettings(Section):
     def _external_judge_is_named(self) -> JudgeSettings:
         if self.kind == "reward_model" and not self.reward_model.name_or_path:
             raise ValueError("judge.kind=reward_model needs judge.reward_model.name_or_path")
+        if self.llm.base_url and not self.llm.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"judge.llm.base_url={self.llm.base_url[:200]!r}: only http:// and https:// URLs")
         if self.llm.base_url and not self.llm.api_model:
             raise ValueError("judge.llm.base_url needs judge.llm.api_model (the model name the endpoint serves)")
         if "custom" in (self.kind, self.gold) and not self.custom.factory:

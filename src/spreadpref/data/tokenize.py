@@ -63,8 +63,54 @@ def require_chat_template(tokenizer: PreTrainedTokenizerBase) -> None:
 
 
 def render_prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message]) -> list[int]:
-    text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-    return _encode(tokenizer, text)
+    return encode_conversation(tokenizer, messages, add_generation_prompt=True)
+
+
+def special_texts(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """The literal texts that the tokenizer turns into special tokens (``<|im_end|>``, ``</s>``, ...)."""
+    texts = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    for token in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        if getattr(token, "special", False):
+            texts.add(str(token))
+    return sorted((t for t in texts if t), key=len, reverse=True)
+
+
+def encode_conversation(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], add_generation_prompt: bool = False
+) -> list[int]:
+    """Token ids of the chat template applied to ``messages``; only the template makes special tokens.
+
+    A message whose text contains a special token's literal text (a reply quoting ``<|im_end|>``) would turn
+    into a real special token mid-message. Such messages are encoded apart, with special tokens split into
+    plain text; every other part of the conversation is encoded exactly as before.
+    """
+    messages = list(messages)
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    specials = special_texts(tokenizer)
+    quoting = [i for i, m in enumerate(messages) if any(t in m["content"] for t in specials)]
+    if not quoting:
+        return _encode(tokenizer, text)
+    marks = {i: f"\ue000spreadpref-content-{i}\ue001" for i in quoting}
+    masked = [dict(m, content=marks[i]) if i in marks else m for i, m in enumerate(messages)]
+    template = tokenizer.apply_chat_template(masked, tokenize=False, add_generation_prompt=add_generation_prompt)
+    ids: list[int] = []
+    position = 0
+    for i in quoting:
+        at = template.find(marks[i], position)
+        if at < 0:
+            raise TokenizationError(
+                f"message {i} contains the text of a special token ({_quoted_special(messages[i], specials)}), and "
+                "the chat template rewrites message text, so it cannot be kept as plain text: remove it from the data"
+            )
+        ids += _encode(tokenizer, template[position:at]) if at > position else []
+        ids += tokenizer(messages[i]["content"], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        position = at + len(marks[i])
+    ids += _encode(tokenizer, template[position:]) if position < len(template) else []
+    return ids
+
+
+def _quoted_special(message: Message, specials: list[str]) -> str:
+    return next(repr(t) for t in specials if t in message["content"])
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
@@ -93,8 +139,7 @@ def reply_ids(
 ) -> list[int]:
     """Token ids of ``reply`` as it follows ``prompt_ids``: one EOS at the end if complete, none if cut off."""
     conversation = [*prompt, {"role": "assistant", "content": reply}]
-    full_text = tokenizer.apply_chat_template(conversation, tokenize=False)
-    full_ids = _encode(tokenizer, full_text)
+    full_ids = encode_conversation(tokenizer, conversation)
     if full_ids[: len(prompt_ids)] != prompt_ids:
         prompt_text = tokenizer.decode(prompt_ids)
         mismatch = next((i for i, (a, b) in enumerate(zip(prompt_ids, full_ids)) if a != b), len(full_ids))
@@ -154,6 +199,12 @@ def tokenize_pair(
     tokenizer: PreTrainedTokenizerBase, record: PreferenceRecord, max_length: int, max_prompt_length: int
 ) -> TokenizedPair:
     if record.token_ids is not None:  # made in token space (generation): keep the exact ids
+        for column, ids in record.token_ids.items():
+            if (bad := next((t for t in ids if t >= len(tokenizer)), None)) is not None:
+                raise TokenizationError(
+                    f"record {record.id}: {column} holds token id {bad}, outside the tokenizer's vocabulary of "
+                    f"{len(tokenizer)}: the ids were made with another tokenizer"
+                )
         prompt_ids = record.token_ids["prompt_ids"]
         chosen, rejected = record.token_ids["chosen_ids"], record.token_ids["rejected_ids"]
     else:

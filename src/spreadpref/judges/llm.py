@@ -6,14 +6,17 @@ HTTP endpoint, whose API key is read from the environment and never logged.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import math
 import os
 import random
 import re
+import socket
+import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -160,6 +163,7 @@ class HTTPLLMJudge(PairwiseJudge):
         sleep: Callable[[float], None] = time.sleep,
     ):
         self.url = base_url.rstrip("/") + "/chat/completions"
+        check_http_url(self.url)
         self.model, self.api_key_env = model, api_key_env
         self.max_retries, self.timeout, self.concurrency, self.max_chars = max_retries, timeout, concurrency, max_chars
         self.sleep = sleep
@@ -198,23 +202,30 @@ class HTTPLLMJudge(PairwiseJudge):
         data = json.dumps(body).encode()
         last_error = ""
         for attempt in range(self.max_retries + 1):
-            request = urllib.request.Request(self.url, data=data, headers=self._headers(), method="POST")
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return json.loads(response.read())
-            except urllib.error.HTTPError as err:
-                if err.code in (401, 403):
+                status, payload = bounded_post(self.url, data, self._headers(), self.timeout, MAX_RESPONSE_BYTES)
+                if status in (401, 403):
                     raise JudgeError(
-                        f"the judge endpoint {self.url} refused the request (HTTP {err.code}); "
+                        f"the judge endpoint {self.url} refused the request (HTTP {status}); "
                         f"check the API key in the environment variable {self.api_key_env}"
-                    ) from None
-                if err.code != 429 and err.code < 500:
-                    detail = err.read()[:300].decode(errors="replace")
-                    raise JudgeError(f"the judge endpoint {self.url} answered HTTP {err.code}: {detail}") from None
-                last_error = f"HTTP {err.code}"
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-                last_error = str(getattr(err, "reason", err))
-            except json.JSONDecodeError:
+                    )
+                if status == 429 or status >= 500:
+                    last_error = f"HTTP {status}"
+                elif status >= 300:
+                    detail = payload[:300].decode(errors="replace")
+                    raise JudgeError(f"the judge endpoint {self.url} answered HTTP {status}: {detail}")
+                else:
+                    return json.loads(payload)
+            except ResponseTooLarge:
+                raise JudgeError(
+                    f"the judge endpoint {self.url} sent more than {MAX_RESPONSE_BYTES // 1_000_000} MB for one "
+                    "answer of one token: it is not an OpenAI-compatible chat endpoint, or it misbehaves"
+                ) from None
+            except DeadlineExceeded:
+                last_error = f"no complete answer within judge.llm.timeout={self.timeout:g} s"
+            except (OSError, http.client.HTTPException) as err:
+                last_error = str(getattr(err, "reason", err)) or type(err).__name__
+            except (json.JSONDecodeError, UnicodeDecodeError):
                 last_error = "a reply that is not JSON"
             if attempt < self.max_retries:
                 self.sleep(min(2.0**attempt, 30.0) * (1 + random.random() * 0.1))
@@ -239,6 +250,73 @@ class HTTPLLMJudge(PairwiseJudge):
             return 1.0 if letter.group(1).upper() == "A" else 0.0
         self.unparsed += 1
         return 0.5
+
+
+MAX_RESPONSE_BYTES = 1_000_000  # one answer token with its top log-probs is a few kB
+
+
+class DeadlineExceeded(Exception):
+    pass
+
+
+class ResponseTooLarge(Exception):
+    pass
+
+
+def check_http_url(url: str) -> urllib.parse.SplitResult:
+    """http or https with a host, or a JudgeError naming the setting."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise JudgeError(f"judge.llm.base_url={url!r}: only http:// and https:// URLs with a host are accepted")
+    return parts
+
+
+def bounded_post(
+    url: str, data: bytes, headers: dict[str, str], deadline_s: float, max_bytes: int
+) -> tuple[int, bytes]:
+    """POST and read the whole answer within ``deadline_s`` seconds in total and ``max_bytes`` bytes.
+
+    A socket timeout bounds each read, not the request: a server that sends a byte a second would never time
+    out. A watchdog shuts the socket down at the deadline instead, which wakes any blocked read.
+    """
+    parts = check_http_url(url)
+    connection_type = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    connection = connection_type(parts.hostname, parts.port, timeout=deadline_s)
+    expired = threading.Event()
+
+    def abort() -> None:
+        expired.set()
+        sock = connection.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    watchdog = threading.Timer(deadline_s, abort)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        connection.request("POST", path, body=data, headers=headers)
+        response = connection.getresponse()
+        chunks, size = [], 0
+        while True:
+            chunk = response.read1(65536)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > max_bytes:
+                raise ResponseTooLarge
+            chunks.append(chunk)
+        if expired.is_set():
+            raise DeadlineExceeded
+        return response.status, b"".join(chunks)
+    except (OSError, http.client.HTTPException):
+        if expired.is_set():
+            raise DeadlineExceeded from None
+        raise
+    finally:
+        watchdog.cancel()
+        connection.close()
 
 
 def _letter_logprobs(choice: dict[str, Any]) -> dict[str, float]:

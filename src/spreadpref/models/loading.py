@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from spreadpref.config import EMBEDDED_MODEL, ModelSettings
 from spreadpref.errors import ModelLoadError
@@ -123,7 +123,28 @@ def load_tokenizer(settings: ModelSettings) -> PreTrainedTokenizerBase:
         raise ModelLoadError(f"could not load a tokenizer from {path!r}: {err}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if settings.tokenizer:  # the model's own tokenizer fits it; a separate one is checked against the model
+        check_tokenizer_fits_model(resolve_model_path(settings.name_or_path), tokenizer, settings)
     return tokenizer
+
+
+def check_tokenizer_fits_model(path: str, tokenizer: PreTrainedTokenizerBase, settings: ModelSettings) -> None:
+    """Refuse a tokenizer with more tokens than the model has embeddings: its extra ids would index past the
+    embedding table (an IndexError mid-run, or a CUDA assert). Read from config.json, before any weights load."""
+    try:
+        config = AutoConfig.from_pretrained(
+            path, revision=settings.revision, trust_remote_code=settings.trust_remote_code
+        )
+    except (OSError, ValueError):
+        return  # no config to compare with (a tokenizer-only directory, or offline): the model load will say
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    vocab = getattr(text_config, "vocab_size", None)
+    if isinstance(vocab, int) and len(tokenizer) > vocab:
+        raise ModelLoadError(
+            f"the tokenizer ({settings.tokenizer or path}) has {len(tokenizer)} tokens but the model {path} has only "
+            f"{vocab} embeddings: ids {vocab} and above would index past them. Use the model's own tokenizer, or "
+            "resize the model's embeddings (model.resize_token_embeddings) and save it first."
+        )
 
 
 def keeps_float32_master_weights(settings: ModelSettings) -> bool:

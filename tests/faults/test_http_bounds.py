@@ -1,0 +1,141 @@
+"""The HTTP judge's calls are bounded: a total deadline per request, a cap on the answer's size, http(s) only,
+and a malformed answer is a clear error or a counted tie."""
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from spreadpref.cli import app
+from spreadpref.errors import JudgeError
+from spreadpref.judges.llm import HTTPLLMJudge, judge_messages
+
+PROMPT = [{"role": "user", "content": "Name a colour."}]
+QUESTION = [judge_messages(PROMPT, "Blue.", "Seven.")]
+
+
+class RawServer:
+    """A TCP server whose every connection gets ``respond(connection)``: for answers no HTTP library would send."""
+
+    def __init__(self, respond):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+        self.stop = threading.Event()
+        self.respond = respond
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while not self.stop.is_set():
+            try:
+                connection, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(connection,), daemon=True).start()
+
+    def _handle(self, connection):
+        with connection:
+            connection.recv(65536)
+            try:
+                self.respond(connection, self.stop)
+            except OSError:
+                pass
+
+    def close(self):
+        self.stop.set()
+        self.sock.close()
+
+
+@pytest.fixture
+def raw():
+    servers = []
+
+    def start(respond):
+        servers.append(RawServer(respond))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def drip(connection, stop):
+    """Valid headers, then the body one byte every 0.2 s: each read is quick, the request never ends."""
+    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n")
+    while not stop.is_set():
+        connection.sendall(b" ")
+        time.sleep(0.2)
+
+
+def drip_headers(connection, stop):
+    connection.sendall(b"HTTP/1.1 200 OK\r\n")
+    while not stop.is_set():
+        connection.sendall(b"X-Slow: a\r\n")
+        time.sleep(0.2)
+
+
+def flood(connection, stop):
+    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n")
+    block = b"x" * 65536
+    for _ in range(64):  # 4 MB
+        if stop.is_set():
+            return
+        connection.sendall(block)
+
+
+def not_json(connection, stop):
+    body = b"<html>gateway says hello</html>"
+    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
+def no_choices(connection, stop):
+    body = json.dumps({"error": "x" * 10_000}).encode()
+    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
+def cut_short(connection, stop):
+    connection.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n{"choices": [')
+
+
+@pytest.mark.parametrize("respond", [drip, drip_headers], ids=["slow-body", "slow-headers"])
+def test_a_slow_drip_server_hits_the_total_deadline(raw, respond):
+    server = raw(respond)
+    judge = HTTPLLMJudge(server.url, "m", max_retries=1, timeout=1.0, sleep=lambda s: None)
+    started = time.perf_counter()
+    with pytest.raises(JudgeError, match=r"after 2 tries \(no complete answer within judge.llm.timeout=1 s\)"):
+        judge.prob_first(QUESTION)
+    assert time.perf_counter() - started < 6  # two tries of one second, not forever
+
+
+def test_an_endless_answer_is_cut_at_the_size_cap(raw):
+    judge = HTTPLLMJudge(raw(flood).url, "m", max_retries=3, timeout=30, sleep=lambda s: None)
+    with pytest.raises(JudgeError, match="sent more than 1 MB"):
+        judge.prob_first(QUESTION)
+
+
+@pytest.mark.parametrize(
+    ("respond", "message"),
+    [(not_json, "a reply that is not JSON"), (cut_short, r"after 2 tries"), (no_choices, "returned no choices")],
+    ids=["not-json", "cut-short", "no-choices"],
+)
+def test_malformed_answers_are_clear_errors(raw, respond, message):
+    judge = HTTPLLMJudge(raw(respond).url, "m", max_retries=1, timeout=5, sleep=lambda s: None)
+    with pytest.raises(JudgeError, match=message) as err:
+        judge.prob_first(QUESTION)
+    assert len(str(err.value)) < 600  # never the whole answer
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.com/v1", "localhost:8000/v1", "http:///v1"])
+def test_only_http_and_https_endpoints(url):
+    with pytest.raises(JudgeError, match="only http:// and https://"):
+        HTTPLLMJudge(url, "m")
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "gopher://x"])
+def test_a_non_http_base_url_is_refused_when_the_config_loads(url):
+    result = CliRunner().invoke(app, ["config", f"judge.llm.base_url={url}", "judge.llm.api_model=m"])
+    assert result.exit_code == 2 and "only http:// and https://" in result.output and "Traceback" not in result.output

@@ -9,20 +9,61 @@ import shutil
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedTokenizerBase, Trainer
+from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback
 
 from spreadpref.config import Config
 from spreadpref.models.loading import is_peft_model
 from spreadpref.runtime import distributed
-from spreadpref.runtime.files import atomic_directory, temporary_name
+from spreadpref.runtime.files import atomic_directory, atomic_write_json, temporary_name
 from spreadpref.runtime.progress import console
+
+FILE_LIST = "spreadpref-files.json"  # in each checkpoint: the size of every file, written once it is complete
+
+
+class RecordCheckpointFiles(TrainerCallback):
+    """After Trainer saved a checkpoint, record each file's size, so that a truncated or missing file (a disk
+    that filled, a copy that stopped) is found before resuming from it."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if checkpoint.is_dir():
+            sizes = {
+                str(path.relative_to(checkpoint)): path.stat().st_size
+                for path in sorted(checkpoint.rglob("*"))
+                if path.is_file() and path.name != FILE_LIST
+            }
+            atomic_write_json(checkpoint / FILE_LIST, sizes)
+
+
+def checkpoint_damage(checkpoint: Path) -> str | None:
+    """Why ``checkpoint`` cannot be resumed from, or None when it is complete."""
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return "it was interrupted while being saved"
+    listing = checkpoint / FILE_LIST
+    if not listing.is_file():
+        return None  # written by an older spreadpref, or by Trainer alone: the state file is all we can check
+    try:
+        sizes = json.loads(listing.read_text())
+    except (OSError, ValueError):
+        return f"its {FILE_LIST} is unreadable"
+    for name, size in sizes.items():
+        path = checkpoint / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, not the {size} it was saved with"
+    return None
 
 
 def last_checkpoint(directory: Path) -> str | None:
-    """The newest complete Trainer checkpoint; incomplete ones (killed while saving) are removed.
+    """The newest complete Trainer checkpoint; a damaged one is removed and the one before it is used.
 
-    Trainer writes a checkpoint in place and ``trainer_state.json`` last, so a checkpoint whose
-    state file is missing or unreadable was interrupted.
+    Trainer writes a checkpoint in place and ``trainer_state.json`` last, so a checkpoint whose state file
+    is missing or unreadable was interrupted; a file whose size differs from the recorded one is damaged.
     """
     if not directory.is_dir():
         return None
@@ -32,11 +73,11 @@ def last_checkpoint(directory: Path) -> str | None:
         if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))
     ]
     for _, checkpoint in sorted(found, reverse=True):
-        try:
-            json.loads((checkpoint / "trainer_state.json").read_text())
+        damage = checkpoint_damage(checkpoint)
+        if damage is None:
             return str(checkpoint)
-        except (OSError, ValueError):
-            console.print(f"Removing {checkpoint}: it was interrupted while being saved.")
+        if distributed.is_main():
+            console.print(f"[yellow]Removing {checkpoint}: {damage}; resuming from the checkpoint before it.[/]")
             shutil.rmtree(checkpoint, ignore_errors=True)
     return None
 

@@ -25,6 +25,7 @@ from spreadpref.models.loading import (
 )
 from spreadpref.runtime.files import atomic_path
 from spreadpref.runtime.fingerprint import fingerprint_rows
+from spreadpref.runtime.progress import console
 
 
 def compute_reference(
@@ -90,9 +91,9 @@ def fill_reference_logps(
         key += f"-{precision}"  # autocast changes the values
     cache_file = cache_dir / f"{key}.safetensors" if cache_dir else None
     info["cache_file"] = str(cache_file) if cache_file else None
-    if cache_file is not None and cache_file.is_file():
-        tensors = load_file(str(cache_file))
-        chosen, rejected = tensors["chosen"], tensors["rejected"]
+    cached = read_cache_entry(cache_file, len(missing)) if cache_file is not None else None
+    if cached is not None:
+        chosen, rejected = cached
         info["cache_hit"] = True
     else:
         scored = score_pairs(
@@ -106,3 +107,26 @@ def fill_reference_logps(
     for pair, c, r in zip(missing, chosen.tolist(), rejected.tolist()):
         pair.ref_chosen_logps, pair.ref_rejected_logps = c, r
     return info
+
+
+def read_cache_entry(cache_file: Path, count: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A cache entry's (chosen, rejected) log-probs, or None when it is missing or damaged (then it is deleted
+    and recomputed: the cache only saves time, it never holds anything that cannot be made again)."""
+    if not cache_file.is_file():
+        return None
+    try:
+        tensors = load_file(str(cache_file))
+        chosen, rejected = tensors["chosen"], tensors["rejected"]
+        if (
+            chosen.shape != (count,)
+            or rejected.shape != (count,)
+            or not (chosen.isfinite().all() and rejected.isfinite().all())
+        ):
+            raise ValueError("wrong shape or non-finite values")
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types for a damaged file
+        console.print(
+            f"[yellow]The reference cache entry {cache_file} is damaged ({type(err).__name__}); recomputing it.[/]"
+        )
+        cache_file.unlink(missing_ok=True)
+        return None
+    return chosen, rejected

@@ -19,6 +19,7 @@ from accelerate.utils import gather_object
 from transformers import Trainer
 
 from spreadpref.data.tokenize import TokenizedPair
+from spreadpref.dpo.checkpoints import RecordCheckpointFiles
 from spreadpref.dpo.logprobs import (
     ReplyLogits,
     collate_pairs,
@@ -76,6 +77,7 @@ class SoftDPOTrainer(Trainer):
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
+        self.add_callback(RecordCheckpointFiles())
         self.beta = beta
         self.label_smoothing = label_smoothing
         self.refinement = refinement

@@ -1,0 +1,102 @@
+"""Files spreadpref wrote and reads back: damage is found, the cache is recomputed, and a damaged newest
+checkpoint falls back to the one before it. Nothing finished and intact is lost."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from spreadpref.dpo.checkpoints import FILE_LIST, checkpoint_damage, last_checkpoint
+from spreadpref.dpo.reference import read_cache_entry
+
+
+def make_checkpoint(root, step, files):
+    checkpoint = root / f"checkpoint-{step}"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    for name, data in files.items():
+        (checkpoint / name).write_bytes(data)
+    sizes = {p.name: p.stat().st_size for p in checkpoint.iterdir()}
+    (checkpoint / FILE_LIST).write_text(json.dumps(sizes))
+    return checkpoint
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda c: (c / "optimizer.pt").write_bytes(b"trunc"), "optimizer.pt has 5 bytes"),
+        (lambda c: (c / "model.safetensors").unlink(), "model.safetensors is missing"),
+        (lambda c: (c / "trainer_state.json").write_text("{"), "interrupted while being saved"),
+        (lambda c: (c / FILE_LIST).write_text("not json"), "is unreadable"),
+    ],
+    ids=["truncated-optimizer", "missing-weights", "broken-state", "broken-listing"],
+)
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, damage, reason):
+    files = {"optimizer.pt": b"x" * 1000, "model.safetensors": b"y" * 2000}
+    older = make_checkpoint(tmp_path, 10, files)
+    newest = make_checkpoint(tmp_path, 20, files)
+    damage(newest)
+    assert reason in checkpoint_damage(newest)
+    assert last_checkpoint(tmp_path) == str(older)
+    assert not newest.exists() and older.exists() and checkpoint_damage(older) is None
+
+
+def test_a_checkpoint_without_a_file_list_is_trusted_by_its_state_file(tmp_path):
+    checkpoint = make_checkpoint(tmp_path, 5, {"optimizer.pt": b"x"})
+    (checkpoint / FILE_LIST).unlink()
+    assert last_checkpoint(tmp_path) == str(checkpoint)
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda path: path.write_bytes(b"\x00\x01garbage"),
+        lambda path: path.write_bytes(b""),
+        lambda path: save_file({"chosen": torch.zeros(3), "rejected": torch.zeros(3)}, str(path)),  # wrong count
+        lambda path: save_file({"chosen": torch.full((4,), float("nan")), "rejected": torch.zeros(4)}, str(path)),
+        lambda path: save_file({"other": torch.zeros(4)}, str(path)),
+    ],
+    ids=["garbage", "empty", "wrong-count", "nan", "wrong-keys"],
+)
+def test_a_damaged_reference_cache_entry_is_deleted_and_recomputed(tmp_path, write):
+    entry = tmp_path / "key.safetensors"
+    write(entry)
+    assert read_cache_entry(entry, 4) is None and not entry.exists()
+
+
+def test_an_intact_cache_entry_is_read(tmp_path):
+    entry = tmp_path / "key.safetensors"
+    save_file({"chosen": torch.tensor([-1.0, -2.0]), "rejected": torch.tensor([-3.0, -4.0])}, str(entry))
+    chosen, rejected = read_cache_entry(entry, 2)
+    assert chosen.tolist() == [-1.0, -2.0] and rejected.tolist() == [-3.0, -4.0] and entry.exists()
+
+
+def test_real_trainer_checkpoints_carry_the_file_list(tiny_model_dir, pairs_file, tmp_path):
+    from spreadpref.config import load_config
+    from spreadpref.dpo.train import train_policy
+
+    out = tmp_path / "train"
+    config = load_config(
+        None,
+        [
+            f"model.name_or_path={tiny_model_dir}",
+            f"data.train={pairs_file}",
+            f"output_dir={out}",
+            "train.max_steps=2",
+            "train.save_strategy=steps",
+            "train.save_steps=1",
+            "train.save_total_limit=3",
+            "train.per_device_batch_size=4",
+            "train.gradient_accumulation_steps=1",
+            "data.max_length=64",
+            "data.max_prompt_length=32",
+        ],
+    )
+    train_policy(config)
+    checkpoints = sorted((out / "checkpoints").glob("checkpoint-*"))
+    assert len(checkpoints) == 2 and all((c / FILE_LIST).is_file() for c in checkpoints)
+    sizes = json.loads((checkpoints[-1] / FILE_LIST).read_text())
+    assert "optimizer.pt" in sizes and "trainer_state.json" in sizes
+    (checkpoints[-1] / "optimizer.pt").write_bytes(b"cut")
+    assert last_checkpoint(out / "checkpoints") == str(checkpoints[0])

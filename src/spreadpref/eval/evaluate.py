@@ -27,7 +27,7 @@ import numpy as np
 from rich.table import Table
 from transformers import PreTrainedTokenizerBase
 
-from spreadpref.config import Config, GenerationSettings, load_config
+from spreadpref.config import EMBEDDED_MODEL, Config, GenerationSettings, load_config
 from spreadpref.data.artifacts import Artifact, Sample, doc
 from spreadpref.data.loading import load_preferences, load_prompts
 from spreadpref.data.records import PromptRecord
@@ -82,6 +82,39 @@ def run_models(run_dir: Path, config: Config) -> list[EvalModel]:
         else:
             console.print(f"[yellow]round-{index}'s model was pruned (loop.keep_models); not evaluated.[/]")
     return models
+
+
+def own_tokenizer(config: Config, path: str, fallback: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """The tokenizer saved with the model at ``path`` (every spreadpref model directory has one); the
+    configured one for a model directory without its own, or a hub id."""
+    directory = Path(resolve_model_path(path))
+    if config.model.tokenizer or not (directory / "tokenizer_config.json").is_file():
+        return fallback
+    return load_tokenizer(config.model.model_copy(update={"name_or_path": str(directory), "tokenizer": None}))
+
+
+def trained_from(model_dir: Path) -> str | None:
+    """The starting model recorded by the `spreadpref train` or `run` directory that holds ``model_dir``."""
+    for parent in (model_dir, model_dir.parent, *model_dir.parent.parents[:3]):
+        if (parent / "config.yaml").is_file() and (parent / "manifest.json").is_file():
+            try:
+                return load_config(parent / "config.yaml").model.name_or_path
+            except SpreadprefError:
+                return None
+    return None
+
+
+def default_baseline(config: Config, targets: list[str]) -> Config:
+    """With the baseline `initial` and no model configured (the embedded default), evaluate a trained model
+    against the model it was trained from, as its directory records, not against the embedded model."""
+    if config.eval.baseline != "initial" or config.model.name_or_path != EMBEDDED_MODEL:
+        return config
+    starts = {start for t in targets if (start := trained_from(Path(t))) is not None}
+    if len(starts) != 1 or EMBEDDED_MODEL in starts:
+        return config
+    start = starts.pop()
+    console.print(f"Baseline: {start}, the model the evaluated models were trained from (eval.baseline=initial).")
+    return config.model_copy(update={"model": config.model.model_copy(update={"name_or_path": start})})
 
 
 def model_targets(targets: list[str], config: Config) -> list[EvalModel]:
@@ -212,6 +245,7 @@ def _fingerprint(config: Config, prompts: list[PromptRecord]) -> str:
 
 def evaluate(config: Config, targets: list[str], out_dir: Path, force: bool = False) -> dict[str, Any]:
     """Evaluate every target (run directories expand to their models) against the baseline."""
+    config = default_baseline(config, targets)
     return evaluate_models(config, model_targets(targets, config), out_dir, force)
 
 
@@ -261,7 +295,7 @@ def _evaluate_locked(config: Config, models: list[EvalModel], out_dir: Path, for
     baseline_answers = _baseline_answers(config, tokenizer, prompts, out_dir)
     judge = make_judge(config.eval.judge, config.model, beta=config.train.beta, tokenizer=tokenizer)
     for model in models:
-        answers = generate_answers(config, tokenizer, model, prompts, out_dir)
+        answers = generate_answers(config, own_tokenizer(config, model.path, tokenizer), model, prompts, out_dir)
         write_official_formats(out_dir, model.name, prompts, [a.text for a in answers])
         results["models"][model.name] = _score_model(config, judge, model, prompts, answers, baseline_answers, out_dir)
         atomic_write_json(out_dir / "eval.json", results)
@@ -294,7 +328,10 @@ def _baseline_answers(
     if baseline.endswith(".json") and Path(baseline).is_file():
         return load_baseline_answers(Path(baseline), prompts)
     path = config.model.name_or_path if baseline == "initial" else baseline
-    answers = [a.text for a in generate_answers(config, tokenizer, EvalModel(BASELINE, path), prompts, out_dir)]
+    baseline_tokenizer = own_tokenizer(config, path, tokenizer)
+    answers = [
+        a.text for a in generate_answers(config, baseline_tokenizer, EvalModel(BASELINE, path), prompts, out_dir)
+    ]
     write_official_formats(out_dir, BASELINE, prompts, answers)
     return answers
 

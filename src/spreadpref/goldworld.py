@@ -34,7 +34,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from spreadpref.config import Config, load_config
 from spreadpref.judges.base import Comparison, Judge, Judgement, hard_preferences
-from spreadpref.runtime.files import write_jsonl
+from spreadpref.runtime.files import atomic_write_json, write_jsonl
 from spreadpref.testing import CHATML_TEMPLATE
 
 SPECIALS = ["<pad>", "<|im_start|>", "<|im_end|>", "<unk>"]
@@ -54,7 +54,9 @@ class WorldSettings:
     layers: int = 2
     heads: int = 4
     pretrain_steps: int = 300
-    sft_steps: int = 600
+    sft_steps: int = 600  # at least; then on in chunks until pi_init has learnt the topic (sft_target)
+    sft_target: float = 0.33  # pi_init's gold reward on the world's own check prompts (uniform words: 0.25)
+    sft_max_steps: int = 3000
     lm_batch: int = 64
     lm_learning_rate: float = 3e-3
     seed_pairs: int = 30  # labelled by the gold reward: ~3% of all pairs the variants see
@@ -258,7 +260,7 @@ def train_language_model(
 def build_models(world: WorldSettings, seed: int, directory: Path) -> tuple[Path, Path]:
     """pi_base (uniform replies) and pi_init (pi_base fine-tuned toward the topic's words): two directories."""
     base_dir, init_dir = directory / "pi_base", directory / "pi_init"
-    if (init_dir / "model.safetensors").is_file() and (base_dir / "model.safetensors").is_file():
+    if all((d / "model.safetensors").is_file() for d in (base_dir, init_dir)) and (directory / "sft.json").is_file():
         return base_dir, init_dir
     torch.manual_seed(seed)
     rng = random.Random(f"world-{seed}")
@@ -280,13 +282,30 @@ def build_models(world: WorldSettings, seed: int, directory: Path) -> tuple[Path
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     train_language_model(model, tokenizer, world, 1.0 / world.topics, world.pretrain_steps, rng)
-    for path in (base_dir,):
-        model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
-    train_language_model(model, tokenizer, world, world.sft_good_rate, world.sft_steps, rng)
+    model.save_pretrained(base_dir)
+    tokenizer.save_pretrained(base_dir)
+    # SFT until pi_init uses its topic's words (some seeds' models take longer to find the topic token): a world
+    # whose pi_init ignores the topic is degenerate, since no variant can then learn r* in the budget. Checked
+    # on prompts of the world's own, never the held-out ones, and never on a variant's result.
+    check_prompts = make_prompts(world, 128, random.Random(f"sft-check-{seed}"))
+    steps, reward = 0, 0.0
+    while steps < world.sft_max_steps:
+        chunk = world.sft_steps if steps == 0 else 300
+        train_language_model(model, tokenizer, world, world.sft_good_rate, chunk, rng)
+        steps += chunk
+        reward = mean_gold_reward(model, tokenizer, world, check_prompts, seed)
+        if reward >= world.sft_target:
+            break
     model.save_pretrained(init_dir)
     tokenizer.save_pretrained(init_dir)
+    atomic_write_json(directory / "sft.json", {"sft_steps": steps, "check_gold_reward": reward})
     return base_dir, init_dir
+
+
+def mean_gold_reward(model: LlamaForCausalLM, tokenizer, world: WorldSettings, prompts: list[str], seed: int) -> float:
+    replies = sample_replies(model, tokenizer, prompts, 2, seed)
+    rewards = [gold_reward(p, tokenizer.decode(r), world.words_per_topic) for p, g in zip(prompts, replies) for r in g]
+    return sum(rewards) / len(rewards)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -452,6 +471,7 @@ def build_world(world: WorldSettings, seed: int, directory: Path) -> SeedWorld:
         for r in group
     ]
     info = {
+        **json.loads((directory / "sft.json").read_text()),
         "seed_pairs": len(seed_rows),
         "seed_ties_skipped": seed_ties,
         "offline_pairs": len(offline_rows),

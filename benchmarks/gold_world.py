@@ -107,6 +107,11 @@ def aggregate(results: list[dict]) -> dict:
             row = {"variant": variant, "round": i}
             for metric in METRICS + LABEL_METRICS:
                 row[metric] = interval([value(res, variant, i, metric) for res in results])
+            # Seed by seed against the seed-only model: the worlds differ, the pairing removes that.
+            paired = [
+                (value(res, variant, i, "gold_reward"), value(res, "seed_only", 0, "gold_reward")) for res in results
+            ]
+            row["gold_vs_seed_only"] = interval([a - b for a, b in paired if a is not None and b is not None])
             table.append(row)
     differences = []
     for a, b in DIFFERENCES:
@@ -121,21 +126,21 @@ def aggregate(results: list[dict]) -> dict:
 def fmt(cell: dict | None, spec: str = ".3f") -> str:
     if not cell:
         return "–"
-    return f"{cell['mean']:{spec}} ± {cell['half_width']:{spec}}"
+    return f"{cell['mean']:{spec}} ± {cell['half_width']:{spec.lstrip('+')}}"
 
 
 def markdown(summary: dict, seeds: list[int], seconds: float) -> str:
     lines = [
         f"Seeds {', '.join(map(str, seeds))}: mean ± half-width of the 95% t-interval over seeds.",
         "",
-        "| variant | round | gold reward | win rate vs SFT | words | KL from pi_init | self-label acc. | smoothed "
-        "| smoothing precision | smoothing recall |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | round | gold reward | − seed only (paired) | win rate vs SFT | words | KL from pi_init "
+        "| self-label acc. | smoothed | smoothing precision | smoothing recall |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in summary["table"]:
         lines.append(
             f"| {goldworld.VARIANTS[row['variant']]} | {row['round']} | {fmt(row['gold_reward'])} | "
-            f"{fmt(row['win_rate_vs_sft'])} | {fmt(row['reply_words'], '.2f')} | {fmt(row['kl_from_init'], '.2f')} | "
+            f"{fmt(row['gold_vs_seed_only'], '+.3f')} | {fmt(row['win_rate_vs_sft'])} | {fmt(row['reply_words'], '.2f')} | {fmt(row['kl_from_init'], '.2f')} | "
             f"{fmt(row['self_label_accuracy'])} | {fmt(row['smoothed_fraction'])} | "
             f"{fmt(row['smoothing_precision'])} | {fmt(row['smoothing_recall'])} |"
         )
@@ -158,30 +163,36 @@ def markdown(summary: dict, seeds: list[int], seconds: float) -> str:
 
 
 def plot(summary: dict, path: Path) -> None:
+    """Left: held-out gold reward per round; right: the same, seed by seed minus the seed-only model."""
     import matplotlib  # noqa: PLC0415 - only for the figure
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    seed_row = next(r for r in summary["table"] if r["variant"] == "seed_only")
     for variant, label in goldworld.VARIANTS.items():
         rows = [r for r in summary["table"] if r["variant"] == variant and r["gold_reward"]]
         if not rows:
             continue
         if variant in goldworld.ROUND_VARIANTS and variant != "no_seed":
-            seed_row = next(r for r in summary["table"] if r["variant"] == "seed_only")
             rows = [seed_row, *rows]  # every SPA-style variant starts from the seed model
-        xs = [r["round"] for r in rows]
-        means = [r["gold_reward"]["mean"] for r in rows]
-        errors = [r["gold_reward"]["half_width"] for r in rows]
+        xs = [r["round"] + (0.04 * list(goldworld.VARIANTS).index(variant) - 0.16) for r in rows]
         style = "o-" if len(rows) > 1 else "s"
-        ax.errorbar(xs, means, yerr=errors, fmt=style, capsize=3, label=label)
-    ax.set_xlabel("round")
-    ax.set_ylabel("held-out gold reward (95% CI over seeds)")
-    ax.set_xticks(range(0, 4))
-    ax.legend(fontsize=7, loc="best")
+        for ax, key in zip(axes, ("gold_reward", "gold_vs_seed_only")):
+            cells = [r[key] for r in rows]
+            ax.errorbar(
+                xs, [c["mean"] for c in cells], yerr=[c["half_width"] for c in cells], fmt=style, capsize=3, label=label
+            )
+    axes[0].set_ylabel("held-out gold reward (mean, 95% CI over seeds)")
+    axes[1].set_ylabel("gold reward minus the seed-only model's, seed by seed")
+    axes[1].axhline(0.0, color="black", linewidth=0.8)
+    for ax in axes:
+        ax.set_xlabel("round")
+        ax.set_xticks(range(0, 4))
+    axes[0].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 

@@ -152,9 +152,9 @@ def test_json_parquet_and_saved_dataset(tmp_path):
 def test_missing_file_and_unknown_suffix(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         load_preferences(str(tmp_path / "nope.jsonl"))
-    (tmp_path / "d.csv").write_text("a,b\n")
+    (tmp_path / "d.xlsx").write_text("a,b\n")
     with pytest.raises(DataError, match="unsupported file type"):
-        load_preferences(str(tmp_path / "d.csv"))
+        load_preferences(str(tmp_path / "d.xlsx"))
 
 
 def test_limit(tmp_path):

@@ -164,7 +164,11 @@ def test_control_characters_and_mixed_scripts_pass_unchanged(tiny_model_dir, tmp
 FILE_CASES = [
     ("json-object-without-data", "d.json", '{"rows": []}', ["must be a list of records"]),
     ("broken-json-file", "d.json", '[{"prompt": "a",', ["not valid JSON"]),
-    ("unsupported-suffix", "d.csv", "prompt,chosen\n", ["unsupported file type '.csv'"]),
+    ("unsupported-suffix", "d.xlsx", "prompt,chosen\n", ["unsupported file type '.xlsx'"]),
+    ("csv-row-with-extra-cells", "d.csv", "prompt,chosen,rejected\na,b,c,d\n", ["line 2", "more cells than the 3"]),
+    ("csv-missing-column", "d.csv", "prompt,chosen\na,b\n", ["line 2", "'rejected'"]),
+    ("csv-label-not-a-number", "d.csv", "prompt,chosen,rejected,label\na,b,c,yes\n", ["line 2", "'label'"]),
+    ("gz-not-gzip", "d.jsonl.gz", "not gzip at all", ["d.jsonl.gz"]),
 ]
 
 

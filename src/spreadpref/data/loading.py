@@ -59,29 +59,143 @@ def iter_rows(source: str, *, split: str = "train", subset: str | None = None) -
     if source.startswith(BUILTIN_PREFIX):
         yield from _iter_builtin(source)
         return
+    if any(char in source for char in "*?["):
+        yield from _iter_files(_glob(source), source)
+        return
     path = Path(source).expanduser()
     if path.is_dir():
-        yield from _iter_saved_dataset(path, split)
-    elif path.is_file():
-        suffix = path.suffix.lower()
-        if suffix == ".jsonl":
-            yield from _iter_jsonl(path)
-        elif suffix == ".json":
-            yield from _iter_json(path)
-        elif suffix == ".parquet":
-            yield from _iter_parquet(path)
+        if (path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file():
+            yield from _iter_saved_dataset(path, split)
         else:
-            raise DataError(source, None, None, f"unsupported file type {suffix!r}; use .jsonl, .json or .parquet")
+            yield from _iter_files(_shards(path, split), source)
+    elif path.is_file():
+        yield from _iter_file(path)
     elif _looks_like_local_path(source):
         raise DataError(source, None, None, "no such file or directory")
     else:
         yield from _iter_hub(source, split, subset)
 
 
+# Data file types by their (last, or last two) suffixes; compressed JSON Lines as a hub download ships it.
+READERS = {
+    ".jsonl": "jsonl",
+    ".jsonl.gz": "jsonl",
+    ".jsonl.bz2": "jsonl",
+    ".jsonl.xz": "jsonl",
+    ".json": "json",
+    ".json.gz": "json",
+    ".parquet": "parquet",
+    ".csv": "csv",
+    ".tsv": "tsv",
+}
+SUPPORTED = ", ".join(READERS)
+
+
+def _kind(path: Path) -> str | None:
+    name = path.name.lower()
+    return next((kind for suffix, kind in READERS.items() if name.endswith(suffix)), None)
+
+
+def _iter_file(path: Path) -> Iterator[tuple[str, Any]]:
+    kind = _kind(path)
+    if kind == "jsonl":
+        yield from _iter_jsonl(path)
+    elif kind == "json":
+        yield from _iter_json(path)
+    elif kind == "parquet":
+        yield from _iter_parquet(path)
+    elif kind in ("csv", "tsv"):
+        yield from _iter_csv(path, "\t" if kind == "tsv" else ",")
+    else:
+        raise DataError(str(path), None, None, f"unsupported file type {path.suffix!r}; use {SUPPORTED}")
+
+
+def _iter_files(files: list[Path], source: str) -> Iterator[tuple[str, Any]]:
+    """Every data file in order; a location names the file when there are several."""
+    if not files:
+        raise DataError(source, None, None, f"no data files ({SUPPORTED}) found")
+    for file in files:
+        for location, row in _iter_file(file):
+            yield (f"{file.name}, {location}" if len(files) > 1 else location), row
+
+
+def _glob(pattern: str) -> list[Path]:
+    import glob  # noqa: PLC0415 - only for patterns
+
+    return sorted(Path(p) for p in glob.glob(str(Path(pattern).expanduser()), recursive=True) if _kind(Path(p)))
+
+
+def _shards(directory: Path, split: str) -> list[Path]:
+    """The data files of a folder of shards (a hub download: data/train-00000-of-00002.parquet, ...): those
+    of ``split`` when the file names say which split they hold, else all of them."""
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and _kind(p) and not p.name.startswith("."))
+    of_split = [
+        p for p in files if p.name.startswith(f"{split}-") or p.name.startswith(f"{split}.") or p.parent.name == split
+    ]
+    return of_split or files
+
+
+def _numbered_lines(handle, path: Path) -> Iterator[tuple[int, str]]:
+    """(number, line); a compressed file that is damaged or not what its suffix says is a DataError."""
+    import lzma  # noqa: PLC0415
+
+    number = 0
+    try:
+        for number, line in enumerate(handle, start=1):  # noqa: B007 - the count names the failing line
+            yield number, line
+    except (OSError, EOFError, lzma.LZMAError, UnicodeDecodeError) as err:
+        raise DataError(
+            str(path), f"line {number + 1}", None, f"cannot be read as {path.suffix} text ({type(err).__name__}: {err})"
+        ) from None
+
+
+def _open_text(path: Path):
+    """A text handle, decompressing .gz, .bz2 and .xz."""
+    import bz2  # noqa: PLC0415
+    import gzip  # noqa: PLC0415
+    import lzma  # noqa: PLC0415
+
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix.lower())
+    if opener is None:
+        return open(path, encoding="utf-8")  # noqa: SIM115 - the caller closes it
+    return opener(path, "rt", encoding="utf-8")
+
+
+# CSV and TSV cells are text; these columns hold numbers, so a cell that reads as one becomes one.
+NUMERIC_COLUMNS = {"label", "weight", "ref_chosen_logps", "ref_rejected_logps", "score_chosen", "score_rejected"}
+
+
+def _iter_csv(path: Path, delimiter: str) -> Iterator[tuple[str, Any]]:
+    import csv  # noqa: PLC0415
+
+    csv.field_size_limit(64 * 1024 * 1024)  # long replies; the default 128 kB would stop at the first long cell
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        reader = csv.DictReader(handle, delimiter=delimiter)
+        if reader.fieldnames is None:
+            return
+        for row in reader:
+            if None in row:
+                yield (
+                    f"line {reader.line_num}",
+                    _Broken(f"more cells than the {len(reader.fieldnames)} columns of the header"),
+                )
+                continue
+            yield f"line {reader.line_num}", {key: _csv_value(key, value) for key, value in row.items()}
+
+
+def _csv_value(column: str, text: str | None) -> Any:
+    if text is None or text == "":
+        return None
+    if column in NUMERIC_COLUMNS:
+        try:
+            return float(text)
+        except ValueError:
+            return text  # the field's own check names it
+    return text
+
+
 def _looks_like_local_path(source: str) -> bool:
-    return (
-        source.startswith((".", "/", "~")) or source.endswith((".jsonl", ".json", ".parquet")) or source.count("/") > 1
-    )
+    return source.startswith((".", "/", "~")) or _kind(Path(source)) is not None or source.count("/") > 1
 
 
 def _iter_builtin(source: str) -> Iterator[tuple[str, Any]]:
@@ -94,8 +208,8 @@ def _iter_builtin(source: str) -> Iterator[tuple[str, Any]]:
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with _open_text(path) as handle:
+        for number, line in _numbered_lines(handle, path):
             if not line.strip():
                 continue
             try:
@@ -109,7 +223,8 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
 
 def _iter_json(path: Path) -> Iterator[tuple[str, Any]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        with _open_text(path) as handle:
+            data = json.loads(handle.read())
     except json.JSONDecodeError as err:
         raise DataError(str(path), f"line {err.lineno}", None, f"not valid JSON ({err.msg})") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):

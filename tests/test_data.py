@@ -48,7 +48,7 @@ def test_implicit_prompt_from_shared_conversation(tmp_path):
     (record,), report = load_preferences(str(write_jsonl(tmp_path / "d.jsonl", [row])))
     assert record.prompt == [USER] and record.chosen == "Blue." and record.rejected == "Seven."
     assert record.label == 1.0 and record.id == "line-1"
-    assert report.ignored_columns == ["prompt_id", "score_chosen"]
+    assert report.ignored_columns == ["prompt_id"]  # score_chosen is read when score_rejected is there too
 
 
 def test_implicit_multi_turn_without_prompt_column(tmp_path):

@@ -89,3 +89,57 @@ def test_prompts_from_a_csv(tmp_path):
     path.write_text("id,prompt\nq1,Tell me a joke.\nq2,Name a river.\n")
     prompts, _ = load_prompts(str(path))
     assert [p.id for p in prompts] == ["q1", "q2"] and prompts[1].prompt[-1]["content"] == "Name a river."
+
+
+# ---------------------------------------------------------------------------------------------
+# Formats inside the rows: HH-RLHF transcripts, TRL's implicit prompt, score columns
+
+
+def load_rows(tmp_path, rows, **kwargs):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(jsonl(rows))
+    return load_preferences(str(path), **kwargs)
+
+
+def test_hh_rlhf_transcripts_become_a_prompt_and_two_replies(tmp_path):
+    dialogue = "\n\nHuman: Hi, can you help me?\n\nAssistant: Sure.\n\nHuman: Name a colour."
+    [record], _ = load_rows(
+        tmp_path,
+        [{"chosen": dialogue + "\n\nAssistant: Blue.", "rejected": dialogue + "\n\nAssistant: No."}],
+    )
+    assert [m["role"] for m in record.prompt] == ["user", "assistant", "user"]
+    assert record.prompt[-1]["content"] == "Name a colour." and (record.chosen, record.rejected) == ("Blue.", "No.")
+
+
+def test_hh_rlhf_with_a_prompt_column_keeps_only_the_reply(tmp_path):
+    prompt = "\n\nHuman: Name a colour.\n\nAssistant:"
+    [record], _ = load_rows(
+        tmp_path,
+        [{"prompt": prompt, "chosen": prompt + " Blue.", "rejected": prompt + " No."}],
+    )
+    assert record.chosen == "Blue." and "Human" not in record.chosen and len(record.prompt) == 1
+
+
+def test_trl_implicit_prompt_string_pairs_take_the_shared_start_as_the_prompt(tmp_path):
+    [record], _ = load_rows(tmp_path, [{"chosen": "The sky is blue.", "rejected": "The sky is green."}])
+    assert record.prompt[-1]["content"] == "The sky is" and (record.chosen, record.rejected) == ("blue.", "green.")
+
+
+def test_plain_strings_without_a_prompt_or_a_shared_start_are_refused(tmp_path):
+    with pytest.raises(DataError, match="shared start"):
+        load_rows(tmp_path, [{"chosen": "Blue.", "rejected": "Green."}])
+
+
+def test_score_columns_drop_ties_and_follow_the_scores(tmp_path):
+    rows = [
+        dict(ROWS[0], id="a", score_chosen=5.0, score_rejected=3.0),
+        dict(ROWS[1], id="b", score_chosen=5.0, score_rejected=5.0),  # a tie: not a preference
+        dict(ROWS[0], id="c", score_chosen=2.0, score_rejected=4.5),  # the columns disagree with the scores
+    ]
+    records, report = load_rows(tmp_path, rows)
+    assert [(r.id, r.label) for r in records] == [("a", 1.0), ("c", 0.0)]
+    assert report.score_ties_dropped == 1 and "1 dropped as score ties" in report.summary()
+    soft, _ = load_rows(tmp_path, rows, scores="soft")
+    assert [round(r.label, 4) for r in soft] == [0.8808, 0.5, 0.0759]
+    ignored, _ = load_rows(tmp_path, rows, scores="ignore")
+    assert [r.label for r in ignored] == [1.0, 1.0, 1.0]

@@ -68,6 +68,8 @@ class ColumnMap(Section):
     id: str = "id"
     ref_chosen_logps: str = "ref_chosen_logps"
     ref_rejected_logps: str = "ref_rejected_logps"
+    score_chosen: str = "score_chosen"
+    score_rejected: str = "score_rejected"
 
 
 class DataSettings(Section):
@@ -84,6 +86,12 @@ class DataSettings(Section):
     max_length: int = Field(512, gt=1, description="Prompt + reply tokens.")
     max_prompt_length: int = Field(256, gt=0, description="The start of longer prompts is cut.")
     skip_invalid: bool = Field(False, description="Skip and count bad records instead of stopping.")
+    scores: Literal["drop_ties", "soft", "ignore"] = Field(
+        "drop_ties",
+        description="Rows with score columns (UltraFeedback's score_chosen / score_rejected): drop_ties: the label is "
+        "1 (or 0 when the scores disagree with the columns) and equal scores are dropped and counted; soft: label = "
+        "sigmoid(score_chosen - score_rejected); ignore: the label column alone decides.",
+    )
     limit: int | None = Field(None, gt=0, description="Use only the first N records.")
     seed_holdout: float = Field(
         0.2,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -274,8 +275,49 @@ class _Broken:
 # Normalisation of one row
 
 
+class ScoreTie(Exception):
+    """A row whose two scores are equal (data.scores=drop_ties): dropped and counted, not an error."""
+
+
+HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
+
+
+def is_transcript(value: Any) -> bool:
+    """An HH-RLHF style dialogue in one string: "\n\nHuman: ... \n\nAssistant: ..."."""
+    return isinstance(value, str) and value.lstrip(" ").startswith(("\n\nHuman:", "Human:")) and ASSISTANT in value
+
+
+def transcript_messages(text: str) -> list[Message]:
+    """The turns of an HH-RLHF transcript; a trailing empty "Assistant:" (a prompt column) is left out."""
+    text = "\n\n" + text.lstrip(" \n") if not text.startswith("\n\n") else text
+    parts = re.split(r"\n\n(Human|Assistant):", text)
+    messages = []
+    for speaker, content in zip(parts[1::2], parts[2::2]):
+        messages.append({"role": "user" if speaker == "Human" else "assistant", "content": content.strip()})
+    if messages and messages[-1]["role"] == "assistant" and not messages[-1]["content"]:
+        messages.pop()
+    return messages
+
+
+def shared_text_prefix(a: str, b: str) -> str:
+    """The longest common prefix of two strings, cut back to a word boundary (TRL's implicit prompt)."""
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    prefix = a[:n]
+    if n < min(len(a), len(b)) and not prefix.endswith((" ", "\n")):
+        cut = max(prefix.rfind(" "), prefix.rfind("\n"))
+        prefix = prefix[: cut + 1] if cut >= 0 else ""
+    return prefix
+
+
 def parse_preference(
-    row: Any, columns: ColumnMap, source: str, location: str, system_prompt: str | None = None
+    row: Any,
+    columns: ColumnMap,
+    source: str,
+    location: str,
+    system_prompt: str | None = None,
+    scores: str = "drop_ties",
 ) -> PreferenceRecord:
     if isinstance(row, _Broken):
         raise DataError(source, location, None, row.reason)
@@ -290,12 +332,28 @@ def parse_preference(
             raise fail(required, f"missing (columns present: {', '.join(map(str, row)) or 'none'})")
     chosen_raw, rejected_raw = row[columns.chosen], row[columns.rejected]
     prompt_raw = row.get(columns.prompt)
+    if is_transcript(chosen_raw) and is_transcript(rejected_raw):  # HH-RLHF: whole dialogues in strings
+        chosen_raw, rejected_raw = transcript_messages(chosen_raw), transcript_messages(rejected_raw)
+        if is_transcript(prompt_raw) or (isinstance(prompt_raw, str) and prompt_raw.strip().endswith("Assistant:")):
+            prompt_raw = transcript_messages(prompt_raw)
+    elif prompt_raw is None and isinstance(chosen_raw, str) and isinstance(rejected_raw, str):
+        # TRL's implicit-prompt language-modelling format: the prompt is the text both strings start with.
+        shared = shared_text_prefix(chosen_raw, rejected_raw)
+        if shared.strip():
+            prompt_raw, chosen_raw, rejected_raw = (
+                shared.strip(),
+                chosen_raw[len(shared) :],
+                rejected_raw[len(shared) :],
+            )
 
     if isinstance(chosen_raw, list) or isinstance(rejected_raw, list):
         prompt, chosen, rejected = _split_conversations(prompt_raw, chosen_raw, rejected_raw, columns, fail)
     else:
         if prompt_raw is None:
-            raise fail(columns.prompt, "missing; plain-string replies need an explicit prompt")
+            raise fail(
+                columns.prompt,
+                "missing; plain-string replies need an explicit prompt, or a shared start to take it from",
+            )
         prompt = _prompt_messages(prompt_raw, columns.prompt, fail)
         # Generated pairs carry their token ids; a reply that was only EOS has empty text, legitimately.
         allow_empty = _token_ids(row, fail) is not None
@@ -304,12 +362,19 @@ def parse_preference(
 
     prompt = _with_system_prompt(prompt, system_prompt)
     _check_roles(prompt, columns.prompt, fail)
+    label = _probability(row.get(columns.label, 1.0), columns.label, fail)
+    if scores != "ignore" and row.get(columns.score_chosen) is not None and row.get(columns.score_rejected) is not None:
+        label = _label_from_scores(
+            _number(row[columns.score_chosen], columns.score_chosen, fail),
+            _number(row[columns.score_rejected], columns.score_rejected, fail),
+            scores,
+        )
     return PreferenceRecord(
         id=_record_id(row, columns.id, location, fail),
         prompt=prompt,
         chosen=chosen,
         rejected=rejected,
-        label=_probability(row.get(columns.label, 1.0), columns.label, fail),
+        label=label,
         weight=_weight(row.get(columns.weight, 1.0), columns.weight, fail),
         chosen_truncated=_flag(row.get("chosen_truncated", False), "chosen_truncated", fail),
         rejected_truncated=_flag(row.get("rejected_truncated", False), "rejected_truncated", fail),
@@ -317,6 +382,15 @@ def parse_preference(
         ref_rejected_logps=_optional_logp(row.get(columns.ref_rejected_logps), columns.ref_rejected_logps, fail),
         token_ids=_token_ids(row, fail),
     )
+
+
+def _label_from_scores(chosen: float, rejected: float, mode: str) -> float:
+    margin = chosen - rejected
+    if mode == "soft":
+        return 1.0 / (1.0 + math.exp(-margin)) if margin >= 0 else math.exp(margin) / (1.0 + math.exp(margin))
+    if margin == 0:
+        raise ScoreTie
+    return 1.0 if margin > 0 else 0.0
 
 
 def _token_ids(row: dict, fail) -> dict[str, list[int]] | None:
@@ -518,6 +592,7 @@ def load_preferences(
     skip_invalid: bool = False,
     limit: int | None = None,
     system_prompt: str | None = None,
+    scores: str = "drop_ties",
 ) -> tuple[list[PreferenceRecord], LoadReport]:
     columns = columns or ColumnMap()
     used = {
@@ -529,6 +604,8 @@ def load_preferences(
         columns.id,
         columns.ref_chosen_logps,
         columns.ref_rejected_logps,
+        columns.score_chosen,
+        columns.score_rejected,
         "chosen_truncated",
         "rejected_truncated",
         *TOKEN_COLUMNS,
@@ -540,7 +617,7 @@ def load_preferences(
         skip_invalid,
         limit,
         used,
-        lambda row, loc: parse_preference(row, columns, source, loc, system_prompt),
+        lambda row, loc: parse_preference(row, columns, source, loc, system_prompt, scores),
     )
 
 
@@ -554,6 +631,7 @@ def load_training_preferences(data: DataSettings) -> tuple[list[PreferenceRecord
         skip_invalid=data.skip_invalid,
         limit=data.limit,
         system_prompt=data.system_prompt,
+        scores=data.scores,
     )
 
 
@@ -592,6 +670,9 @@ def _load(source, split, subset, skip_invalid, limit, used_columns, parse):
             record = parse(row, location)
             if record.id in seen_ids:
                 raise DataError(source, location, "id", f"duplicate id {record.id!r} (first at {seen_ids[record.id]})")
+        except ScoreTie:
+            report.score_ties_dropped += 1
+            continue
         except DataError as err:
             if not skip_invalid:
                 raise

@@ -51,12 +51,15 @@ class LoadReport:
     kept: int = 0
     skipped: int = 0
     skip_reasons: list[str] = field(default_factory=list)
+    score_ties_dropped: int = 0  # data.scores=drop_ties: rows whose two scores were equal
     ignored_columns: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         text = f"{self.source}: {self.kept} of {self.rows_read} records kept"
         if self.skipped:
             text += f", {self.skipped} skipped as invalid"
+        if self.score_ties_dropped:
+            text += f", {self.score_ties_dropped} dropped as score ties (data.scores=drop_ties)"
         if self.ignored_columns:
             text += f"; columns not used: {', '.join(self.ignored_columns)}"
         return text

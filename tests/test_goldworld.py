@@ -58,3 +58,42 @@ def test_spa_beats_the_seed_alone_in_the_reduced_gold_world(tmp_path):
     assert sum(spa) / 3 > sum(seed_only) / 3, (spa, seed_only)
     # The instruments ran: self-labels measured against the gold reward every round.
     assert all(row["self_label_accuracy"] is not None for r in results for row in r["variants"]["spa_dnd"])
+
+
+def _benchmark_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "gold_world.py"
+    spec = importlib.util.spec_from_file_location("gold_world_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fake_seed(seed, seed_only, spa_rounds):
+    row = {"gold_reward": 0.0, "win_rate_vs_sft": 0.5, "reply_words": 5.0, "kl_from_init": 0.0}
+    return {
+        "seed": seed,
+        "seconds": 60.0,
+        "variants": {
+            "sft": [dict(row, round=0, gold_reward=0.3)],
+            "seed_only": [dict(row, round=0, gold_reward=seed_only)],
+            "spa_dnd": [
+                dict(row, round=i + 1, gold_reward=g, self_label_accuracy=0.6) for i, g in enumerate(spa_rounds)
+            ],
+        },
+    }
+
+
+def test_the_benchmark_pairs_seeds_and_takes_the_final_round():
+    bench = _benchmark_module()
+    results = [_fake_seed(10, 0.40, [0.41, 0.45]), _fake_seed(11, 0.30, [0.30, 0.33])]
+    summary = bench.aggregate(results)
+    [diff] = [d for d in summary["differences"] if (d["a"], d["b"]) == ("spa_dnd", "seed_only")]
+    assert diff["per_seed"] == pytest.approx([0.05, 0.03]) and diff["wins"] == 2 and diff["n"] == 2
+    assert diff["half_width"] == pytest.approx(12.706 * (0.02 / math.sqrt(2)) / math.sqrt(2))
+    final = next(r for r in summary["table"] if r["variant"] == "spa_dnd" and r["round"] == 2)
+    assert final["gold_vs_seed_only"]["mean"] == pytest.approx(0.04)
+    text = bench.markdown(summary, [10, 11], 120.0)
+    assert "| SPA + refinement + DND | DPO on the seed only | +0.040" in text and "contains 0" in text

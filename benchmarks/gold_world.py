@@ -44,7 +44,13 @@ DIFFERENCES = [
     ("no_seed", "sft"),
 ]
 METRICS = ("gold_reward", "win_rate_vs_sft", "reply_words", "kl_from_init")
-LABEL_METRICS = ("self_label_accuracy", "smoothed_fraction", "smoothing_precision", "smoothing_recall")
+LABEL_METRICS = (
+    "self_label_accuracy",
+    "length_skew",
+    "smoothed_fraction",
+    "smoothing_precision",
+    "smoothing_recall",
+)
 
 
 def run_one_seed(seed: int, workdir: Path, out_file: Path, world: goldworld.WorldSettings) -> None:
@@ -134,14 +140,14 @@ def markdown(summary: dict, seeds: list[int], seconds: float) -> str:
         f"Seeds {', '.join(map(str, seeds))}: mean ± half-width of the 95% t-interval over seeds.",
         "",
         "| variant | round | gold reward | − seed only (paired) | win rate vs SFT | words | KL from pi_init "
-        "| self-label acc. | smoothed | smoothing precision | smoothing recall |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| self-label acc. | length skew | smoothed | smoothing precision | smoothing recall |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in summary["table"]:
         lines.append(
             f"| {goldworld.VARIANTS[row['variant']]} | {row['round']} | {fmt(row['gold_reward'])} | "
             f"{fmt(row['gold_vs_seed_only'], '+.3f')} | {fmt(row['win_rate_vs_sft'])} | {fmt(row['reply_words'], '.2f')} | {fmt(row['kl_from_init'], '.2f')} | "
-            f"{fmt(row['self_label_accuracy'])} | {fmt(row['smoothed_fraction'])} | "
+            f"{fmt(row['self_label_accuracy'])} | {fmt(row['length_skew'], '.2f')} | {fmt(row['smoothed_fraction'])} | "
             f"{fmt(row['smoothing_precision'])} | {fmt(row['smoothing_recall'])} |"
         )
     lines += [
@@ -218,6 +224,10 @@ def main() -> None:
     started = time.time()
     run_seeds(seeds, args.workdir, seeds_dir, args.jobs, args.reduced)
     results = [json.loads((seeds_dir / f"seed-{s}.json").read_text()) for s in seeds]
+    for result in results:  # files from before the length measurement: computed from the pairs on disk
+        if "seed_pairs_chosen_shorter" not in result["world"] and (args.workdir / f"seed-{result['seed']}").is_dir():
+            goldworld.add_length_skew(result, args.workdir / f"seed-{result['seed']}")
+            atomic_write_json(seeds_dir / f"seed-{result['seed']}.json", result)
     summary = aggregate(results)
     seconds = sum(r["seconds"] for r in results)
     document = {

@@ -580,10 +580,34 @@ def run_seed(
             rows.append(dict(evaluate(model_dir, name), round=i, **label_measurements(summary["rounds"][str(i)])))
         results["variants"][name] = rows
     results["seconds"] = round(time.perf_counter() - started + sw.info["seconds"], 1)
-    return results
+    return add_length_skew(results, sw.directory)
 
 
 OFFLINE_EPOCHS = 1  # one pass over as many labels as all rounds together, as each round makes one pass over its own
+
+
+def chosen_shorter(pairs_file: Path) -> float | None:
+    """Among a file's pairs whose replies differ in length, the share whose chosen reply is the shorter: 0.5
+    for labels that ignore length (the gold reward's are near it), far from it for a judge that learnt length."""
+    if not pairs_file.is_file():
+        return None
+    rows = [json.loads(line) for line in pairs_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lengths = [(len(r["chosen"].split()), len(r["rejected"].split())) for r in rows]
+    unequal = [(c, r) for c, r in lengths if c != r]
+    return sum(c < r for c, r in unequal) / len(unequal) if unequal else None
+
+
+def add_length_skew(result: dict[str, Any], seed_directory: Path) -> dict[str, Any]:
+    """Fill in ``chosen_shorter`` for the seed pairs and every round of every variant, from the files on disk."""
+    result["world"]["seed_pairs_chosen_shorter"] = chosen_shorter(seed_directory / "seed_pairs.jsonl")
+    for name, rows in result["variants"].items():
+        for row in rows:
+            if row["round"] > 0:
+                share = chosen_shorter(seed_directory / name / f"round-{row['round']}" / "pairs.jsonl")
+                row["chosen_shorter"] = share
+                # Direction-free: 0 when length does not predict the label, 1 when it always does.
+                row["length_skew"] = None if share is None else abs(2 * share - 1)
+    return result
 
 
 def label_measurements(row: dict[str, Any]) -> dict[str, Any]:

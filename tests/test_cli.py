@@ -232,3 +232,37 @@ def test_every_command_has_a_help_page(command):
     assert "Usage" in result.output
     if command == "inspect":
         assert "[PROMPT]" in result.output
+
+
+def test_trl_flags_get_a_hint_with_the_spreadpref_keys():
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "spreadpref", "train", "--model_name_or_path", "x", "--learning_rate=5e-7"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    message = " ".join(result.stderr.split())
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--model_name_or_path -> model.name_or_path=..." in message
+    assert "--learning_rate -> train.learning_rate=..." in message
+
+
+def test_a_refused_rerun_names_the_keys_that_changed(tiny_model_dir, pairs_file, tmp_path):
+    out = tmp_path / "run"
+    args = [
+        "train",
+        f"model.name_or_path={tiny_model_dir}",
+        f"data.train={pairs_file}",
+        "train.max_steps=1",
+        "data.max_length=64",
+        "data.max_prompt_length=32",
+        "--output",
+        str(out),
+    ]
+    assert runner.invoke(app, args).exit_code == 0
+    again = runner.invoke(app, [*args, "train.beta=0.2"])
+    message = " ".join(again.output.split())
+    assert again.exit_code == 2 and "train.beta: 0.1 -> 0.2" in message and "output_dir" not in message

@@ -394,7 +394,47 @@ def env() -> None:
         typer.echo(f"{key + ':':<24} {value}")
 
 
+# Flags of TRL's and transformers' scripts that users type by habit, and spreadpref's key for each.
+HABIT_FLAGS = {
+    "--model_name_or_path": "model.name_or_path=...",
+    "--dataset_name": "data.train=...",
+    "--dataset_config": "data.subset=...",
+    "--learning_rate": "train.learning_rate=...",
+    "--num_train_epochs": "train.num_epochs=...",
+    "--max_steps": "train.max_steps=...",
+    "--per_device_train_batch_size": "train.per_device_batch_size=...",
+    "--gradient_accumulation_steps": "train.gradient_accumulation_steps=...",
+    "--beta": "train.beta=...",
+    "--max_length": "data.max_length=...",
+    "--max_prompt_length": "data.max_prompt_length=...",
+    "--bf16": "model.dtype=bfloat16 train.mixed_precision=bf16",
+    "--report_to": "train.report_to=...",
+    "--lr_scheduler_type": "train.lr_scheduler=...",
+    "--warmup_ratio": "train.warmup_ratio=...",
+    "--gradient_checkpointing": "model.gradient_checkpointing=true",
+    "--use_peft": "model.lora.enabled=true",
+    "--lora_r": "model.lora.r=...",
+    "--seed": "seed=...",
+}
+
+
+def habit_hint(argv: list[str]) -> str | None:
+    """A hint for TRL-style flags, which spreadpref takes as dotted overrides instead."""
+    found = [arg.split("=", 1)[0] for arg in argv if arg.split("=", 1)[0] in HABIT_FLAGS]
+    if not found:
+        return None
+    pairs = "; ".join(f"{flag} -> {HABIT_FLAGS[flag]}" for flag in dict.fromkeys(found))
+    return (
+        f"spreadpref takes settings as dotted overrides, not TRL flags: {pairs}. "
+        "For example: spreadpref train model.name_or_path=my/model train.learning_rate=5e-7 -o runs/x "
+        "(`spreadpref config --reference` lists every key)."
+    )
+
+
 def main() -> None:
+    if hint := habit_hint(sys.argv[1:]):
+        error_console.print(f"[bold red]error:[/] {escape(hint)}", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_USER_ERROR)
     # Transformers' advisory warnings drown the progress bars; users can turn them back on.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if not progress_enabled():

@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from spreadpref.errors import ConfigError
+from spreadpref.errors import ConfigError, SpreadprefError
 from spreadpref.runtime.files import atomic_write_text
 
 EMBEDDED_MODEL = "embedded:SmolLM2-135M-Instruct"
@@ -139,6 +139,11 @@ class TrainSettings(Section):
         None, description="Reference for DPO; defaults to the starting policy (pi_init for the seed stage)."
     )
     evaluate_after: bool = Field(True, description="Score the training pairs with the trained policy at the end.")
+    keep_checkpoints: bool = Field(
+        False,
+        description="Keep the Trainer checkpoints (optimizer state: twice the model's size) of a finished stage; "
+        "false: removed once the stage's model is saved (they are only needed to resume an unfinished one).",
+    )
     group_by_length: bool = Field(
         True,
         description="Batches of pairs of similar length (less padding); false: shuffled, as the paper. Also "
@@ -612,6 +617,38 @@ def _describe_validation_error(err: ValidationError, source: str) -> str:
         shown = f" (got {_short_repr(got)})" if not isinstance(got, dict | list) else ""
         lines.append(f"  {where}: {item['msg']}{shown}")
     return "\n".join(lines)
+
+
+def changed_keys(old: Config, new: Config) -> list[str]:
+    """The dotted keys whose values differ between two configurations (output_dir aside), for messages."""
+
+    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(node, dict):
+            out: dict[str, Any] = {}
+            for key, value in node.items():
+                out.update(flat(value, f"{prefix}{key}."))
+            return out
+        return {prefix[:-1]: node}
+
+    a, b = flat(old.model_dump(mode="json")), flat(new.model_dump(mode="json"))
+    return [
+        f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
+        for k in sorted(set(a) | set(b))
+        if k != "output_dir" and a.get(k) != b.get(k)
+    ]
+
+
+def describe_changes(saved_config: Path, new: Config, limit: int = 8) -> str:
+    """' Changed since: a -> b, ...' against the config.yaml a run saved, or '' when it cannot be read."""
+    try:
+        old = load_config(saved_config)
+    except SpreadprefError:
+        return ""
+    changes = changed_keys(old, new)
+    if not changes:
+        return ""
+    more = f" and {len(changes) - limit} more" if len(changes) > limit else ""
+    return f" Changed since that run: {'; '.join(_short_repr(c, 120) for c in changes[:limit])}{more}."
 
 
 def _short_repr(value: Any, limit: int = 200) -> str:

@@ -87,6 +87,7 @@ def test_real_trainer_checkpoints_carry_the_file_list(tiny_model_dir, pairs_file
             "train.save_strategy=steps",
             "train.save_steps=1",
             "train.save_total_limit=3",
+            "train.keep_checkpoints=true",
             "train.per_device_batch_size=4",
             "train.gradient_accumulation_steps=1",
             "data.max_length=64",

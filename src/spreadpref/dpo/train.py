@@ -20,11 +20,12 @@ import torch
 from rich.table import Table
 from transformers import PreTrainedTokenizerBase, TrainingArguments, set_seed
 
-from spreadpref.config import Config, check_library_settings
+from spreadpref.config import Config, check_library_settings, describe_changes
 from spreadpref.data.loading import load_training_preferences
 from spreadpref.data.tokenize import TokenizedPair, tokenize_pairs
 from spreadpref.dpo.checkpoints import last_checkpoint, save_outputs
 from spreadpref.dpo.logprobs import score_pairs, training_precision
+from spreadpref.dpo.model_card import record_adapter_base, write_model_card
 from spreadpref.dpo.reference import compute_reference
 from spreadpref.dpo.refine import Refinement
 from spreadpref.dpo.trainer import PairCollator, SoftDPOTrainer, to_train_dataset
@@ -57,6 +58,7 @@ COSMETIC_TRAIN_KEYS = (
     "logprob_batch_size",
     "ref_cache_dir",
     "evaluate_after",
+    "keep_checkpoints",
 )
 
 
@@ -99,8 +101,8 @@ def _train_policy_locked(config: Config, out: Path, force: bool) -> TrainResult:
     if previous and previous.get("fingerprint") != fingerprint and not force:
         raise SpreadprefError(
             f"{out} already holds a train stage made with a different configuration "
-            f"(fingerprint {previous.get('fingerprint')} vs {fingerprint}). Use another output "
-            "directory, or --force to discard it and train again."
+            f"(fingerprint {previous.get('fingerprint')} vs {fingerprint}).{describe_changes(out / 'config.yaml', config)}"
+            " Use another output directory, or --force to discard it and train again."
         )
     if previous and previous.get("status") == "complete" and not force:
         console.print(f"[green]The train stage in {out} is already complete[/]; nothing to do (--force retrains).")
@@ -200,6 +202,13 @@ def train_on_pairs(
         atomic_write_json(out / "log_history.json", trainer.state.log_history)
         if refinement is not None:
             write_jsonl(out / REFINEMENT_FILE, trainer.refine_window.decisions)
+        if not config.train.keep_checkpoints:  # the model is saved; nothing left to resume (logs stay)
+            for checkpoint in (out / "checkpoints").glob("checkpoint-*"):
+                shutil.rmtree(checkpoint, ignore_errors=True)
+        stage = out.name if out.name != "train" else f"{out.parent.name}"
+        for saved in {outputs.get("model"), outputs.get("adapter")} - {None}:
+            record_adapter_base(Path(saved), config, start_model)
+            write_model_card(Path(saved), config, metrics, stage, start_model)
     if refinement is not None:
         outputs["refinement"] = str(out / REFINEMENT_FILE)
     metrics = distributed.broadcast_object(metrics)

@@ -28,7 +28,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from spreadpref.config import NAMED_REFERENCES, Config, check_library_settings
+from spreadpref.config import NAMED_REFERENCES, Config, check_library_settings, describe_changes
 from spreadpref.data.artifacts import JudgedSample, Pair, Sample
 from spreadpref.data.loading import load_prompts
 from spreadpref.data.records import PromptRecord
@@ -123,7 +123,7 @@ def _run_locked(config: Config, root: Path, force: bool) -> RunResult:
     )
     sizes = round_sizes(len(pool), config.loop.rounds, config.loop.prompts_per_round)
     fingerprints = stage_fingerprints(config, sizes)
-    _check_plan(root, manifest, fingerprints, force)
+    _check_plan(root, manifest, fingerprints, force, config)
     if all(_done(manifest, name, fp) for name, fp in fingerprints.items()):
         console.print(f"[green]The run in {root} is already complete[/]; nothing to do (--force redoes it).")
         summary = read_summary(root)
@@ -191,14 +191,14 @@ def _stage_paths(root: Path, name: str) -> list[Path]:
     return stage_paths(root / round_name, ROUND_STAGES[stage])
 
 
-def _check_plan(root: Path, manifest: Manifest, fingerprints: dict[str, str], force: bool) -> None:
+def _check_plan(root: Path, manifest: Manifest, fingerprints: dict[str, str], force: bool, config: Config) -> None:
     names = list(fingerprints)
     stale = [n for n in names if manifest.stage(n) and manifest.stage(n).get("fingerprint") != fingerprints[n]]
     if stale and not force:
         raise SpreadprefError(
-            f"{root} holds stages made with a different configuration: {', '.join(stale)}. "
-            f"Re-running would mix the two. Use another output directory, or --force to discard "
-            f"{stale[0]} and everything after it."
+            f"{root} holds stages made with a different configuration: {', '.join(stale)}."
+            f"{describe_changes(root / 'config.yaml', config)} Re-running would mix the two. Use another output "
+            f"directory, or --force to discard {stale[0]} and everything after it."
         )
     if not force:
         return

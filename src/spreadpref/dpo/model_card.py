@@ -1,0 +1,104 @@
+"""A model card (README.md) in every model directory spreadpref saves: what it was trained from, on what,
+how, with which results, and how to load it. Hub conventions: YAML front matter, then Markdown."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from spreadpref.config import EMBEDDED_MODEL, Config
+from spreadpref.runtime.files import atomic_write_text
+
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the embedded GGUF was converted from
+
+
+def base_model_id(config: Config, start_model: str | None = None) -> str:
+    """The base model as others can find it: the hub id of the embedded model, a hub id as given, a local path
+    as given (the card then says so)."""
+    name = start_model or config.model.name_or_path
+    if name == EMBEDDED_MODEL or name.lower().startswith("embedded"):
+        return EMBEDDED_HUB_ID
+    return name
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
+
+
+def model_card(config: Config, metrics: dict[str, Any], stage: str, start_model: str | None = None) -> str:
+    base = base_model_id(config)  # the model the run started from (pi_init); a round starts from pi_{i-1}
+    front = ["---", "library_name: transformers", "tags:", "- spreadpref", "- dpo", "- spa"]
+    if _looks_like_hub_id(base):
+        front.append(f"base_model: {base}")
+    front.append("---")
+    shown = {
+        key: metrics[key]
+        for key in (
+            "train_loss",
+            "global_steps",
+            "final/rewards_accuracy",
+            "final/rewards_margins",
+            "smoothed_fraction",
+        )
+        if metrics.get(key) is not None
+    }
+    settings = {
+        "beta": config.train.beta,
+        "learning_rate": config.train.learning_rate,
+        "epochs": config.train.num_epochs,
+        "effective batch (per device x accumulation)": config.train.per_device_batch_size
+        * config.train.gradient_accumulation_steps,
+        "label_smoothing": config.train.label_smoothing,
+        "lora": config.model.lora.enabled,
+        "dtype": config.model.dtype,
+        "seed": config.seed,
+    }
+    lines = [
+        *front,
+        "",
+        f"# {stage}: DPO with spreadpref",
+        "",
+        f"Fine-tuned from **{base}**{'' if _looks_like_hub_id(base) else ' (a local model)'} with spreadpref: "
+        + (
+            f"a round of Spread Preference Annotation, DPO on pairs the model labelled itself, starting from {start_model}."
+            if stage.startswith("round")
+            else "DPO on labelled preference pairs."
+        ),
+        "",
+        f"- Data: `{config.data.train if not stage.startswith('round') else config.data.prompts}`",
+        f"- Settings: {json.dumps(settings)}",
+        f"- Metrics: {json.dumps(shown) if shown else 'none recorded'}",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        'path = "<this directory or its hub id>"',
+        "tokenizer = AutoTokenizer.from_pretrained(path)",
+        "model = AutoModelForCausalLM.from_pretrained(path)",
+        'messages = [{"role": "user", "content": "Hello!"}]',
+        "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors='pt', return_dict=True)",
+        "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=64)[0]))",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_model_card(
+    directory: Path, config: Config, metrics: dict[str, Any], stage: str, start_model: str | None = None
+) -> None:
+    if Path(directory).is_dir():
+        atomic_write_text(Path(directory) / "README.md", model_card(config, metrics, stage, start_model))
+
+
+def record_adapter_base(directory: Path, config: Config, start_model: str | None = None) -> None:
+    """In a saved LoRA adapter, name the base model by its hub id when known, not a local cache path."""
+    adapter_config = Path(directory) / "adapter_config.json"
+    if not adapter_config.is_file():
+        return
+    data = json.loads(adapter_config.read_text())
+    base = base_model_id(config, start_model)
+    if _looks_like_hub_id(base) and data.get("base_model_name_or_path") != base and not start_model:
+        data["base_model_name_or_path"] = base
+        atomic_write_text(adapter_config, json.dumps(data, indent=2) + "\n")

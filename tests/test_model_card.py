@@ -1,0 +1,40 @@
+"""Every saved model directory carries a model card; an adapter names its base by hub id when known."""
+
+import json
+
+from spreadpref.config import load_config
+from spreadpref.dpo.model_card import EMBEDDED_HUB_ID, model_card, record_adapter_base
+from spreadpref.dpo.train import train_policy
+
+
+def test_a_trained_model_directory_has_a_card_with_base_data_settings_metrics_and_usage(
+    tiny_model_dir, pairs_file, tmp_path
+):
+    out = tmp_path / "trained"
+    config = load_config(
+        None,
+        [
+            f"model.name_or_path={tiny_model_dir}",
+            f"data.train={pairs_file}",
+            f"output_dir={out}",
+            "train.max_steps=1",
+            "data.max_length=64",
+            "data.max_prompt_length=32",
+        ],
+    )
+    train_policy(config)
+    card = (out / "model" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers")
+    assert str(tiny_model_dir) in card and str(pairs_file) in card
+    assert '"beta": 0.1' in card and "train_loss" in card and "AutoModelForCausalLM.from_pretrained" in card
+    assert "base_model:" not in card  # a local path is not a hub id
+
+
+def test_the_embedded_model_is_named_by_its_hub_id(tmp_path):
+    config = load_config(None)
+    assert f"base_model: {EMBEDDED_HUB_ID}" in model_card(config, {}, "seed")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/root/.cache/x/embedded"}))
+    record_adapter_base(adapter, config)
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == EMBEDDED_HUB_ID

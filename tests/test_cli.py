@@ -221,7 +221,7 @@ def test_eval_command_writes_results_and_names_a_bad_judge(tiny_model_dir, tmp_p
 
 def test_report_command_needs_a_run_directory(tmp_path):
     result = runner.invoke(app, ["report", str(tmp_path)])
-    assert result.exit_code == 2 and "not a spreadpref run directory" in result.output
+    assert result.exit_code == 2 and "not a spreadpref run or train directory" in result.output
 
 
 @pytest.mark.parametrize("command", ["run", "train", "generate", "judge", "eval", "report", "inspect", "config", "env"])

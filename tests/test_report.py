@@ -53,10 +53,11 @@ def test_loop_with_an_external_judge_labels_pairs_by_it_and_ends_with_a_report(t
     results = json.loads((out / "eval" / "eval.json").read_text())
     assert set(results["models"]) == {"sft", "seed", "round-1", "round-2"}
     report = (out / "report.md").read_text()
-    for name in ("margins.png", "label_quality.png", "reply_length.png", "win_rate.png"):
+    for name in ("training.png", "margins.png", "label_quality.png", "reply_length.png", "win_rate.png"):
         assert f"(plots/{name})" in report
         assert (out / "plots" / name).read_bytes().startswith(PNG)
     assert "| 2 | reward_model |" in report and "## Evaluation" in report
+    assert "## Warnings" in report and "## Example pairs" in report and "**Round 1**, prompt:" in report
 
 
 def test_report_plots_refinement_from_the_training_logs(tmp_path):
@@ -156,3 +157,47 @@ def test_a_gold_judge_measures_the_self_labels_without_changing_training(tiny_mo
     assert "held-out agree (95% CI)" in report and "self-label acc (gold, 95% CI)" in report
     for name in ("label_quality.png", "noise_detection.png", "accuracy_by_margin.png"):
         assert f"(plots/{name})" in report and (out / "plots" / name).read_bytes().startswith(PNG)
+
+
+def test_a_train_directory_gets_a_report_with_training_and_held_out_curves(tiny_model_dir, pairs_file, tmp_path):
+    from typer.testing import CliRunner
+
+    from spreadpref.cli import app
+
+    out = tmp_path / "trained"
+    args = [
+        "train",
+        f"model.name_or_path={tiny_model_dir}",
+        f"data.train={pairs_file}",
+        "data.eval_fraction=0.25",
+        "train.eval_steps=1",
+        "train.max_steps=3",
+        "train.per_device_batch_size=4",
+        "train.gradient_accumulation_steps=1",
+        "data.max_length=64",
+        "data.max_prompt_length=32",
+        "--output",
+        str(out),
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = (out / "report.md").read_text()  # written at the end of `spreadpref train`
+    assert "| held-out pairs | 4 |" in report and "(plots/training.png)" in report and "## Warnings" in report
+    assert (out / "plots" / "training.png").read_bytes().startswith(PNG)
+    (out / "report.md").unlink()
+    again = CliRunner().invoke(app, ["report", str(out)])
+    assert again.exit_code == 0 and (out / "report.md").is_file()
+
+
+def test_warnings_name_cut_off_replies_inactive_smoothing_and_falling_held_out_accuracy(tmp_path):
+    from spreadpref.eval.report import training_warnings
+
+    history = tmp_path / "log_history.json"
+    history.write_text(
+        json.dumps([{"step": s, "eval/rewards/accuracies": a} for s, a in [(1, 0.5), (2, 0.8), (3, 0.6)]])
+    )
+    summary = {"rounds": {"1": {"round": 1, "cut_off_fraction": 0.9, "smoothed_fraction": 0.0, "pairs": 5}}}
+    warnings = " ".join(training_warnings(tmp_path, summary, [("seed", history)]))
+    assert "90% of the replies were cut off" in warnings
+    assert "smoothed no label" in warnings
+    assert "held-out reward accuracy fell from 0.80 to 0.60" in warnings

@@ -93,6 +93,16 @@ class DataSettings(Section):
         "sigmoid(score_chosen - score_rejected); ignore: the label column alone decides.",
     )
     limit: int | None = Field(None, gt=0, description="Use only the first N records.")
+    eval: str | None = Field(
+        None, description="Held-out labelled pairs (any format of data.train), scored while training: eval/ metrics."
+    )
+    eval_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="`spreadpref train`: share of data.train held out and scored while training (when data.eval is "
+        "not set). `spreadpref run` scores the seed pairs of data.seed_holdout instead.",
+    )
     seed_holdout: float = Field(
         0.2,
         ge=0.0,
@@ -139,6 +149,9 @@ class TrainSettings(Section):
         None, description="Reference for DPO; defaults to the starting policy (pi_init for the seed stage)."
     )
     evaluate_after: bool = Field(True, description="Score the training pairs with the trained policy at the end.")
+    eval_steps: int | None = Field(
+        None, gt=0, description="Score the held-out pairs every N optimizer steps; default ten times a stage."
+    )
     keep_checkpoints: bool = Field(
         False,
         description="Keep the Trainer checkpoints (optimizer state: twice the model's size) of a finished stage; "

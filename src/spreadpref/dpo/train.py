@@ -7,6 +7,7 @@ resume), ``model/`` (full model, or merged LoRA) and ``adapter/`` (LoRA only).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import resource
 import shutil
@@ -21,9 +22,10 @@ from rich.table import Table
 from transformers import PreTrainedTokenizerBase, TrainingArguments, set_seed
 
 from spreadpref.config import Config, check_library_settings, describe_changes
-from spreadpref.data.loading import load_training_preferences
+from spreadpref.data.loading import load_preferences, load_training_preferences
 from spreadpref.data.tokenize import TokenizedPair, tokenize_pairs
 from spreadpref.dpo.checkpoints import last_checkpoint, save_outputs
+from spreadpref.dpo.held_out import HeldOutEvaluation, split_held_out
 from spreadpref.dpo.logprobs import score_pairs, training_precision
 from spreadpref.dpo.model_card import record_adapter_base, write_model_card
 from spreadpref.dpo.reference import compute_reference
@@ -120,9 +122,16 @@ def _train_policy_locked(config: Config, out: Path, force: bool) -> TrainResult:
     set_seed(config.seed)
     tokenizer = load_tokenizer(config.model)
     pairs, data_info = prepare_pairs(config, tokenizer)
+    pairs, held_out = held_out_pairs(config, tokenizer, pairs)
+    data_info.update(pairs=len(pairs), held_out=len(held_out))
     manifest.update(STAGE, data=data_info)
     outputs, metrics = train_on_pairs(
-        config, tokenizer, pairs, out, on_reference=lambda info: manifest.update(STAGE, reference=info)
+        config,
+        tokenizer,
+        pairs,
+        out,
+        on_reference=lambda info: manifest.update(STAGE, reference=info),
+        held_out=held_out,
     )
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     metrics["peak_rss_gb"] = round(peak_rss_gb(), 2)
@@ -144,6 +153,7 @@ def train_on_pairs(
     refinement: Refinement | None = None,
     merge_lora: bool | None = None,
     on_reference=None,
+    held_out: list[TokenizedPair] | None = None,
 ) -> tuple[dict[str, str], dict[str, Any]]:
     """Train from ``start_model`` (default: config.model) on tokenised pairs; save under ``out``.
 
@@ -157,6 +167,9 @@ def train_on_pairs(
     ref_info = compute_reference(config, model, pairs, tokenizer.pad_token_id)
     if on_reference is not None:
         on_reference(ref_info)
+    if held_out:  # their reference is the same starting policy; copies, so the caller's pairs stay as they are
+        held_out = [dataclasses.replace(pair) for pair in held_out]
+        compute_reference(config, model, held_out, tokenizer.pad_token_id)
 
     trainer = build_trainer(
         config,
@@ -169,6 +182,17 @@ def train_on_pairs(
         group_by_length=group_by_length,
         refinement=refinement,
     )
+    if held_out:
+        evaluation = HeldOutEvaluation(
+            held_out,
+            tokenizer.pad_token_id,
+            config.train.beta,
+            config.train.logprob_batch_size,
+            config.train.eval_steps,
+            training_precision(config),
+        )
+        evaluation.trainer = trainer
+        trainer.add_callback(evaluation)
     checkpoint = last_checkpoint(out / "checkpoints")
     if checkpoint:
         console.print(f"Resuming training from {checkpoint}")
@@ -236,6 +260,21 @@ def prepare_pairs(config: Config, tokenizer: PreTrainedTokenizerBase) -> tuple[l
         "mean_label": sum(p.label for p in pairs) / len(pairs),
     }
     return pairs, info
+
+
+def held_out_pairs(
+    config: Config, tokenizer: PreTrainedTokenizerBase, pairs: list[TokenizedPair]
+) -> tuple[list[TokenizedPair], list[TokenizedPair]]:
+    """(trained, held out): the pairs of data.eval, or a seeded data.eval_fraction of the training pairs."""
+    data = config.data
+    if data.eval:
+        records, report = load_preferences(
+            data.eval, data.columns, split=data.split, skip_invalid=data.skip_invalid, system_prompt=data.system_prompt
+        )
+        console.print(f"Held out: {report.summary()}")
+        held_out, _ = tokenize_pairs(tokenizer, records, data.max_length, data.max_prompt_length, progress=False)
+        return pairs, held_out
+    return split_held_out(pairs, data.eval_fraction, config.seed)
 
 
 def checkpointing_arguments(enabled: bool) -> dict[str, Any]:

@@ -300,6 +300,135 @@ def plot_accuracy_by_margin(rows: list[dict[str, Any]], out: Path) -> bool:
     return True
 
 
+CURVES = (
+    ("loss", "loss", "eval/loss"),
+    ("reward margin", "rewards/margins", "eval/rewards/margins"),
+    ("reward accuracy", "rewards/accuracies", "eval/rewards/accuracies"),
+)
+
+
+def plot_training_curves(stages: list[tuple[str, Path]], out: Path) -> bool:
+    """Loss, margin and accuracy over optimizer steps, training and held-out, one line per stage."""
+    histories = [(name, _load_json(path) or []) for name, path in stages]
+    histories = [(name, h) for name, h in histories if any("loss" in row for row in h)]
+    if not histories:
+        return False
+    figure, axes = _figure((13, 3.4), 1, 3)
+    for axis, (title, train_key, eval_key) in zip(axes, CURVES):
+        for name, history in histories:
+            train = [(row["step"], row[train_key]) for row in history if train_key in row and "step" in row]
+            held = [(row["step"], row[eval_key]) for row in history if eval_key in row and "step" in row]
+            if train:
+                lines = axis.plot(*zip(*train), label=f"{name} (train)", alpha=0.8)
+                if held:
+                    axis.plot(*zip(*held), "o--", color=lines[0].get_color(), label=f"{name} (held out)")
+        axis.set_title(title)
+        axis.set_xlabel("optimizer step")
+    axes[0].legend(fontsize=7)
+    _save(figure, out)
+    return True
+
+
+def training_warnings(run_dir: Path, summary: dict[str, Any] | None, histories: list[tuple[str, Path]]) -> list[str]:
+    """Things a reader should look at: cut-off replies, smoothing never active, held-out accuracy falling."""
+    warnings = []
+    for row in _rounds(summary or {"rounds": {}}):
+        if (row.get("cut_off_fraction") or 0) > 0.5:
+            warnings.append(
+                f"Round {row['round']}: {row['cut_off_fraction']:.0%} of the replies were cut off at "
+                "generation.max_new_tokens; raise it, or the pairs compare unfinished replies."
+            )
+        if row.get("smoothed_fraction") == 0:
+            warnings.append(
+                f"Round {row['round']}: self-refinement smoothed no label (a round shorter than the warm-up, or "
+                "refine.enabled=false); see docs/spa-method.md."
+            )
+        if row.get("pairs") == 0:
+            warnings.append(f"Round {row['round']}: no pairs (every prompt's replies tied or were identical).")
+    for name, path in histories:
+        held = [row["eval/rewards/accuracies"] for row in _load_json(path) or [] if "eval/rewards/accuracies" in row]
+        if len(held) >= 3 and held[-1] < max(held) - 0.1:
+            warnings.append(
+                f"{name}: held-out reward accuracy fell from {max(held):.2f} to {held[-1]:.2f} while training went "
+                "on: over-fitting to the labelled pairs; fewer epochs or a lower learning rate may help."
+            )
+    manifest = _load_json(run_dir / "manifest.json") or {}
+    for stage, entry in manifest.get("stages", {}).items():
+        data = entry.get("data") or {}
+        if data.get("replies_truncated"):
+            warnings.append(
+                f"{stage}: {data['replies_truncated']} replies were cut at data.max_length; the model learns from "
+                "their starts only."
+            )
+        if data.get("skipped_invalid"):
+            warnings.append(f"{stage}: {data['skipped_invalid']} invalid records were skipped (data.skip_invalid).")
+    return warnings
+
+
+def example_generations(run_dir: Path, rounds: list[int], per_round: int = 2, chars: int = 300) -> list[str]:
+    """A few chosen and rejected replies per round, as Markdown."""
+    lines: list[str] = []
+    for i in rounds:
+        path = run_dir / f"round-{i}" / Pair.FILE
+        if not path.is_file():
+            continue
+        for row in read_jsonl(path)[:per_round]:
+            prompt = row.get("prompt")
+            text = prompt[-1]["content"] if isinstance(prompt, list) and prompt else str(prompt or "")
+            lines += [
+                f"**Round {i}**, prompt: {_quote(text, chars)}",
+                "",
+                f"- chosen (margin {format_cell(row.get('margin'), '.2f')}): {_quote(row.get('chosen', ''), chars)}",
+                f"- rejected: {_quote(row.get('rejected', ''), chars)}",
+                "",
+            ]
+    return lines
+
+
+def _quote(text: str, chars: int) -> str:
+    text = " ".join(str(text).split())
+    return f"`{text[:chars]}{'…' if len(text) > chars else ''}`".replace("|", "\\|")
+
+
+def write_train_report(train_dir: Path) -> Path:
+    """``report.md`` for a `spreadpref train` directory: the stage's figures, curves and warnings."""
+    manifest = _load_json(train_dir / "manifest.json") or {}
+    entry = manifest.get("stages", {}).get("train", {})
+    metrics, data = entry.get("metrics") or {}, entry.get("data") or {}
+    histories = [("train", train_dir / "log_history.json")]
+    sections = [
+        f"# spreadpref train report: `{train_dir.name}`",
+        "",
+        f"Status: {entry.get('status', '–')}; model: `{(entry.get('outputs') or {}).get('model', '–')}`.",
+        "",
+        "| what | value |",
+        "|---|---|",
+        f"| pairs trained on | {data.get('pairs', '–')} |",
+        f"| held-out pairs | {data.get('held_out', 0)} |",
+        f"| optimizer steps | {metrics.get('global_steps', '–')} |",
+        f"| mean train loss | {format_cell(metrics.get('train_loss'), '.4f')} |",
+        f"| reward accuracy on the training pairs | {format_cell(metrics.get('final/rewards_accuracy'), '.3f')} |",
+        f"| wall time (s) | {format_cell(metrics.get('seconds'), '.0f')} |",
+        "",
+    ]
+    if plot_training_curves(histories, train_dir / "plots" / "training.png"):
+        sections += ["## Training", "", "![Training](plots/training.png)", "", _CURVES_CAPTION, ""]
+    sections += _warnings_section(training_warnings(train_dir, None, histories))
+    out = train_dir / "report.md"
+    atomic_write_text(out, "\n".join(sections) + "\n")
+    return out
+
+
+_CURVES_CAPTION = (
+    "Loss, reward margin and reward accuracy per optimizer step (the Trainer's logged values) and, dashed, on "
+    "held-out pairs never trained on (data.eval, data.eval_fraction, or the seed pairs of data.seed_holdout)."
+)
+
+
+def _warnings_section(warnings: list[str]) -> list[str]:
+    return ["## Warnings", "", *([f"- {w}" for w in warnings] or ["None."]), ""]
+
+
 def write_report(run_dir: Path) -> Path:
     """Write ``report.md`` and ``plots/*.png`` for a run directory; returns the report's path."""
     summary = _load_json(run_dir / "summary.json") or {"rounds": {}}
@@ -375,9 +504,23 @@ def write_report(run_dir: Path) -> Path:
                 f"{results.get('prompts')} held-out prompts.",
             )
         )
+    histories = [("seed", run_dir / "seed" / "log_history.json")] + [
+        (f"round {i}", run_dir / f"round-{i}" / "train" / "log_history.json") for i in rounds
+    ]
+    figures.insert(0, ("Training", "training.png", lambda p: plot_training_curves(histories, p), _CURVES_CAPTION))
     for title, name, draw, caption in figures:
         if draw(plots / name):
             sections += [f"## {title}", "", f"![{title}](plots/{name})", "", caption, ""]
+    sections += _warnings_section(training_warnings(run_dir, summary, histories))
+    examples = example_generations(run_dir, rounds)
+    if examples:
+        sections += [
+            "## Example pairs",
+            "",
+            "The first pairs of each round, as the judge labelled them.",
+            "",
+            *examples,
+        ]
     if results:
         sections += ["## Evaluation", "", *eval_markdown(results).splitlines()[2:]]
     out = run_dir / "report.md"

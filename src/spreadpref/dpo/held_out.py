@@ -1,0 +1,95 @@
+"""Held-out evaluation while training: the over-fitting signal when labels are few.
+
+Every ``train.eval_steps`` optimizer steps (default: ten times a stage) the policy scores the held-out
+pairs, never trained on, and the Trainer log gets TRL's names under ``eval/``: ``eval/loss`` (the same
+soft-label DPO loss), ``eval/rewards/accuracies``, ``eval/rewards/margins``, ``eval/rewards/chosen`` and
+``eval/rewards/rejected``. They reach TensorBoard or W&B with the training scalars, log_history.json, and
+the report's curves. Held-out pairs come from ``data.eval`` (a file) or ``data.eval_fraction`` of
+``data.train`` (``spreadpref train``); in ``spreadpref run`` the seed pairs held out by ``data.seed_holdout``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from transformers import TrainerCallback
+
+from spreadpref.data.tokenize import TokenizedPair
+from spreadpref.dpo.logprobs import forward_precision, score_pairs
+
+
+def split_held_out(
+    pairs: list[TokenizedPair], fraction: float, seed: int
+) -> tuple[list[TokenizedPair], list[TokenizedPair]]:
+    """(trained, held out): a seeded share ``fraction`` of the pairs, at least one, order kept."""
+    if fraction <= 0 or len(pairs) < 2:
+        return pairs, []
+    count = min(len(pairs) - 1, max(1, round(fraction * len(pairs))))
+    order = list(range(len(pairs)))
+    random.Random(f"spreadpref-eval-{seed}").shuffle(order)
+    held = set(order[:count])
+    return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]
+
+
+@torch.no_grad()
+def held_out_metrics(
+    model: torch.nn.Module,
+    pairs: Sequence[TokenizedPair],
+    pad_token_id: int,
+    beta: float,
+    batch_size: int,
+    precision: str = "no",
+) -> dict[str, float]:
+    """The soft-label DPO loss, reward accuracy and margins of ``model`` on ``pairs`` (reference log-probs given)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with forward_precision(precision, next(model.parameters()).device):
+            scored = score_pairs(model, pairs, pad_token_id, batch_size, description="Held-out pairs")
+    finally:
+        model.train(was_training)
+    ref_chosen = torch.tensor([p.ref_chosen_logps for p in pairs], dtype=torch.float64)
+    ref_rejected = torch.tensor([p.ref_rejected_logps for p in pairs], dtype=torch.float64)
+    chosen = beta * (scored.chosen.double() - ref_chosen)
+    rejected = beta * (scored.rejected.double() - ref_rejected)
+    margins = chosen - rejected
+    q = torch.tensor([p.label for p in pairs], dtype=torch.float64)
+    loss = -(q * F.logsigmoid(margins) + (1 - q) * F.logsigmoid(-margins))
+    return {
+        "eval/loss": float(loss.mean()),
+        "eval/rewards/accuracies": float((margins > 0).double().mean()),
+        "eval/rewards/margins": float(margins.mean()),
+        "eval/rewards/chosen": float(chosen.mean()),
+        "eval/rewards/rejected": float(rejected.mean()),
+        "eval/pairs": float(len(pairs)),
+    }
+
+
+class HeldOutEvaluation(TrainerCallback):
+    """Scores the held-out pairs every ``every`` optimizer steps (and at the last one) into the Trainer's log."""
+
+    def __init__(
+        self,
+        pairs: Sequence[TokenizedPair],
+        pad_token_id: int,
+        beta: float,
+        batch_size: int,
+        every: int | None,
+        precision: str,
+    ):
+        self.pairs, self.pad_token_id, self.beta, self.batch_size = list(pairs), pad_token_id, beta, batch_size
+        self.every, self.precision = every, precision
+        self.trainer = None  # set by the trainer that adds it: logging goes through Trainer.log
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        every = self.every or max(1, state.max_steps // 10)
+        if state.global_step % every == 0 or state.global_step == state.max_steps:
+            metrics = held_out_metrics(model, self.pairs, self.pad_token_id, self.beta, self.batch_size, self.precision)
+            if self.trainer is not None:
+                # Trainer.log clears control.should_log: keep this step's own training log.
+                should_log = control.should_log
+                self.trainer.log(metrics)
+                control.should_log = should_log

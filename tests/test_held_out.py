@@ -1,0 +1,84 @@
+"""Held-out evaluation while training: eval/ metrics on pairs never trained on, by hand and in a real stage."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from spreadpref.config import load_config
+from spreadpref.data.tokenize import TokenizedPair
+from spreadpref.dpo.held_out import held_out_metrics, split_held_out
+from spreadpref.dpo.train import train_policy
+
+
+def pair(i, label=1.0, ref=(-5.0, -5.0)):
+    return TokenizedPair(
+        id=f"p{i}",
+        prompt_ids=[1, 5, 6],
+        chosen_ids=[7, 8, 2],
+        rejected_ids=[9, 10, 2],
+        label=label,
+        ref_chosen_logps=ref[0],
+        ref_rejected_logps=ref[1],
+    )
+
+
+def test_the_split_is_seeded_keeps_order_and_holds_at_least_one():
+    pairs = [pair(i) for i in range(10)]
+    trained, held = split_held_out(pairs, 0.2, seed=3)
+    again, held_again = split_held_out(pairs, 0.2, seed=3)
+    assert [p.id for p in held] == [p.id for p in held_again] and len(held) == 2 and len(trained) == 8
+    assert [p.id for p in trained] == sorted((p.id for p in trained), key=lambda x: int(x[1:]))
+    assert split_held_out(pairs, 0.0, 3) == (pairs, [])
+    assert len(split_held_out(pairs[:3], 0.01, 3)[1]) == 1
+
+
+def test_the_metrics_are_the_soft_dpo_loss_and_reward_margins_by_hand(monkeypatch):
+    import spreadpref.dpo.held_out as module
+
+    class Scored:  # log pi(chosen) = -4, log pi(rejected) = -6 for both pairs
+        chosen = torch.tensor([-4.0, -4.0], dtype=torch.float64)
+        rejected = torch.tensor([-6.0, -6.0], dtype=torch.float64)
+
+    monkeypatch.setattr(module, "score_pairs", lambda *a, **k: Scored())
+    model = torch.nn.Linear(1, 1)
+    pairs = [pair(0, label=1.0), pair(1, label=0.75)]
+    metrics = held_out_metrics(model, pairs, 0, beta=0.5, batch_size=2)
+    margin = 0.5 * ((-4 + 5) - (-6 + 5))  # beta * z = 1.0
+    log_sig = -math.log1p(math.exp(-margin))
+    log_sig_neg = -math.log1p(math.exp(margin))
+    expected = (-(log_sig) + -(0.75 * log_sig + 0.25 * log_sig_neg)) / 2
+    assert metrics["eval/loss"] == pytest.approx(expected)
+    assert metrics["eval/rewards/margins"] == pytest.approx(1.0) and metrics["eval/rewards/accuracies"] == 1.0
+    assert metrics["eval/rewards/chosen"] == pytest.approx(0.5) and metrics["eval/rewards/rejected"] == pytest.approx(
+        -0.5
+    )
+
+
+def test_a_train_stage_logs_held_out_metrics_on_pairs_it_never_trains_on(tiny_model_dir, pairs_file, tmp_path):
+    out = tmp_path / "trained"
+    config = load_config(
+        None,
+        [
+            f"model.name_or_path={tiny_model_dir}",
+            f"data.train={pairs_file}",
+            f"output_dir={out}",
+            "data.eval_fraction=0.25",
+            "train.eval_steps=2",
+            "train.max_steps=4",
+            "train.per_device_batch_size=4",
+            "train.gradient_accumulation_steps=1",
+            "train.learning_rate=1e-3",
+            "data.max_length=64",
+            "data.max_prompt_length=32",
+        ],
+    )
+    train_policy(config)
+    logs = json.loads((out / "log_history.json").read_text())
+    evals = [row for row in logs if "eval/rewards/accuracies" in row]
+    assert [row["step"] for row in evals] == [2, 4]
+    assert [row["step"] for row in logs if "loss" in row] == [1, 2, 3, 4]  # the training log is still there
+    assert all(row["eval/pairs"] == 4 for row in evals)  # a quarter of 16
+    data = json.loads((out / "manifest.json").read_text())["stages"]["train"]["data"]
+    assert data["pairs"] == 12 and data["held_out"] == 4

@@ -202,7 +202,7 @@ def profile_path() -> Path:
     """The bundled CPU profile, which ``spreadpref run`` uses without ``--config``."""
     from importlib import resources
 
-    return Path(str(resources.files("spreadpref.resources").joinpath("default.yaml")))
+    return Path(str(resources.files("spreadpref").joinpath("configs", "spa-cpu.yaml")))
 
 
 def round_config(args: argparse.Namespace, extra: Sequence[str] = (), rounds: int = 1):

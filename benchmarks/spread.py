@@ -123,7 +123,7 @@ def model_source(args: argparse.Namespace) -> str:
 def load(overrides: list[str]):
     from spreadpref.config import load_config
 
-    return load_config(ROOT / "src" / "spreadpref" / "resources" / "default.yaml", overrides)
+    return load_config(ROOT / "src" / "spreadpref" / "configs" / "spa-cpu.yaml", overrides)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,13 +4,31 @@ The public API: :func:`run` (the SPA loop), :func:`train_policy` (one DPO stage)
 and :class:`Config`, and :func:`soft_dpo_loss`. The layers are described in docs/architecture.md.
 """
 
+from pathlib import Path
+from typing import Any
+
 from spreadpref import _moved
-from spreadpref.config import Config, load_config
+from spreadpref.config import Config
+from spreadpref.config import load_config as _load_config
 from spreadpref.dpo.loss import soft_dpo_loss
 
 __version__ = "0.1.0"
 
 _moved.install()
+
+
+DEFAULT_PROFILE = "spa-cpu"  # what the command line uses without --config
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """The configuration, as the command line builds it.
+
+    ``path``: a YAML file, or the name of a config shipped with the package (``"spa-cpu"``,
+    ``"zephyr-7b-spa"``, ``"configs/seed-cpu.yaml"`` also works outside the repository); None: the bundled
+    CPU profile on the embedded model, the CLI's default. ``overrides``: ``["train.beta=0.2"]`` or
+    ``{"train.beta": 0.2}``. (``spreadpref.config.load_config(None)`` gives the schema's bare defaults.)
+    """
+    return _load_config(DEFAULT_PROFILE if path is None else path, overrides)
 
 
 def train_policy(config: Config, force: bool = False):

@@ -36,7 +36,7 @@ Overrides = Annotated[
 
 
 def default_config_path() -> Path:
-    return Path(str(resources.files("spreadpref.resources").joinpath("default.yaml")))
+    return Path(str(resources.files("spreadpref").joinpath("configs", "spa-cpu.yaml")))
 
 
 def _load(config: Path | None, overrides: list[str] | None, output: Path | None = None):

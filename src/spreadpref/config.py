@@ -440,13 +440,39 @@ class Config(Section):
 # Loading and overrides
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Build a config from the defaults, an optional YAML file, then ``dotted.key=value`` overrides."""
+def shipped_config(name: str) -> Path | None:
+    """A config shipped with the package, by name (``spa-cpu``, ``zephyr-7b-spa.yaml``, ``configs/spa-cpu.yaml``)."""
+    from importlib import resources  # noqa: PLC0415 - only when a name is looked up
+
+    stem = Path(name).name
+    stem = stem if stem.endswith(".yaml") else f"{stem}.yaml"
+    candidate = Path(str(resources.files("spreadpref").joinpath("configs", stem)))
+    return candidate if candidate.is_file() else None
+
+
+def shipped_config_names() -> list[str]:
+    from importlib import resources  # noqa: PLC0415
+
+    directory = Path(str(resources.files("spreadpref").joinpath("configs")))
+    return sorted(p.stem for p in directory.glob("*.yaml"))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """Build a config from the defaults, an optional YAML file, then ``dotted.key=value`` overrides.
+
+    ``path`` may name a config shipped with the package (``"spa-cpu"``, ``"configs/zephyr-7b-spa.yaml"``)
+    when no such file exists here; ``overrides`` may be a dict (``{"train.beta": 0.2}`` or nested).
+    """
     raw: dict[str, Any] = {}
     source = "the defaults"
     if path is not None:
-        source = str(path)
-        raw = _read_yaml(Path(path))
+        resolved = Path(path)
+        if not resolved.is_file() and (shipped := shipped_config(str(path))) is not None:
+            resolved = shipped
+        source = str(resolved)
+        raw = _read_yaml(resolved)
+    if isinstance(overrides, dict):
+        overrides = _dict_overrides(overrides)
     for item in overrides or []:
         key, value = _split_override(item)
         _set_override(raw, key, value)
@@ -475,9 +501,33 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
     return sizes[id(node)]
 
 
+def _dict_overrides(overrides: dict[str, Any], prefix: str = "") -> list[str]:
+    """``{"train": {"beta": 0.2}, "loop.rounds": 1}`` -> ``["train.beta=0.2", "loop.rounds=1"]`` (YAML values)."""
+    items = []
+    for key, value in overrides.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value and _is_section_path(dotted):
+            items += _dict_overrides(value, f"{dotted}.")
+        else:
+            text = yaml.safe_dump(value, default_flow_style=True).strip()
+            items.append(f"{dotted}={text.removesuffix('...').strip()}")
+    return items
+
+
+def _is_section_path(dotted: str) -> bool:
+    model: type[BaseModel] | None = Config
+    for part in dotted.split("."):
+        if model is None or part not in model.model_fields:
+            return False
+        model = _section_type(model.model_fields[part].annotation)
+    return model is not None
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(
+            f"config file not found: {path} (shipped configs, by name: {', '.join(shipped_config_names())})"
+        )
     try:
         text = path.read_text(encoding="utf-8")
         root = yaml.compose(text, Loader=yaml.SafeLoader)

@@ -86,6 +86,9 @@ def test_seed_and_two_rounds_end_to_end(tiny_model_dir, loop_data, tmp_path):
         assert row.get(key) is not None, key
     assert 0.0 <= row["smoothed_fraction"] <= 1.0
     assert result.final_model == out / "round-2" / "train" / "model"
+    # The judge's pi_{i-1} log-probs are the round's reference: checked against the starting policy, they agree.
+    check = manifest.stage("round-1/train")["metrics"]["reference_check"]
+    assert not check["warned"] and check["median_nats"] < 1e-3
     logs = json.loads((out / "round-1" / "train" / "log_history.json").read_text())
     assert any("refine/threshold" in entry for entry in logs)
 

@@ -23,10 +23,11 @@ from transformers import PreTrainedTokenizerBase, TrainingArguments, set_seed
 
 from spreadpref.config import Config, check_library_settings, describe_changes
 from spreadpref.data.loading import load_preferences, load_training_preferences
+from spreadpref.data.sanity import describe, sanity_counts
 from spreadpref.data.tokenize import TokenizedPair, tokenize_pairs
 from spreadpref.dpo.checkpoints import last_checkpoint, save_outputs
 from spreadpref.dpo.held_out import HeldOutEvaluation, split_held_out
-from spreadpref.dpo.logprobs import score_pairs, training_precision
+from spreadpref.dpo.logprobs import forward_precision, score_pairs, training_precision
 from spreadpref.dpo.model_card import record_adapter_base, write_model_card
 from spreadpref.dpo.reference import compute_reference
 from spreadpref.dpo.refine import Refinement
@@ -164,7 +165,10 @@ def train_on_pairs(
     if config.train.disable_dropout:
         disable_dropout(model)
     model.to(resolve_device(config.model.device))
+    mismatch = reference_mismatch(config, model, pairs, tokenizer.pad_token_id)
     ref_info = compute_reference(config, model, pairs, tokenizer.pad_token_id)
+    if mismatch is not None:
+        ref_info["given_reference_mismatch"] = mismatch
     if on_reference is not None:
         on_reference(ref_info)
     if held_out:  # their reference is the same starting policy; copies, so the caller's pairs stay as they are
@@ -204,6 +208,7 @@ def train_on_pairs(
         raise SpreadprefError("training produced non-finite weights; the model was not saved")
 
     metrics: dict[str, Any] = {
+        **({"reference_check": mismatch} if mismatch is not None else {}),
         "train_loss": train_output.training_loss,
         "global_steps": train_output.global_step,
         "train_seconds": round(train_seconds, 1),
@@ -247,7 +252,11 @@ def prepare_pairs(config: Config, tokenizer: PreTrainedTokenizerBase) -> tuple[l
         console.print(f"  skipped: {reason}")
     pairs, truncation = tokenize_pairs(tokenizer, records, data.max_length, data.max_prompt_length)
     console.print(truncation.summary())
+    warnings = sanity_counts(records)
+    for line in describe(warnings, len(records)):
+        console.print(f"[yellow]Data check:[/] {line}")
     info = {
+        "warnings": warnings,
         "source": data.train,
         "rows_read": load_report.rows_read,
         "pairs": len(pairs),
@@ -260,6 +269,42 @@ def prepare_pairs(config: Config, tokenizer: PreTrainedTokenizerBase) -> tuple[l
         "mean_label": sum(p.label for p in pairs) / len(pairs),
     }
     return pairs, info
+
+
+MISMATCH_NATS = 0.1  # median |log pi_start - given reference| above this: not the starting policy's log-probs
+
+
+def reference_mismatch(
+    config: Config, model: torch.nn.Module, pairs: list[TokenizedPair], pad_token_id: int, sample: int = 16
+) -> dict[str, float] | None:
+    """When the data brings its own reference log-probs, compare a few with the starting policy's (the DPO
+    reference when none is configured): they should agree, or the margins are not zero before any update."""
+    if config.train.reference_model is not None:
+        return None
+    given = [p for p in pairs if p.ref_chosen_logps is not None and p.ref_rejected_logps is not None][:sample]
+    if not given:
+        return None
+    with forward_precision(training_precision(config), next(model.parameters()).device):
+        scored = score_pairs(
+            model, given, pad_token_id, config.train.logprob_batch_size, description="Checking the given reference"
+        )
+    differences = sorted(
+        abs(float(value) - ref)
+        for values, refs in (
+            (scored.chosen, [p.ref_chosen_logps for p in given]),
+            (scored.rejected, [p.ref_rejected_logps for p in given]),
+        )
+        for value, ref in zip(values.tolist(), refs)
+    )
+    median = differences[len(differences) // 2]
+    if median > MISMATCH_NATS:
+        console.print(
+            f"[yellow]Data check:[/] the reference log-probs given with the data differ from the starting policy's "
+            f"(median {median:.2f} nats over {len(given)} pairs): the DPO margins are not zero before the first update. "
+            "Were they computed with another model, tokenizer or chat template? Drop the ref_*_logps columns to have "
+            "them computed here."
+        )
+    return {"median_nats": round(median, 4), "pairs_checked": len(given), "warned": median > MISMATCH_NATS}
 
 
 def held_out_pairs(

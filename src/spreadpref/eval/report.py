@@ -15,6 +15,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from spreadpref.data.artifacts import Pair
+from spreadpref.data.sanity import describe
 from spreadpref.eval.evaluate import eval_markdown
 from spreadpref.runtime.files import atomic_path, atomic_write_text, read_jsonl
 from spreadpref.runtime.progress import format_cell
@@ -362,6 +363,14 @@ def training_warnings(run_dir: Path, summary: dict[str, Any] | None, histories: 
             )
         if data.get("skipped_invalid"):
             warnings.append(f"{stage}: {data['skipped_invalid']} invalid records were skipped (data.skip_invalid).")
+        total = data.get("pairs", 0) + data.get("held_out", 0)
+        warnings += [f"{stage}: {line}" for line in describe(data.get("warnings") or {}, total)]
+        mismatch = (entry.get("reference") or {}).get("given_reference_mismatch") or {}
+        if mismatch.get("warned"):
+            warnings.append(
+                f"{stage}: the reference log-probs given with the data differ from the starting policy's (median "
+                f"{mismatch['median_nats']} nats): the margins were not zero before training."
+            )
     return warnings
 
 

@@ -56,6 +56,16 @@ class ModelSettings(Section):
     trust_remote_code: bool = Field(False, description="Run model code from the hub; off unless you trust it.")
     attn_implementation: str | None = Field(None, description="e.g. sdpa, flash_attention_2, eager.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+    chat_template: str | None = Field(
+        None,
+        description="Override the tokenizer's chat template: a Jinja string, or a .jinja file. Saved with every "
+        "model trained, so the model keeps the template it learnt with.",
+    )
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra variables for the chat template, e.g. {enable_thinking: false}; applied everywhere the "
+        "template renders.",
+    )
     lora: LoraSettings = LoraSettings()
 
 

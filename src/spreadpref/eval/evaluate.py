@@ -117,6 +117,14 @@ def default_baseline(config: Config, targets: list[str]) -> Config:
     return config.model_copy(update={"model": config.model.model_copy(update={"name_or_path": start})})
 
 
+def _named_target(target: str) -> tuple[str, str] | None:
+    """``name=path``: a model evaluated under a name of the user's choosing (not a path that holds '=')."""
+    name, sep, path = target.partition("=")
+    if not sep or not name or not path or "/" in name or Path(target).exists():
+        return None
+    return name, path
+
+
 def model_targets(targets: list[str], config: Config) -> list[EvalModel]:
     """Run directories expand to their models; anything else is a model directory or hub id."""
     models: list[EvalModel] = []
@@ -127,6 +135,8 @@ def model_targets(targets: list[str], config: Config) -> list[EvalModel]:
                 EvalModel(f"{path.name}/{m.name}" if len(targets) > 1 else m.name, m.path)
                 for m in run_models(path, load_config(path / "config.yaml"))
             ]
+        elif (name := _named_target(target)) is not None:
+            models.append(EvalModel(*name))
         else:
             models.append(EvalModel(path.name or target, target))
     names = [m.name for m in models]

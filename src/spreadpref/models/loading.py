@@ -10,6 +10,7 @@ Hugging Face checkpoint.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -123,9 +124,31 @@ def load_tokenizer(settings: ModelSettings) -> PreTrainedTokenizerBase:
         raise ModelLoadError(f"could not load a tokenizer from {path!r}: {err}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if settings.chat_template:
+        tokenizer.chat_template = read_chat_template(settings.chat_template)
+    if settings.chat_template_kwargs:
+        # Every caller renders through this tokenizer, so the variables apply everywhere without threading them.
+        tokenizer.apply_chat_template = functools.partial(
+            tokenizer.apply_chat_template, **settings.chat_template_kwargs
+        )
     if settings.tokenizer:  # the model's own tokenizer fits it; a separate one is checked against the model
         check_tokenizer_fits_model(resolve_model_path(settings.name_or_path), tokenizer, settings)
     return tokenizer
+
+
+def read_chat_template(value: str) -> str:
+    """A chat template from ``model.chat_template``: the file it names, or the Jinja text itself."""
+    looks_like_file = value.endswith((".jinja", ".j2", ".txt")) and "{" not in value
+    if looks_like_file:
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise ModelLoadError(f"model.chat_template={value}: no such template file")
+        return path.read_text(encoding="utf-8")
+    if "{" not in value:
+        raise ModelLoadError(
+            f"model.chat_template={value[:80]!r} is neither a .jinja file nor a Jinja template (no {{ or {{%)"
+        )
+    return value
 
 
 def check_tokenizer_fits_model(path: str, tokenizer: PreTrainedTokenizerBase, settings: ModelSettings) -> None:

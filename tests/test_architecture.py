@@ -157,3 +157,12 @@ def test_the_readme_advertises_modules_that_exist():
     readme = (PACKAGE.parents[1] / "README.md").read_text()
     for name in sorted(set(re.findall(r"`(spreadpref(?:\.[a-z_]+)+)\.[A-Za-z_]+`", readme))):
         assert name in MODULES, f"the README names {name}, which is not a module"
+
+
+def test_the_api_page_is_generated_from_the_current_docstrings():
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "api_docs.py"
+    result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

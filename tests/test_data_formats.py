@@ -143,3 +143,11 @@ def test_score_columns_drop_ties_and_follow_the_scores(tmp_path):
     assert [round(r.label, 4) for r in soft] == [0.8808, 0.5, 0.0759]
     ignored, _ = load_rows(tmp_path, rows, scores="ignore")
     assert [r.label for r in ignored] == [1.0, 1.0, 1.0]
+
+
+def test_prompts_from_a_text_file_one_per_line(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("Tell me a joke.\n\nName a river.\n")
+    prompts, report = load_prompts(str(path))
+    assert [p.prompt[-1]["content"] for p in prompts] == ["Tell me a joke.", "Name a river."]
+    assert [p.id for p in prompts] == ["line-1", "line-3"] and report.kept == 2

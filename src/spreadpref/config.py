@@ -461,6 +461,7 @@ def shipped_config(name: str) -> Path | None:
 
 
 def shipped_config_names() -> list[str]:
+    """The names of the configs shipped with the package, for ``load_config(name)`` and ``--config NAME``."""
     from importlib import resources  # noqa: PLC0415
 
     directory = Path(str(resources.files("spreadpref").joinpath("configs")))

@@ -88,6 +88,7 @@ READERS = {
     ".parquet": "parquet",
     ".csv": "csv",
     ".tsv": "tsv",
+    ".txt": "text",  # prompts only: one per line
 }
 SUPPORTED = ", ".join(READERS)
 
@@ -107,6 +108,8 @@ def _iter_file(path: Path) -> Iterator[tuple[str, Any]]:
         yield from _iter_parquet(path)
     elif kind in ("csv", "tsv"):
         yield from _iter_csv(path, "\t" if kind == "tsv" else ",")
+    elif kind == "text":
+        yield from _iter_text(path)
     else:
         raise DataError(str(path), None, None, f"unsupported file type {path.suffix!r}; use {SUPPORTED}")
 
@@ -148,6 +151,14 @@ def _numbered_lines(handle, path: Path) -> Iterator[tuple[int, str]]:
         raise DataError(
             str(path), f"line {number + 1}", None, f"cannot be read as {path.suffix} text ({type(err).__name__}: {err})"
         ) from None
+
+
+def _iter_text(path: Path) -> Iterator[tuple[str, Any]]:
+    """A plain text file of prompts, one per line (blank lines skipped)."""
+    with _open_text(path) as handle:
+        for number, line in _numbered_lines(handle, path):
+            if line.strip():
+                yield f"line {number}", {"id": f"line-{number}", "prompt": line.rstrip("\n")}
 
 
 def _open_text(path: Path):
@@ -594,6 +605,11 @@ def load_preferences(
     system_prompt: str | None = None,
     scores: str = "drop_ties",
 ) -> tuple[list[PreferenceRecord], LoadReport]:
+    """Preference records from ``source`` (any format of the README's data section), validated row by row.
+
+    A bad row stops with its file, line and field, or, with ``skip_invalid``, is skipped and counted in the
+    report; ``scores`` turns score columns into labels (drop_ties, soft, ignore).
+    """
     columns = columns or ColumnMap()
     used = {
         columns.prompt,
@@ -645,6 +661,8 @@ def load_prompts(
     limit: int | None = None,
     system_prompt: str | None = None,
 ) -> tuple[list[PromptRecord], LoadReport]:
+    """Prompt records (chat messages and metadata) from ``source``: JSONL, JSON, CSV, Parquet, a .txt file
+    with one prompt per line, and so on; extra columns become each prompt's metadata (for the verifier)."""
     columns = columns or ColumnMap()
     return _load(
         source,

@@ -238,6 +238,8 @@ def tokenize_pairs(
     max_prompt_length: int,
     progress: bool = True,
 ) -> tuple[list[TokenizedPair], TruncationReport]:
+    """Token ids of every record through the chat template (prompt, then each reply with one EOS), cut to
+    ``max_length`` with the prompt's start dropped first; the report counts what was cut."""
     require_chat_template(tokenizer)
     report = TruncationReport()
     pairs = []

@@ -201,3 +201,13 @@ def test_warnings_name_cut_off_replies_inactive_smoothing_and_falling_held_out_a
     assert "90% of the replies were cut off" in warnings
     assert "smoothed no label" in warnings
     assert "held-out reward accuracy fell from 0.80 to 0.60" in warnings
+
+
+def test_a_perfect_agreement_plots_its_interval(tmp_path):
+    from spreadpref.eval.report import plot_label_quality
+    from spreadpref.eval.stats import wilson_interval
+
+    low, high = wilson_interval(64, 64)
+    assert low <= 1.0 <= high  # contains the rate, rounding included
+    rows = [{"round": 1, "held_out_agreement": 1.0, "held_out_agreement_ci": [0.94, 0.9999999999999998]}]
+    assert plot_label_quality(rows, tmp_path / "q.png")

@@ -246,8 +246,9 @@ def plot_label_quality(rows: list[dict[str, Any]], out: Path) -> bool:
 
 
 def _errorbar(axis: Any, x: list[int], y: list[float], intervals: list[Any], style: str, label: str) -> None:
-    low = [v - ci[0] if ci else 0.0 for v, ci in zip(y, intervals)]
-    high = [ci[1] - v if ci else 0.0 for v, ci in zip(y, intervals)]
+    # max(0, ...): intervals stored by older versions could miss their own rate by a rounding error.
+    low = [max(0.0, v - ci[0]) if ci else 0.0 for v, ci in zip(y, intervals)]
+    high = [max(0.0, ci[1] - v) if ci else 0.0 for v, ci in zip(y, intervals)]
     axis.errorbar(x, y, yerr=[low, high], fmt=style, capsize=3, label=label)
 
 

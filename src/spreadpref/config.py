@@ -399,6 +399,11 @@ class EvalSettings(Section):
 
 class Config(Section):
     output_dir: str = Field("runs/spreadpref", description="Where every output of the run goes.")
+    allow_existing_files: bool = Field(
+        False,
+        description="Write into an output directory that already holds files spreadpref did not write (refused by "
+        "default; nothing there is ever deleted).",
+    )
     seed: int = Field(42, description="Seeds data order, initialisation of LoRA adapters and sampling.")
     model: ModelSettings = ModelSettings()
     data: DataSettings = DataSettings()

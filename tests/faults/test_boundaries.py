@@ -254,3 +254,20 @@ def test_atomic_writes_leave_recognisable_temporaries(tmp_path, monkeypatch):
 def test_the_api_refuses_an_empty_output_dir():
     with pytest.raises(ConfigError, match="output_dir is empty"):
         load_config(None, ["output_dir="])
+
+
+def test_a_directory_with_the_users_own_files_is_refused_unless_allowed(tiny_model_dir, pairs_file, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    (mine / "old-results").mkdir()
+    result = runner.invoke(app, train_args(tiny_model_dir, pairs_file, mine))
+    assert_message(
+        result, 2, "already holds files spreadpref did not write (notes.txt, old-results/)", "allow_existing_files=true"
+    )
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt", "old-results"]  # nothing written, nothing lost
+    allowed = runner.invoke(app, [*train_args(tiny_model_dir, pairs_file, mine), "allow_existing_files=true"])
+    assert allowed.exit_code == 0, allowed.output
+    assert (mine / "notes.txt").read_text() == "my notes" and (mine / "model").is_dir()
+    again = runner.invoke(app, [*train_args(tiny_model_dir, pairs_file, mine)])  # now a spreadpref directory
+    assert again.exit_code == 0 and "already complete" in " ".join(again.output.split())

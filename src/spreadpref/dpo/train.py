@@ -87,7 +87,7 @@ def train_policy(config: Config, force: bool = False) -> TrainResult:
     The output directory is locked while it runs: a second process writing it is refused at once."""
     out = Path(config.output_dir)
     check_library_settings(config)
-    with directory_lock(out, "train"):
+    with directory_lock(out, "train", config.allow_existing_files):
         return _train_policy_locked(config, out, force)
 
 

@@ -265,7 +265,7 @@ def evaluate_models(config: Config, models: list[EvalModel], out_dir: Path, forc
     Answers and verdicts are cached per model name, so calling this again with more models only
     does the new ones, and eval.json keeps the earlier models' results. ``out_dir`` is locked meanwhile.
     """
-    with directory_lock(Path(out_dir), "eval"):
+    with directory_lock(Path(out_dir), "eval", config.allow_existing_files):
         return _evaluate_locked(config, models, out_dir, force)
 
 

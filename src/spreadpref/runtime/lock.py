@@ -43,13 +43,37 @@ def _holder(path: Path) -> str:
     )
 
 
+class ForeignFilesError(SpreadprefError):
+    pass
+
+
+def foreign_entries(directory: Path) -> list[str]:
+    """What is in ``directory`` when spreadpref never wrote there (no manifest.json): the user's own files."""
+    if not directory.is_dir() or (directory / "manifest.json").is_file():
+        return []
+    return sorted(p.name + ("/" if p.is_dir() else "") for p in directory.iterdir() if p.name != LOCK_FILE)
+
+
+def check_output_directory(directory: Path, allow_existing: bool) -> None:
+    """Refuse to write into a directory that holds files spreadpref did not write, unless allowed."""
+    found = foreign_entries(Path(directory))
+    if found and not allow_existing:
+        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        raise ForeignFilesError(
+            f"{directory} already holds files spreadpref did not write ({shown}). Use a new or empty output "
+            "directory, or set allow_existing_files=true to write beside them (nothing of yours is deleted)."
+        )
+
+
 @contextlib.contextmanager
-def directory_lock(directory: Path, command: str) -> Iterator[None]:
-    """Hold ``directory``'s lock for the body; refuse at once if another process holds it."""
+def directory_lock(directory: Path, command: str, allow_existing: bool = True) -> Iterator[None]:
+    """Hold ``directory``'s lock for the body; refuse at once if another process holds it, or (unless
+    ``allow_existing``) if the directory holds files spreadpref did not write."""
     if fcntl is None or not distributed.is_main():
         yield
         return
     directory = Path(directory)
+    check_output_directory(directory, allow_existing)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -105,7 +105,7 @@ def run(config: Config, force: bool = False) -> RunResult:
     The output directory is locked for the whole run: a second process writing it is refused at once."""
     root = Path(config.output_dir)
     check_library_settings(config)
-    with directory_lock(root, "run"):
+    with directory_lock(root, "run", config.allow_existing_files):
         return _run_locked(config, root, force)
 
 

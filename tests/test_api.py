@@ -45,3 +45,22 @@ def test_overrides_as_a_dict_dotted_or_nested():
     assert judge.judge.custom.kwargs == {"seed": 3}  # a dict-valued key is a value, not a section
     with pytest.raises(ConfigError, match="train.betta"):
         spreadpref.load_config(overrides={"train.betta": 0.2})
+
+
+def test_data_in_memory_as_a_list_or_a_dataset(tiny_model_dir, tmp_path):
+    import datasets
+
+    rows = [{"prompt": f"What is {i} plus {i}?", "chosen": f"{2 * i}.", "rejected": "Not sure."} for i in range(8)]
+    overrides = {
+        "model.name_or_path": str(tiny_model_dir),
+        "train.max_steps": 1,
+        "data.max_length": 64,
+        "data.max_prompt_length": 32,
+    }
+    config = spreadpref.config.load_config(None, {**overrides, "output_dir": str(tmp_path / "a")})
+    first = spreadpref.train_policy(config, train=rows)
+    assert (first.model_dir / "model.safetensors").is_file()
+    again = spreadpref.train_policy(config, train=datasets.Dataset.from_list(rows))  # same rows: same data file
+    assert again.skipped
+    with pytest.raises(spreadpref.errors.SpreadprefError, match="different configuration"):
+        spreadpref.train_policy(config, train=rows[:4])  # other rows: another configuration

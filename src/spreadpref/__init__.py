@@ -4,6 +4,9 @@ The public API: :func:`run` (the SPA loop), :func:`train_policy` (one DPO stage)
 and :class:`Config`, and :func:`soft_dpo_loss`. The layers are described in docs/architecture.md.
 """
 
+import hashlib
+import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +34,45 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
     return _load_config(DEFAULT_PROFILE if path is None else path, overrides)
 
 
-def train_policy(config: Config, force: bool = False):
-    """Run the train stage (DPO on ``config.data.train``); see :mod:`spreadpref.dpo.train`."""
+Rows = Iterable[dict[str, Any]]  # a list of dicts, a datasets.Dataset, any iterable of records
+
+
+def with_data(config: Config, field: str, rows: Rows) -> Config:
+    """``config`` with ``data.<field>`` set to in-memory rows, written once to a file named by their content
+    (so a resumed run finds them, and other rows are another configuration)."""
+    from spreadpref.models.loading import cache_root  # noqa: PLC0415 - torch loads with it
+    from spreadpref.runtime.files import atomic_write_text  # noqa: PLC0415
+
+    text = "".join(json.dumps(dict(row), ensure_ascii=False, default=str) + "\n" for row in rows)
+    path = cache_root() / "inline-data" / f"{field}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.jsonl"
+    if not path.is_file():
+        atomic_write_text(path, text)
+    return config.model_copy(update={"data": config.data.model_copy(update={field: str(path)})})
+
+
+def train_policy(config: Config, force: bool = False, *, train: Rows | None = None):
+    """Run the train stage (DPO on ``config.data.train``, or on ``train`` rows given here); see
+    :mod:`spreadpref.dpo.train`."""
     # Deferred: importing transformers' Trainer costs seconds, and `import spreadpref` should not.
     from spreadpref.dpo.train import train_policy as _train_policy  # noqa: PLC0415
 
+    if train is not None:
+        config = with_data(config, "train", train)
     return _train_policy(config, force=force)
 
 
-def run(config: Config, force: bool = False):
-    """Run SPA end to end: seed DPO, then ``config.loop.rounds`` rounds; see :mod:`spreadpref.spa.loop`."""
+def run(config: Config, force: bool = False, *, train: Rows | None = None, prompts: Rows | None = None):
+    """Run SPA end to end: seed DPO, then ``config.loop.rounds`` rounds; see :mod:`spreadpref.spa.loop`.
+
+    ``train`` (seed pairs) and ``prompts`` may be given in memory, as a list of dicts or a ``datasets.Dataset``
+    in any format ``data.train`` / ``data.prompts`` accept; they replace those settings.
+    """
     from spreadpref.spa.loop import run as _run  # noqa: PLC0415 - deferred, as above
 
+    if train is not None:
+        config = with_data(config, "train", train)
+    if prompts is not None:
+        config = with_data(config, "prompts", prompts)
     return _run(config, force=force)
 
 

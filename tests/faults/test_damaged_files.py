@@ -101,3 +101,42 @@ def test_real_trainer_checkpoints_carry_the_file_list(tiny_model_dir, pairs_file
     assert "optimizer.pt" in sizes and "trainer_state.json" in sizes
     (checkpoints[-1] / "optimizer.pt").write_bytes(b"cut")
     assert last_checkpoint(out / "checkpoints") == str(checkpoints[0])
+
+
+def test_a_damaged_file_of_a_finished_stage_is_rebuilt_the_same(tiny_model_dir, loop_data, tmp_path):
+    from test_loop import loop_overrides
+
+    from spreadpref.config import load_config
+    from spreadpref.runtime.manifest import Manifest
+    from spreadpref.spa.loop import run
+
+    seed, prompts = loop_data
+    out = tmp_path / "run"
+    base = loop_overrides(tiny_model_dir, seed, prompts, out)
+    run(load_config(None, [*base, "loop.rounds=1", "loop.prompts_per_round=[8]"]))
+    generations = out / "round-1" / "generations.jsonl"
+    original = generations.read_text()
+    judged_before = (out / "round-1" / "judged.jsonl").read_text()
+    generations.write_text(original[: len(original) // 2])  # cut mid-line, as a disk fault would
+    run(load_config(None, [*base, "loop.rounds=2", "loop.prompts_per_round=[8,8]"]))
+    assert generations.read_text() == original  # seeded: the same samples again
+    assert (out / "round-1" / "generations.jsonl.damaged").is_file()  # the damaged copy kept for a look
+    assert (out / "round-1" / "judged.jsonl").read_text() == judged_before  # finished stages after it kept
+    manifest = Manifest(out)
+    assert manifest.stage("round-1/judge")["attempts"] == 1 and manifest.stage("round-2/train")["status"] == "complete"
+
+
+@pytest.mark.parametrize("text", ["{", "[]", '{"stages": 3}', "\xff\xfe"])
+def test_a_damaged_manifest_names_itself_and_how_to_recover(tmp_path, text):
+    from typer.testing import CliRunner
+
+    from spreadpref.cli import app
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "manifest.json").write_text(text, encoding="latin-1")
+    result = CliRunner().invoke(app, ["run", "--output", str(out), "model.name_or_path=/nonexistent"])
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "manifest.json is damaged" in message and "allow_existing_files=true" in message
+    assert (out / "manifest.json").read_text(encoding="latin-1") == text  # left as it was, for the user to look at

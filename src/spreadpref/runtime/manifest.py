@@ -9,6 +9,7 @@ import datetime as _dt
 from pathlib import Path
 from typing import Any
 
+from spreadpref.errors import SpreadprefError
 from spreadpref.runtime import distributed
 from spreadpref.runtime.files import atomic_write_json, read_json
 
@@ -19,10 +20,28 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+class DamagedManifestError(SpreadprefError):
+    pass
+
+
 class Manifest:
     def __init__(self, directory: Path):
         self.path = Path(directory) / MANIFEST_NAME
-        self.data: dict[str, Any] = read_json(self.path) if self.path.is_file() else {"stages": {}}
+        self.data: dict[str, Any] = self._read() if self.path.is_file() else {"stages": {}}
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            data = read_json(self.path)
+            if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
+                raise ValueError("no 'stages' mapping")
+        except (ValueError, UnicodeDecodeError) as err:
+            raise DamagedManifestError(
+                f"{self.path} is damaged ({type(err).__name__}: {str(err)[:200]}). It records which stages finished, so "
+                f"nothing here can be resumed safely without it. Restore it from a backup, or move it aside (mv "
+                f"{self.path} {self.path}.damaged) and run the same command with allow_existing_files=true to redo "
+                "every stage in this directory."
+            ) from None
+        return data
 
     def stage(self, name: str) -> dict[str, Any] | None:
         return self.data["stages"].get(name)

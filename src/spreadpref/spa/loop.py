@@ -34,7 +34,7 @@ from spreadpref.data.loading import load_prompts
 from spreadpref.data.records import PromptRecord
 from spreadpref.dpo.train import COSMETIC_TRAIN_KEYS, peak_gpu_memory_gb, peak_rss_gb, train_fingerprint
 from spreadpref.dpo.train import STAGE as TRAIN_STAGE
-from spreadpref.errors import SpreadprefError
+from spreadpref.errors import DataError, SpreadprefError
 from spreadpref.eval.evaluate import evaluate
 from spreadpref.eval.report import write_report
 from spreadpref.models.loading import load_tokenizer, resolve_model_path
@@ -154,9 +154,19 @@ def _run_locked(config: Config, root: Path, force: bool) -> RunResult:
     for i in range(1, len(sizes) + 1):
         ctx = StageContext(config, tokenizer, round_directory(root, i), i)
         row = summary["rounds"].setdefault(str(i), {"round": i})
-        samples = _generate(ctx, schedule[i - 1], models[i - 1], manifest, fingerprints[f"round-{i}/generate"], row)
-        _judge(ctx, samples, schedule[i - 1], models, seed_pairs, manifest, fingerprints[f"round-{i}/judge"], row)
-        models[i] = _train(ctx, models[i - 1], manifest, fingerprints[f"round-{i}/train"], row)
+        for attempt in (1, 2):
+            try:
+                samples = _generate(
+                    ctx, schedule[i - 1], models[i - 1], manifest, fingerprints[f"round-{i}/generate"], row
+                )
+                _judge(
+                    ctx, samples, schedule[i - 1], models, seed_pairs, manifest, fingerprints[f"round-{i}/judge"], row
+                )
+                models[i] = _train(ctx, models[i - 1], manifest, fingerprints[f"round-{i}/train"], row)
+                break
+            except DataError as err:
+                if attempt == 2 or not _rebuild_damaged(root, i, err, manifest, fingerprints):
+                    raise
         _prune_models(root, i, config.loop.keep_models)
         summary["final_model"] = str(models[i])
         write_summary(root, summary)
@@ -389,6 +399,29 @@ def _train(ctx: StageContext, start: Path, manifest: Manifest, fp: str, row: dic
         train_tokens_per_second=metrics["train_tokens_per_second"],
     )
     return result.model
+
+
+def _rebuild_damaged(root: Path, i: int, err: DataError, manifest: Manifest, fingerprints: dict[str, str]) -> bool:
+    """A file of a finished stage of round ``i`` that no longer reads (a disk fault, an edit): forget that stage
+    alone, so it runs again. Every stage is seeded, so it writes the same file; stages after it that finished
+    stay finished. False when the file is not a finished stage's output (then the error stands)."""
+    damaged = Path(err.source).resolve()
+    for stage, outputs in ROUND_STAGES.items():
+        name = f"round-{i}/{stage}"
+        if _done(manifest, name, fingerprints[name]) and damaged in {
+            p.resolve() for p in stage_paths(round_directory(root, i), outputs)
+        }:
+            kept = damaged.with_name(damaged.name + ".damaged")
+            console.print(
+                f"[yellow]{err.source} (from the finished stage {name}) is damaged: {err.reason}. Kept as {kept.name}; "
+                f"running {name} again (seeded: it writes the same file).[/]"
+            )
+            if distributed.is_main():
+                damaged.replace(kept)
+            distributed.barrier()
+            manifest.reset(name)
+            return True
+    return False
 
 
 def _prune_models(root: Path, current: int, keep: int) -> None:

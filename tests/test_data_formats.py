@@ -151,3 +151,41 @@ def test_prompts_from_a_text_file_one_per_line(tmp_path):
     prompts, report = load_prompts(str(path))
     assert [p.prompt[-1]["content"] for p in prompts] == ["Tell me a joke.", "Name a river."]
     assert [p.id for p in prompts] == ["line-1", "line-3"] and report.kept == 2
+
+
+def test_a_new_user_goes_from_a_csv_and_a_text_file_to_a_finished_run_with_a_report(tiny_model_dir, tmp_path):
+    """The README's quickstart, on the tiny model: a CSV of labelled pairs, one prompt per line."""
+    import csv
+
+    from typer.testing import CliRunner
+
+    from spreadpref.cli import app
+
+    with open(tmp_path / "pairs.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["prompt", "chosen", "rejected"])
+        for i in range(40):
+            writer.writerow(
+                [f"What is {i} plus {i}?", f"{i} plus {i} is {2 * i}.", "I am not sure, maybe ask someone."]
+            )
+    (tmp_path / "prompts.txt").write_text("".join(f"Tell me about the number {i}.\n" for i in range(24)))
+    out = tmp_path / "runs" / "mine"
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            f"model.name_or_path={tiny_model_dir}",
+            f"data.train={tmp_path / 'pairs.csv'}",
+            f"data.prompts={tmp_path / 'prompts.txt'}",
+            "loop.prompts_per_round=[12,12]",
+            "generation.max_new_tokens=8",
+            "data.max_length=96",
+            "data.max_prompt_length=48",
+            "-o",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = (out / "report.md").read_text()
+    assert "## Training" in report and "## Per round" in report and (out / "round-2" / "train" / "model").is_dir()
+    assert (out / "round-2" / "train" / "model" / "README.md").is_file()  # the model card

@@ -56,3 +56,16 @@ def loop_data(tmp_path):
         tmp_path / "prompts.jsonl", [{"id": f"q{i}", "prompt": f"Tell me about the number {i}."} for i in range(24)]
     )
     return seed, prompts
+
+
+def tiny_train_overrides(model_dir, data, out, *extra) -> list[str]:
+    """Overrides of a quick `spreadpref train` on the tiny model (the API takes them as they are)."""
+    return [
+        f"model.name_or_path={model_dir}",
+        f"data.train={data}",
+        f"output_dir={out}",
+        "train.max_steps=1",
+        "data.max_length=64",
+        "data.max_prompt_length=32",
+        *extra,
+    ]

@@ -251,17 +251,9 @@ def test_trl_flags_get_a_hint_with_the_spreadpref_keys():
 
 
 def test_a_refused_rerun_names_the_keys_that_changed(tiny_model_dir, pairs_file, tmp_path):
-    out = tmp_path / "run"
-    args = [
-        "train",
-        f"model.name_or_path={tiny_model_dir}",
-        f"data.train={pairs_file}",
-        "train.max_steps=1",
-        "data.max_length=64",
-        "data.max_prompt_length=32",
-        "--output",
-        str(out),
-    ]
+    from conftest import tiny_train_overrides
+
+    args = ["train", *tiny_train_overrides(tiny_model_dir, pairs_file, tmp_path / "run")]
     assert runner.invoke(app, args).exit_code == 0
     again = runner.invoke(app, [*args, "train.beta=0.2"])
     message = " ".join(again.output.split())

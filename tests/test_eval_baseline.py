@@ -1,5 +1,6 @@
 """`spreadpref eval` on a trained model: its own tokenizer, and the model it was trained from as the baseline."""
 
+from conftest import tiny_train_overrides
 from typer.testing import CliRunner
 
 from spreadpref.cli import app
@@ -12,19 +13,7 @@ runner = CliRunner()
 
 def test_a_trained_model_is_compared_with_the_model_it_was_trained_from(tiny_model_dir, pairs_file, tmp_path):
     out = tmp_path / "trained"
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            f"model.name_or_path={tiny_model_dir}",
-            f"data.train={pairs_file}",
-            "train.max_steps=1",
-            "data.max_length=64",
-            "data.max_prompt_length=32",
-            "--output",
-            str(out),
-        ],
-    )
+    result = runner.invoke(app, ["train", *tiny_train_overrides(tiny_model_dir, pairs_file, out)])
     assert result.exit_code == 0, result.output
     assert trained_from(out / "model") == str(tiny_model_dir)
     config = default_baseline(load_config(None), [str(out / "model")])  # model.name_or_path left at the default

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_train_overrides
 
 from spreadpref.config import load_config
 from spreadpref.data.tokenize import TokenizedPair
@@ -60,19 +61,17 @@ def test_a_train_stage_logs_held_out_metrics_on_pairs_it_never_trains_on(tiny_mo
     out = tmp_path / "trained"
     config = load_config(
         None,
-        [
-            f"model.name_or_path={tiny_model_dir}",
-            f"data.train={pairs_file}",
-            f"output_dir={out}",
+        tiny_train_overrides(
+            tiny_model_dir,
+            pairs_file,
+            out,
             "data.eval_fraction=0.25",
             "train.eval_steps=2",
             "train.max_steps=4",
             "train.per_device_batch_size=4",
             "train.gradient_accumulation_steps=1",
             "train.learning_rate=1e-3",
-            "data.max_length=64",
-            "data.max_prompt_length=32",
-        ],
+        ),
     )
     train_policy(config)
     logs = json.loads((out / "log_history.json").read_text())

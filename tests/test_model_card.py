@@ -2,6 +2,8 @@
 
 import json
 
+from conftest import tiny_train_overrides
+
 from spreadpref.config import load_config
 from spreadpref.dpo.model_card import EMBEDDED_HUB_ID, model_card, record_adapter_base
 from spreadpref.dpo.train import train_policy
@@ -11,18 +13,7 @@ def test_a_trained_model_directory_has_a_card_with_base_data_settings_metrics_an
     tiny_model_dir, pairs_file, tmp_path
 ):
     out = tmp_path / "trained"
-    config = load_config(
-        None,
-        [
-            f"model.name_or_path={tiny_model_dir}",
-            f"data.train={pairs_file}",
-            f"output_dir={out}",
-            "train.max_steps=1",
-            "data.max_length=64",
-            "data.max_prompt_length=32",
-        ],
-    )
-    train_policy(config)
+    train_policy(load_config(None, tiny_train_overrides(tiny_model_dir, pairs_file, out)))
     card = (out / "model" / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers")
     assert str(tiny_model_dir) in card and str(pairs_file) in card

@@ -165,19 +165,20 @@ def test_a_train_directory_gets_a_report_with_training_and_held_out_curves(tiny_
     from spreadpref.cli import app
 
     out = tmp_path / "trained"
+    from conftest import tiny_train_overrides
+
     args = [
         "train",
-        f"model.name_or_path={tiny_model_dir}",
-        f"data.train={pairs_file}",
-        "data.eval_fraction=0.25",
-        "train.eval_steps=1",
-        "train.max_steps=3",
-        "train.per_device_batch_size=4",
-        "train.gradient_accumulation_steps=1",
-        "data.max_length=64",
-        "data.max_prompt_length=32",
-        "--output",
-        str(out),
+        *tiny_train_overrides(
+            tiny_model_dir,
+            pairs_file,
+            out,
+            "data.eval_fraction=0.25",
+            "train.eval_steps=1",
+            "train.max_steps=3",
+            "train.per_device_batch_size=4",
+            "train.gradient_accumulation_steps=1",
+        ),
     ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output

@@ -73,16 +73,18 @@ def test_an_intact_cache_entry_is_read(tmp_path):
 
 
 def test_real_trainer_checkpoints_carry_the_file_list(tiny_model_dir, pairs_file, tmp_path):
+    from conftest import tiny_train_overrides
+
     from spreadpref.config import load_config
     from spreadpref.dpo.train import train_policy
 
     out = tmp_path / "train"
     config = load_config(
         None,
-        [
-            f"model.name_or_path={tiny_model_dir}",
-            f"data.train={pairs_file}",
-            f"output_dir={out}",
+        tiny_train_overrides(
+            tiny_model_dir,
+            pairs_file,
+            out,
             "train.max_steps=2",
             "train.save_strategy=steps",
             "train.save_steps=1",
@@ -90,9 +92,7 @@ def test_real_trainer_checkpoints_carry_the_file_list(tiny_model_dir, pairs_file
             "train.keep_checkpoints=true",
             "train.per_device_batch_size=4",
             "train.gradient_accumulation_steps=1",
-            "data.max_length=64",
-            "data.max_prompt_length=32",
-        ],
+        ),
     )
     train_policy(config)
     checkpoints = sorted((out / "checkpoints").glob("checkpoint-*"))

@@ -105,6 +105,8 @@ DEFAULT_SPA = (
     "loop.keep_models=8",
 )
 
+OFFLINE_EPOCHS = 1  # one pass over as many labels as all rounds together, as each round makes one pass over its own
+
 VARIANTS = {
     "sft": "SFT (pi_init)",
     "seed_only": "DPO on the seed only",
@@ -581,9 +583,6 @@ def run_seed(
         results["variants"][name] = rows
     results["seconds"] = round(time.perf_counter() - started + sw.info["seconds"], 1)
     return add_length_skew(results, sw.directory)
-
-
-OFFLINE_EPOCHS = 1  # one pass over as many labels as all rounds together, as each round makes one pass over its own
 
 
 def chosen_shorter(pairs_file: Path) -> float | None:

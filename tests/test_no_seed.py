@@ -86,7 +86,7 @@ def test_a_reference_with_another_tokenizer_is_refused_before_any_work(tiny_mode
     out = tmp_path / "run"
     with pytest.raises(SpreadprefError, match="different tokenizer"):
         run(load_config(None, no_seed_overrides(tiny_model_dir, other, prompts, out)))
-    assert not (out / "round-1").exists()
+    assert not (out / "round-1").exists() and not (out / "config.yaml").exists()
 
 
 def test_a_missing_reference_directory_is_named(tiny_model_dir, loop_data, tmp_path):

@@ -130,6 +130,8 @@ def _run_locked(config: Config, root: Path, force: bool) -> RunResult:
         print_round_table(summary)
         return RunResult(root, Path(summary.get("final_model", "")), summary, skipped=True)
 
+    tokenizer = load_tokenizer(config.model)
+    check_judge_reference(config, tokenizer)  # before anything is written
     started = time.perf_counter()
     root.mkdir(parents=True, exist_ok=True)
     if distributed.is_main():
@@ -139,8 +141,6 @@ def _run_locked(config: Config, root: Path, force: bool) -> RunResult:
     distributed.barrier()
     console.print(pool_report.summary())
     schedule = schedule_prompts(pool, sizes, config.seed)
-    tokenizer = load_tokenizer(config.model)
-    check_judge_reference(config, tokenizer)
     summary = read_summary(root) or {"rounds": {}}
     summary["schedule"] = sizes
     if config.loop.seed_stage:

@@ -271,3 +271,17 @@ def test_a_directory_with_the_users_own_files_is_refused_unless_allowed(tiny_mod
     assert (mine / "notes.txt").read_text() == "my notes" and (mine / "model").is_dir()
     again = runner.invoke(app, [*train_args(tiny_model_dir, pairs_file, mine)])  # now a spreadpref directory
     assert again.exit_code == 0 and "already complete" in " ".join(again.output.split())
+
+
+def test_a_run_killed_before_its_manifest_is_not_taken_for_foreign_files(tmp_path):
+    from spreadpref.runtime.lock import ForeignFilesError, check_output_directory
+
+    out = tmp_path / "run"
+    out.mkdir()
+    load_config(None, [f"output_dir={out}"]).save(out / "config.yaml")  # what a run writes before its manifest
+    (out / ".spreadpref.lock").write_text("{}")
+    (out / ".summary.json.spreadpref-x1.tmp").write_text("")
+    check_output_directory(out, allow_existing=False)  # all spreadpref's: no error
+    (out / "config.yaml").write_text("my: own\n")  # a user's config.yaml is theirs
+    with pytest.raises(ForeignFilesError, match="config.yaml"):
+        check_output_directory(out, allow_existing=False)

@@ -17,8 +17,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import yaml
+
 from spreadpref.errors import SpreadprefError
 from spreadpref.runtime import distributed
+from spreadpref.runtime.files import is_spreadpref_temporary
 
 LOCK_FILE = ".spreadpref.lock"
 
@@ -48,10 +51,27 @@ class ForeignFilesError(SpreadprefError):
 
 
 def foreign_entries(directory: Path) -> list[str]:
-    """What is in ``directory`` when spreadpref never wrote there (no manifest.json): the user's own files."""
+    """What is in ``directory`` when spreadpref never wrote there (no manifest.json): the user's own files.
+
+    A run killed before its first manifest write leaves only its lock, temporaries and its config.yaml (which
+    names this directory as its output_dir); those are spreadpref's."""
     if not directory.is_dir() or (directory / "manifest.json").is_file():
         return []
-    return sorted(p.name + ("/" if p.is_dir() else "") for p in directory.iterdir() if p.name != LOCK_FILE)
+    return sorted(
+        p.name + ("/" if p.is_dir() else "")
+        for p in directory.iterdir()
+        if p.name != LOCK_FILE and not is_spreadpref_temporary(p) and not _own_config(p, directory)
+    )
+
+
+def _own_config(path: Path, directory: Path) -> bool:
+    if path.name != "config.yaml" or not path.is_file():
+        return False
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return isinstance(saved, dict) and Path(str(saved.get("output_dir", ""))).resolve() == directory.resolve()
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
 
 
 def check_output_directory(directory: Path, allow_existing: bool) -> None:

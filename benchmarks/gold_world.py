@@ -175,7 +175,7 @@ def plot(summary: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.4))
     seed_row = next(r for r in summary["table"] if r["variant"] == "seed_only")
     for variant, label in goldworld.VARIANTS.items():
         rows = [r for r in summary["table"] if r["variant"] == variant and r["gold_reward"]]
@@ -196,8 +196,9 @@ def plot(summary: dict, path: Path) -> None:
     for ax in axes:
         ax.set_xlabel("round")
         ax.set_xticks(range(0, 4))
-    axes[0].legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=5, frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))  # the legend below both panels, over no point
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

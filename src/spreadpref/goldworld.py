@@ -33,7 +33,9 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from spreadpref.config import Config, load_config
-from spreadpref.judges.base import Comparison, Judge, Judgement, hard_preferences
+from spreadpref.data.tokenize import render_prompt_ids
+from spreadpref.dpo.logprobs import score_sequences
+from spreadpref.judges.base import Comparison, ExactScoreJudge
 from spreadpref.runtime.files import atomic_write_json, write_jsonl
 from spreadpref.testing import CHATML_TEMPLATE
 
@@ -148,7 +150,7 @@ def _prompt_text(comparison: Comparison) -> str:
     return next((m["content"] for m in reversed(comparison.prompt) if m["role"] == "user"), "")
 
 
-class GoldJudge(Judge):
+class GoldJudge(ExactScoreJudge):
     """The hidden gold reward as a judge: hard labels, ties where both replies score the same."""
 
     name = "gold"
@@ -156,15 +158,11 @@ class GoldJudge(Judge):
     def __init__(self, words_per_topic: int):
         self.words_per_topic = words_per_topic
 
-    def judge(self, comparisons: Sequence[Comparison]) -> list[Judgement]:
-        out = []
-        for c in comparisons:
-            scores = [gold_reward(_prompt_text(c), reply, self.words_per_topic) for reply in c.replies]
-            out.append(Judgement(scores, hard_preferences(scores)))
-        return out
+    def scores(self, comparison: Comparison) -> list[float]:
+        return [gold_reward(_prompt_text(comparison), reply, self.words_per_topic) for reply in comparison.replies]
 
 
-class RandomJudge(Judge):
+class RandomJudge(ExactScoreJudge):
     """Labels by a coin: a seeded draw per prompt and reply, the same on a resumed run."""
 
     name = "random"
@@ -172,13 +170,9 @@ class RandomJudge(Judge):
     def __init__(self, seed: int):
         self.seed = seed
 
-    def judge(self, comparisons: Sequence[Comparison]) -> list[Judgement]:
-        out = []
-        for c in comparisons:
-            rng = random.Random(f"{self.seed}-{c.id}-{_prompt_text(c)}")
-            scores = [rng.random() for _ in c.replies]
-            out.append(Judgement(scores, hard_preferences(scores)))
-        return out
+    def scores(self, comparison: Comparison) -> list[float]:
+        rng = random.Random(f"{self.seed}-{comparison.id}-{_prompt_text(comparison)}")
+        return [rng.random() for _ in comparison.replies]
 
 
 def gold_judge(words_per_topic: int = 8) -> GoldJudge:
@@ -223,8 +217,8 @@ def draw_reply(world: WorldSettings, prompt: str, good_rate: float, rng: random.
 
 
 def _chat_ids(tokenizer: PreTrainedTokenizerFast, prompt: str) -> list[int]:
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
-    return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+    """The prompt's ids as the pipeline renders them (chat template, generation prompt)."""
+    return render_prompt_ids(tokenizer, [{"role": "user", "content": prompt}])
 
 
 def _lm_batch(tokenizer, prompts: list[str], replies: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -356,26 +350,17 @@ def sample_replies(
     return out
 
 
-@torch.no_grad()
 def reply_logps(model: LlamaForCausalLM, tokenizer, prompts: list[str], replies: list[list[int]]) -> torch.Tensor:
     """log pi(y|x) of each reply with its end token, as the pipeline scores replies that stopped."""
-    totals = []
-    for start in range(0, len(prompts), 256):
-        rows, spans = [], []
-        for prompt, reply in zip(prompts[start : start + 256], replies[start : start + 256]):
-            prompt_ids = _chat_ids(tokenizer, prompt)
-            rows.append(prompt_ids + reply + [tokenizer.eos_token_id])
-            spans.append((len(prompt_ids), len(rows[-1])))
-        width = max(len(r) for r in rows)
-        ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])
-        mask = torch.zeros_like(ids)
-        for i, r in enumerate(rows):
-            mask[i, : len(r)] = 1
-        logps = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
-        token = logps.gather(-1, ids[:, 1:, None])[..., 0]
-        for i, (begin, end) in enumerate(spans):
-            totals.append(token[i, begin - 1 : end - 1].sum())
-    return torch.stack(totals)
+    sums, _ = score_sequences(
+        model,
+        [_chat_ids(tokenizer, prompt) for prompt in prompts],
+        [reply + [tokenizer.eos_token_id] for reply in replies],
+        tokenizer.pad_token_id,
+        batch_size=256,
+        progress=False,
+    )
+    return sums
 
 
 @dataclass

@@ -39,6 +39,7 @@ from spreadpref.data.records import (
     PromptRecord,
 )
 from spreadpref.errors import DataError
+from spreadpref.runtime.files import is_local_path
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_FILES = {
@@ -207,7 +208,7 @@ def _csv_value(column: str, text: str | None) -> Any:
 
 
 def _looks_like_local_path(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or _kind(Path(source)) is not None or source.count("/") > 1
+    return is_local_path(source) or _kind(Path(source)) is not None
 
 
 def _iter_builtin(source: str) -> Iterator[tuple[str, Any]]:
@@ -290,12 +291,12 @@ class ScoreTie(Exception):
     """A row whose two scores are equal (data.scores=drop_ties): dropped and counted, not an error."""
 
 
-HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
+HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"  # how HH-RLHF marks turns
 
 
 def is_transcript(value: Any) -> bool:
     """An HH-RLHF style dialogue in one string: "\n\nHuman: ... \n\nAssistant: ..."."""
-    return isinstance(value, str) and value.lstrip(" ").startswith(("\n\nHuman:", "Human:")) and ASSISTANT in value
+    return isinstance(value, str) and value.lstrip(" ").startswith((HUMAN, HUMAN.lstrip())) and ASSISTANT in value
 
 
 def transcript_messages(text: str) -> list[Message]:

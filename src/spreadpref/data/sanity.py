@@ -11,6 +11,7 @@ import re
 from collections.abc import Sequence
 
 from spreadpref.data.records import PreferenceRecord
+from spreadpref.runtime.progress import console
 
 ROLE_MARKERS = re.compile(
     r"(^|\n)\s*(Human:|Assistant:|User:|USER:|ASSISTANT:|### Instruction|### Response)|<\|im_start\|>|\[INST\]|<\|user\|>|<\|assistant\|>"
@@ -43,3 +44,11 @@ ADVICE = {
 def describe(counts: dict[str, int], total: int) -> list[str]:
     """One line per check that found something, with the count and what to look at."""
     return [f"{count} of {total} {ADVICE[name]}" for name, count in counts.items() if count]
+
+
+def check_records(records: Sequence[PreferenceRecord], source: str) -> dict[str, int]:
+    """Count the suspicious records, say what was found once, and return the counts (for the manifest)."""
+    counts = sanity_counts(records)
+    for line in describe(counts, len(records)):
+        console.print(f"[yellow]Data check ({source}):[/] {line}")
+    return counts

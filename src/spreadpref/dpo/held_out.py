@@ -14,11 +14,11 @@ import random
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from transformers import TrainerCallback
 
 from spreadpref.data.tokenize import TokenizedPair
-from spreadpref.dpo.logprobs import forward_precision, score_pairs
+from spreadpref.dpo.logprobs import PairLogps, forward_precision, score_pairs
+from spreadpref.dpo.loss import DPOOutput, soft_dpo_loss
 
 
 def split_held_out(
@@ -51,21 +51,28 @@ def held_out_metrics(
             scored = score_pairs(model, pairs, pad_token_id, batch_size, description="Held-out pairs")
     finally:
         model.train(was_training)
-    ref_chosen = torch.tensor([p.ref_chosen_logps for p in pairs], dtype=torch.float64)
-    ref_rejected = torch.tensor([p.ref_rejected_logps for p in pairs], dtype=torch.float64)
-    chosen = beta * (scored.chosen.double() - ref_chosen)
-    rejected = beta * (scored.rejected.double() - ref_rejected)
-    margins = chosen - rejected
-    q = torch.tensor([p.label for p in pairs], dtype=torch.float64)
-    loss = -(q * F.logsigmoid(margins) + (1 - q) * F.logsigmoid(-margins))
+    out = pair_loss(scored, pairs, beta)
+    margins = out.chosen_rewards - out.rejected_rewards
     return {
-        "eval/loss": float(loss.mean()),
+        "eval/loss": float(out.loss),
         "eval/rewards/accuracies": float((margins > 0).double().mean()),
         "eval/rewards/margins": float(margins.mean()),
-        "eval/rewards/chosen": float(chosen.mean()),
-        "eval/rewards/rejected": float(rejected.mean()),
+        "eval/rewards/chosen": float(out.chosen_rewards.mean()),
+        "eval/rewards/rejected": float(out.rejected_rewards.mean()),
         "eval/pairs": float(len(pairs)),
     }
+
+
+def pair_loss(scored: PairLogps, pairs: Sequence[TokenizedPair], beta: float) -> DPOOutput:
+    """The soft-label DPO loss (unweighted) and rewards of scored pairs against their reference log-probs."""
+    return soft_dpo_loss(
+        scored.chosen.double(),
+        scored.rejected.double(),
+        torch.tensor([p.ref_chosen_logps for p in pairs], dtype=torch.float64),
+        torch.tensor([p.ref_rejected_logps for p in pairs], dtype=torch.float64),
+        beta,
+        target=torch.tensor([p.label for p in pairs], dtype=torch.float64),
+    )
 
 
 class HeldOutEvaluation(TrainerCallback):

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from spreadpref.config import EMBEDDED_MODEL, Config
-from spreadpref.runtime.files import atomic_write_text
+from spreadpref.runtime.files import atomic_write_text, is_local_path
 
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the embedded GGUF was converted from
 
@@ -23,7 +23,7 @@ def base_model_id(config: Config, start_model: str | None = None) -> str:
 
 
 def _looks_like_hub_id(name: str) -> bool:
-    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
+    return name.count("/") == 1 and not is_local_path(name)
 
 
 def model_card(config: Config, metrics: dict[str, Any], stage: str, start_model: str | None = None) -> str:

@@ -23,10 +23,10 @@ from transformers import PreTrainedTokenizerBase, TrainingArguments, set_seed
 
 from spreadpref.config import Config, check_library_settings, describe_changes
 from spreadpref.data.loading import load_preferences, load_training_preferences
-from spreadpref.data.sanity import describe, sanity_counts
+from spreadpref.data.sanity import check_records
 from spreadpref.data.tokenize import TokenizedPair, tokenize_pairs
 from spreadpref.dpo.checkpoints import last_checkpoint, save_outputs
-from spreadpref.dpo.held_out import HeldOutEvaluation, split_held_out
+from spreadpref.dpo.held_out import HeldOutEvaluation, pair_loss, split_held_out
 from spreadpref.dpo.logprobs import forward_precision, score_pairs, training_precision
 from spreadpref.dpo.model_card import record_adapter_base, write_model_card
 from spreadpref.dpo.reference import compute_reference
@@ -252,11 +252,8 @@ def prepare_pairs(config: Config, tokenizer: PreTrainedTokenizerBase) -> tuple[l
         console.print(f"  skipped: {reason}")
     pairs, truncation = tokenize_pairs(tokenizer, records, data.max_length, data.max_prompt_length)
     console.print(truncation.summary())
-    warnings = sanity_counts(records)
-    for line in describe(warnings, len(records)):
-        console.print(f"[yellow]Data check:[/] {line}")
     info = {
-        "warnings": warnings,
+        "warnings": check_records(records, data.train),
         "source": data.train,
         "rows_read": load_report.rows_read,
         "pairs": len(pairs),
@@ -402,16 +399,13 @@ def evaluate_pairs(
 ) -> dict[str, float]:
     """Implicit-reward accuracy and margin of the trained policy on the training pairs."""
     scored = score_pairs(model, pairs, pad_token_id, batch_size, description="Scoring the training pairs")
-    ref_chosen = torch.tensor([p.ref_chosen_logps for p in pairs], dtype=torch.float64)
-    ref_rejected = torch.tensor([p.ref_rejected_logps for p in pairs], dtype=torch.float64)
-    chosen_rewards = beta * (scored.chosen - ref_chosen)
-    rejected_rewards = beta * (scored.rejected - ref_rejected)
-    margins = chosen_rewards - rejected_rewards
+    out = pair_loss(scored, pairs, beta)
+    margins = out.chosen_rewards - out.rejected_rewards
     return {
         "final/rewards_accuracy": float((margins > 0).double().mean()),
         "final/rewards_margin": float(margins.mean()),
-        "final/rewards_chosen": float(chosen_rewards.mean()),
-        "final/rewards_rejected": float(rejected_rewards.mean()),
+        "final/rewards_chosen": float(out.chosen_rewards.mean()),
+        "final/rewards_rejected": float(out.rejected_rewards.mean()),
     }
 
 

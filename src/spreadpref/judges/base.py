@@ -62,24 +62,19 @@ class Judge(ABC):
         """One judgement per comparison, in order."""
 
 
-# ---------------------------------------------------------------------------------------------
-# implicit: SPA's own reward
+class ExactScoreJudge(Judge):
+    """A judge with exact per-reply scores (a rule, a hidden reward): the higher score wins, equal ones tie."""
 
+    @abstractmethod
+    def scores(self, comparison: Comparison) -> list[float]:
+        """One score per reply of ``comparison``."""
 
-# ---------------------------------------------------------------------------------------------
-# reward_model: a sequence-classification model
-
-
-# ---------------------------------------------------------------------------------------------
-# llm: LLM-as-judge, both orders
-
-
-# ---------------------------------------------------------------------------------------------
-# verifier: the rule-based gold judge
-
-
-# ---------------------------------------------------------------------------------------------
-# Building a judge from the config
+    def judge(self, comparisons: Sequence[Comparison]) -> list[Judgement]:
+        judgements = []
+        for comparison in comparisons:
+            scores = self.scores(comparison)
+            judgements.append(Judgement(scores=scores, prefer=hard_preferences(scores)))
+        return judgements
 
 
 def agreement(judge: Judge, comparisons: Sequence[Comparison], batch: int = 64) -> dict[str, float]:

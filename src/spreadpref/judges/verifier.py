@@ -23,13 +23,12 @@ import functools
 import importlib
 import importlib.util
 import inspect
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from spreadpref.errors import DataError, JudgeError
-from spreadpref.judges.base import Comparison, Judge, Judgement, hard_preferences
+from spreadpref.judges.base import Comparison, ExactScoreJudge
 
 VERIFY_INSTALL_LINE = 'pip install "spreadpref[verify]"   (or: pip install if-verifiable==0.1.2)'
 PUNKT_INSTALL_LINE = "pip install --no-deps llama-index-core==0.14.25"
@@ -224,21 +223,17 @@ def verifier_score(reply: str, constraints: list[Constraint], prompt: str = "", 
 # The judge
 
 
-class VerifierJudge(Judge):
+class VerifierJudge(ExactScoreJudge):
     """Score = fraction of the prompt's verifiable constraints a reply satisfies; exact preferences."""
 
     name = "verifier"
 
-    def judge(self, comparisons: Sequence[Comparison]) -> list[Judgement]:
-        judgements = []
-        for comparison in comparisons:
-            if "instruction_id_list" not in comparison.metadata:
-                raise JudgeError(
-                    f"prompt {comparison.id!r} has no verifiable constraints: the verifier judge "
-                    "needs instruction_id_list and kwargs columns on every prompt (IFEval format)"
-                )
-            constraints = constraints_from_row(comparison.metadata)
-            prompt_text = "\n".join(m["content"] for m in comparison.prompt if m["role"] == "user")
-            scores = [verifier_score(reply, constraints, prompt_text) for reply in comparison.replies]
-            judgements.append(Judgement(scores=scores, prefer=hard_preferences(scores)))
-        return judgements
+    def scores(self, comparison: Comparison) -> list[float]:
+        if "instruction_id_list" not in comparison.metadata:
+            raise JudgeError(
+                f"prompt {comparison.id!r} has no verifiable constraints: the verifier judge "
+                "needs instruction_id_list and kwargs columns on every prompt (IFEval format)"
+            )
+        constraints = constraints_from_row(comparison.metadata)
+        prompt_text = "\n".join(m["content"] for m in comparison.prompt if m["role"] == "user")
+        return [verifier_score(reply, constraints, prompt_text) for reply in comparison.replies]

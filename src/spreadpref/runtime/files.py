@@ -78,6 +78,12 @@ def atomic_directory(final: Path) -> Iterator[Path]:
         raise
 
 
+def is_local_path(name: str) -> bool:
+    """Whether ``name`` means a local file or directory rather than a hub id ("org/name"): it starts like a
+    path, exists here, or has more than one slash."""
+    return name.startswith((".", "/", "~")) or Path(name).expanduser().exists() or name.count("/") > 1
+
+
 def remove_stale_temporaries(directory: Path) -> int:
     """Delete the temporaries a killed spreadpref writer left (only those: see TEMP_MARK); return how many."""
     directory = Path(directory)

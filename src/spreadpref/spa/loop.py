@@ -39,7 +39,7 @@ from spreadpref.eval.evaluate import evaluate
 from spreadpref.eval.report import write_report
 from spreadpref.models.loading import load_tokenizer, resolve_model_path
 from spreadpref.runtime import distributed
-from spreadpref.runtime.files import remove_stale_temporaries
+from spreadpref.runtime.files import is_local_path, remove_stale_temporaries
 from spreadpref.runtime.fingerprint import fingerprint
 from spreadpref.runtime.lock import directory_lock
 from spreadpref.runtime.manifest import Manifest
@@ -314,8 +314,7 @@ def check_judge_reference(config: Config, tokenizer: PreTrainedTokenizerBase) ->
     if config.judge.kind != "implicit" or reference in (*NAMED_REFERENCES, "none"):
         return
     path = resolve_model_path(reference)
-    looks_local = path.startswith((".", "/", "~")) or Path(path).exists() or path.count("/") > 1
-    if looks_local and not Path(path).expanduser().is_dir():
+    if is_local_path(path) and not Path(path).expanduser().is_dir():
         raise SpreadprefError(f"judge.reference={reference}: no such model directory")
     reference_tokenizer = load_tokenizer(config.model.model_copy(update={"name_or_path": path, "tokenizer": None}))
     if reference_tokenizer.get_vocab() != tokenizer.get_vocab():

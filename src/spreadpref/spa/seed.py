@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase, set_seed
 
 from spreadpref.config import Config
 from spreadpref.data.loading import load_training_preferences
-from spreadpref.data.sanity import describe, sanity_counts
+from spreadpref.data.sanity import check_records
 from spreadpref.data.tokenize import TokenizedPair, tokenize_pairs
 from spreadpref.dpo.train import train_on_pairs
 from spreadpref.runtime.progress import console
@@ -73,11 +73,8 @@ def load_seed_pairs(config: Config, tokenizer: PreTrainedTokenizerBase) -> SeedP
             f"{MIN_HELD_OUT} out and train on {MIN_HELD_OUT} or more; training on all of them, and no round reports "
             "held-out agreement.[/]"
         )
-    warnings = sanity_counts(records)
-    for line in describe(warnings, len(records)):
-        console.print(f"[yellow]Data check ({config.data.train}):[/] {line}")
     info = {
-        "warnings": warnings,
+        "warnings": check_records(records, config.data.train),
         "pairs": len(trained),
         "held_out": len(held_out),
         "skipped_invalid": report.skipped,

@@ -200,9 +200,9 @@ def prepare_inputs(args: argparse.Namespace) -> dict[str, Any]:
 
 def profile_path() -> Path:
     """The bundled CPU profile, which ``spreadpref run`` uses without ``--config``."""
-    from importlib import resources
+    from spreadpref.config import default_profile_path
 
-    return Path(str(resources.files("spreadpref").joinpath("configs", "spa-cpu.yaml")))
+    return default_profile_path()
 
 
 def round_config(args: argparse.Namespace, extra: Sequence[str] = (), rounds: int = 1):

@@ -121,9 +121,9 @@ def model_source(args: argparse.Namespace) -> str:
 
 
 def load(overrides: list[str]):
-    from spreadpref.config import load_config
+    from spreadpref.config import default_profile_path, load_config
 
-    return load_config(ROOT / "src" / "spreadpref" / "configs" / "spa-cpu.yaml", overrides)
+    return load_config(default_profile_path(), overrides)
 
 
 # ---------------------------------------------------------------------------------------------

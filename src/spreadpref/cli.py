@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -36,7 +35,9 @@ Overrides = Annotated[
 
 
 def default_config_path() -> Path:
-    return Path(str(resources.files("spreadpref").joinpath("configs", "spa-cpu.yaml")))
+    from spreadpref.config import default_profile_path
+
+    return default_profile_path()
 
 
 def _load(config: Path | None, overrides: list[str] | None, output: Path | None = None):

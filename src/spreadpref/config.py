@@ -455,22 +455,31 @@ class Config(Section):
 # Loading and overrides
 
 
+DEFAULT_PROFILE = "spa-cpu"  # the shipped config the command line uses without --config
+
+
+def shipped_configs_dir() -> Path:
+    """Where the package keeps its configs (the repository's configs/ links to it)."""
+    from importlib import resources  # noqa: PLC0415 - only when a config is looked up by name
+
+    return Path(str(resources.files("spreadpref").joinpath("configs")))
+
+
 def shipped_config(name: str) -> Path | None:
     """A config shipped with the package, by name (``spa-cpu``, ``zephyr-7b-spa.yaml``, ``configs/spa-cpu.yaml``)."""
-    from importlib import resources  # noqa: PLC0415 - only when a name is looked up
-
     stem = Path(name).name
-    stem = stem if stem.endswith(".yaml") else f"{stem}.yaml"
-    candidate = Path(str(resources.files("spreadpref").joinpath("configs", stem)))
+    candidate = shipped_configs_dir() / (stem if stem.endswith(".yaml") else f"{stem}.yaml")
     return candidate if candidate.is_file() else None
+
+
+def default_profile_path() -> Path:
+    """The bundled CPU profile on the embedded model: what ``spreadpref run`` uses without ``--config``."""
+    return shipped_configs_dir() / f"{DEFAULT_PROFILE}.yaml"
 
 
 def shipped_config_names() -> list[str]:
     """The names of the configs shipped with the package, for ``load_config(name)`` and ``--config NAME``."""
-    from importlib import resources  # noqa: PLC0415
-
-    directory = Path(str(resources.files("spreadpref").joinpath("configs")))
-    return sorted(p.stem for p in directory.glob("*.yaml"))
+    return sorted(p.stem for p in shipped_configs_dir().glob("*.yaml"))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:

@@ -21,17 +21,21 @@ from spreadpref.dpo.logprobs import PairLogps, forward_precision, score_pairs
 from spreadpref.dpo.loss import DPOOutput, soft_dpo_loss
 
 
+def seeded_split(pairs: list[TokenizedPair], count: int, salt: str) -> tuple[list[TokenizedPair], list[TokenizedPair]]:
+    """(kept, held out): ``count`` pairs drawn by a generator seeded with ``salt``, the same every time; order kept."""
+    order = list(range(len(pairs)))
+    random.Random(salt).shuffle(order)
+    held = set(order[:count])
+    return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]
+
+
 def split_held_out(
     pairs: list[TokenizedPair], fraction: float, seed: int
 ) -> tuple[list[TokenizedPair], list[TokenizedPair]]:
     """(trained, held out): a seeded share ``fraction`` of the pairs, at least one, order kept."""
     if fraction <= 0 or len(pairs) < 2:
         return pairs, []
-    count = min(len(pairs) - 1, max(1, round(fraction * len(pairs))))
-    order = list(range(len(pairs)))
-    random.Random(f"spreadpref-eval-{seed}").shuffle(order)
-    held = set(order[:count])
-    return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]
+    return seeded_split(pairs, min(len(pairs) - 1, max(1, round(fraction * len(pairs)))), f"spreadpref-eval-{seed}")
 
 
 @torch.no_grad()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from spreadpref.config import Config
 from spreadpref.data.loading import load_training_preferences
 from spreadpref.data.sanity import check_records
 from spreadpref.data.tokenize import TokenizedPair, tokenize_pairs
+from spreadpref.dpo.held_out import seeded_split
 from spreadpref.dpo.train import train_on_pairs
 from spreadpref.runtime.progress import console
 from spreadpref.spa.context import StageContext
@@ -48,11 +48,7 @@ def split_seed_pairs(
     pairs: list[TokenizedPair], fraction: float, seed: int
 ) -> tuple[list[TokenizedPair], list[TokenizedPair]]:
     """(trained, held out): a seeded draw, the same for the same pairs, fraction and seed; order kept."""
-    count = held_out_count(len(pairs), fraction)
-    order = list(range(len(pairs)))
-    random.Random(f"spreadpref-seed-holdout-{seed}").shuffle(order)
-    held = set(order[:count])
-    return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]
+    return seeded_split(pairs, held_out_count(len(pairs), fraction), f"spreadpref-seed-holdout-{seed}")
 
 
 @dataclass

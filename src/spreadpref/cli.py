@@ -147,26 +147,15 @@ def train(
 
     def action() -> None:
         from spreadpref.dpo.train import train_policy
+        from spreadpref.eval.report import report_or_warn
 
         extra = list(overrides or [])
         if config is None and output is None and not any(o.startswith("output_dir=") for o in extra):
             extra.append("output_dir=runs/seed")  # the default profile's output_dir is for `run`
         result = train_policy(_load(config, extra, output), force=force)
-        _write_train_report(result.output_dir)
+        report_or_warn(result.output_dir)
 
     _run(action)
-
-
-def _write_train_report(directory: Path) -> None:
-    """The train stage's report; a failed plot must not fail a finished stage."""
-    from spreadpref.eval.report import write_train_report
-
-    try:
-        console.print(f"Report: {write_train_report(directory)}")
-    except Exception as err:  # noqa: BLE001 - the model is saved; only the report is missing
-        console.print(
-            f"[yellow]Could not write the report ({type(err).__name__}: {err}); run `spreadpref report {directory}`.[/]"
-        )
 
 
 @app.command()
@@ -350,20 +339,9 @@ def report(
     """(Re)write report.md and its plots for a run or train directory (also done at the end of every run)."""
 
     def action() -> None:
-        import json
+        from spreadpref.eval.report import write_any_report
 
-        from spreadpref.eval.report import write_report, write_train_report
-
-        manifest = run_dir / "manifest.json"
-        stages = json.loads(manifest.read_text()).get("stages", {}) if manifest.is_file() else {}
-        if "train" in stages:
-            console.print(f"Report: {write_train_report(run_dir)}")
-            return
-        if not (run_dir / "summary.json").is_file():
-            raise SpreadprefError(
-                f"{run_dir} has no summary.json or train stage: not a spreadpref run or train directory (yet)"
-            )
-        console.print(f"Report: {write_report(run_dir)}")
+        console.print(f"Report: {write_any_report(run_dir)}")
 
     _run(action)
 

@@ -16,9 +16,10 @@ from matplotlib.figure import Figure
 
 from spreadpref.data.artifacts import Pair
 from spreadpref.data.sanity import describe
+from spreadpref.errors import SpreadprefError
 from spreadpref.eval.evaluate import eval_markdown
 from spreadpref.runtime.files import atomic_path, atomic_write_text, read_jsonl
-from spreadpref.runtime.progress import format_cell
+from spreadpref.runtime.progress import console, format_cell
 
 
 def _load_json(path: Path) -> Any:
@@ -536,3 +537,26 @@ def write_report(run_dir: Path) -> Path:
     out = run_dir / "report.md"
     atomic_write_text(out, "\n".join(sections) + "\n")
     return out
+
+
+def write_any_report(directory: Path) -> Path:
+    """The report of a `spreadpref train` or a `spreadpref run` directory, whichever ``directory`` is."""
+    manifest = _load_json(directory / "manifest.json") or {}
+    if "train" in manifest.get("stages", {}):
+        return write_train_report(directory)
+    if not (directory / "summary.json").is_file():
+        raise SpreadprefError(
+            f"{directory} has no summary.json or train stage: not a spreadpref run or train directory (yet)"
+        )
+    return write_report(directory)
+
+
+def report_or_warn(directory: Path) -> None:
+    """Write the report at the end of a stage or run; a failed plot must not fail finished work."""
+    try:
+        console.print(f"Report: {write_any_report(directory)}")
+    except Exception as err:  # noqa: BLE001 - the models and data are safe; only the report is missing
+        console.print(
+            f"[yellow]Could not write the report ({type(err).__name__}: {err}); "
+            f"run `spreadpref report {directory}` to retry.[/]"
+        )

@@ -36,7 +36,7 @@ from spreadpref.dpo.train import COSMETIC_TRAIN_KEYS, peak_gpu_memory_gb, peak_r
 from spreadpref.dpo.train import STAGE as TRAIN_STAGE
 from spreadpref.errors import DataError, SpreadprefError
 from spreadpref.eval.evaluate import evaluate
-from spreadpref.eval.report import write_report
+from spreadpref.eval.report import report_or_warn
 from spreadpref.models.loading import load_tokenizer, resolve_model_path
 from spreadpref.runtime import distributed
 from spreadpref.runtime.files import is_local_path, remove_stale_temporaries
@@ -432,13 +432,6 @@ def _prune_models(root: Path, current: int, keep: int) -> None:
 
 
 def _write_report(root: Path) -> None:
-    """report.md with plots; a failed plot must not fail a finished run."""
-    if not distributed.is_main():
-        return
-    try:
-        console.print(f"Report: {write_report(root)}")
-    except Exception as err:  # noqa: BLE001 - the models and data are safe; only the report is missing
-        console.print(
-            f"[yellow]Could not write the report ({type(err).__name__}: {err}); "
-            f"run `spreadpref report {root}` to retry.[/]"
-        )
+    """report.md with plots, written by the main process."""
+    if distributed.is_main():
+        report_or_warn(root)

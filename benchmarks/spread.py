@@ -35,6 +35,7 @@ Every stage resumes too: run the same command again after an interruption.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import shutil
@@ -63,48 +64,133 @@ LABELS = {
     "spa_dnd": "SPA + refinement + DND",
 }
 ANNOTATION_SAMPLES, ANNOTATION_MAX_NEW_TOKENS = 4, 64  # the seed "annotation" draws, fixed across settings
+# The seed "annotation" is the same for every profile: one set of verifier-labelled seed pairs.
+ANNOTATION_WORK = ROOT / "benchmarks" / "work" / "spread"
+DEFAULT_PROFILE = "spa-cpu"
+# What each profile's published runs used when a flag is not given. The long profile takes its rounds,
+# round sizes and K from its YAML, draws round prompts from the training tasks outside the development
+# split, and is reported on builtin:ifeval_eval (or, with --dev, on the development split).
+PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "spa-cpu": {"rounds": 2, "prompts_per_round": 24, "out_dir": ROOT / "docs" / "results", "work": ANNOTATION_WORK},
+    "spa-cpu-long": {
+        "rounds": None,
+        "prompts_per_round": None,
+        "out_dir": ROOT / "docs" / "results" / "embedded-long",
+        "work": ROOT / "benchmarks" / "work" / "spread-long",
+    },
+}
+DEV_ONE_IN = 4  # a task of builtin:ifeval_prompts is in the development split when its hash is 0 mod 4
 T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="embedded", help="embedded, tiny (smoke test) or a model directory")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--prompts-per-round", type=int, default=24)
+    parser.add_argument(
+        "--profile",
+        default=DEFAULT_PROFILE,
+        choices=list(PROFILE_DEFAULTS),
+        help="the run profile measured (configs/NAME.yaml); spa-cpu-long is the longer budget of issue 14",
+    )
+    parser.add_argument(
+        "--dev",
+        action="store_true",
+        help="choose a budget: evaluate on the development split of the training tasks, never on ifeval_eval",
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2 (--dev: 100 101)")
+    parser.add_argument("--rounds", type=int, default=None, help="default: the profile's published runs")
+    parser.add_argument("--prompts-per-round", type=int, default=None, help="default: the profile's")
+    parser.add_argument(
+        "--eval-rounds", type=int, nargs="+", default=None, help="rounds whose models are evaluated (default: all)"
+    )
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more config overrides (budget)")
     parser.add_argument("--seed-pairs", type=int, default=64, help="verifier-labelled seed pairs (at most)")
     parser.add_argument("--eval-prompts", type=int, default=40)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "spread")
+    parser.add_argument("--work", type=Path, default=None, help="default: benchmarks/work/spread[-long]")
     parser.add_argument(
         "--out-dir",
         type=Path,
-        default=ROOT / "docs" / "results",
-        help="results.json, table.md, plots; one file per seed in seeds/ (reused unless --rerun)",
+        default=None,
+        help="results.json, table.md, plots; one file per seed in seeds/ (reused unless --rerun); "
+        "default: docs/results (spa-cpu), docs/results/embedded-long[/dev] (spa-cpu-long)",
+    )
+    parser.add_argument(
+        "--annotation-work",
+        type=Path,
+        default=None,
+        help="where the verifier-labelled seed pairs are made and kept, for every profile "
+        "(default: benchmarks/work/spread for the embedded model, else --work)",
     )
     parser.add_argument("--rerun", action="store_true", help="run the seeds again even if their files exist")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    defaults = PROFILE_DEFAULTS[args.profile]
+    if args.dev and args.profile == DEFAULT_PROFILE:
+        parser.error("--dev needs a profile with a development split (--profile spa-cpu-long)")
+    profile = None if args.profile == DEFAULT_PROFILE else load(list(args.set), args.profile)
+    args.rounds = args.rounds or defaults["rounds"] or profile.loop.rounds
+    args.work = args.work or defaults["work"]
+    args.annotation_work = args.annotation_work or (ANNOTATION_WORK if args.model == "embedded" else args.work)
+    args.out_dir = args.out_dir or (defaults["out_dir"] / "dev" if args.dev else defaults["out_dir"])
+    if args.prompts_per_round is None and defaults["prompts_per_round"] is not None:
+        args.prompts_per_round = defaults["prompts_per_round"]
+    args.seeds = args.seeds or ([100, 101] if args.dev else [0, 1, 2])
+    args.eval_rounds = sorted(set(args.eval_rounds or range(1, args.rounds + 1)))
+    return args
 
 
 def base_overrides(args: argparse.Namespace, model: str, seed_file: Path, seed: int, out: Path) -> list[str]:
-    return [
+    overrides = [
         f"model.name_or_path={model}",
         f"data.train={seed_file}",
-        "data.prompts=builtin:ifeval_prompts",
+        f"data.prompts={round_prompts(args)}",
         "data.max_length=256",
         "data.max_prompt_length=128",
         f"seed={seed}",
         f"output_dir={out}",
         f"loop.rounds={args.rounds}",
-        f"loop.prompts_per_round={[args.prompts_per_round] * args.rounds}",
         f"loop.keep_models={args.rounds + 1}",
         f"generation.max_new_tokens={args.max_new_tokens}",
-        "eval.prompts=builtin:ifeval_eval",
+        f"eval.prompts={eval_prompts(args)}",
         f"eval.limit={args.eval_prompts}",
         f"eval.max_new_tokens={args.max_new_tokens}",
         "eval.judge.kind=verifier",
     ]
+    if args.prompts_per_round is not None:
+        overrides.append(f"loop.prompts_per_round={[args.prompts_per_round] * args.rounds}")
+    return overrides + list(args.set)
+
+
+def is_dev_task(task_id: str) -> bool:
+    """The development split: one task in DEV_ONE_IN, fixed by a hash of the task id (never by a result)."""
+    return int(hashlib.sha256(task_id.encode()).hexdigest(), 16) % DEV_ONE_IN == 0
+
+
+def split_prompts(args: argparse.Namespace) -> tuple[Path, Path]:
+    """builtin:ifeval_prompts by task: the rounds' prompts and the development prompts, as JSONL in --work."""
+    from spreadpref.data.loading import load_prompts
+    from spreadpref.runtime.files import write_jsonl
+
+    paths = args.work / "round_prompts.jsonl", args.work / "dev_prompts.jsonl"
+    if all(p.is_file() for p in paths):
+        return paths
+    prompts, _ = load_prompts("builtin:ifeval_prompts")
+    rows: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+    for record in prompts:
+        row = {"id": record.id, "prompt": record.prompt[-1]["content"], **record.metadata}
+        rows[is_dev_task(record.metadata["task_id"])].append(row)
+    for path, dev in zip(paths, (False, True)):
+        write_jsonl(path, rows[dev])
+    return paths
+
+
+def round_prompts(args: argparse.Namespace) -> str:
+    return "builtin:ifeval_prompts" if args.profile == DEFAULT_PROFILE else str(split_prompts(args)[0])
+
+
+def eval_prompts(args: argparse.Namespace) -> str:
+    return str(split_prompts(args)[1]) if args.dev else "builtin:ifeval_eval"
 
 
 def model_source(args: argparse.Namespace) -> str:
@@ -120,10 +206,10 @@ def model_source(args: argparse.Namespace) -> str:
     return args.model
 
 
-def load(overrides: list[str]):
-    from spreadpref.config import default_profile_path, load_config
+def load(overrides: list[str], profile: str = DEFAULT_PROFILE):
+    from spreadpref.config import load_config
 
-    return load_config(default_profile_path(), overrides)
+    return load_config(profile, overrides)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,11 +225,11 @@ def make_seed_pairs(args: argparse.Namespace, model: str) -> Path:
     from spreadpref.models.sampling import generate_samples
     from spreadpref.runtime.files import write_jsonl
 
-    out = args.work / "seed_pairs.jsonl"
+    out = args.annotation_work / "seed_pairs.jsonl"
     if out.is_file():
         return out
     config = load(
-        base_overrides(args, model, out, 1234, args.work / "seed-annotation")
+        base_overrides(args, model, out, 1234, args.annotation_work / "seed-annotation")
         + [
             f"generation.num_samples={ANNOTATION_SAMPLES}",
             "generation.temperature=1.0",
@@ -159,7 +245,7 @@ def make_seed_pairs(args: argparse.Namespace, model: str) -> Path:
         config.generation,
         config.data,
         config.seed,
-        args.work / "seed-annotation" / "samples.jsonl",
+        args.annotation_work / "seed-annotation" / "samples.jsonl",
     )
     by_prompt: dict[int, list[dict]] = {}
     for sample in samples:
@@ -237,8 +323,10 @@ def run_variant(args, model: str, seed_file: Path, seed: int, variant: str) -> P
 
     out = args.work / f"seed-{seed}" / variant
     # Every seed pair trains pi_0, as when the published seeds were run (before data.seed_holdout existed).
-    config = load(base_overrides(args, model, seed_file, seed, out) + VARIANTS[variant] + ["data.seed_holdout=0"])
-    run(config)
+    overrides = base_overrides(args, model, seed_file, seed, out) + VARIANTS[variant] + ["data.seed_holdout=0"]
+    if variant.startswith("spa_"):
+        overrides.append("judge.gold=verifier")  # measures the self-labels; the run trains on its own labels
+    run(load(overrides, args.profile))
     return out
 
 
@@ -271,18 +359,17 @@ def evaluate_seed(args, model: str, seed_file: Path, seed: int, dirs: dict[str, 
     for variant, directory in dirs.items():
         models += [
             EvalModel(f"s{seed}/{variant}/round-{i}", str(directory / f"round-{i}" / "train" / "model"))
-            for i in range(1, args.rounds + 1)
+            for i in args.eval_rounds
         ]
     # One evaluation directory per seed, so that seeds can run as parallel processes (--seeds 0, --seeds 1, ...).
-    config = load(base_overrides(args, model, seed_file, seed, first))
-    return evaluate_models(config, models, args.work / f"eval-s{seed}")
+    config = load(base_overrides(args, model, seed_file, seed, first), args.profile)
+    return evaluate_models(config, models, args.work / f"eval-{'dev-' if args.dev else ''}s{seed}")
 
 
 # ---------------------------------------------------------------------------------------------
 # One results file per seed, then the aggregate over seeds
 
 METRICS = ("constraint_satisfaction", "win_rate", "mean_words")
-ROUND_METRICS = ("seed_agreement", "smoothed_fraction")
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -295,6 +382,22 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "eval_prompts": args.eval_prompts,
         "max_new_tokens": args.max_new_tokens,
         "variants": list(args.variants),
+        # Added with the long profile; the default profile's published seed files predate them.
+        **(
+            {}
+            if args.profile == DEFAULT_PROFILE
+            else {"profile": args.profile, "dev": args.dev, "eval_rounds": args.eval_rounds, "set": list(args.set)}
+        ),
+    }
+
+
+def round_figures(row: dict[str, Any]) -> dict[str, Any]:
+    """What the run itself measured in a round (its summary row); self-label accuracy needs judge.gold."""
+    return {
+        "seed_agreement": row.get("seed_agreement"),
+        "smoothed_fraction": row.get("smoothed_fraction"),
+        "self_label_accuracy": (row.get("gold_labels") or {}).get("rate"),
+        "pairs": row.get("pairs"),
     }
 
 
@@ -318,11 +421,8 @@ def seed_record(
     for variant, directory in dirs.items():
         rounds = json.loads((directory / "summary.json").read_text())["rounds"]
         for i in range(1, args.rounds + 1):
-            row = models[f"s{seed}/{variant}/round-{i}"]
-            values[f"{variant}/{i}"] = {
-                **{k: row[k] for k in METRICS},
-                **{k: rounds[str(i)].get(k) for k in ROUND_METRICS},
-            }
+            row = models.get(f"s{seed}/{variant}/round-{i}", {})  # rounds outside --eval-rounds: None
+            values[f"{variant}/{i}"] = {**{k: row.get(k) for k in METRICS}, **round_figures(rounds[str(i)])}
     return {
         "seed": seed,
         "settings": settings(args),
@@ -375,10 +475,38 @@ def aggregate(args: argparse.Namespace, records: list[dict[str, Any]]) -> dict[s
         "settings": settings(args),
         "seeds": [r["seed"] for r in records],
         "rows": table,
+        "paired": paired_differences(records),
         "seed_pairs": records[0]["seed_pairs"],
         "eval_prompts": records[0]["eval_prompts"],
         "provenance": {str(r["seed"]): r["provenance"] for r in records},
     }
+
+
+def paired_differences(records: list[dict[str, Any]], base: str = "dpo_seed/0") -> list[dict[str, Any]]:
+    """Each evaluated model's constraints met minus the seed-only model's, seed by seed, with a 95% t-interval."""
+    rows = []
+    for key in records[0]["values"]:
+        diffs = [
+            r["values"][key]["constraint_satisfaction"] - r["values"][base]["constraint_satisfaction"]
+            for r in records
+            if r["values"][key].get("constraint_satisfaction") is not None
+        ]
+        if key == base or not diffs:
+            continue
+        mean, half = mean_ci(diffs)
+        variant, round_index = key.split("/")
+        better = sum(d > 0 for d in diffs)
+        rows.append(
+            {
+                "variant": variant,
+                "round": int(round_index),
+                "mean": mean,
+                "ci": half,
+                "per_seed": diffs,
+                "better": better,
+            }
+        )
+    return rows
 
 
 def write_outputs(args, aggregate: dict[str, Any]) -> None:
@@ -398,7 +526,11 @@ def write_outputs(args, aggregate: dict[str, Any]) -> None:
     ):
         figure, axis = plt.subplots(figsize=(6.4, 3.4))
         for k, variant in enumerate(shown):
-            points = sorted((r["round"], r[metric], r[f"{metric}_ci"]) for r in rows if r["variant"] == variant)
+            points = sorted(
+                (r["round"], r[metric], r[f"{metric}_ci"])
+                for r in rows
+                if r["variant"] == variant and r[metric] is not None  # rounds outside --eval-rounds
+            )
             if variant in VARIANTS:  # rounds start from the seed model
                 start = [r for r in rows if r["variant"] == "dpo_seed"]
                 points = [(0, start[0][metric], start[0][f"{metric}_ci"])] + points if start else points
@@ -420,15 +552,23 @@ def write_outputs(args, aggregate: dict[str, Any]) -> None:
             figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
         plt.close(figure)
     lines = [
-        "| variant | round | constraints met | gold win rate vs SFT | words | seed agreement | smoothed |",
-        "|---|---|---|---|---|---|---|",
+        "| variant | round | constraints met | − seed only (paired) | gold win rate vs SFT | words | pairs "
+        "| self-label accuracy | seed agreement | smoothed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = {v: i for i, v in enumerate(shown)}
+    paired = {(d["variant"], d["round"]): d for d in aggregate.get("paired", [])}
     for r in sorted(rows, key=lambda r: (order[r["variant"]], r["round"])):
+        diff = paired.get((r["variant"], r["round"]))
+        diff_cell = (
+            "–"
+            if diff is None
+            else f"{diff['mean']:+.3f} ± {diff['ci']:.3f} ({diff['better']}/{len(diff['per_seed'])})"
+        )
         lines.append(
-            f"| {LABELS[r['variant']]} | {r['round']} | {_cell(r, 'constraint_satisfaction')} | "
-            f"{_cell(r, 'win_rate')} | {_cell(r, 'mean_words', '.1f')} | {_cell(r, 'seed_agreement')} | "
-            f"{_cell(r, 'smoothed_fraction', '.2f')} |"
+            f"| {LABELS[r['variant']]} | {r['round']} | {_cell(r, 'constraint_satisfaction')} | {diff_cell} | "
+            f"{_cell(r, 'win_rate')} | {_cell(r, 'mean_words', '.1f')} | {_cell(r, 'pairs', '.0f')} | "
+            f"{_cell(r, 'self_label_accuracy')} | {_cell(r, 'seed_agreement')} | {_cell(r, 'smoothed_fraction', '.2f')} |"
         )
     command = "python benchmarks/spread.py " + " ".join(sys.argv[1:])
     atomic_write_text(

@@ -92,3 +92,55 @@ def test_seed_files_are_reused_and_other_settings_refused(spread, tmp_path, monk
 
     with pytest.raises(SystemExit, match=r"seed-0\.json was made with other settings.*--rerun"):
         spread.main([*argv, "--rounds", "3"])
+
+
+def test_the_long_profile_takes_its_budget_from_its_yaml_and_keeps_its_own_results(spread):
+    args = spread.parse_args(["--profile", "spa-cpu-long"])
+    profile = spread.load([], "spa-cpu-long")
+    assert args.rounds == profile.loop.rounds and args.prompts_per_round is None
+    assert profile.generation.num_samples == 4  # the issue: K = 4, so that the verifier ties less
+    assert args.out_dir.name == "embedded-long" and args.seeds == [0, 1, 2]
+    assert args.eval_rounds == list(range(1, args.rounds + 1))
+    assert spread.settings(args)["profile"] == "spa-cpu-long"
+    default = spread.parse_args([])
+    assert "profile" not in spread.settings(default)  # the published spa-cpu seed files stay reusable
+    dev = spread.parse_args(["--profile", "spa-cpu-long", "--dev", "--set", "train.learning_rate=1e-5"])
+    assert dev.out_dir == args.out_dir / "dev" and dev.seeds == [100, 101]  # never the reported seeds
+    with pytest.raises(SystemExit):
+        spread.parse_args(["--dev"])  # the default profile has no development split
+
+
+def test_the_development_split_is_by_task_and_never_touches_the_evaluation_tasks(spread, tmp_path):
+    from spreadpref.data.loading import load_prompts
+
+    args = spread.parse_args(
+        ["--profile", "spa-cpu-long", "--dev", "--work", str(tmp_path), "--set", "train.learning_rate=1e-5"]
+    )
+    rounds_file, dev_file = spread.split_prompts(args)
+    rounds, _ = load_prompts(str(rounds_file))
+    dev, _ = load_prompts(str(dev_file))
+    everything, _ = load_prompts("builtin:ifeval_prompts")
+    task = lambda records: {r.metadata["task_id"] for r in records}  # noqa: E731
+    assert len(rounds) + len(dev) == len(everything) and not task(rounds) & task(dev)
+    assert 0.15 < len(dev) / len(everything) < 0.35
+    assert dev[0].metadata["instruction_id_list"]  # the verifier's fields travel with the prompt
+    evaluation, _ = load_prompts("builtin:ifeval_eval")
+    assert not task(evaluation) & (task(rounds) | task(dev))
+    overrides = spread.base_overrides(args, "m", tmp_path / "seed.jsonl", 100, tmp_path / "out")
+    assert f"data.prompts={rounds_file}" in overrides and f"eval.prompts={dev_file}" in overrides
+    assert not any(o.startswith("loop.prompts_per_round") for o in overrides)  # the profile's own
+    assert overrides[-1] == "train.learning_rate=1e-5"  # --set: the budget under test, last so that it wins
+    reported = spread.parse_args(["--profile", "spa-cpu-long", "--work", str(tmp_path)])
+    assert "eval.prompts=builtin:ifeval_eval" in spread.base_overrides(reported, "m", tmp_path, 0, tmp_path)
+
+
+def test_paired_differences_are_seed_by_seed_against_the_seed_only_model(spread):
+    args = spread.parse_args(["--seeds", "0", "1"])
+    records = [fake_record(spread, args, 0, 0.0), fake_record(spread, args, 1, 0.1)]
+    records[1]["values"]["gold/2"]["constraint_satisfaction"] = 0.6  # seed 1: +0.15 over its seed-only 0.45
+    rows = {(d["variant"], d["round"]): d for d in spread.paired_differences(records)}
+    assert ("dpo_seed", 0) not in rows
+    gold = rows[("gold", 2)]
+    assert gold["per_seed"] == [pytest.approx(0.05), pytest.approx(0.15)] and gold["better"] == 2
+    assert gold["mean"] == pytest.approx(0.10) and gold["ci"] == pytest.approx(12.706 * 0.05)
+    assert rows[("sft", 0)]["mean"] == pytest.approx(-0.1)

@@ -14,6 +14,7 @@ and the plot to ``gold_world.png``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -59,7 +60,7 @@ def run_one_seed(seed: int, workdir: Path, out_file: Path, world: goldworld.Worl
     atomic_write_json(out_file, result)
 
 
-def run_seeds(seeds: list[int], workdir: Path, seeds_dir: Path, jobs: int, reduced: bool) -> None:
+def run_seeds(seeds: list[int], workdir: Path, seeds_dir: Path, jobs: int, world_flags: list[str]) -> None:
     """Each missing seed in a subprocess of its own (one torch thread), ``jobs`` at a time."""
     todo = [s for s in seeds if not (seeds_dir / f"seed-{s}.json").is_file()]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", SPREADPREF_NO_PROGRESS="1")
@@ -69,7 +70,7 @@ def run_seeds(seeds: list[int], workdir: Path, seeds_dir: Path, jobs: int, reduc
             seed = todo.pop(0)
             log = open(workdir / f"seed-{seed}.log", "w")  # noqa: SIM115 - closed with the process
             command = [sys.executable, __file__, "--one-seed", str(seed), "--workdir", str(workdir)]
-            command += ["--out", str(seeds_dir.parent)] + (["--reduced"] if reduced else [])
+            command += ["--out", str(seeds_dir.parent), *world_flags]
             running.append(
                 (seed, subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT), time.time())
             )
@@ -219,9 +220,21 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "work" / "gold_world")
     parser.add_argument("--out", type=Path, help="default docs/results (benchmarks/work/gold_world_dev with --dev)")
     parser.add_argument("--reduced", action="store_true", help="the small world of the regression test")
+    parser.add_argument(
+        "--seed-length-balanced",
+        action="store_true",
+        help="seed pairs whose chosen reply is as often shorter as longer (the test of the length-bias cause)",
+    )
+    parser.add_argument("--seed-pairs", type=int, help="gold-labelled seed pairs (default: the world's 30)")
     parser.add_argument("--one-seed", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     world = goldworld.REDUCED_WORLD if args.reduced else goldworld.WorldSettings()
+    world = dataclasses.replace(
+        world, seed_length_balanced=args.seed_length_balanced, seed_pairs=args.seed_pairs or world.seed_pairs
+    )
+    world_flags = ["--seed-pairs", str(world.seed_pairs)] + [
+        flag for flag, on in (("--reduced", args.reduced), ("--seed-length-balanced", args.seed_length_balanced)) if on
+    ]
     out = args.out or (ROOT / "benchmarks" / "work" / "gold_world_dev" if args.dev else ROOT / "docs" / "results")
     seeds_dir = out / ("gold_world_seeds" if not args.reduced else "gold_world_reduced_seeds")
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -232,7 +245,7 @@ def main() -> None:
     seeds = args.seeds if args.seeds else (DEV_SEEDS if args.dev else REPORTED_SEEDS)
     started = time.time()
     ran = [s for s in seeds if not (seeds_dir / f"seed-{s}.json").is_file()]
-    run_seeds(seeds, args.workdir, seeds_dir, args.jobs, args.reduced)
+    run_seeds(seeds, args.workdir, seeds_dir, args.jobs, world_flags)
     results = [json.loads((seeds_dir / f"seed-{s}.json").read_text()) for s in seeds]
     for result in results:  # files from before the length measurement: computed from the pairs on disk
         if "seed_pairs_chosen_shorter" not in result["world"] and (args.workdir / f"seed-{result['seed']}").is_dir():

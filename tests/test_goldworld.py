@@ -34,6 +34,31 @@ def test_the_world_tokenizer_round_trips_prompts_and_replies():
     assert prompt.count(tokenizer.bos_token_id) == 2  # the user turn and the assistant turn, nothing else
 
 
+def test_a_length_balanced_seed_keeps_the_chosen_reply_as_often_shorter_as_longer(monkeypatch):
+    world = WorldSettings()
+    # Every pair's better reply is the shorter one but for every third: an unbalanced sample.
+    replies = []
+    for i in range(12):
+        good, bad = ["w0", "w1"], ["w9", "w10", "w11"]
+        replies.append((good + ["w2", "w3"], bad) if i % 3 == 2 else (good, bad))
+    replies.append((["w0"], ["w9"]))  # equal lengths: no direction, always kept
+    replies.append((["w9"], ["w10"]))  # a tie (both off-topic): skipped and counted as one
+    monkeypatch.setattr(goldworld, "sample_replies", lambda *args: [[a, b] for a, b in replies])
+
+    class Words:
+        def decode(self, ids):
+            return " ".join(ids)
+
+    prompts = ["t0 w5"] * len(replies)
+    pairs, ties, unbalancing = goldworld.gold_pairs(None, Words(), world, prompts, 100, 0, balance_length=True)
+    lengths = [(len(p["chosen"].split()), len(p["rejected"].split())) for p in pairs]
+    shorter, longer = sum(c < r for c, r in lengths), sum(c > r for c, r in lengths)
+    assert (shorter, longer) == (4, 4) and ties == 1  # 4 longer-chosen pairs exist; as many shorter are kept
+    assert unbalancing == 12 - 8 and len(pairs) == 9  # the 4 extra shorter-chosen pairs, counted apart
+    plain, _, skipped = goldworld.gold_pairs(None, Words(), world, prompts, 100, 0)
+    assert len(plain) == 13 and skipped == 0  # without balancing: every decided pair
+
+
 def test_t_interval_over_seeds():
     stats = t_interval([0.3, 0.35, 0.4])
     assert stats["mean"] == pytest.approx(0.35) and stats["n"] == 3
@@ -48,8 +73,8 @@ def test_the_method_spreads_a_preference_in_the_reduced_gold_world(tmp_path):
     Three seeds of the reduced world through the real pipeline. What the full benchmark shows robustly
     (docs/results.md, 10 of 10 seeds) is asserted: SPA's own judgment labels fresh pairs better than a
     coin, and SPA without seed, judging against pi_base, raises the gold reward over pi_init. SPA with
-    seed does not beat the seed-only model there (its labels learn length), so that is reported, not
-    asserted. A flipped or broken implicit reward fails both checks.
+    seed does not beat the seed-only model there (its labels' errors are systematic, length among them,
+    and the rounds amplify them), so that is reported, not asserted. A flipped or broken implicit reward fails both checks.
     """
     results = [
         goldworld.run_seed(goldworld.REDUCED_WORLD, seed, tmp_path, variants=("seed_only", "spa_dnd", "no_seed"))

@@ -62,6 +62,9 @@ class WorldSettings:
     lm_batch: int = 64
     lm_learning_rate: float = 3e-3
     seed_pairs: int = 30  # labelled by the gold reward: ~3% of all pairs the variants see
+    # Keep the seed pairs' chosen reply shorter as often as longer (|difference| <= 1), so that the seed carries
+    # no accidental length preference for SPA to spread (the cause found in docs/results.md §1).
+    seed_length_balanced: bool = False
     prompts_per_round: tuple[int, ...] = (320, 320, 320)
     eval_prompts: int = 256
     eval_samples: int = 4  # sampled replies per held-out prompt
@@ -396,11 +399,19 @@ def evaluate_model(
 
 
 def gold_pairs(
-    model: LlamaForCausalLM, tokenizer, world: WorldSettings, prompts: list[str], wanted: int, seed: int
-) -> tuple[list[dict[str, Any]], int]:
+    model: LlamaForCausalLM,
+    tokenizer,
+    world: WorldSettings,
+    prompts: list[str],
+    wanted: int,
+    seed: int,
+    balance_length: bool = False,
+) -> tuple[list[dict[str, Any]], int, int]:
     """Up to ``wanted`` pairs of two sampled replies labelled by r*, in prompt order; ties and pairs with an
-    empty reply are skipped and counted."""
-    pairs, ties = [], 0
+    empty reply are skipped and counted. With ``balance_length``, a pair whose chosen reply is shorter (or
+    longer) is also skipped, and counted apart, while that direction is ahead of the other."""
+    pairs, ties, unbalancing = [], 0, 0
+    ahead = 0  # pairs so far whose chosen reply is shorter, minus those whose chosen reply is longer
     replies = sample_replies(model, tokenizer, prompts, 2, seed)
     for prompt, (a, b) in zip(prompts, replies):
         texts = [tokenizer.decode(a), tokenizer.decode(b)]
@@ -409,10 +420,15 @@ def gold_pairs(
             ties += 1
             continue
         chosen, rejected = (texts[0], texts[1]) if ra > rb else (texts[1], texts[0])
+        direction = (len(chosen.split()) < len(rejected.split())) - (len(chosen.split()) > len(rejected.split()))
+        if balance_length and direction * ahead > 0:
+            unbalancing += 1
+            continue
+        ahead += direction
         pairs.append({"id": f"p{len(pairs)}", "prompt": prompt, "chosen": chosen, "rejected": rejected})
         if len(pairs) == wanted:
             break
-    return pairs, ties
+    return pairs, ties, unbalancing
 
 
 @dataclass
@@ -442,9 +458,11 @@ def build_world(world: WorldSettings, seed: int, directory: Path) -> SeedWorld:
     round_prompts = make_prompts(world, rounds_total, rng)
     eval_prompts = make_prompts(world, world.eval_prompts, rng)
     init, base = load_model(init_dir), load_model(base_dir)
-    seed_rows, seed_ties = gold_pairs(init, tokenizer, world, seed_prompts, world.seed_pairs, seed)
+    seed_rows, seed_ties, seed_unbalancing = gold_pairs(
+        init, tokenizer, world, seed_prompts, world.seed_pairs, seed, world.seed_length_balanced
+    )
     # The off-policy baseline's pairs come from another policy (pi_base), as many as all rounds' pairs together.
-    offline_rows, offline_ties = gold_pairs(
+    offline_rows, offline_ties, _ = gold_pairs(
         base, tokenizer, world, offline_prompts, world.seed_pairs + rounds_total, seed
     )
     paths = {name: directory / f"{name}.jsonl" for name in ("seed_pairs", "offline_pairs", "round_prompts")}
@@ -461,6 +479,7 @@ def build_world(world: WorldSettings, seed: int, directory: Path) -> SeedWorld:
         **json.loads((directory / "sft.json").read_text()),
         "seed_pairs": len(seed_rows),
         "seed_ties_skipped": seed_ties,
+        **({"seed_skipped_for_length_balance": seed_unbalancing} if world.seed_length_balanced else {}),
         "offline_pairs": len(offline_rows),
         "offline_ties_skipped": offline_ties,
         "round_prompts": rounds_total,

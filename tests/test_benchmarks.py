@@ -87,3 +87,22 @@ def test_spread_benchmark_runs_every_variant_and_reuses_finished_seeds(workdir, 
     # A second call finds both seed files and only aggregates.
     monkeypatch.setattr(spread, "run_seed", lambda *a, **k: pytest.fail("a finished seed was run again"))
     assert spread.main(argv) == 0
+
+
+def test_the_long_profile_runs_on_its_development_split_and_measures_its_labels(workdir):
+    """benchmarks/spread.py --profile spa-cpu-long --dev end to end on the tiny model (K = 4, a round)."""
+    spread = importlib.import_module("spread")
+    out = workdir / "spread-long-results"
+    argv = ["--model", "tiny", "--profile", "spa-cpu-long", "--dev", "--seeds", "100", "--rounds", "1"]
+    argv += ["--prompts-per-round", "6", "--eval-prompts", "6", "--variants", "spa_dnd"]
+    argv += ["--work", str(workdir / "spread-long"), "--out-dir", str(out), "--set", "train.learning_rate=1e-4"]
+    assert spread.main(argv) == 0
+    record = json.loads((out / "seeds" / "seed-100.json").read_text())
+    assert record["settings"]["profile"] == "spa-cpu-long" and record["settings"]["dev"] is True
+    round_one = record["values"]["spa_dnd/1"]
+    assert round_one["pairs"] == 6  # K = 4 replies of 6 prompts: best against worst, one pair a prompt
+    assert "self_label_accuracy" in round_one  # judge.gold=verifier (None when the verifier ties every pair)
+    config = (workdir / "spread-long" / "seed-100" / "spa_dnd" / "config.yaml").read_text()
+    assert "num_samples: 4" in config and "dev_prompts.jsonl" in config and "learning_rate: 0.0001" in config
+    result = json.loads((out / "results.json").read_text())
+    assert {d["variant"] for d in result["paired"]} == {"sft", "spa_dnd"}

@@ -6,6 +6,9 @@
     #   python benchmarks/spread.py   # reuses seeds/seed-{0,1,2}.json, writes the aggregate
     python benchmarks/spread.py --model tiny --seeds 0 1 --rounds 1 --prompts-per-round 8 --eval-prompts 8 \
         --out-dir /tmp/spread-smoke   # smoke test, a few minutes
+    # the longer profile (configs/spa-cpu-long.yaml): choose its budget on the development split, then report
+    python benchmarks/spread.py --profile spa-cpu-long --dev --seeds 100 --variants gold --set train.learning_rate=5e-5
+    python benchmarks/spread.py --profile spa-cpu-long --variants gold spa_dnd spa_direct --eval-prompts 94
 
 The "human" is a rule-based verifier whose preference is known exactly: prompts are everyday tasks
 with IFEval-style constraints (bundled: builtin:ifeval_*), a reply's gold score is the fraction of

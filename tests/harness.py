@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 from safetensors.torch import load_file
 
+from spreadpref.dpo.checkpoints import checkpoint_damage
 from spreadpref.runtime.files import read_jsonl
 
 STAGES = [
@@ -83,6 +85,15 @@ def run_to_end(args: list[str], timeout: float = 300) -> subprocess.CompletedPro
     return subprocess.run(command(args), env=env(), capture_output=True, text=True, timeout=timeout)
 
 
+def never_read(path: Path) -> bool:
+    """Temporaries, and the files of a Trainer checkpoint killed while being saved: resuming removes such a
+    checkpoint (``checkpoint_damage``) and never reads it, so a half-written file there is no damage."""
+    if path.name.startswith("."):
+        return True
+    checkpoint = next((p for p in path.parents if re.fullmatch(r"checkpoint-\d+", p.name)), None)
+    return checkpoint is not None and checkpoint_damage(checkpoint) is not None
+
+
 def check_consistent(out: Path) -> str:
     """What a killed run left must be readable: manifest, finished files, finished parts.
 
@@ -93,10 +104,10 @@ def check_consistent(out: Path) -> str:
         return "before the manifest"
     manifest = json.loads(manifest_path.read_text())
     for path in out.rglob("*.jsonl"):
-        if not path.name.startswith("."):  # temporaries are never read
+        if not never_read(path):
             read_jsonl(path)
     for path in out.rglob("*.json"):
-        if not path.name.startswith("."):
+        if not never_read(path):
             json.loads(path.read_text())
     stages = manifest["stages"]
     for name in STAGES:

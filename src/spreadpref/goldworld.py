@@ -63,7 +63,8 @@ class WorldSettings:
     lm_learning_rate: float = 3e-3
     seed_pairs: int = 30  # labelled by the gold reward: ~3% of all pairs the variants see
     # Keep the seed pairs' chosen reply shorter as often as longer (|difference| <= 1), so that the seed carries
-    # no accidental length preference for SPA to spread (the cause found in docs/results.md §1).
+    # no accidental length preference for SPA to spread. Tried on the development seeds: it does not make SPA
+    # beat the seed-only model (docs/results.md §1).
     seed_length_balanced: bool = False
     prompts_per_round: tuple[int, ...] = (320, 320, 320)
     eval_prompts: int = 256

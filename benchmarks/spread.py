@@ -222,7 +222,6 @@ def load(overrides: list[str], profile: str = DEFAULT_PROFILE):
 def make_seed_pairs(args: argparse.Namespace, model: str) -> Path:
     """Best and worst (by the verifier) of 4 SFT samples per seed prompt; ties give no pair."""
     from spreadpref.data.loading import load_prompts
-    from spreadpref.judges.base import Comparison
     from spreadpref.judges.verifier import VerifierJudge
     from spreadpref.models.loading import load_for_inference, load_tokenizer
     from spreadpref.models.sampling import generate_samples
@@ -255,36 +254,41 @@ def make_seed_pairs(args: argparse.Namespace, model: str) -> Path:
         by_prompt.setdefault(sample.prompt_index, []).append(sample)
     judge, pairs = VerifierJudge(), []
     for index, group in sorted(by_prompt.items()):
-        record = prompts[index]
-        scores = judge.judge([Comparison(record.prompt, [s.text for s in group], record.id, metadata=record.metadata)])[
-            0
-        ].scores
-        best, worst = max(range(len(group)), key=scores.__getitem__), min(range(len(group)), key=scores.__getitem__)
-        if scores[best] == scores[worst]:
-            continue
-        chosen, rejected = group[best], group[worst]
-        pairs.append(
-            {
-                "id": f"seed-{record.id}",
-                "prompt": record.prompt,
-                "chosen": chosen.text,
-                "rejected": rejected.text,
-                "prompt_ids": chosen.prompt_ids,
-                "chosen_ids": chosen.reply_ids,
-                "rejected_ids": rejected.reply_ids,
-                "chosen_truncated": chosen.cut_off,
-                "rejected_truncated": rejected.cut_off,
-                "gold_chosen": scores[best],
-                "gold_rejected": scores[worst],
-                "instruction_id_list": record.metadata["instruction_id_list"],
-                "kwargs": record.metadata["kwargs"],
-            }
-        )
+        pair = verifier_pair(judge, prompts[index], group)
+        if pair is not None:
+            pairs.append({"id": f"seed-{prompts[index].id}", **pair})
         if len(pairs) >= args.seed_pairs:
             break
     write_jsonl(out, pairs)
     print(f"seed pairs: {len(pairs)} from {len(by_prompt)} prompts (the others' 4 samples all tied)")
     return out
+
+
+def verifier_pair(judge, record, group: list) -> dict[str, Any] | None:
+    """The verifier's best against its worst of one prompt's samples, as a preference row with their token ids;
+    None when every sample meets the same share of constraints (a tie gives no pair)."""
+    from spreadpref.judges.base import Comparison
+
+    comparison = Comparison(record.prompt, [s.text for s in group], record.id, metadata=record.metadata)
+    scores = judge.judge([comparison])[0].scores
+    best, worst = max(range(len(group)), key=scores.__getitem__), min(range(len(group)), key=scores.__getitem__)
+    if scores[best] == scores[worst]:
+        return None
+    chosen, rejected = group[best], group[worst]
+    return {
+        "prompt": record.prompt,
+        "chosen": chosen.text,
+        "rejected": rejected.text,
+        "prompt_ids": chosen.prompt_ids,
+        "chosen_ids": chosen.reply_ids,
+        "rejected_ids": rejected.reply_ids,
+        "chosen_truncated": chosen.cut_off,
+        "rejected_truncated": rejected.cut_off,
+        "gold_chosen": scores[best],
+        "gold_rejected": scores[worst],
+        "instruction_id_list": record.metadata["instruction_id_list"],
+        "kwargs": record.metadata["kwargs"],
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,11 +400,12 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def round_figures(row: dict[str, Any]) -> dict[str, Any]:
     """What the run itself measured in a round (its summary row); self-label accuracy needs judge.gold."""
+    from spreadpref.spa.summary import label_measurements
+
+    labels = label_measurements(row)
     return {
         "seed_agreement": row.get("seed_agreement"),
-        "smoothed_fraction": row.get("smoothed_fraction"),
-        "self_label_accuracy": (row.get("gold_labels") or {}).get("rate"),
-        "pairs": row.get("pairs"),
+        **{k: labels[k] for k in ("smoothed_fraction", "self_label_accuracy", "pairs")},
     }
 
 

@@ -26,38 +26,23 @@ ACCURACY_WORK = ROOT / "benchmarks" / "work" / "judge-accuracy"
 
 def verifier_pairs(out: Path) -> int:
     """The verifier's best and worst of pi_0's samples, for the decided training-split prompts."""
+    from spreadpref.data.artifacts import Sample
     from spreadpref.data.loading import load_prompts
-    from spreadpref.judges.base import Comparison
     from spreadpref.judges.verifier import VerifierJudge
-    from spreadpref.runtime.files import read_jsonl, write_jsonl
+    from spreadpref.runtime.files import write_jsonl
 
     prompts, _ = load_prompts("builtin:ifeval_prompts")
-    groups: dict[int, list[dict]] = {}
-    for row in read_jsonl(ACCURACY_WORK / "samples.jsonl"):
-        groups.setdefault(row["prompt_index"], []).append(row)
+    groups: dict[int, list[Sample]] = {}
+    for sample in Sample.read(ACCURACY_WORK / "samples.jsonl"):
+        groups.setdefault(sample.prompt_index, []).append(sample)
     judge, pairs = VerifierJudge(), []
     for index, group in sorted(groups.items()):
         record = prompts[index]
         if spread.is_dev_task(record.metadata["task_id"]):
             continue
-        [verdict] = judge.judge(
-            [Comparison(record.prompt, [g["text"] for g in group], record.id, metadata=record.metadata)]
-        )
-        best = max(range(len(group)), key=verdict.scores.__getitem__)
-        worst = min(range(len(group)), key=verdict.scores.__getitem__)
-        if verdict.scores[best] == verdict.scores[worst]:
-            continue
-        pairs.append(
-            {
-                "id": record.id,
-                "prompt": record.prompt,
-                "chosen": group[best]["text"],
-                "rejected": group[worst]["text"],
-                "prompt_ids": group[best]["prompt_ids"],
-                "chosen_ids": group[best]["reply_ids"],
-                "rejected_ids": group[worst]["reply_ids"],
-            }
-        )
+        pair = spread.verifier_pair(judge, record, group)
+        if pair is not None:
+            pairs.append({"id": record.id, **pair})
     write_jsonl(out, pairs)
     return len(pairs)
 

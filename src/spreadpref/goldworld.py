@@ -37,6 +37,7 @@ from spreadpref.data.tokenize import render_prompt_ids
 from spreadpref.dpo.logprobs import score_sequences
 from spreadpref.judges.base import Comparison, ExactScoreJudge
 from spreadpref.runtime.files import atomic_write_json, write_jsonl
+from spreadpref.spa.summary import label_measurements
 from spreadpref.testing import CHATML_TEMPLATE
 
 SPECIALS = ["<pad>", "<|im_start|>", "<|im_end|>", "<unk>"]
@@ -421,7 +422,8 @@ def gold_pairs(
             ties += 1
             continue
         chosen, rejected = (texts[0], texts[1]) if ra > rb else (texts[1], texts[0])
-        direction = (len(chosen.split()) < len(rejected.split())) - (len(chosen.split()) > len(rejected.split()))
+        chosen_words, rejected_words = len(chosen.split()), len(rejected.split())
+        direction = (chosen_words < rejected_words) - (chosen_words > rejected_words)  # +1: the shorter one won
         if balance_length and direction * ahead > 0:
             unbalancing += 1
             continue
@@ -612,23 +614,6 @@ def add_length_skew(result: dict[str, Any], seed_directory: Path) -> dict[str, A
                 # Direction-free: 0 when length does not predict the label, 1 when it always does.
                 row["length_skew"] = None if share is None else abs(2 * share - 1)
     return result
-
-
-def label_measurements(row: dict[str, Any]) -> dict[str, Any]:
-    """Self-label accuracy and the driving detector's smoothing precision and recall against the gold reward,
-    from a round's summary row (the pipeline's own instruments: judge.gold)."""
-    gold = row.get("gold_labels") or {}
-    quality = row.get("refinement_quality") or {}
-    driving = quality.get(quality.get("driving") or "", {}) if quality.get("driving") else {}
-    return {
-        "pairs": row.get("pairs"),
-        "self_label_accuracy": gold.get("rate"),
-        "gold_decided": gold.get("n"),
-        "smoothed_fraction": row.get("smoothed_fraction"),
-        "smoothing_precision": (driving.get("precision") or {}).get("rate"),
-        "smoothing_recall": (driving.get("recall") or {}).get("rate"),
-        "margin_median": (row.get("margin_quantiles") or {}).get("p50"),
-    }
 
 
 def world_settings_dict(world: WorldSettings) -> dict[str, Any]:

@@ -17,6 +17,23 @@ from spreadpref.runtime.progress import console
 SUMMARY_FILE = "summary.json"
 
 
+def label_measurements(row: dict[str, Any]) -> dict[str, Any]:
+    """A round's labels from its summary row: how many pairs, the self-labels' accuracy against the gold judge
+    (judge.gold) and the driving detector's smoothing precision and recall; None where not measured."""
+    gold = row.get("gold_labels") or {}
+    quality = row.get("refinement_quality") or {}
+    driving = quality.get(quality.get("driving") or "", {}) if quality.get("driving") else {}
+    return {
+        "pairs": row.get("pairs"),
+        "self_label_accuracy": gold.get("rate"),
+        "gold_decided": gold.get("n"),
+        "smoothed_fraction": row.get("smoothed_fraction"),
+        "smoothing_precision": (driving.get("precision") or {}).get("rate"),
+        "smoothing_recall": (driving.get("recall") or {}).get("rate"),
+        "margin_median": (row.get("margin_quantiles") or {}).get("p50"),
+    }
+
+
 def read_summary(root: Path) -> dict[str, Any]:
     path = root / SUMMARY_FILE
     return json.loads(path.read_text()) if path.is_file() else {}

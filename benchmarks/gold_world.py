@@ -30,20 +30,33 @@ ROOT = Path(__file__).resolve().parent.parent
 # World v1 (fixed SFT length) was reported on seeds 0-9 (docs/results/gold_world_v1.*); it showed two degenerate
 # worlds whose pi_init never learnt the topic. v2 (SFT until pi_init uses the topic, chosen on the development
 # seeds) is reported on fresh seeds, so that no reported seed ever informed a setting.
-REPORTED_SEEDS = list(range(10, 20))
+REPORTED_SEEDS = list(range(30, 40))  # the safeguards' report (v1: 0-9, v2: 10-19; never used to choose)
 DEV_SEEDS = [100, 101, 102, 103, 104]
 FINAL = "final"  # the last round of a round variant, round 0 of the others
+SAFEGUARD_VARIANTS = tuple(v for v in goldworld.ROUND_VARIANTS if v.startswith(("spa_", "base_")))
 # Paired differences reported, each (a, b): a's final-round value minus b's, seed by seed.
 DIFFERENCES = [
-    ("spa_dnd", "seed_only"),
-    ("spa_dnd", "iterative_gold"),
+    *[(v, "seed_only") for v in SAFEGUARD_VARIANTS],
+    *[(v, "spa_dnd") for v in SAFEGUARD_VARIANTS if v != "spa_dnd"],
+    *[(v, "iterative_gold") for v in ("spa_dnd", "base_ref", "base_fixed", "base_mix")],
+    *[(v, "no_seed") for v in ("base_ref", "base_fixed", "base_mix")],
     ("spa_dnd", "offline_gold"),
-    ("spa_direct", "seed_only"),
-    ("spa_refine", "spa_direct"),
-    ("spa_dnd", "spa_refine"),
     ("spa_dnd", "iterative_random"),
+    ("iterative_gold", "seed_only"),
+    ("no_seed", "seed_only"),
     ("no_seed", "sft"),
 ]
+PLOTTED = (
+    "sft",
+    "seed_only",
+    "spa_dnd",
+    "spa_length",
+    "spa_replay",
+    "base_ref",
+    "base_fixed",
+    "iterative_gold",
+    "no_seed",
+)
 METRICS = ("gold_reward", "win_rate_vs_sft", "reply_words", "kl_from_init")
 LABEL_METRICS = (
     "self_label_accuracy",
@@ -54,15 +67,30 @@ LABEL_METRICS = (
 )
 
 
-def run_one_seed(seed: int, workdir: Path, out_file: Path, world: goldworld.WorldSettings) -> None:
-    result = goldworld.run_seed(world, seed, workdir)
+def run_one_seed(
+    seed: int, workdir: Path, out_file: Path, world: goldworld.WorldSettings, variants: tuple[str, ...]
+) -> None:
+    """One seed's variants into ``out_file``; variants already in it are kept and not run again."""
+    previous = json.loads(out_file.read_text()) if out_file.is_file() else None
+    missing = tuple(v for v in variants if previous is None or v not in previous["variants"])
+    result = goldworld.run_seed(world, seed, workdir, missing)
+    if previous is not None:  # the world and its seed model are rebuilt identically: the new rows join the old
+        result["variants"] = {**previous["variants"], **result["variants"]}
+        result["seconds"] = round(previous["seconds"] + result["seconds"], 1)
     result["world_settings"] = goldworld.world_settings_dict(world)
     atomic_write_json(out_file, result)
 
 
-def run_seeds(seeds: list[int], workdir: Path, seeds_dir: Path, jobs: int, world_flags: list[str]) -> None:
-    """Each missing seed in a subprocess of its own (one torch thread), ``jobs`` at a time."""
-    todo = [s for s in seeds if not (seeds_dir / f"seed-{s}.json").is_file()]
+def missing_variants(seeds_dir: Path, seed: int, variants: tuple[str, ...]) -> bool:
+    path = seeds_dir / f"seed-{seed}.json"
+    return not path.is_file() or any(v not in json.loads(path.read_text())["variants"] for v in variants)
+
+
+def run_seeds(
+    seeds: list[int], workdir: Path, seeds_dir: Path, jobs: int, world_flags: list[str], variants: tuple[str, ...]
+) -> None:
+    """Each seed missing a variant in a subprocess of its own (one torch thread), ``jobs`` at a time."""
+    todo = [s for s in seeds if missing_variants(seeds_dir, s, variants)]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", SPREADPREF_NO_PROGRESS="1")
     running: list[tuple[int, subprocess.Popen, float]] = []
     while todo or running:
@@ -127,7 +155,52 @@ def aggregate(results: list[dict]) -> dict:
         if deltas:
             stats = t_interval(deltas)
             differences.append({"a": a, "b": b, **stats, "per_seed": deltas, "wins": sum(d > 0 for d in deltas)})
-    return {"table": table, "differences": differences}
+    return {"table": table, "differences": differences, "guard": guard_analysis(results)}
+
+
+def guard_analysis(results: list[dict]) -> list[dict]:
+    """How the guard's choice of the final model does, per variant, rule and number of held-out pairs: its gold
+    reward against the seed-only model (paired), the seeds where it ends below seed-only, and how often it picks
+    the round (seed model included) with the best gold reward."""
+    from spreadpref.spa.guard import RULES, choose_final_round  # noqa: PLC0415 - the pipeline's own rule
+
+    rows = []
+    for variant in SAFEGUARD_VARIANTS + ("iterative_gold",):
+        for n in goldworld.GUARD_PAIRS:
+            key = f"held_out_agreement_{n}"
+            for rule in RULES:
+                deltas, below, oracle_hits, warned, warned_right = [], 0, 0, 0, 0
+                for res in results:
+                    models = {
+                        0: res["variants"]["seed_only"][0],
+                        **{r["round"]: r for r in res["variants"].get(variant, [])},
+                    }
+                    if len(models) < 2 or any(key not in m for m in models.values()):
+                        continue
+                    chosen = choose_final_round({i: m[key] for i, m in models.items()}, rule)
+                    delta = models[chosen]["gold_reward"] - models[0]["gold_reward"]
+                    deltas.append(delta)
+                    below += delta < 0
+                    oracle_hits += chosen == max(models, key=lambda i: models[i]["gold_reward"])
+                    last = max(models)
+                    if models[last][key] < models[0][key]:  # the run's below-seed warning would fire
+                        warned += 1
+                        warned_right += models[last]["gold_reward"] < models[0]["gold_reward"]
+                if deltas:
+                    rows.append(
+                        {
+                            "variant": variant,
+                            "pairs": n,
+                            "rule": rule,
+                            **t_interval(deltas),
+                            "below_seed_only": below,
+                            "best_round_picked": oracle_hits,
+                            "warned": warned,
+                            "warned_and_below": warned_right,
+                            "per_seed": deltas,
+                        }
+                    )
+    return rows
 
 
 def fmt(cell: dict | None, spec: str = ".3f") -> str:
@@ -165,6 +238,22 @@ def markdown(summary: dict, seeds: list[int], seconds: float) -> str:
             f"| {goldworld.VARIANTS[d['a']]} | {goldworld.VARIANTS[d['b']]} | {d['mean']:+.3f} "
             f"({low:+.3f} to {high:+.3f}; {verdict}) | {d['wins']} of {d['n']} |"
         )
+    lines += [
+        "",
+        "The guard: the final model chosen by held-out agreement (`loop.final_model`), its gold reward minus the "
+        "seed-only model's (paired), with n held-out human pairs:",
+        "",
+        "| variant | n | rule | chosen − seed only (95% CI) | seeds below seed only | best round picked "
+        "| warned (last round truly below) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for g in summary.get("guard", []):
+        lines.append(
+            f"| {goldworld.VARIANTS[g['variant']]} | {g['pairs']} | {g['rule']} | {g['mean']:+.3f} "
+            f"({g['mean'] - g['half_width']:+.3f} to {g['mean'] + g['half_width']:+.3f}) | {g['below_seed_only']} of "
+            f"{g['n']} | {g['best_round_picked']} of {g['n']} | {g.get('warned', '–')} "
+            f"({g.get('warned_and_below', '–')}) |"
+        )
     lines += ["", f"Cost: {seconds / 60:.1f} min of seed processes (sum over seeds, one thread each)."]
     return "\n".join(lines) + "\n"
 
@@ -179,12 +268,14 @@ def plot(summary: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.4))
     seed_row = next(r for r in summary["table"] if r["variant"] == "seed_only")
     for variant, label in goldworld.VARIANTS.items():
+        if variant not in PLOTTED:
+            continue
         rows = [r for r in summary["table"] if r["variant"] == variant and r["gold_reward"]]
         if not rows:
             continue
         if variant in goldworld.ROUND_VARIANTS and variant != "no_seed":
             rows = [seed_row, *rows]  # every SPA-style variant starts from the seed model
-        xs = [r["round"] + (0.04 * list(goldworld.VARIANTS).index(variant) - 0.16) for r in rows]
+        xs = [r["round"] + (0.04 * PLOTTED.index(variant) - 0.16) for r in rows]
         style = "o-" if len(rows) > 1 else "s"
         for ax, key in zip(axes, ("gold_reward", "gold_vs_seed_only")):
             cells = [r[key] for r in rows]
@@ -214,7 +305,7 @@ def _previous(path: Path, key: str):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="*", help="default: the reported seeds 10-19")
+    parser.add_argument("--seeds", type=int, nargs="*", help="default: the reported seeds 30-39")
     parser.add_argument("--dev", action="store_true", help="the development seeds 100-104")
     parser.add_argument("--jobs", type=int, default=2, help="seed processes at once (one thread each)")
     parser.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "work" / "gold_world")
@@ -226,26 +317,36 @@ def main() -> None:
         help="seed pairs whose chosen reply is as often shorter as longer (the test of the length-bias cause)",
     )
     parser.add_argument("--seed-pairs", type=int, help="gold-labelled seed pairs (default: the world's 30)")
+    parser.add_argument("--hidden-size", type=int, help="the models' width (default 64; 128 and 256: 4x, 16x)")
+    parser.add_argument("--variants", nargs="+", choices=list(goldworld.VARIANTS), help="default: every variant")
     parser.add_argument("--one-seed", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     world = goldworld.REDUCED_WORLD if args.reduced else goldworld.WorldSettings()
     world = dataclasses.replace(
-        world, seed_length_balanced=args.seed_length_balanced, seed_pairs=args.seed_pairs or world.seed_pairs
+        world,
+        seed_length_balanced=args.seed_length_balanced,
+        seed_pairs=args.seed_pairs or world.seed_pairs,
+        hidden_size=args.hidden_size or world.hidden_size,
     )
-    world_flags = ["--seed-pairs", str(world.seed_pairs)] + [
+    world_flags = ["--seed-pairs", str(world.seed_pairs), "--hidden-size", str(world.hidden_size)]
+    world_flags += ["--variants", *args.variants] if args.variants else []
+    world_flags += [
         flag for flag, on in (("--reduced", args.reduced), ("--seed-length-balanced", args.seed_length_balanced)) if on
     ]
-    out = args.out or (ROOT / "benchmarks" / "work" / "gold_world_dev" if args.dev else ROOT / "docs" / "results")
+    out = args.out or (
+        ROOT / "benchmarks" / "work" / "gold_world_dev" if args.dev else ROOT / "docs" / "results" / "safeguards"
+    )
     seeds_dir = out / ("gold_world_seeds" if not args.reduced else "gold_world_reduced_seeds")
     args.workdir.mkdir(parents=True, exist_ok=True)
     seeds_dir.mkdir(parents=True, exist_ok=True)
+    variants = tuple(args.variants or goldworld.VARIANTS)
     if args.one_seed is not None:
-        run_one_seed(args.one_seed, args.workdir, seeds_dir / f"seed-{args.one_seed}.json", world)
+        run_one_seed(args.one_seed, args.workdir, seeds_dir / f"seed-{args.one_seed}.json", world, variants)
         return
     seeds = args.seeds if args.seeds else (DEV_SEEDS if args.dev else REPORTED_SEEDS)
     started = time.time()
-    ran = [s for s in seeds if not (seeds_dir / f"seed-{s}.json").is_file()]
-    run_seeds(seeds, args.workdir, seeds_dir, args.jobs, world_flags)
+    ran = [s for s in seeds if missing_variants(seeds_dir, s, variants)]
+    run_seeds(seeds, args.workdir, seeds_dir, args.jobs, world_flags, variants)
     results = [json.loads((seeds_dir / f"seed-{s}.json").read_text()) for s in seeds]
     for result in results:  # files from before the length measurement: computed from the pairs on disk
         if "seed_pairs_chosen_shorter" not in result["world"] and (args.workdir / f"seed-{result['seed']}").is_dir():

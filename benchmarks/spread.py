@@ -56,7 +56,17 @@ VARIANTS = {
     "spa_direct": ["refine.enabled=false"],
     "spa_refine": ["refine.enabled=true", "refine.decoupled=false"],
     "spa_dnd": ["refine.enabled=true", "refine.decoupled=true"],
+    # The label safeguards (docs/spa-method.md), as chosen in the gold world's development seeds.
+    "spa_length": ["refine.enabled=true", "refine.decoupled=true", "judge.length_penalty=fit"],
+    "spa_replay": ["refine.enabled=true", "refine.decoupled=true", "loop.replay_fraction=0.25"],
+    "spa_length_replay": [
+        "refine.enabled=true",
+        "refine.decoupled=true",
+        "judge.length_penalty=fit",
+        "loop.replay_fraction=0.25",
+    ],
 }
+PAPER_VARIANTS = ("gold", "llm_judge", "spa_direct", "spa_refine", "spa_dnd")  # the default --variants
 LABELS = {
     "sft": "SFT",
     "dpo_seed": "DPO on seed only",
@@ -65,6 +75,9 @@ LABELS = {
     "spa_direct": "SPA, direct judgment",
     "spa_refine": "SPA + self-refinement",
     "spa_dnd": "SPA + refinement + DND",
+    "spa_length": "SPA + DND, length-regularised judge",
+    "spa_replay": "SPA + DND, replay 25% seed pairs",
+    "spa_length_replay": "SPA + DND, length-regularised + replay 25%",
 }
 ANNOTATION_SAMPLES, ANNOTATION_MAX_NEW_TOKENS = 4, 64  # the seed "annotation" draws, fixed across settings
 # The seed "annotation" is the same for every profile: one set of verifier-labelled seed pairs.
@@ -110,7 +123,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed-pairs", type=int, default=64, help="verifier-labelled seed pairs (at most)")
     parser.add_argument("--eval-prompts", type=int, default=40)
     parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=list(PAPER_VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--work", type=Path, default=None, help="default: benchmarks/work/spread[-long]")
     parser.add_argument(
         "--out-dir",

@@ -125,4 +125,21 @@ def test_the_benchmark_pairs_seeds_and_takes_the_final_round():
     final = next(r for r in summary["table"] if r["variant"] == "spa_dnd" and r["round"] == 2)
     assert final["gold_vs_seed_only"]["mean"] == pytest.approx(0.04)
     text = bench.markdown(summary, [10, 11], 120.0)
-    assert "| SPA + refinement + DND | DPO on the seed only | +0.040" in text and "contains 0" in text
+    assert "| SPA + refinement + DND (shipped) | DPO on the seed only | +0.040" in text and "contains 0" in text
+
+
+def test_the_guard_analysis_applies_the_pipeline_rule_seed_by_seed():
+    bench = _benchmark_module()
+    results = [_fake_seed(10, 0.40, [0.45, 0.35]), _fake_seed(11, 0.30, [0.28, 0.33])]
+    agreements = {10: [0.70, 0.80, 0.60], 11: [0.70, 0.70, 0.90]}  # seed model, round 1, round 2
+    for result in results:
+        figures = agreements[result["seed"]]
+        result["variants"]["seed_only"][0]["held_out_agreement_30"] = figures[0]
+        for row, value in zip(result["variants"]["spa_dnd"], figures[1:]):
+            row["held_out_agreement_30"] = value
+    rows = {(g["variant"], g["rule"]): g for g in bench.guard_analysis(results) if g["pairs"] == 30}
+    # best_held_out: seed 10 takes round 1 (+0.05), seed 11 round 2 (+0.03); last: -0.05 and +0.03.
+    assert rows[("spa_dnd", "best_held_out")]["per_seed"] == pytest.approx([0.05, 0.03])
+    assert rows[("spa_dnd", "best_held_out")]["best_round_picked"] == 2
+    assert rows[("spa_dnd", "last")]["per_seed"] == pytest.approx([-0.05, 0.03])
+    assert rows[("spa_dnd", "last")]["below_seed_only"] == 1

@@ -258,7 +258,40 @@ class JudgeSettings(Section):
         "round before pi_{i-1}), `none`, or a model directory or hub id (e.g. the base model before SFT, for "
         "loop.seed_stage=false). Its tokenizer must be the policy's.",
     )
+    policy: str = Field(
+        "previous",
+        description="Whose log-ratio scores the samples: `previous` (pi_{i-1}: the paper), `seed` (pi_0 in every round: "
+        "the anchored judge), `initial` (model.name_or_path), or a model directory or hub id. The round's DPO "
+        "reference stays pi_{i-1} whatever judges.",
+    )
+    base: str | None = Field(
+        None,
+        description="A second reference, usually the base model before SFT: the score becomes "
+        "log pi_judge - (1 - base_weight) * log pi_ref - base_weight * log pi_base (see docs/spa-method.md).",
+    )
+    base_weight: float = Field(
+        1.0, ge=0.0, le=4.0, description="Weight of judge.base in the reference (1: judge.base replaces it)."
+    )
     length_normalize: bool = Field(False, description="Score with per-token mean log-probs instead of sums.")
+    length_penalty: Literal["none", "fit"] | float = Field(
+        "none",
+        description="Length-regularised score s - alpha * reply tokens (DICE): `fit` fits alpha per round so that the "
+        "round's chosen replies are as often shorter as longer; a number fixes alpha; `none` is the paper.",
+    )
+    min_reply_tokens: int = Field(
+        1,
+        ge=0,
+        description="Samples with fewer reply tokens (the stop token not counted), or only whitespace, are never "
+        "paired; 1 keeps empty replies out, 0 pairs everything (the paper).",
+    )
+    top_fraction: float = Field(
+        1.0, gt=0.0, le=1.0, description="Keep only this share of a round's pairs, those with the largest margins."
+    )
+    consistency: Literal["none", "soften", "drop"] = Field(
+        "none",
+        description="CREAM: a pair whose order pi_{i-2}'s judge reverses is softened (label 1 - refine.alpha) or "
+        "dropped; round 1 compares with pi_init's log-ratio against judge.base (no check without judge.base).",
+    )
     batch_size: int = Field(8, gt=0, description="Samples per no-grad scoring batch.")
     seed_agreement: bool = Field(
         True,
@@ -351,6 +384,18 @@ class LoopSettings(Section):
         "docs/spa-method.md.",
     )
     keep_models: int = Field(2, ge=1, description="Keep the last N round models (the seed model is always kept).")
+    replay_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Experience replay (DICE): this share of each round's training pairs are human seed pairs that "
+        "pi_0 was trained on (never the held-out ones), repeated when the seed is smaller.",
+    )
+    final_model: Literal["last", "best_held_out"] = Field(
+        "last",
+        description="The run's final model: the last round, or the model (seed model included) with the best "
+        "held-out human agreement. Either way the run warns when the last round is below the seed model on it.",
+    )
     seed_stage: bool = Field(
         True,
         description="false: no seed DPO; pi_0 is model.name_or_path itself and data.train is not read (the paper's "
@@ -442,7 +487,32 @@ class Config(Section):
             )
         if self.generation.num_samples < 2:
             raise ValueError("generation.num_samples must be at least 2: each round pairs the best and worst reply")
+        self._check_safeguards()
         return self
+
+    def _check_safeguards(self) -> None:
+        """The judge's safeguards (docs/spa-method.md) need the implicit judge, and a score that is not 0."""
+        judge = self.judge
+        implicit_only = {
+            "judge.policy": judge.policy != "previous",
+            "judge.base": judge.base is not None,
+            "judge.length_penalty": judge.length_penalty != "none",
+            "judge.consistency": judge.consistency != "none",
+        }
+        if judge.kind != "implicit" and any(implicit_only.values()):
+            keys = ", ".join(k for k, on in implicit_only.items() if on)
+            raise ValueError(f"{keys} shape the implicit judge's score; judge.kind={judge.kind} has its own score")
+        if isinstance(judge.length_penalty, float) and not math.isfinite(judge.length_penalty):
+            raise ValueError("judge.length_penalty must be none, fit or a finite number")
+        if judge.consistency != "none" and self.loop.keep_models < 2:
+            raise ValueError("judge.consistency needs loop.keep_models >= 2 (it scores with pi_{i-2})")
+        # pi_init against itself (or pi_0 against itself without a seed stage): every score would be 0.
+        same_as_initial = judge.policy == "initial" or (judge.policy == "seed" and not self.loop.seed_stage)
+        if same_as_initial and judge.reference == "initial" and (judge.base is None or judge.base_weight == 0):
+            raise ValueError(
+                f"judge.policy={judge.policy} is the initial model, and so is judge.reference=initial: every score "
+                "would be 0. Set judge.reference (or judge.base) to the base model before SFT."
+            )
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -119,21 +119,90 @@ VARIANTS = {
     "seed_only": "DPO on the seed only",
     "spa_direct": "SPA, direct judgment",
     "spa_refine": "SPA + self-refinement",
-    "spa_dnd": "SPA + refinement + DND",
+    "spa_dnd": "SPA + refinement + DND (shipped)",
+    "spa_keep_empty": "SPA + DND, empty replies paired (before 0.2)",
+    "spa_length": "SPA + DND, length-regularised judge (fit)",
+    "spa_replay": "SPA + DND, replay 25% seed pairs",
+    "spa_top": "SPA + DND, top half of pairs by margin",
+    "spa_k4": "SPA + DND, K = 4 best vs worst",
+    "spa_consistency": "SPA + DND, consistency (soften)",
+    "spa_anchored": "SPA + DND, anchored judge (pi_0 vs pi_init)",
+    "spa_paper": "SPA + DND, paper-faithful settings",
+    "base_ref": "Seeded SPA, judge pi_{i-1} vs pi_base",
+    "base_fixed": "Seeded start, judge pi_init vs pi_base",
+    "base_mix": "Seeded SPA, reference pi_init^0.5 pi_base^0.5",
+    "base_length": "Seeded SPA vs pi_base + length-regularised judge",
+    "spa_length_replay": "SPA + DND, length-regularised + replay 25%",
+    "spa_length_anchored": "SPA + DND, length-regularised + anchored judge",
+    "paper_length_replay": "SPA + DND, paper-faithful + length-regularised + replay 25%",
+    "base_length_replay": "Seeded SPA vs pi_base + length-regularised + replay 25%",
     "iterative_gold": "Iterative DPO, gold labels (100%)",
     "offline_gold": "Offline DPO, gold labels, off-policy",
     "iterative_random": "Iterative DPO, random labels",
     "no_seed": "SPA without seed (reference: pi_base)",
 }
-ROUND_VARIANTS = ("spa_direct", "spa_refine", "spa_dnd", "iterative_gold", "iterative_random", "no_seed")
+ROUND_VARIANTS = (
+    "spa_direct",
+    "spa_refine",
+    "spa_dnd",
+    "spa_keep_empty",
+    "spa_length",
+    "spa_replay",
+    "spa_top",
+    "spa_k4",
+    "spa_consistency",
+    "spa_anchored",
+    "spa_paper",
+    "base_ref",
+    "base_fixed",
+    "base_mix",
+    "base_length",
+    "spa_length_replay",
+    "spa_length_anchored",
+    "paper_length_replay",
+    "base_length_replay",
+    "iterative_gold",
+    "iterative_random",
+    "no_seed",
+)
+DND = ("refine.enabled=true", "refine.decoupled=true")
+# {base}, {init} and {seed_pairs} are the seed's world on disk (pi_base, pi_init, the seed pairs).
 VARIANT_OVERRIDES = {
     "spa_direct": ("refine.enabled=false",),
     "spa_refine": ("refine.enabled=true", "refine.decoupled=false"),
-    "spa_dnd": ("refine.enabled=true", "refine.decoupled=true"),
+    "spa_dnd": DND,
+    "spa_keep_empty": (*DND, "judge.min_reply_tokens=0"),
+    "spa_length": (*DND, "judge.length_penalty=fit"),
+    "spa_replay": (*DND, "loop.replay_fraction=0.25", "data.train={seed_pairs}"),
+    "spa_top": (*DND, "judge.top_fraction=0.5"),
+    "spa_k4": (*DND, "generation.num_samples=4"),
+    "spa_consistency": (*DND, "judge.consistency=soften"),
+    "spa_anchored": (*DND, "judge.policy=seed"),
+    # The paper's choices where the world departed from them: temperature 0.7, shuffled batches, one learning
+    # rate for the seed stage and the rounds, and round 1 about 4x the seed (120 prompts on 30 pairs).
+    "spa_paper": (
+        *DND,
+        "generation.temperature=0.7",
+        "loop.group_by_length=false",
+        "loop.learning_rate=2e-3",
+        "loop.prompts_per_round=[120,120,120]",
+    ),
+    "base_ref": (*DND, "judge.reference={base}"),
+    "base_fixed": (*DND, "judge.policy={init}", "judge.reference={base}"),
+    "base_mix": (*DND, "judge.base={base}", "judge.base_weight=0.5"),
+    "base_length": (*DND, "judge.reference={base}", "judge.length_penalty=fit"),
+    "spa_length_replay": (*DND, "judge.length_penalty=fit", "loop.replay_fraction=0.25", "data.train={seed_pairs}"),
+    "spa_length_anchored": (*DND, "judge.length_penalty=fit", "judge.policy=seed"),
     "iterative_gold": ("judge.kind=custom", "refine.enabled=false"),
     "iterative_random": ("judge.kind=custom", "refine.enabled=false"),
-    "no_seed": ("refine.enabled=true", "refine.decoupled=true"),
+    "no_seed": DND,
 }
+REPLAY = ("loop.replay_fraction=0.25", "data.train={seed_pairs}")
+VARIANT_OVERRIDES |= {
+    "paper_length_replay": (*VARIANT_OVERRIDES["spa_paper"], "judge.length_penalty=fit", *REPLAY),
+    "base_length_replay": (*VARIANT_OVERRIDES["base_length"], *REPLAY),
+}
+GUARD_PAIRS = (6, 30, 100)  # held-out human pairs the guard is measured with (docs/results.md §1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -447,6 +516,7 @@ class SeedWorld:
     round_prompts: Path
     held_out: HeldOut
     info: dict[str, Any] = field(default_factory=dict)
+    guard_pairs: list[dict[str, Any]] = field(default_factory=list)  # held-out human pairs for the guard
 
 
 def build_world(world: WorldSettings, seed: int, directory: Path) -> SeedWorld:
@@ -472,6 +542,9 @@ def build_world(world: WorldSettings, seed: int, directory: Path) -> SeedWorld:
     write_jsonl(paths["seed_pairs"], seed_rows)
     write_jsonl(paths["offline_pairs"], offline_rows)
     write_jsonl(paths["round_prompts"], [{"id": f"r{i}", "prompt": p} for i, p in enumerate(round_prompts)])
+    # Held-out human pairs for the guard's measurement, from prompts of their own (the draws above are unchanged).
+    guard_prompts = make_prompts(world, max(GUARD_PAIRS) * 4, random.Random(f"guard-{seed}"))
+    guard_rows, _, _ = gold_pairs(init, tokenizer, world, guard_prompts, max(GUARD_PAIRS), seed + 104729)
     sft_replies = sample_replies(init, tokenizer, eval_prompts, world.eval_samples, seed + 7919)
     sft_rewards = [
         gold_reward(p, tokenizer.decode(r), world.words_per_topic)
@@ -489,7 +562,25 @@ def build_world(world: WorldSettings, seed: int, directory: Path) -> SeedWorld:
         "held_out_prompts": len(eval_prompts),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    return SeedWorld(seed, directory, base_dir, init_dir, *paths.values(), HeldOut(eval_prompts, sft_rewards), info)
+    return SeedWorld(
+        seed, directory, base_dir, init_dir, *paths.values(), HeldOut(eval_prompts, sft_rewards), info, guard_rows
+    )
+
+
+def held_out_agreements(
+    model_dir: Path, init: LlamaForCausalLM, tokenizer, pairs: list[dict[str, Any]]
+) -> dict[str, float]:
+    """The guard's signal, as the pipeline measures it: how often log pi(y|x) - log pi_init(y|x) prefers the
+    gold-chosen reply (ties one half), on the first 6, 30 and 100 held-out pairs."""
+    model = load_model(model_dir)
+    prompts = [p["prompt"] for p in pairs] * 2
+    replies = [
+        tokenizer(p[side], add_special_tokens=False)["input_ids"] for side in ("chosen", "rejected") for p in pairs
+    ]
+    scores = (reply_logps(model, tokenizer, prompts, replies) - reply_logps(init, tokenizer, prompts, replies)).tolist()
+    n = len(pairs)
+    outcomes = [1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(scores[:n], scores[n:])]
+    return {f"held_out_agreement_{k}": sum(outcomes[:k]) / k for k in GUARD_PAIRS if k <= n}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -522,7 +613,7 @@ def variant_overrides(name: str, world: WorldSettings, sw: SeedWorld, seed_model
         "loop.seed_stage=false",
         f"judge.reference={reference}",
         f"seed={sw.seed}",
-        *VARIANT_OVERRIDES[name],
+        *(o.format(base=sw.base, init=sw.init, seed_pairs=sw.seed_pairs) for o in VARIANT_OVERRIDES[name]),
     ]
     if name == "iterative_gold":
         out += [
@@ -562,7 +653,8 @@ def run_seed(
     results: dict[str, Any] = {"seed": seed, "world": sw.info, "variants": {}}
 
     def evaluate(model_dir: Path, tag: str) -> dict[str, float]:
-        return evaluate_model(model_dir, init, tokenizer, world, sw.held_out, seed * 1000 + 17)
+        figures = evaluate_model(model_dir, init, tokenizer, world, sw.held_out, seed * 1000 + 17)
+        return {**figures, **held_out_agreements(model_dir, init, tokenizer, sw.guard_pairs)}
 
     started = time.perf_counter()
     results["variants"]["sft"] = [dict(evaluate(sw.init, "sft"), round=0)]

@@ -125,6 +125,13 @@ class JudgedSample(Artifact):
     prefer: list[float] | None = doc(
         "external judges only: P(this sample is preferred to sample j), by j", default=None
     )
+    judge_logps: float | None = doc(
+        "log pi_judge(y|x) when judge.policy is not pi_{i-1} (the score's policy term); else null", default=None
+    )
+    base_logps: float | None = doc("log pi_base(y|x) under judge.base; null without it", default=None)
+    previous_score: float | None = doc(
+        "judge.consistency: the same score with the previous model as the judge's policy; else null", default=None
+    )
 
 
 @dataclass

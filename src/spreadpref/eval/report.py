@@ -148,14 +148,26 @@ def _precision_recall_cell(row: dict[str, Any]) -> str:
     return f"{format_cell(detector['precision']['rate'], '.2f')} / {format_cell(detector['recall']['rate'], '.2f')}"
 
 
+MODEL_COLUMN = "model held-out agree (95% CI)"
+FINAL_MARK = "← final"
+
+
 def round_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """The per-round table, the same in the terminal and in report.md: headers and rows of cells.
 
     Held-out agreement leads: it is the signal a user without a gold judge has. The gold columns
-    appear when a round was measured against ``judge.gold``.
+    appear when a round was measured against ``judge.gold``; the model column (each row's own model against
+    the held-out pairs, the run's final model marked) when the run measured it (see spa/guard.py).
     """
     rows = _rounds(summary)
     gold = any(r.get("gold_labels") for r in rows)
+    final = (summary.get("final_choice") or {}).get("round")
+
+    def model_cell(row: dict[str, Any], index: int) -> str:
+        cell = interval_cell(row.get("model_held_out_agreement"), row.get("model_held_out_agreement_ci"))
+        return f"{cell} {FINAL_MARK}" if index == final else cell
+
+    measured = any(r.get("model_held_out_agreement") is not None for r in [*rows, summary.get("seed") or {}])
     columns: list[tuple[str, Any, Any]] = [
         ("round", lambda s: "seed", lambda r: str(r["round"])),
         ("judge", lambda s: "human", lambda r: r.get("judge_kind", "implicit")),
@@ -187,6 +199,10 @@ def round_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             lambda s: format_cell(s.get("reward_accuracy"), ".2f"),
             lambda r: format_cell(r.get("reward_accuracy"), ".2f"),
         ),
+    ]
+    if measured:  # without held-out pairs the final model is the last round's: nothing to mark
+        columns.append((MODEL_COLUMN, lambda s: model_cell(s, 0), lambda r: model_cell(r, r["round"])))
+    columns += [
         (
             "seconds (gen / judge / train)",
             lambda s: format_cell(s.get("seconds"), ".0f"),
@@ -436,6 +452,15 @@ _CURVES_CAPTION = (
 )
 
 
+def _final_rule(summary: dict[str, Any]) -> str:
+    """ " (loop.final_model=best_held_out: round 1)": how the final model was chosen, when the run recorded it."""
+    choice = summary.get("final_choice")
+    if not choice:
+        return ""
+    chosen = "the seed model" if choice["round"] == 0 else f"round {choice['round']}"
+    return f" (loop.final_model={choice['rule']}: {chosen})"
+
+
 def _warnings_section(warnings: list[str]) -> list[str]:
     return ["## Warnings", "", *([f"- {w}" for w in warnings] or ["None."]), ""]
 
@@ -449,7 +474,7 @@ def write_report(run_dir: Path) -> Path:
     sections = [
         f"# spreadpref run report: `{run_dir.name}`",
         "",
-        f"Final model: `{summary.get('final_model', '–')}`; wall time of the last invocation "
+        f"Final model{_final_rule(summary)}: `{summary.get('final_model', '–')}`; wall time of the last invocation "
         f"{format_cell(summary.get('seconds_this_invocation'), '.0f')} s, peak RSS {format_cell(summary.get('peak_rss_gb'), '.2f')} GB.",
         "",
         "## Per round",
@@ -458,7 +483,9 @@ def write_report(run_dir: Path) -> Path:
         "",
         "Held-out agree: how often pi_{i-1}'s implicit reward prefers the human-chosen reply of the seed pairs held "
         "out from training (data.seed_holdout), with a 95% Wilson interval; seed agree: the same on the seed pairs "
-        "pi_0 was trained on.",
+        "pi_0 was trained on. Model held-out agree: the same for the model the row produced (pi_0 for the seed "
+        "row, pi_i for round i), always against pi_init with summed log-probs, whatever the judge settings: the "
+        f"guard's measure; {FINAL_MARK} marks the run's final model (loop.final_model).",
         "",
     ]
     figures = [
@@ -522,7 +549,8 @@ def write_report(run_dir: Path) -> Path:
     for title, name, draw, caption in figures:
         if draw(plots / name):
             sections += [f"## {title}", "", f"![{title}](plots/{name})", "", caption, ""]
-    sections += _warnings_section(training_warnings(run_dir, summary, histories))
+    # The guard's warning (the last round below the seed model) first: it is about the model the run hands back.
+    sections += _warnings_section([*(summary.get("warnings") or []), *training_warnings(run_dir, summary, histories)])
     examples = example_generations(run_dir, rounds)
     if examples:
         sections += [

@@ -34,6 +34,15 @@ def log_ratio(policy_logps: float, reference_logps: float | None, num_tokens: in
     return policy_logps - reference
 
 
+def mixed_reference(reference_logps: float | None, base_logps: float | None, base_weight: float) -> float | None:
+    """The reference term with ``judge.base``: (1 - w) * log pi_ref + w * log pi_base, the log of a geometric
+    mixture of the two references (w = 1: the base model alone; no base: pi_ref unchanged)."""
+    if base_logps is None:
+        return reference_logps
+    reference = 0.0 if reference_logps is None else reference_logps
+    return (1.0 - base_weight) * reference + base_weight * base_logps
+
+
 def preference_probability(margin: float, beta: float) -> float:
     """P(a is preferred to b) = sigmoid(beta * (s_a - s_b)), Bradley-Terry on the implicit reward."""
     return sigmoid(beta * margin)

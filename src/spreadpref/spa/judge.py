@@ -29,7 +29,7 @@ from transformers import PreTrainedModel
 from spreadpref.config import JudgeSettings
 from spreadpref.data.artifacts import GoldVerdict, JudgedSample, Pair, Sample, Verdict
 from spreadpref.data.tokenize import TokenizedPair
-from spreadpref.dpo.logprobs import forward_precision, training_precision
+from spreadpref.dpo.logprobs import forward_precision, score_sequences, training_precision
 from spreadpref.errors import JudgeError
 from spreadpref.eval.labels import accuracy_by_margin, self_label_accuracy
 from spreadpref.eval.stats import proportion
@@ -38,6 +38,7 @@ from spreadpref.judges.base import Comparison, Judge
 from spreadpref.judges.implicit import (
     both_logps,
     log_ratio,
+    mixed_reference,
     preference_probability,
     score_replies,
 )
@@ -46,6 +47,17 @@ from spreadpref.runtime import distributed
 from spreadpref.runtime.files import atomic_write_json, write_jsonl
 from spreadpref.runtime.units import run_in_parts
 from spreadpref.spa.context import StageContext
+from spreadpref.spa.safeguards import (
+    Candidate,
+    PairingRules,
+    best_and_worst,
+    content_tokens,
+    fit_length_alpha,
+    is_degenerate,
+    length_skew,
+    reversed_by_previous,
+    top_by_margin,
+)
 
 CHUNK = 16  # samples per resumable unit of judging (and per progress step)
 
@@ -60,6 +72,35 @@ class JudgeStats:
     cut_off_samples: int = 0
     mean_reply_tokens: float = 0.0
     margin_quantiles: dict[str, float] = field(default_factory=dict)
+    degenerate_samples: int = 0  # never paired (judge.min_reply_tokens)
+    degenerate_prompts: int = 0  # prompts left with fewer than two pairable samples
+    length_alpha: float = 0.0  # the length penalty applied (judge.length_penalty)
+    length_skew_before: float | None = None  # the labels' length skew without the penalty
+    length_skew: float | None = None  # ... and with it
+    low_margin_dropped: int = 0  # judge.top_fraction
+    inconsistent: int = 0  # judge.consistency: pairs the previous model's judge reverses (softened or dropped)
+
+
+@dataclass
+class JudgeModels:
+    """Where a round's judge finds its models: pi_{i-1} (always: its log-probs are the training reference), the
+    judge reference, and, when the safeguards ask for them, the judge's own policy, the base model and the
+    previous model (judge.policy, judge.base, judge.consistency). None: not needed."""
+
+    policy: str | Path
+    reference: str | None = None
+    judge_policy: str | None = None
+    base: str | None = None
+    previous: str | None = None
+
+
+@dataclass
+class ExtraModels:
+    """The loaded models beside pi_{i-1} and the reference (None where not needed)."""
+
+    judge_policy: PreTrainedModel | None = None
+    base: PreTrainedModel | None = None
+    previous: PreTrainedModel | None = None
 
 
 POLICY_LOGPS_FILE = "policy_logps.jsonl"  # external judges: the pi_{i-1} log-probs before the verdicts
@@ -85,27 +126,31 @@ class HumanLabels:
 def judge_stage(
     ctx: StageContext,
     samples: list[Sample],
-    policy_path: str | Path,
+    policy_path: str | Path | JudgeModels,
     reference_path: str | None,
     metadata: dict[str, dict[str, Any]],
     human: HumanLabels | None = None,
 ) -> JudgeResult:
     """Judge a round's samples with ``config.judge`` and pair them; writes judged.jsonl and pairs.jsonl.
 
-    ``reference_path`` is the judge reference (None: no reference); ``metadata`` maps prompt ids to
+    ``policy_path`` is pi_{i-1} (or a :class:`JudgeModels` naming every model the judge needs), and
+    ``reference_path`` the judge reference (None: no reference); ``metadata`` maps prompt ids to
     their extra columns (the verifier's constraints). With ``human`` the self-judge's agreement with
     the human labels is measured too, and with ``judge.gold`` the gold judge labels every pair.
     """
     config = ctx.config
     kind = config.judge.kind
+    paths = policy_path if isinstance(policy_path, JudgeModels) else JudgeModels(policy_path, reference_path)
     started = time.perf_counter()
-    policy = load_for_inference(config.model, policy_path)
-    needs_reference = reference_path is not None and (kind == "implicit" or human is not None)
-    reference = load_for_inference(config.model, reference_path) if needs_reference else None
+    policy = load_for_inference(config.model, paths.policy)
+    needs_reference = paths.reference is not None and (kind == "implicit" or human is not None)
+    reference = load_for_inference(config.model, paths.reference) if needs_reference else None
+    extra = load_extra_models(config, paths, reference) if kind == "implicit" else ExtraModels()
     # pi_{i-1}'s log-probs become the round's DPO reference: computed under the training forward's precision.
     with forward_precision(training_precision(config), next(policy.parameters()).device):
-        judged = judge_samples(policy, reference if kind == "implicit" else None, samples, ctx, metadata)
-    pairs, stats = pair_samples(samples, judged, config.train.beta, ctx.round_index)
+        judged = judge_samples(policy, reference if kind == "implicit" else None, samples, ctx, metadata, extra)
+    rules = PairingRules.from_settings(config.judge, config.refine.alpha)
+    pairs, stats = pair_samples(samples, judged, config.train.beta, ctx.round_index, rules)
     if distributed.is_main():
         write_jsonl(ctx.path(Pair.FILE), [pair.to_row() for pair in pairs])
     distributed.barrier()
@@ -115,7 +160,7 @@ def judge_stage(
         agreement = human_agreement(policy, reference, human, config.judge, ctx.tokenizer.pad_token_id)
         atomic_write_json(ctx.path(SEED_AGREEMENT_FILE), agreement)
         metrics.update(agreement)
-    del policy, reference
+    del policy, reference, extra
     gc.collect()
     if config.judge.gold is not None:
         gold = make_judge(config.judge.gold_settings(), config.model, beta=config.train.beta, tokenizer=ctx.tokenizer)
@@ -131,6 +176,29 @@ def judge_stage(
     return JudgeResult(pairs, stats, metrics)
 
 
+def load_extra_models(config, paths: JudgeModels, reference: PreTrainedModel | None) -> ExtraModels:
+    """The judge's own policy, the base model and the previous model, each loaded once; a path equal to the
+    reference's reuses the loaded reference."""
+
+    def load(path: str | None) -> PreTrainedModel | None:
+        if path is None or str(path) == str(paths.policy):
+            return None  # pi_{i-1} itself: its log-probs are computed anyway
+        if reference is not None and str(path) == str(paths.reference):
+            return reference
+        return load_for_inference(config.model, path)
+
+    return ExtraModels(load(paths.judge_policy), load(paths.base), load(paths.previous) if paths.previous else None)
+
+
+def _reply_logps(model: PreTrainedModel | None, chunk: list[Sample], pad_token_id: int, batch_size: int):
+    if model is None:
+        return [None] * len(chunk)
+    logps, _ = score_sequences(
+        model, [s.prompt_ids for s in chunk], [s.reply_ids for s in chunk], pad_token_id, batch_size, progress=False
+    )
+    return [float(x) for x in logps]
+
+
 def score_samples(
     policy: PreTrainedModel,
     reference: PreTrainedModel | None,
@@ -140,8 +208,15 @@ def score_samples(
     out_file: Path,
     round_index: int = 0,
     reference_is_adapter_off: bool = False,
+    extra: ExtraModels | None = None,
 ) -> list[JudgedSample]:
-    """Every sample with its policy and reference log-probs and its score (resumable in chunks)."""
+    """Every sample with its policy and reference log-probs and its score (resumable in chunks).
+
+    The score is ``log pi_judge - [(1 - w) log pi_ref + w log pi_base]`` (pi_judge: ``extra.judge_policy``, else
+    the policy; the base term only with ``extra.base``); with ``extra.previous`` the same score with the previous
+    model as pi_judge is kept beside it (judge.consistency). When pi_{i-1} is itself the previous model (round 2
+    with judge.policy=seed), ``previous_score`` is its score."""
+    extra = extra or ExtraModels()
     chunks = [samples[i : i + CHUNK] for i in range(0, len(samples), CHUNK)]
 
     def process(_: int, chunk: list[Sample]) -> list[JudgedSample]:
@@ -156,9 +231,18 @@ def score_samples(
             reference_is_adapter_off,
             progress=False,
         )
+        judge_logps = _reply_logps(extra.judge_policy, chunk, pad_token_id, settings.batch_size)
+        base_logps = _reply_logps(extra.base, chunk, pad_token_id, settings.batch_size)
+        previous_logps = _reply_logps(extra.previous, chunk, pad_token_id, settings.batch_size)
         judged = []
-        for sample, pol, ref, count in zip(chunk, policy_logps.tolist(), reference_logps, counts.tolist()):
-            score = log_ratio(pol, ref, sample.num_tokens, settings.length_normalize)
+        rows = zip(chunk, policy_logps.tolist(), reference_logps, counts.tolist(), judge_logps, base_logps)
+        for (sample, pol, ref, count, jud, base), prev in zip(rows, previous_logps):
+            ref_term = mixed_reference(ref, base, settings.base_weight)
+            score = log_ratio(pol if jud is None else jud, ref_term, sample.num_tokens, settings.length_normalize)
+            previous_score = None
+            if settings.consistency != "none":
+                previous = pol if prev is None else prev
+                previous_score = log_ratio(previous, ref_term, sample.num_tokens, settings.length_normalize)
             if not math.isfinite(score):
                 raise JudgeError(
                     f"non-finite judge score for prompt {sample.prompt_id!r}, sample {sample.sample} "
@@ -177,6 +261,9 @@ def score_samples(
                     reference_logps=ref,
                     judged_tokens=count,
                     score=score,
+                    judge_logps=jud,
+                    base_logps=base,
+                    previous_score=previous_score,
                 )
             )
         return judged
@@ -241,12 +328,13 @@ def judge_samples(
     samples: list[Sample],
     ctx: StageContext,
     metadata: dict[str, dict[str, Any]] | None = None,
+    extra: ExtraModels | None = None,
 ) -> list[JudgedSample]:
     """judged.jsonl for ``config.judge.kind``: pi_{i-1} log-probs (the training reference) and the score."""
     config, pad = ctx.config, ctx.tokenizer.pad_token_id
     if config.judge.kind == "implicit":
         return score_samples(
-            policy, reference, samples, config.judge, pad, ctx.path(JudgedSample.FILE), ctx.round_index
+            policy, reference, samples, config.judge, pad, ctx.path(JudgedSample.FILE), ctx.round_index, extra=extra
         )
     logps = score_samples(policy, None, samples, config.judge, pad, ctx.path(POLICY_LOGPS_FILE), ctx.round_index)
     judge = make_judge(config.judge, config.model, beta=config.train.beta, policy=policy, tokenizer=ctx.tokenizer)
@@ -268,31 +356,59 @@ def merge_external(judged: list[JudgedSample], verdicts: list[Verdict]) -> list[
 
 
 def pair_samples(
-    samples: list[Sample], judged: list[JudgedSample], beta: float, round_index: int = 0
+    samples: list[Sample],
+    judged: list[JudgedSample],
+    beta: float,
+    round_index: int = 0,
+    rules: PairingRules | None = None,
 ) -> tuple[list[Pair], JudgeStats]:
-    """Chosen = highest score, rejected = lowest, per prompt; identical replies and ties are dropped."""
+    """Chosen = highest score, rejected = lowest, per prompt; identical replies and ties are dropped.
+
+    ``rules`` are the safeguards (:mod:`spreadpref.spa.safeguards`): degenerate samples are left out before
+    pairing, the length penalty shapes the scores that pick the pair (margin and p are of the shaped scores),
+    and the consistency check and the margin cut apply to the pairs."""
+    rules = rules or PairingRules()
     by_prompt: dict[int, list[tuple[Sample, JudgedSample]]] = defaultdict(list)
+    stats = JudgeStats(samples=len(samples))
     for sample, verdict in zip(samples, judged, strict=True):
         if (sample.prompt_index, sample.sample) != (verdict.prompt_index, verdict.sample):
             raise ValueError("generations and judgements are not aligned")
+        by_prompt.setdefault(sample.prompt_index, [])
+        if is_degenerate(sample.text, sample.num_tokens, sample.finish_reason, rules.min_reply_tokens):
+            stats.degenerate_samples += 1
+            continue
         by_prompt[sample.prompt_index].append((sample, verdict))
-    stats = JudgeStats(prompts=len(by_prompt), samples=len(samples))
+    stats.prompts = len(by_prompt)
     stats.cut_off_samples = sum(s.cut_off for s in samples)
     stats.mean_reply_tokens = sum(s.num_tokens for s in samples) / max(len(samples), 1)
+    groups = {k: g for k, g in sorted(by_prompt.items()) if len(g) >= 2}
+    stats.degenerate_prompts = sum(1 for g in by_prompt.values() if len(g) < 2)
+    candidates = {
+        k: [(v.score, content_tokens(s.num_tokens, s.finish_reason)) for s, v in g] for k, g in groups.items()
+    }
+    alpha = round_length_alpha(list(candidates.values()), rules.length_penalty)
+    stats.length_alpha = alpha
+    stats.length_skew_before = _skew(candidates, 0.0)
+    stats.length_skew = _skew(candidates, alpha)
     pairs = []
-    for prompt_index in sorted(by_prompt):
-        group = by_prompt[prompt_index]
-        scores = [verdict.score for _, verdict in group]
-        best = max(range(len(group)), key=lambda i: (scores[i], -i))  # first of the highest
-        worst = min(range(len(group)), key=lambda i: (scores[i], -i))  # last of the lowest
+    for prompt_index, group in groups.items():
+        best, worst = best_and_worst(candidates[prompt_index], alpha)
         (chosen, chosen_v), (rejected, rejected_v) = group[best], group[worst]
         if chosen.reply_ids == rejected.reply_ids:
             stats.identical_dropped += 1
             continue
-        if scores[best] == scores[worst]:
+        chosen_score = chosen_v.score - alpha * candidates[prompt_index][best][1]
+        rejected_score = rejected_v.score - alpha * candidates[prompt_index][worst][1]
+        if chosen_score == rejected_score:
             stats.ties_dropped += 1
             continue
-        margin = scores[best] - scores[worst]
+        label = 1.0
+        if rules.consistency != "none" and reversed_by_previous(chosen_v.previous_score, rejected_v.previous_score):
+            stats.inconsistent += 1
+            if rules.consistency == "drop":
+                continue
+            label = rules.soft_label
+        margin = chosen_score - rejected_score
         # External judges give the preference probability; the implicit one is Bradley-Terry on the margin.
         p = chosen_v.prefer[rejected.sample] if chosen_v.prefer else preference_probability(margin, beta)
         pairs.append(
@@ -307,21 +423,41 @@ def pair_samples(
                 rejected_ids=rejected.reply_ids,
                 chosen_truncated=chosen.cut_off,
                 rejected_truncated=rejected.cut_off,
-                chosen_score=scores[best],
-                rejected_score=scores[worst],
+                chosen_score=chosen_score,
+                rejected_score=rejected_score,
                 margin=margin,
                 p=p,
-                label=1.0,
+                label=label,
                 # The judge's pi_{i-1} log-probs are exactly the reference of round i's DPO.
                 ref_chosen_logps=chosen_v.policy_logps,
                 ref_rejected_logps=rejected_v.policy_logps,
             )
         )
+    kept = top_by_margin([pair.margin for pair in pairs], rules.top_fraction)
+    stats.low_margin_dropped = len(pairs) - len(kept)
+    pairs = [pairs[i] for i in kept]
     stats.pairs = len(pairs)
     if pairs:
         margins = torch.tensor([pair.margin for pair in pairs], dtype=torch.float64)
         stats.margin_quantiles = {f"p{int(q * 100)}": float(torch.quantile(margins, q)) for q in (0.1, 0.5, 0.9)}
     return pairs, stats
+
+
+def round_length_alpha(groups: list[list[Candidate]], penalty: str | float) -> float:
+    """judge.length_penalty as this round applies it: fitted on the round's own candidates, fixed, or none."""
+    if penalty == "none":
+        return 0.0
+    if penalty == "fit":
+        return fit_length_alpha(groups)
+    return float(penalty)
+
+
+def _skew(candidates: dict[int, list[Candidate]], alpha: float) -> float | None:
+    lengths = []
+    for group in candidates.values():
+        best, worst = best_and_worst(group, alpha)
+        lengths.append((group[best][1], group[worst][1]))
+    return length_skew(lengths)
 
 
 def gold_verdicts(

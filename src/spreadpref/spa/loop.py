@@ -32,11 +32,12 @@ from spreadpref.config import NAMED_REFERENCES, Config, check_library_settings, 
 from spreadpref.data.artifacts import JudgedSample, Pair, Sample
 from spreadpref.data.loading import load_prompts
 from spreadpref.data.records import PromptRecord
+from spreadpref.data.tokenize import TokenizedPair
 from spreadpref.dpo.train import COSMETIC_TRAIN_KEYS, peak_gpu_memory_gb, peak_rss_gb, train_fingerprint
 from spreadpref.dpo.train import STAGE as TRAIN_STAGE
 from spreadpref.errors import DataError, SpreadprefError
 from spreadpref.eval.evaluate import evaluate
-from spreadpref.eval.report import report_or_warn
+from spreadpref.eval.report import interval_cell, report_or_warn
 from spreadpref.models.loading import load_tokenizer, resolve_model_path
 from spreadpref.runtime import distributed
 from spreadpref.runtime.files import is_local_path, remove_stale_temporaries
@@ -44,7 +45,7 @@ from spreadpref.runtime.fingerprint import fingerprint
 from spreadpref.runtime.lock import directory_lock
 from spreadpref.runtime.manifest import Manifest
 from spreadpref.runtime.progress import console
-from spreadpref.spa import generate, judge, seed, train
+from spreadpref.spa import generate, guard, judge, seed, train
 from spreadpref.spa.context import StageContext, stage_paths
 from spreadpref.spa.schedule import round_sizes, schedule_prompts
 from spreadpref.spa.summary import print_round_table, read_summary, write_summary
@@ -91,9 +92,10 @@ def stage_fingerprints(config: Config, sizes: list[int]) -> dict[str, str]:
         )
         judged = fingerprint([generated, dump["judge"], dump["train"]["beta"]])
         refine = dict(dump["refine"], lam=config.refine.lam(i))
-        trained = fingerprint(
-            [judged, train_settings, refine, loop["epochs_per_round"], loop["learning_rate"], loop["group_by_length"]]
-        )
+        round_training = [loop["epochs_per_round"], loop["learning_rate"], loop["group_by_length"]]
+        if config.loop.replay_fraction > 0:  # keyed only when on, so that runs from before the key still resume
+            round_training += [loop["replay_fraction"], dump["data"]["train"], dump["data"]["seed_holdout"]]
+        trained = fingerprint([judged, train_settings, refine, *round_training])
         prints.update({f"{name}/generate": generated, f"{name}/judge": judged, f"{name}/train": trained})
         previous = trained
     return prints
@@ -127,7 +129,12 @@ def _run_locked(config: Config, root: Path, force: bool) -> RunResult:
     if all(_done(manifest, name, fp) for name, fp in fingerprints.items()):
         console.print(f"[green]The run in {root} is already complete[/]; nothing to do (--force redoes it).")
         summary = read_summary(root)
+        if (summary.get("final_choice") or {}).get("rule", "last") != config.loop.final_model:
+            _choose_final(config, summary, _finished_models(config, manifest, len(sizes)))  # figures: in the summary
+            write_summary(root, summary)
+            _write_report(root)
         print_round_table(summary)
+        _print_final(summary)
         return RunResult(root, Path(summary.get("final_model", "")), summary, skipped=True)
 
     tokenizer = load_tokenizer(config.model)
@@ -146,14 +153,22 @@ def _run_locked(config: Config, root: Path, force: bool) -> RunResult:
     if config.loop.seed_stage:
         seed_pairs = seed.load_seed_pairs(config, tokenizer)
         models = {0: _seed(config, tokenizer, seed_pairs, manifest, fingerprints[SEED_STAGE], summary)}
-    else:
-        seed_pairs = None
+    else:  # experience replay still reads the seed pairs (data.train), when the user gives them
+        seed_pairs = seed.load_seed_pairs(config, tokenizer) if config.loop.replay_fraction > 0 else None
         models = {0: Path(resolve_model_path(config.model.name_or_path))}
         summary["seed"] = None
         console.print(f"No seed stage (loop.seed_stage=false): pi_0 is {config.model.name_or_path}.")
+    # The guard's held-out pairs: those the seed stage held out (none without a seed stage).
+    held_out = seed_pairs.held_out if config.loop.seed_stage and seed_pairs is not None else []
+    if held_out:
+        summary["seed"] = summary.get("seed") or {}
+        _measure_model(config, tokenizer, models[0], held_out, summary["seed"], root, summary)
     for i in range(1, len(sizes) + 1):
         ctx = StageContext(config, tokenizer, round_directory(root, i), i)
         row = summary["rounds"].setdefault(str(i), {"round": i})
+        if not _done(manifest, f"round-{i}/train", fingerprints[f"round-{i}/train"]):
+            for key in guard.MODEL_KEYS:  # a figure of a model about to be trained again
+                row.pop(key, None)
         for attempt in (1, 2):
             try:
                 samples = _generate(
@@ -162,15 +177,21 @@ def _run_locked(config: Config, root: Path, force: bool) -> RunResult:
                 _judge(
                     ctx, samples, schedule[i - 1], models, seed_pairs, manifest, fingerprints[f"round-{i}/judge"], row
                 )
-                models[i] = _train(ctx, models[i - 1], manifest, fingerprints[f"round-{i}/train"], row)
+                replay = seed_pairs.pairs if seed_pairs is not None else []
+                models[i] = _train(ctx, models[i - 1], manifest, fingerprints[f"round-{i}/train"], row, replay)
                 break
             except DataError as err:
                 if attempt == 2 or not _rebuild_damaged(root, i, err, manifest, fingerprints):
                     raise
-        _prune_models(root, i, config.loop.keep_models)
+        if held_out:
+            _measure_model(config, tokenizer, models[i], held_out, row, root, summary)
+        protect = None
+        if held_out and config.loop.final_model == "best_held_out":  # the best model so far is never pruned
+            protect = guard.choose_final_round(guard.agreements_of(summary, i), "best_held_out")
+        _prune_models(root, i, config.loop.keep_models, protect)
         summary["final_model"] = str(models[i])
         write_summary(root, summary)
-    summary["final_model"] = str(models[len(sizes)])
+    final_model = _choose_final(config, summary, models, has_held_out=bool(held_out))
     summary["seconds_this_invocation"] = round(time.perf_counter() - started, 1)
     summary["peak_rss_gb"] = round(peak_rss_gb(), 2)
     if (gpu := peak_gpu_memory_gb()) is not None:
@@ -180,8 +201,8 @@ def _run_locked(config: Config, root: Path, force: bool) -> RunResult:
     if config.eval.after_run:
         evaluate(config, [str(root)], root / "eval")
     _write_report(root)
-    console.print(f"Final model: {summary['final_model']}")
-    return RunResult(root, Path(summary["final_model"]), summary)
+    _print_final(summary)
+    return RunResult(root, final_model, summary)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,26 +328,61 @@ def judge_reference_path(config: Config, models: dict[int, Path], i: int) -> str
     return resolve_model_path(reference)
 
 
+def judge_policy_path(config: Config, models: dict[int, Path], i: int) -> str | None:
+    """Whose log-ratio scores round ``i``: None for pi_{i-1} (the paper), else pi_0, pi_init or a named model."""
+    policy = config.judge.policy
+    if policy == "previous":
+        return None
+    if policy == "seed":
+        return str(models[0])
+    if policy == "initial":
+        return resolve_model_path(config.model.name_or_path)
+    return resolve_model_path(policy)
+
+
+def judge_models(config: Config, models: dict[int, Path], i: int) -> judge.JudgeModels:
+    """Every model round ``i``'s judge needs: pi_{i-1}, the reference, and those the safeguards name."""
+    previous = None
+    if config.judge.consistency != "none":  # the previous model's judge: pi_{i-2}, and pi_init in round 1
+        previous = str(models[i - 2]) if i >= 2 else resolve_model_path(config.model.name_or_path)
+    return judge.JudgeModels(
+        policy=models[i - 1],
+        reference=judge_reference_path(config, models, i),
+        judge_policy=judge_policy_path(config, models, i),
+        base=resolve_model_path(config.judge.base) if config.judge.base else None,
+        previous=previous,
+    )
+
+
 def check_judge_reference(config: Config, tokenizer: PreTrainedTokenizerBase) -> None:
-    """A reference named by path must exist (when local) and share the policy's tokenizer: the implicit reward
-    compares the same token ids under both models."""
-    reference = config.judge.reference
-    if config.judge.kind != "implicit" or reference in (*NAMED_REFERENCES, "none"):
+    """Every model the judge names by path (judge.reference, judge.base, judge.policy) must exist (when local)
+    and share the policy's tokenizer: the implicit reward compares the same token ids under every model."""
+    if config.judge.kind != "implicit":
         return
-    path = resolve_model_path(reference)
+    named = {"judge.reference": (config.judge.reference, (*NAMED_REFERENCES, "none"))}
+    named["judge.policy"] = (config.judge.policy, ("previous", "seed", "initial"))
+    if config.judge.base:
+        named["judge.base"] = (config.judge.base, ())
+    for key, (value, keywords) in named.items():
+        if value not in keywords:
+            _check_judge_model(key, value, config, tokenizer)
+
+
+def _check_judge_model(key: str, value: str, config: Config, tokenizer: PreTrainedTokenizerBase) -> None:
+    path = resolve_model_path(value)
     if is_local_path(path) and not Path(path).expanduser().is_dir():
-        raise SpreadprefError(f"judge.reference={reference}: no such model directory")
-    reference_tokenizer = load_tokenizer(config.model.model_copy(update={"name_or_path": path, "tokenizer": None}))
-    if reference_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise SpreadprefError(f"{key}={value}: no such model directory")
+    other = load_tokenizer(config.model.model_copy(update={"name_or_path": path, "tokenizer": None}))
+    if other.get_vocab() != tokenizer.get_vocab():
         raise SpreadprefError(
-            f"judge.reference={reference} has a different tokenizer from the policy ({config.model.name_or_path}): "
+            f"{key}={value} has a different tokenizer from the policy ({config.model.name_or_path}): "
             "the implicit reward compares the same token ids under both models. Use the policy's base model, or a "
             "model with the same tokenizer."
         )
-    if reference_tokenizer.chat_template != tokenizer.chat_template:
+    if other.chat_template != tokenizer.chat_template:
         console.print(
-            f"[yellow]judge.reference={reference} has a different chat template; the replies are scored with the "
-            "policy's template under both models.[/]"
+            f"[yellow]{key}={value} has a different chat template; the replies are scored with the "
+            "policy's template under every model.[/]"
         )
 
 
@@ -352,8 +408,8 @@ def _judge(
     result = judge.judge_stage(
         ctx,
         samples,
-        models[ctx.round_index - 1],
-        judge_reference_path(ctx.config, models, ctx.round_index),
+        judge_models(ctx.config, models, ctx.round_index),
+        None,
         {p.id: p.metadata for p in prompts},
         judge.HumanLabels(seed_pairs.pairs, seed_pairs.held_out)
         if ctx.config.judge.seed_agreement and seed_pairs is not None
@@ -378,15 +434,29 @@ def _judge(
         judge_seconds=result.metrics["seconds"],
         judge_tokens_per_second=result.metrics["tokens_per_second"],
         judge_kind=kind,
+        safeguards={
+            key: getattr(stats, key)
+            for key in (
+                "degenerate_samples",
+                "degenerate_prompts",
+                "length_alpha",
+                "length_skew_before",
+                "length_skew",
+                "low_margin_dropped",
+                "inconsistent",
+            )
+        },
     )
 
 
-def _train(ctx: StageContext, start: Path, manifest: Manifest, fp: str, row: dict[str, Any]) -> Path:
+def _train(
+    ctx: StageContext, start: Path, manifest: Manifest, fp: str, row: dict[str, Any], replay: list | None = None
+) -> Path:
     name = f"round-{ctx.round_index}/train"
     if _done(manifest, name, fp):
         return Path(manifest.stage(name)["outputs"]["model"])
     manifest.start(name, fp)
-    result = train.train_stage(ctx, start)
+    result = train.train_stage(ctx, start, replay or [])
     manifest.complete(name, outputs=result.outputs, metrics=result.metrics)
     metrics = result.metrics
     row.update(
@@ -396,6 +466,7 @@ def _train(ctx: StageContext, start: Path, manifest: Manifest, fp: str, row: dic
         refinement_quality=metrics.get("refinement_quality"),
         train_seconds=metrics["seconds"],
         train_tokens_per_second=metrics["train_tokens_per_second"],
+        replay_pairs=metrics.get("replay_pairs", 0),
     )
     return result.model
 
@@ -423,12 +494,96 @@ def _rebuild_damaged(root: Path, i: int, err: DataError, manifest: Manifest, fin
     return False
 
 
-def _prune_models(root: Path, current: int, keep: int) -> None:
-    """Delete round models older than the last ``keep`` (the seed model pi_0 always stays)."""
+def _prune_models(root: Path, current: int, keep: int, protect: int | None = None) -> None:
+    """Delete round models older than the last ``keep`` (the seed model pi_0 always stays), except round
+    ``protect``'s (the best by held-out agreement, with loop.final_model=best_held_out)."""
     for i in range(1, current - keep + 1):
+        if i == protect:
+            continue
         train_dir = round_directory(root, i) / train.DIRECTORY
         for sub in ("model", "adapter", "checkpoints"):
             shutil.rmtree(train_dir / sub, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The guard: every model's held-out agreement, the final model, the below-seed warning (see spa/guard.py)
+
+
+def _measure_model(
+    config: Config,
+    tokenizer: PreTrainedTokenizerBase,
+    model: Path,
+    held_out: list[TokenizedPair],
+    row: dict[str, Any],
+    root: Path,
+    summary: dict[str, Any],
+) -> None:
+    """A model's held-out agreement into its summary row (the seed's or a round's), unless a resumed run has it."""
+    if row.get(guard.AGREEMENT_KEY) is not None:
+        return
+    row.update(guard.measure_held_out_agreement(config, tokenizer, model, held_out))
+    figure = interval_cell(row[guard.AGREEMENT_KEY], row[guard.INTERVAL_KEY])
+    console.print(f"Held-out agreement of {model} ({len(held_out)} human pairs, against the initial model): {figure}")
+    write_summary(root, summary)
+
+
+def _finished_models(config: Config, manifest: Manifest, rounds: int) -> dict[int, Path]:
+    """Every model of a finished run, from its manifest: {0: pi_0, 1: pi_1, ...}."""
+    if config.loop.seed_stage:
+        models = {0: Path(manifest.stage(SEED_STAGE)["outputs"]["model"])}
+    else:
+        models = {0: Path(resolve_model_path(config.model.name_or_path))}
+    for i in range(1, rounds + 1):
+        models[i] = Path(manifest.stage(f"round-{i}/train")["outputs"]["model"])
+    return models
+
+
+def _choose_final(config: Config, summary: dict[str, Any], models: dict[int, Path], has_held_out: bool = True) -> Path:
+    """Choose the final model by ``loop.final_model`` among the models still on disk; record the choice, its
+    figures and the below-seed warning in the summary (summary["final_model"], ["final_choice"], ["warnings"])."""
+    rule = config.loop.final_model
+    last = max(models)
+    agreements = guard.agreements_of(summary, last) if has_held_out else dict.fromkeys(models)
+    on_disk = {k: v for k, v in agreements.items() if k in (0, last) or models[k].is_dir()}
+    chosen = guard.choose_final_round(on_disk, rule)
+    notes = []
+    if not any(v is not None for v in agreements.values()):
+        notes.append(guard.NO_HELD_OUT)
+    elif rule == "best_held_out" and (best := guard.choose_final_round(agreements, rule)) != chosen:
+        notes.append(
+            f"Round {best}'s model is the best by held-out agreement but no longer on disk (loop.keep_models)."
+        )
+    warning = guard.below_seed_warning(agreements)
+    previous = (summary.get("final_choice") or {}).get("warning")
+    if previous and previous in summary.get("warnings", []):
+        summary["warnings"].remove(previous)  # the last choice's warning, replaced by this one's
+    if warning:
+        summary.setdefault("warnings", []).insert(0, warning)
+    summary["final_model"] = str(models[chosen])
+    summary["final_choice"] = {
+        "rule": rule,
+        "round": chosen,
+        "agreements": {str(k): v for k, v in agreements.items()},
+        "warning": warning,
+        "notes": notes,
+    }
+    return models[chosen]
+
+
+def _print_final(summary: dict[str, Any]) -> None:
+    """The guard's warning (yellow), its notes and the final model, at the end of a run."""
+    choice = summary.get("final_choice") or {}
+    for note in choice.get("notes", []):
+        console.print(note)
+    if choice.get("warning"):
+        console.print(f"[yellow]{choice['warning']}[/]")
+    which = ""
+    if choice:
+        chosen = choice["round"]
+        figure = choice["agreements"].get(str(chosen))
+        which = f" (loop.final_model={choice['rule']}: {'the seed model' if chosen == 0 else f'round {chosen}'}"
+        which += f", held-out agreement {figure:.2f})" if figure is not None else ")"
+    console.print(f"Final model{which}: {summary.get('final_model', '–')}")
 
 
 def _write_report(root: Path) -> None:

@@ -6,7 +6,9 @@ forward pass runs for the loss; only decoupled noise detection needs the referen
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Any
 from transformers import set_seed
 
 from spreadpref.data.artifacts import GoldVerdict, Pair
+from spreadpref.data.tokenize import TokenizedPair
 from spreadpref.dpo.refine import Refinement
 from spreadpref.dpo.train import train_on_pairs
 from spreadpref.errors import SpreadprefError
@@ -52,8 +55,28 @@ def round_refinement(ctx: StageContext, start: str | Path) -> Refinement | None:
     return Refinement(config.refine, lam=lam, reference=reference, measure_lam=measure_lam)
 
 
-def train_stage(ctx: StageContext, start: str | Path) -> TrainResult:
-    """Train from ``start`` on ``ctx``'s pairs.jsonl into ``ctx``'s train/ directory."""
+def replay_pairs(human: list[TokenizedPair], round_pairs: int, fraction: float, salt: str) -> list[TokenizedPair]:
+    """Experience replay (DICE): ``r`` human pairs with ``r / (round_pairs + r) = fraction``, drawn in seeded
+    shuffled passes over ``human`` (repeated when there are fewer), as copies without reference log-probs (the
+    round's reference, pi_{i-1}, scores them before training)."""
+    if fraction <= 0 or not human or round_pairs <= 0:
+        return []
+    wanted = round(fraction * round_pairs / (1.0 - fraction))
+    rng = random.Random(salt)
+    drawn: list[TokenizedPair] = []
+    while len(drawn) < wanted:
+        order = list(range(len(human)))
+        rng.shuffle(order)
+        drawn += [human[k] for k in order[: wanted - len(drawn)]]
+    return [
+        dataclasses.replace(pair, id=f"replay{n}-{pair.id}", ref_chosen_logps=None, ref_rejected_logps=None)
+        for n, pair in enumerate(drawn)
+    ]
+
+
+def train_stage(ctx: StageContext, start: str | Path, human: list[TokenizedPair] | None = None) -> TrainResult:
+    """Train from ``start`` on ``ctx``'s pairs.jsonl (and, with loop.replay_fraction, replayed ``human`` seed
+    pairs) into ``ctx``'s train/ directory."""
     config, i = ctx.config, ctx.round_index
     pairs = [pair.to_tokenized() for pair in Pair.read(ctx.path(Pair.FILE))]
     if not pairs:
@@ -61,7 +84,14 @@ def train_stage(ctx: StageContext, start: str | Path) -> TrainResult:
             f"round {i} produced no usable pairs (every prompt's replies were identical or tied); "
             "raise generation.temperature or generation.num_samples"
         )
-    console.rule(f"[bold]Round {i}: DPO on {len(pairs)} self-labelled pairs")
+    if config.loop.replay_fraction > 0 and not human:
+        raise SpreadprefError(
+            f"loop.replay_fraction={config.loop.replay_fraction} needs the human seed pairs: set data.train"
+        )
+    replay = replay_pairs(human or [], len(pairs), config.loop.replay_fraction, f"spreadpref-replay-{config.seed}-{i}")
+    replayed = f" and {len(replay)} replayed human pairs" if replay else ""
+    pairs += replay
+    console.rule(f"[bold]Round {i}: DPO on {len(pairs) - len(replay)} self-labelled pairs{replayed}")
     set_seed(config.seed + i)
     started = time.perf_counter()
     refinement = round_refinement(ctx, start)
@@ -83,4 +113,5 @@ def train_stage(ctx: StageContext, start: str | Path) -> TrainResult:
         decisions = read_jsonl(Path(outputs["refinement"]))
         metrics["refinement_quality"] = refinement_quality(decisions, GoldVerdict.read(ctx.path(GoldVerdict.FILE)))
     metrics["seconds"] = round(time.perf_counter() - started, 1)
+    metrics["replay_pairs"] = len(replay)
     return TrainResult(Path(outputs["model"]), outputs, metrics)

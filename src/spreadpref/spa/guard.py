@@ -1,0 +1,102 @@
+"""The guard (beyond the paper): which model a run hands back, and a warning when the rounds made it worse.
+
+Every model of a run (pi_0 after the seed stage, pi_i after round i) is measured once the same way,
+whatever the judge settings: how often its implicit reward against pi_init prefers the human-chosen
+reply of the held-out seed pairs (``data.seed_holdout``). That is the one signal of a model's quality a
+user without a gold judge has. ``loop.final_model`` picks the run's final model by it (``best_held_out``)
+or takes the last round (``last``, the paper); either way the run warns when the last round's model is
+below the seed model on it.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from spreadpref.config import Config, JudgeSettings
+from spreadpref.data.tokenize import TokenizedPair
+from spreadpref.dpo.logprobs import forward_precision, training_precision
+from spreadpref.models.loading import load_for_inference, resolve_model_path
+from spreadpref.runtime import distributed
+from spreadpref.spa.judge import label_agreement
+
+RULES = ("last", "best_held_out")
+AGREEMENT_KEY = "model_held_out_agreement"
+INTERVAL_KEY = "model_held_out_agreement_ci"
+MODEL_KEYS = (AGREEMENT_KEY, INTERVAL_KEY)
+NO_HELD_OUT = (
+    "No held-out human pairs (data.seed_holdout=0, too few seed pairs to hold 8 out, or no seed stage): no "
+    "model's held-out agreement is measured, so the final model is the last round's and nothing warns when the "
+    "rounds made it worse than the seed model."
+)
+
+
+def choose_final_round(agreements: Mapping[int, float | None], rule: str) -> int:
+    """The final model's index (0: the seed model pi_0, i: round i's model) under ``rule``.
+
+    ``last``: the largest index. ``best_held_out``: the highest held-out agreement, ties going to the earlier
+    model; unmeasured models (None) are skipped, and with none measured it is the largest index."""
+    if rule not in RULES:
+        raise ValueError(f"unknown final-model rule {rule!r}; expected one of {', '.join(RULES)}")
+    if not agreements:
+        raise ValueError("no models to choose from")
+    last = max(agreements)
+    measured = [(k, v) for k, v in agreements.items() if v is not None]
+    if rule == "last" or not measured:
+        return last
+    return max(measured, key=lambda item: (item[1], -item[0]))[0]
+
+
+def below_seed_warning(agreements: Mapping[int, float | None]) -> str | None:
+    """One sentence when the last model agrees with the held-out human labels strictly less often than the seed
+    model pi_0 (both measured); otherwise None."""
+    if not agreements or 0 not in agreements:
+        return None
+    seed, last = agreements[0], agreements[max(agreements)]
+    if seed is None or last is None or not last < seed:
+        return None
+    digits = 2
+    while f"{last:.{digits}f}" == f"{seed:.{digits}f}" and digits < 6:
+        digits += 1  # never "0.61 against 0.61"
+    return (
+        f"The last round's model agrees with the held-out human labels less often than the seed model "
+        f"({last:.{digits}f} against {seed:.{digits}f}): the rounds made it worse on the one signal without a gold "
+        "judge; loop.final_model=best_held_out hands back the better model."
+    )
+
+
+def agreements_of(summary: Mapping[str, Any], rounds: int) -> dict[int, float | None]:
+    """Every model's held-out agreement as ``summary.json`` holds it: {0: pi_0's, 1: pi_1's, ...} (None: not
+    measured)."""
+    agreements: dict[int, float | None] = {0: (summary.get("seed") or {}).get(AGREEMENT_KEY)}
+    rows = summary.get("rounds") or {}
+    for i in range(1, rounds + 1):
+        agreements[i] = (rows.get(str(i)) or {}).get(AGREEMENT_KEY)
+    return agreements
+
+
+def measure_held_out_agreement(
+    config: Config, tokenizer: PreTrainedTokenizerBase, model: str | Path, held_out: list[TokenizedPair]
+) -> dict[str, Any]:
+    """``model``'s held-out agreement: how often its implicit reward against pi_init (``model.name_or_path``),
+    summed over the reply tokens, prefers the human-chosen reply of ``held_out`` (ties one half), with its 95%
+    Wilson interval, as ``{model_held_out_agreement, model_held_out_agreement_ci}``.
+
+    Measured by the main process alone and the same on every process; both None when ``held_out`` is empty or
+    the model is no longer on disk (pruned by ``loop.keep_models``)."""
+    figures: dict[str, Any] = {AGREEMENT_KEY: None, INTERVAL_KEY: None}
+    if distributed.is_main() and held_out and Path(model).is_dir():
+        policy = load_for_inference(config.model, model)
+        reference = load_for_inference(config.model, resolve_model_path(config.model.name_or_path))
+        # The same measurement whatever the judge: plain sums of log-probs, the judge's batch size only.
+        settings = JudgeSettings(batch_size=config.judge.batch_size)
+        with forward_precision(training_precision(config), next(policy.parameters()).device):
+            agreement = label_agreement(policy, reference, held_out, settings, tokenizer.pad_token_id)
+        figures = {AGREEMENT_KEY: agreement["rate"], INTERVAL_KEY: [agreement["ci_low"], agreement["ci_high"]]}
+        del policy, reference
+        gc.collect()
+    return distributed.broadcast_object(figures)

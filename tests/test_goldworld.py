@@ -76,10 +76,8 @@ def test_the_method_spreads_a_preference_in_the_reduced_gold_world(tmp_path):
     seed does not beat the seed-only model there (its labels' errors are systematic, length among them,
     and the rounds amplify them), so that is reported, not asserted. A flipped or broken implicit reward fails both checks.
     """
-    results = [
-        goldworld.run_seed(goldworld.REDUCED_WORLD, seed, tmp_path, variants=("seed_only", "spa_dnd", "no_seed"))
-        for seed in (0, 1, 2)
-    ]
+    variants = ("seed_only", "spa_dnd", "spa_length_replay", "base_length_replay", "no_seed")
+    results = [goldworld.run_seed(goldworld.REDUCED_WORLD, seed, tmp_path, variants=variants) for seed in (0, 1, 2)]
     sft = [r["variants"]["sft"][0]["gold_reward"] for r in results]
     no_seed = [r["variants"]["no_seed"][-1]["gold_reward"] for r in results]
     accuracy = [r["variants"]["spa_dnd"][0]["self_label_accuracy"] for r in results]
@@ -87,6 +85,13 @@ def test_the_method_spreads_a_preference_in_the_reduced_gold_world(tmp_path):
     assert sum(no_seed) / 3 > sum(sft) / 3 + 0.01, (no_seed, sft)
     assert sum(accuracy) / 3 > 0.55, accuracy
     assert all(row["length_skew"] is not None for r in results for row in r["variants"]["spa_dnd"])
+    # The safeguards (docs/results.md §1, seeds 30-39): judged against the base model, the round-1 labels beat
+    # the shipped SPA's in every seed; the fitted length penalty leaves the labels length-balanced.
+    for r in results:
+        base_first = r["variants"]["base_length_replay"][0]["self_label_accuracy"]
+        assert base_first > r["variants"]["spa_dnd"][0]["self_label_accuracy"], (base_first, r["seed"])
+        assert all(row["length_skew"] <= 0.05 for row in r["variants"]["spa_length_replay"]), r["seed"]
+        assert all("held_out_agreement_30" in row for row in r["variants"]["spa_length_replay"])
 
 
 def _benchmark_module():

@@ -212,3 +212,18 @@ def test_a_perfect_agreement_plots_its_interval(tmp_path):
     assert low <= 1.0 <= high  # contains the rate, rounding included
     rows = [{"round": 1, "held_out_agreement": 1.0, "held_out_agreement_ci": [0.94, 0.9999999999999998]}]
     assert plot_label_quality(rows, tmp_path / "q.png")
+
+
+def test_the_round_table_says_what_the_safeguards_did():
+    from spreadpref.eval.report import round_table
+
+    row = {
+        "round": 1,
+        "pairs": 30,
+        "replay_pairs": 10,
+        "safeguards": {"degenerate_samples": 3, "length_alpha": 0.125, "length_skew_before": 0.5, "length_skew": 0.0},
+    }
+    headers, rows = round_table({"rounds": {"1": row}})
+    assert rows[0][headers.index("safeguards")] == "3 empty; α 0.125, skew 0.50→0.00; 10 replayed"
+    headers, _ = round_table({"rounds": {"1": {"round": 1, "pairs": 30, "safeguards": {"length_alpha": 0.0}}}})
+    assert "safeguards" not in headers  # nothing acted: no column

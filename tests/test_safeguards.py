@@ -281,3 +281,16 @@ def test_the_judge_models_of_each_round():
 def test_safeguard_settings_that_cannot_work_are_refused(overrides, message):
     with pytest.raises(Exception, match=message):
         config_with(*overrides)
+
+
+def test_spreadpref_judge_outside_a_run_takes_the_base_and_a_named_judge_policy():
+    from spreadpref.spa.judge import standalone_models
+
+    models = standalone_models(config_with("judge.base=/m/base", "judge.policy=/m/judge"), "/m/policy", "/m/ref")
+    assert (models.policy, models.reference, models.judge_policy, models.base) == (
+        "/m/policy",
+        "/m/ref",
+        "/m/judge",
+        "/m/base",
+    )
+    assert standalone_models(config_with(), "/m/policy", None).judge_policy is None

@@ -71,6 +71,14 @@ def drip(connection, stop):
         time.sleep(0.2)
 
 
+def drip_closing(connection, stop):
+    """HTTP/1.0 with a length, then one byte every 0.2 s: http.client hands the socket to the response."""
+    connection.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n")
+    while not stop.is_set():
+        connection.sendall(b" ")
+        time.sleep(0.2)
+
+
 def drip_headers(connection, stop):
     connection.sendall(b"HTTP/1.1 200 OK\r\n")
     while not stop.is_set():
@@ -101,7 +109,9 @@ def cut_short(connection, stop):
     connection.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n{"choices": [')
 
 
-@pytest.mark.parametrize("respond", [drip, drip_headers], ids=["slow-body", "slow-headers"])
+@pytest.mark.parametrize(
+    "respond", [drip, drip_closing, drip_headers], ids=["slow-body", "slow-body-closing", "slow-headers"]
+)
 def test_a_slow_drip_server_hits_the_total_deadline(raw, respond):
     server = raw(respond)
     judge = HTTPLLMJudge(server.url, "m", max_retries=1, timeout=1.0, sleep=lambda s: None)

@@ -187,6 +187,8 @@ def round_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         ("margin p50", None, lambda r: format_cell((r.get("margin_quantiles") or {}).get("p50"), ".2f")),
         ("smoothed", None, lambda r: format_cell(r.get("smoothed_fraction"), ".2f")),
     ]
+    if any(_safeguards_cell(r) != "–" for r in rows):
+        columns.append(("safeguards", None, _safeguards_cell))
     if gold:
         columns += [
             ("self-label acc (gold, 95% CI)", None, _gold_cell),
@@ -216,6 +218,25 @@ def round_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         table.append([seed_cell(summary["seed"]) if seed_cell else "–" for _, seed_cell, _ in columns])
     table += [[cell(r) for _, _, cell in columns] for r in rows]
     return [title for title, _, _ in columns], table
+
+
+def _safeguards_cell(row: dict[str, Any]) -> str:
+    """What the label safeguards did in a round (docs/spa-method.md): only what acted."""
+    guards = row.get("safeguards") or {}
+    parts = []
+    if guards.get("degenerate_samples"):
+        parts.append(f"{guards['degenerate_samples']} empty")
+    if guards.get("length_alpha"):
+        before, after = guards.get("length_skew_before"), guards.get("length_skew")
+        skew = f", skew {before:.2f}→{after:.2f}" if before is not None and after is not None else ""
+        parts.append(f"α {guards['length_alpha']:.3g}{skew}")
+    if guards.get("low_margin_dropped"):
+        parts.append(f"{guards['low_margin_dropped']} low-margin")
+    if guards.get("inconsistent"):
+        parts.append(f"{guards['inconsistent']} reversed")
+    if row.get("replay_pairs"):
+        parts.append(f"{row['replay_pairs']} replayed")
+    return "; ".join(parts) or "–"
 
 
 def _markdown_table(headers: list[str], rows: list[list[str]]) -> list[str]:

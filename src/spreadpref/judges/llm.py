@@ -283,11 +283,13 @@ def bounded_post(
     connection_type = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     connection = connection_type(parts.hostname, parts.port, timeout=deadline_s)
     expired = threading.Event()
+    # The socket is kept here: on an answer that closes the connection (HTTP/1.0, "Connection: close"),
+    # http.client hands it to the response and forgets it, so connection.sock is None by the time we wait.
+    sockets: list[socket.socket] = []
 
     def abort() -> None:
         expired.set()
-        sock = connection.sock
-        if sock is not None:
+        for sock in {id(s): s for s in [*sockets, connection.sock] if s is not None}.values():
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
@@ -296,6 +298,8 @@ def bounded_post(
     watchdog.start()
     try:
         path = parts.path + (f"?{parts.query}" if parts.query else "")
+        connection.connect()
+        sockets.append(connection.sock)
         connection.request("POST", path, body=data, headers=headers)
         response = connection.getresponse()
         chunks, size = [], 0

@@ -42,7 +42,7 @@ from spreadpref.judges.implicit import (
     preference_probability,
     score_replies,
 )
-from spreadpref.models.loading import load_for_inference
+from spreadpref.models.loading import load_for_inference, resolve_model_path
 from spreadpref.runtime import distributed
 from spreadpref.runtime.files import atomic_write_json, write_jsonl
 from spreadpref.runtime.units import run_in_parts
@@ -140,7 +140,9 @@ def judge_stage(
     """
     config = ctx.config
     kind = config.judge.kind
-    paths = policy_path if isinstance(policy_path, JudgeModels) else JudgeModels(policy_path, reference_path)
+    paths = (
+        policy_path if isinstance(policy_path, JudgeModels) else standalone_models(config, policy_path, reference_path)
+    )
     started = time.perf_counter()
     policy = load_for_inference(config.model, paths.policy)
     needs_reference = paths.reference is not None and (kind == "implicit" or human is not None)
@@ -174,6 +176,20 @@ def judge_stage(
         tokens_per_second=round(scored_tokens / max(judge_seconds, 1e-9), 1),
     )
     return JudgeResult(pairs, stats, metrics)
+
+
+def standalone_models(config, policy: str | Path, reference: str | None) -> JudgeModels:
+    """The judge's models outside a run (``spreadpref judge``): the given policy and reference, with judge.base
+    and a judge.policy that names a model (`initial` or a path); `seed`, `previous` and judge.consistency need a
+    run's models, so they fall back to the given policy."""
+    named = config.judge.policy
+    judge_policy = None if named in ("previous", "seed") else config.model.name_or_path if named == "initial" else named
+    return JudgeModels(
+        policy,
+        reference,
+        judge_policy=resolve_model_path(judge_policy) if judge_policy else None,
+        base=resolve_model_path(config.judge.base) if config.judge.base else None,
+    )
 
 
 def load_extra_models(config, paths: JudgeModels, reference: PreTrainedModel | None) -> ExtraModels:

@@ -172,6 +172,10 @@ def base_overrides(args: argparse.Namespace, model: str, seed_file: Path, seed: 
         f"eval.limit={args.eval_prompts}",
         f"eval.max_new_tokens={args.max_new_tokens}",
         "eval.judge.kind=verifier",
+        # The paper's loop for every variant (the default profile adds two safeguards); the safeguard variants
+        # turn theirs on again.
+        "judge.length_penalty=none",
+        "loop.replay_fraction=0",
     ]
     if args.prompts_per_round is not None:
         overrides.append(f"loop.prompts_per_round={[args.prompts_per_round] * args.rounds}")

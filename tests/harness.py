@@ -108,7 +108,10 @@ def check_consistent(out: Path) -> str:
             read_jsonl(path)
     for path in out.rglob("*.json"):
         if not never_read(path):
-            json.loads(path.read_text())
+            try:
+                json.loads(path.read_text())
+            except json.JSONDecodeError as err:
+                raise AssertionError(f"a killed run left {path} unreadable: {err}") from None
     stages = manifest["stages"]
     for name in STAGES:
         entry = stages.get(name)

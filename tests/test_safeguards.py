@@ -272,7 +272,7 @@ def test_the_judge_models_of_each_round():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (("judge.kind=verifier", "judge.length_penalty=fit"), "judge.length_penalty"),
+        (("judge.kind=verifier", "judge.base=/m/base"), "judge.base"),
         (("judge.policy=initial",), "every score would be 0"),
         (("judge.consistency=drop", "loop.keep_models=1"), "keep_models"),
         (("judge.length_penalty=nan",), "finite"),

@@ -276,7 +276,8 @@ class JudgeSettings(Section):
     length_penalty: Literal["none", "fit"] | float = Field(
         "none",
         description="Length-regularised score s - alpha * reply tokens (DICE): `fit` fits alpha per round so that the "
-        "round's chosen replies are as often shorter as longer; a number fixes alpha; `none` is the paper.",
+        "round's chosen replies are as often shorter as longer; a number fixes alpha; `none` is the paper. The "
+        "implicit judge only (with judge.kind set to an external judge it does nothing, as judge.consistency).",
     )
     min_reply_tokens: int = Field(
         1,
@@ -493,15 +494,10 @@ class Config(Section):
     def _check_safeguards(self) -> None:
         """The judge's safeguards (docs/spa-method.md) need the implicit judge, and a score that is not 0."""
         judge = self.judge
-        implicit_only = {
-            "judge.policy": judge.policy != "previous",
-            "judge.base": judge.base is not None,
-            "judge.length_penalty": judge.length_penalty != "none",
-            "judge.consistency": judge.consistency != "none",
-        }
+        implicit_only = {"judge.policy": judge.policy != "previous", "judge.base": judge.base is not None}
         if judge.kind != "implicit" and any(implicit_only.values()):
             keys = ", ".join(k for k, on in implicit_only.items() if on)
-            raise ValueError(f"{keys} shape the implicit judge's score; judge.kind={judge.kind} has its own score")
+            raise ValueError(f"{keys} choose the implicit judge's models; judge.kind={judge.kind} has its own judge")
         if isinstance(judge.length_penalty, float) and not math.isfinite(judge.length_penalty):
             raise ValueError("judge.length_penalty must be none, fit or a finite number")
         if judge.consistency != "none" and self.loop.keep_models < 2:

@@ -152,6 +152,8 @@ def judge_stage(
     with forward_precision(training_precision(config), next(policy.parameters()).device):
         judged = judge_samples(policy, reference if kind == "implicit" else None, samples, ctx, metadata, extra)
     rules = PairingRules.from_settings(config.judge, config.refine.alpha)
+    if kind != "implicit":  # an external judge's score is its own: only the sample and margin rules apply to it
+        rules = dataclasses.replace(rules, length_penalty="none", consistency="none")
     pairs, stats = pair_samples(samples, judged, config.train.beta, ctx.round_index, rules)
     if distributed.is_main():
         write_jsonl(ctx.path(Pair.FILE), [pair.to_row() for pair in pairs])

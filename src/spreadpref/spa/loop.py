@@ -90,7 +90,10 @@ def stage_fingerprints(config: Config, sizes: list[int]) -> dict[str, str]:
         generated = fingerprint(
             [previous, dump["generation"], dump["data"]["prompts"], sizes[:i], dump["data"]["max_length"]]
         )
-        judged = fingerprint([generated, dump["judge"], dump["train"]["beta"]])
+        judge_inputs = [generated, dump["judge"], dump["train"]["beta"]]
+        if config.judge.consistency == "soften":  # the softened pairs' label is 1 - refine.alpha
+            judge_inputs.append(dump["refine"]["alpha"])
+        judged = fingerprint(judge_inputs)
         refine = dict(dump["refine"], lam=config.refine.lam(i))
         round_training = [loop["epochs_per_round"], loop["learning_rate"], loop["group_by_length"]]
         if config.loop.replay_fraction > 0:  # keyed only when on, so that runs from before the key still resume

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 REPORTED_SEEDS = list(range(30, 40))  # the safeguards' report (v1: 0-9, v2: 10-19; never used to choose)
 DEV_SEEDS = [100, 101, 102, 103, 104]
 FINAL = "final"  # the last round of a round variant, round 0 of the others
-SAFEGUARD_VARIANTS = tuple(v for v in goldworld.ROUND_VARIANTS if v.startswith(("spa_", "base_")))
+SAFEGUARD_VARIANTS = tuple(v for v in goldworld.ROUND_VARIANTS if v.startswith(("spa_", "base_", "paper_")))
 # Paired differences reported, each (a, b): a's final-round value minus b's, seed by seed.
 DIFFERENCES = [
     *[(v, "seed_only") for v in SAFEGUARD_VARIANTS],

@@ -132,7 +132,7 @@ def test_the_benchmark_pairs_seeds_and_takes_the_final_round():
     final = next(r for r in summary["table"] if r["variant"] == "spa_dnd" and r["round"] == 2)
     assert final["gold_vs_seed_only"]["mean"] == pytest.approx(0.04)
     text = bench.markdown(summary, [10, 11], 120.0)
-    assert "| SPA + refinement + DND (shipped) | DPO on the seed only | +0.040" in text and "contains 0" in text
+    assert "| SPA + refinement + DND (the paper) | DPO on the seed only | +0.040" in text and "contains 0" in text
 
 
 def test_the_guard_analysis_applies_the_pipeline_rule_seed_by_seed():

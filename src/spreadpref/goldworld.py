@@ -119,7 +119,7 @@ VARIANTS = {
     "seed_only": "DPO on the seed only",
     "spa_direct": "SPA, direct judgment",
     "spa_refine": "SPA + self-refinement",
-    "spa_dnd": "SPA + refinement + DND (shipped)",
+    "spa_dnd": "SPA + refinement + DND (the paper)",
     "spa_keep_empty": "SPA + DND, empty replies paired (before 0.2)",
     "spa_length": "SPA + DND, length-regularised judge (fit)",
     "spa_replay": "SPA + DND, replay 25% seed pairs",

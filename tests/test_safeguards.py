@@ -294,3 +294,12 @@ def test_spreadpref_judge_outside_a_run_takes_the_base_and_a_named_judge_policy(
         "/m/base",
     )
     assert standalone_models(config_with(), "/m/policy", None).judge_policy is None
+
+
+def test_an_external_judge_keeps_its_own_score_but_not_its_empty_replies():
+    rules = PairingRules.from_settings(
+        config_with("judge.kind=verifier", "judge.length_penalty=fit", "judge.consistency=drop").judge, 0.1
+    )
+    assert (rules.length_penalty, rules.consistency, rules.min_reply_tokens) == ("none", "none", 1)
+    implicit = PairingRules.from_settings(config_with("judge.length_penalty=fit").judge, 0.1)
+    assert implicit.length_penalty == "fit" and implicit.soft_label == pytest.approx(0.9)

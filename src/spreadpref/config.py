@@ -231,6 +231,7 @@ class LLMJudgeSettings(Section):
 
 
 NAMED_REFERENCES = ("initial", "previous")  # judge.reference values that name a model of the run itself
+NAMED_JUDGE_POLICIES = ("previous", "seed", "initial")  # judge.policy values that name a model of the run
 
 
 class CustomJudgeSettings(Section):

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from spreadpref.config import JudgeSettings
+from spreadpref.config import NAMED_JUDGE_POLICIES, JudgeSettings
 from spreadpref.data.artifacts import GoldVerdict, JudgedSample, Pair, Sample, Verdict
 from spreadpref.data.tokenize import TokenizedPair
 from spreadpref.dpo.logprobs import forward_precision, score_sequences, training_precision
@@ -79,6 +79,11 @@ class JudgeStats:
     length_skew: float | None = None  # ... and with it
     low_margin_dropped: int = 0  # judge.top_fraction
     inconsistent: int = 0  # judge.consistency: pairs the previous model's judge reverses (softened or dropped)
+
+    def safeguards(self) -> dict[str, Any]:
+        """What the label safeguards did (the summary row's ``safeguards``)."""
+        names = ("degenerate_samples", "degenerate_prompts", "length_alpha", "length_skew_before", "length_skew")
+        return {name: getattr(self, name) for name in (*names, "low_margin_dropped", "inconsistent")}
 
 
 @dataclass
@@ -152,8 +157,6 @@ def judge_stage(
     with forward_precision(training_precision(config), next(policy.parameters()).device):
         judged = judge_samples(policy, reference if kind == "implicit" else None, samples, ctx, metadata, extra)
     rules = PairingRules.from_settings(config.judge, config.refine.alpha)
-    if kind != "implicit":  # an external judge's score is its own: only the sample and margin rules apply to it
-        rules = dataclasses.replace(rules, length_penalty="none", consistency="none")
     pairs, stats = pair_samples(samples, judged, config.train.beta, ctx.round_index, rules)
     if distributed.is_main():
         write_jsonl(ctx.path(Pair.FILE), [pair.to_row() for pair in pairs])
@@ -185,7 +188,7 @@ def standalone_models(config, policy: str | Path, reference: str | None) -> Judg
     and a judge.policy that names a model (`initial` or a path); `seed`, `previous` and judge.consistency need a
     run's models, so they fall back to the given policy."""
     named = config.judge.policy
-    judge_policy = None if named in ("previous", "seed") else config.model.name_or_path if named == "initial" else named
+    judge_policy = config.model.name_or_path if named == "initial" else None if named in NAMED_JUDGE_POLICIES else named
     return JudgeModels(
         policy,
         reference,

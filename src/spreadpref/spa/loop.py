@@ -28,7 +28,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from spreadpref.config import NAMED_REFERENCES, Config, check_library_settings, describe_changes
+from spreadpref.config import NAMED_JUDGE_POLICIES, NAMED_REFERENCES, Config, check_library_settings, describe_changes
 from spreadpref.data.artifacts import JudgedSample, Pair, Sample
 from spreadpref.data.loading import load_prompts
 from spreadpref.data.records import PromptRecord
@@ -363,7 +363,7 @@ def check_judge_reference(config: Config, tokenizer: PreTrainedTokenizerBase) ->
     if config.judge.kind != "implicit":
         return
     named = {"judge.reference": (config.judge.reference, (*NAMED_REFERENCES, "none"))}
-    named["judge.policy"] = (config.judge.policy, ("previous", "seed", "initial"))
+    named["judge.policy"] = (config.judge.policy, NAMED_JUDGE_POLICIES)
     if config.judge.base:
         named["judge.base"] = (config.judge.base, ())
     for key, (value, keywords) in named.items():
@@ -437,18 +437,7 @@ def _judge(
         judge_seconds=result.metrics["seconds"],
         judge_tokens_per_second=result.metrics["tokens_per_second"],
         judge_kind=kind,
-        safeguards={
-            key: getattr(stats, key)
-            for key in (
-                "degenerate_samples",
-                "degenerate_prompts",
-                "length_alpha",
-                "length_skew_before",
-                "length_skew",
-                "low_margin_dropped",
-                "inconsistent",
-            )
-        },
+        safeguards=stats.safeguards(),
     )
 
 

@@ -134,6 +134,13 @@ class PairingRules:
 
     @classmethod
     def from_settings(cls, judge, refine_alpha: float) -> PairingRules:
+        """The rules of a judge section; an external judge's score is its own, so only the sample and margin rules
+        apply to it."""
+        implicit = judge.kind == "implicit"
         return cls(
-            judge.min_reply_tokens, judge.length_penalty, judge.top_fraction, judge.consistency, 1 - refine_alpha
+            min_reply_tokens=judge.min_reply_tokens,
+            length_penalty=judge.length_penalty if implicit else "none",
+            top_fraction=judge.top_fraction,
+            consistency=judge.consistency if implicit else "none",
+            soft_label=1 - refine_alpha,
         )

@@ -1,6 +1,7 @@
 """The guard: every model's held-out agreement, the final-model choice (loop.final_model) and the below-seed warning."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -167,9 +168,10 @@ def test_the_initial_model_against_itself_ties_every_held_out_pair(tiny_model_di
     assert figures["model_held_out_agreement"] == 0.5  # every score is 0: ties count one half
     low, high = figures["model_held_out_agreement_ci"]
     assert 0 < low < 0.5 < high < 1
+    assert figures["model_held_out_outcomes"] == [0.5] * 8  # per pair, for the paired verdicts
     # A model no longer on disk, or no pairs: nothing measured.
     missing = guard.measure_held_out_agreement(config, tokenizer, tmp_path / "pruned", held_out)
-    assert missing == {"model_held_out_agreement": None, "model_held_out_agreement_ci": None}
+    assert missing == dict.fromkeys(guard.MODEL_KEYS)
     assert guard.measure_held_out_agreement(config, tokenizer, tiny_model_dir, [])["model_held_out_agreement"] is None
 
 
@@ -259,3 +261,30 @@ def test_best_held_out_hands_back_the_best_model_keeps_it_and_warns_below_the_se
     summary = json.loads((out / "summary.json").read_text())
     assert summary["final_choice"]["round"] == 2 and summary["warnings"] == [warning]
     assert "(loop.final_model=last: round 2)" in (out / "report.md").read_text()
+
+
+def test_a_round_verdict_is_better_or_worse_only_when_the_paired_interval_excludes_zero():
+    seed = [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+    # Round 1 wins four more pairs: differences 1,1,1,1,0,0,0,0 -> mean 0.5, sd sqrt(2/7), t(7) = 2.365.
+    half = 2.365 * math.sqrt(2 / 7) / math.sqrt(8)
+    better = guard.round_verdict(1, [1.0] * 8, seed)
+    assert better.startswith("Round 1: better than the seed model on held-out agreement (1.00 against 0.50;")
+    assert f"difference +0.50, 95% CI {0.5 - half:+.2f} to {0.5 + half:+.2f}, 8 human pairs)" in better
+    assert guard.round_verdict(2, [0.0] * 8, seed).startswith("Round 2: worse than the seed model")
+    # One pair better, one worse: mean 0, the interval contains 0.
+    same = guard.round_verdict(3, [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0], seed)
+    assert same.startswith("Round 3: the same as the seed model on held-out agreement within the interval (0.50")
+    # A single pair better out of eight: the interval reaches below 0, so no claim is made.
+    assert "the same as" in guard.round_verdict(4, [1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0], seed)
+    assert guard.round_verdict(5, None, seed) is None
+    assert guard.round_verdict(6, [1.0] * 7, seed) is None  # not the same pairs
+
+
+def test_round_verdicts_follow_the_summary_in_round_order():
+    summary = {
+        "seed": {guard.OUTCOMES_KEY: [0.0, 1.0]},
+        "rounds": {"1": {guard.OUTCOMES_KEY: [0.0, 1.0]}, "2": {}, "3": {guard.OUTCOMES_KEY: [0.0, 1.0]}},
+    }
+    verdicts = guard.round_verdicts(summary, 3)
+    assert [v.split(":")[0] for v in verdicts] == ["Round 1", "Round 3"]
+    assert guard.round_verdicts({"rounds": {}}, 2) == []

@@ -16,6 +16,7 @@ from rich.markup import escape
 
 from spreadpref.errors import SpreadprefError
 from spreadpref.runtime.progress import console, error_console, progress_enabled
+from spreadpref.runtime.progress import verbose as verbose_requested
 
 app = typer.Typer(
     add_completion=False,
@@ -72,9 +73,26 @@ def _options(
     debug: Annotated[
         bool, typer.Option("--debug", help="Show the full traceback of an error (or set SPREADPREF_DEBUG=1).")
     ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            help="Also print the Trainer's per-step logs and the libraries' own progress bars (or set "
+            "SPREADPREF_VERBOSE=1). Without it the per-step logs go to each training stage's train_log.jsonl.",
+        ),
+    ] = False,
 ) -> None:
     global _debug_flag  # noqa: PLW0603 - one flag per invocation, read by the boundary
     _debug_flag = debug
+    if verbose:
+        os.environ["SPREADPREF_VERBOSE"] = "1"
+    _quiet_library_bars()
+
+
+def _quiet_library_bars() -> None:
+    """datasets' own bars only with --verbose: each stage draws its own (transformers': models/loading.py)."""
+    if not (verbose_requested() and progress_enabled()):
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # read when datasets is imported
 
 
 def _run(action) -> None:
@@ -438,10 +456,6 @@ def main() -> None:
         sys.exit(EXIT_USER_ERROR)
     # Transformers' advisory warnings drown the progress bars; users can turn them back on.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    if not progress_enabled():
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
     app(prog_name="spreadpref")
 
 

@@ -19,13 +19,14 @@ from typing import Any
 
 import torch
 from rich.table import Table
-from transformers import PreTrainedTokenizerBase, TrainingArguments, set_seed
+from transformers import PreTrainedTokenizerBase, PrinterCallback, TrainingArguments, set_seed
 
 from spreadpref.config import Config, check_library_settings, describe_changes
 from spreadpref.data.loading import load_preferences, load_training_preferences
 from spreadpref.data.sanity import check_records
 from spreadpref.data.tokenize import TokenizedPair, tokenize_pairs
 from spreadpref.dpo.checkpoints import last_checkpoint, save_outputs
+from spreadpref.dpo.display import LOG_FILE, TrainDisplay
 from spreadpref.dpo.held_out import HeldOutEvaluation, pair_loss, split_held_out
 from spreadpref.dpo.logprobs import forward_precision, score_pairs, training_precision
 from spreadpref.dpo.model_card import record_adapter_base, write_model_card
@@ -379,10 +380,10 @@ def build_trainer(
         length_column_name="length",
         **checkpointing_arguments(config.model.gradient_checkpointing),
         dataloader_pin_memory=device.type == "cuda",
-        disable_tqdm=False,
+        disable_tqdm=True,  # one bar of our own (dpo/display.py)
         restore_callback_states_from_checkpoint=True,  # the refinement window (trainer.RefineWindow)
     )
-    return SoftDPOTrainer(
+    trainer = SoftDPOTrainer(
         model=model,
         args=args,
         train_dataset=to_train_dataset(pairs),
@@ -392,6 +393,10 @@ def build_trainer(
         label_smoothing=train.label_smoothing,
         refinement=refinement,
     )
+    # disable_tqdm leaves the Trainer's printer of per-step dicts in place of its bar: ours replaces both.
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(TrainDisplay("Training", checkpoints.parent / LOG_FILE))
+    return trainer
 
 
 def evaluate_pairs(

@@ -152,8 +152,13 @@ MODEL_COLUMN = "model held-out agree (95% CI)"
 FINAL_MARK = "← final"
 
 
-def round_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """The per-round table, the same in the terminal and in report.md: headers and rows of cells.
+# Left out of the terminal's table, which must read at a glance; report.md has every column.
+TERMINAL_LEFT_OUT = ("dropped", "seed agree", "reward acc")
+
+
+def round_table(summary: dict[str, Any], terminal: bool = False) -> tuple[list[str], list[list[str]]]:
+    """The per-round table, in the terminal (``terminal``: without TERMINAL_LEFT_OUT) and in report.md: headers
+    and rows of cells.
 
     Held-out agreement leads: it is the signal a user without a gold judge has. The gold columns
     appear when a round was measured against ``judge.gold``; the model column (each row's own model against
@@ -213,6 +218,8 @@ def round_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             ),
         ),
     ]
+    if terminal:
+        columns = [column for column in columns if column[0] not in TERMINAL_LEFT_OUT]
     table = []
     if summary.get("seed"):
         table.append([seed_cell(summary["seed"]) if seed_cell else "–" for _, seed_cell, _ in columns])
@@ -482,6 +489,13 @@ def _final_rule(summary: dict[str, Any]) -> str:
     return f" (loop.final_model={choice['rule']}: {chosen})"
 
 
+def _verdicts_section(verdicts: list[str]) -> list[str]:
+    """Each round against the seed model in one sentence (spa/guard.py: paired over the held-out pairs)."""
+    if not verdicts:
+        return []
+    return ["Each round's model against the seed model, pair by pair on the held-out pairs:", "", *verdicts, ""]
+
+
 def _warnings_section(warnings: list[str]) -> list[str]:
     return ["## Warnings", "", *([f"- {w}" for w in warnings] or ["None."]), ""]
 
@@ -508,6 +522,7 @@ def write_report(run_dir: Path) -> Path:
         "row, pi_i for round i), always against pi_init with summed log-probs, whatever the judge settings: the "
         f"guard's measure; {FINAL_MARK} marks the run's final model (loop.final_model).",
         "",
+        *_verdicts_section(summary.get("verdicts") or []),
     ]
     figures = [
         (

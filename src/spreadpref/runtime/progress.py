@@ -25,6 +25,11 @@ console = Console(stderr=True, quiet=os.environ.get("RANK", "0") not in ("", "0"
 error_console = Console(stderr=True)  # errors are shown by every process
 
 
+def verbose() -> bool:
+    """``--verbose`` or SPREADPREF_VERBOSE=1: the libraries' own bars and the Trainer's per-step dicts on screen too."""
+    return os.environ.get("SPREADPREF_VERBOSE", "").strip().lower() in {"1", "true", "yes"}
+
+
 def progress_enabled() -> bool:
     # Under `accelerate launch` only the main process draws bars.
     if os.environ.get("RANK", "0") not in ("", "0"):
@@ -32,7 +37,8 @@ def progress_enabled() -> bool:
     return os.environ.get("SPREADPREF_NO_PROGRESS", "") in ("", "0")
 
 
-def make_progress() -> Progress:
+def make_progress(transient: bool = True) -> Progress:
+    """A bar that vanishes when done (``transient``): a stage keeps one live display, then prints its result."""
     return Progress(
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),
@@ -41,7 +47,7 @@ def make_progress() -> Progress:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
-        transient=False,
+        transient=transient,
         disable=not progress_enabled(),
     )
 

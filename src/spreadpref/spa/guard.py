@@ -22,12 +22,14 @@ from spreadpref.data.tokenize import TokenizedPair
 from spreadpref.dpo.logprobs import forward_precision, training_precision
 from spreadpref.models.loading import load_for_inference, resolve_model_path
 from spreadpref.runtime import distributed
-from spreadpref.spa.judge import label_agreement
+from spreadpref.eval.stats import proportion, t_interval
+from spreadpref.spa.judge import pair_outcomes
 
 RULES = ("last", "best_held_out")
 AGREEMENT_KEY = "model_held_out_agreement"
 INTERVAL_KEY = "model_held_out_agreement_ci"
-MODEL_KEYS = (AGREEMENT_KEY, INTERVAL_KEY)
+OUTCOMES_KEY = "model_held_out_outcomes"  # per held-out pair: 1 agrees, 0.5 tie, 0 disagrees (the verdicts' pairing)
+MODEL_KEYS = (AGREEMENT_KEY, INTERVAL_KEY, OUTCOMES_KEY)
 NO_HELD_OUT = (
     "No held-out human pairs (data.seed_holdout=0, too few seed pairs to hold 8 out, or no seed stage): no "
     "model's held-out agreement is measured, so the final model is the last round's and nothing warns when the "
@@ -84,19 +86,51 @@ def measure_held_out_agreement(
 ) -> dict[str, Any]:
     """``model``'s held-out agreement: how often its implicit reward against pi_init (``model.name_or_path``),
     summed over the reply tokens, prefers the human-chosen reply of ``held_out`` (ties one half), with its 95%
-    Wilson interval, as ``{model_held_out_agreement, model_held_out_agreement_ci}``.
+    Wilson interval and the per-pair outcomes, as ``{model_held_out_agreement, model_held_out_agreement_ci,
+    model_held_out_outcomes}``.
 
     Measured by the main process alone and the same on every process; both None when ``held_out`` is empty or
     the model is no longer on disk (pruned by ``loop.keep_models``)."""
-    figures: dict[str, Any] = {AGREEMENT_KEY: None, INTERVAL_KEY: None}
+    figures: dict[str, Any] = dict.fromkeys(MODEL_KEYS)
     if distributed.is_main() and held_out and Path(model).is_dir():
         policy = load_for_inference(config.model, model)
         reference = load_for_inference(config.model, resolve_model_path(config.model.name_or_path))
         # The same measurement whatever the judge: plain sums of log-probs, the judge's batch size only.
         settings = JudgeSettings(batch_size=config.judge.batch_size)
         with forward_precision(training_precision(config), next(policy.parameters()).device):
-            agreement = label_agreement(policy, reference, held_out, settings, tokenizer.pad_token_id)
-        figures = {AGREEMENT_KEY: agreement["rate"], INTERVAL_KEY: [agreement["ci_low"], agreement["ci_high"]]}
+            outcomes = pair_outcomes(policy, reference, held_out, settings, tokenizer.pad_token_id)
+        agreement = proportion(sum(outcomes), len(outcomes))
+        figures = {
+            AGREEMENT_KEY: agreement["rate"],
+            INTERVAL_KEY: [agreement["ci_low"], agreement["ci_high"]],
+            OUTCOMES_KEY: outcomes,
+        }
         del policy, reference
         gc.collect()
     return distributed.broadcast_object(figures)
+
+
+def round_verdict(index: int, outcomes: list[float] | None, seed_outcomes: list[float] | None) -> str | None:
+    """One plain sentence: round ``index``'s model better, the same or worse than the seed model pi_0 on held-out
+    agreement, from the paired differences over the same held-out pairs (mean and 95% t-interval): better or
+    worse only when the interval excludes 0. None when either model was not measured on the same pairs."""
+    if not outcomes or not seed_outcomes or len(outcomes) != len(seed_outcomes):
+        return None
+    n = len(outcomes)
+    difference = t_interval([mine - seed for mine, seed in zip(outcomes, seed_outcomes)])
+    low, high = difference["mean"] - difference["half_width"], difference["mean"] + difference["half_width"]
+    word = "better than" if low > 0 else "worse than" if high < 0 else "the same as"
+    within = " within the interval" if word == "the same as" else ""
+    return (
+        f"Round {index}: {word} the seed model on held-out agreement{within} ({sum(outcomes) / n:.2f} against "
+        f"{sum(seed_outcomes) / n:.2f}; difference {difference['mean']:+.2f}, 95% CI {low:+.2f} to {high:+.2f}, "
+        f"{n} human pairs)."
+    )
+
+
+def round_verdicts(summary: Mapping[str, Any], rounds: int) -> list[str]:
+    """Every measured round's verdict against the seed model, in order (see :func:`round_verdict`)."""
+    seed = (summary.get("seed") or {}).get(OUTCOMES_KEY)
+    rows = summary.get("rounds") or {}
+    verdicts = (round_verdict(i, (rows.get(str(i)) or {}).get(OUTCOMES_KEY), seed) for i in range(1, rounds + 1))
+    return [v for v in verdicts if v is not None]

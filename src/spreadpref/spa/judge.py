@@ -519,6 +519,20 @@ def label_agreement(
     reference_is_adapter_off: bool = False,
 ) -> dict[str, float | int]:
     """How often the implicit reward prefers the human-chosen reply (ties one half), with a 95% Wilson interval."""
+    outcomes = pair_outcomes(policy, reference, pairs, settings, pad_token_id, reference_is_adapter_off)
+    return {**proportion(sum(outcomes), len(pairs)), "ties": outcomes.count(0.5)}
+
+
+def pair_outcomes(
+    policy: PreTrainedModel,
+    reference: PreTrainedModel | None,
+    pairs: list[TokenizedPair],
+    settings: JudgeSettings,
+    pad_token_id: int,
+    reference_is_adapter_off: bool = False,
+) -> list[float]:
+    """Per pair: 1 when the implicit reward prefers the human-chosen reply, 0 when the rejected one, 0.5 a tie
+    (kept per pair so that two models measured on the same pairs can be compared pair by pair)."""
     prompts = [p.prompt_ids for p in pairs] * 2
     replies = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
     scores = score_replies(
@@ -532,9 +546,7 @@ def label_agreement(
         description="Judging the human-labelled pairs",
     )
     n = len(pairs)
-    wins = sum(c > r for c, r in zip(scores[:n], scores[n:]))
-    ties = sum(c == r for c, r in zip(scores[:n], scores[n:]))
-    return {**proportion(wins + 0.5 * ties, n), "ties": ties}
+    return [1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(scores[:n], scores[n:])]
 
 
 def human_agreement(

@@ -44,7 +44,7 @@ from spreadpref.runtime.files import is_local_path, remove_stale_temporaries
 from spreadpref.runtime.fingerprint import fingerprint
 from spreadpref.runtime.lock import directory_lock
 from spreadpref.runtime.manifest import Manifest
-from spreadpref.runtime.progress import console
+from spreadpref.runtime.progress import console, format_cell
 from spreadpref.spa import generate, guard, judge, seed, train
 from spreadpref.spa.context import StageContext, stage_paths
 from spreadpref.spa.schedule import round_sizes, schedule_prompts
@@ -201,10 +201,10 @@ def _run_locked(config: Config, root: Path, force: bool) -> RunResult:
         summary["peak_gpu_memory_gb"] = round(gpu, 2)  # this process: judging and training (vLLM runs apart)
     write_summary(root, summary)
     print_round_table(summary)
+    _print_final(summary)
     if config.eval.after_run:
         evaluate(config, [str(root)], root / "eval")
     _write_report(root)
-    _print_final(summary)
     return RunResult(root, final_model, summary)
 
 
@@ -287,6 +287,7 @@ def _seed(
         "seconds": result.metrics["seconds"],
     }
     write_summary(root, summary)
+    _print_trained(result.metrics, result.model)
     return result.model
 
 
@@ -314,6 +315,11 @@ def _generate(
         prompts=len(prompts),
         generate_seconds=result.metrics["seconds"],
         generate_tokens_per_second=result.metrics["tokens_per_second"],
+    )
+    cut_off = sum(sample.cut_off for sample in result.samples) / max(len(result.samples), 1)
+    console.print(
+        f"  {len(result.samples)} replies in {result.metrics['seconds']:.0f} s ({cut_off:.0%} cut off at "
+        f"generation.max_new_tokens) -> {ctx.path(Sample.FILE)}"
     )
     return result.samples
 
@@ -439,6 +445,12 @@ def _judge(
         judge_kind=kind,
         safeguards=stats.safeguards(),
     )
+    agreement = row.get("held_out_agreement")
+    agrees = f"; it agrees with {agreement:.0%} of the held-out human labels" if agreement is not None else ""
+    console.print(
+        f"  {stats.pairs} pairs in {result.metrics['seconds']:.0f} s (median margin "
+        f"{format_cell((stats.margin_quantiles or {}).get('p50'), '.2f')}){agrees} -> {ctx.path(Pair.FILE)}"
+    )
 
 
 def _train(
@@ -460,7 +472,19 @@ def _train(
         train_tokens_per_second=metrics["train_tokens_per_second"],
         replay_pairs=metrics.get("replay_pairs", 0),
     )
+    _print_trained(metrics, result.model)
     return result.model
+
+
+def _print_trained(metrics: dict[str, Any], model: Path) -> None:
+    """A training stage's one result line, under its heading and bar."""
+    smoothed = metrics.get("smoothed_fraction")
+    console.print(
+        f"  {metrics.get('global_steps', '?')} optimizer steps in {metrics['seconds']:.0f} s, mean loss "
+        f"{metrics['train_loss']:.3f}"
+        + (f", {smoothed:.0%} of the labels smoothed" if smoothed is not None else "")
+        + f" -> {model}"
+    )
 
 
 def _rebuild_damaged(root: Path, i: int, err: DataError, manifest: Manifest, fingerprints: dict[str, str]) -> bool:
@@ -515,7 +539,7 @@ def _measure_model(
         return
     row.update(guard.measure_held_out_agreement(config, tokenizer, model, held_out))
     figure = interval_cell(row[guard.AGREEMENT_KEY], row[guard.INTERVAL_KEY])
-    console.print(f"Held-out agreement of {model} ({len(held_out)} human pairs, against the initial model): {figure}")
+    console.print(f"  Held-out agreement of this model (against pi_init, {len(held_out)} human pairs): {figure}")
     write_summary(root, summary)
 
 
@@ -551,6 +575,7 @@ def _choose_final(config: Config, summary: dict[str, Any], models: dict[int, Pat
         summary["warnings"].remove(previous)  # the last choice's warning, replaced by this one's
     if warning:
         summary.setdefault("warnings", []).insert(0, warning)
+    summary["verdicts"] = guard.round_verdicts(summary, last)
     summary["final_model"] = str(models[chosen])
     summary["final_choice"] = {
         "rule": rule,
@@ -565,6 +590,8 @@ def _choose_final(config: Config, summary: dict[str, Any], models: dict[int, Pat
 def _print_final(summary: dict[str, Any]) -> None:
     """The guard's warning (yellow), its notes and the final model, at the end of a run."""
     choice = summary.get("final_choice") or {}
+    for verdict in summary.get("verdicts", []):
+        console.print(verdict)
     for note in choice.get("notes", []):
         console.print(note)
     if choice.get("warning"):

@@ -46,7 +46,7 @@ def write_summary(root: Path, summary: dict[str, Any]) -> None:
 
 def print_round_table(summary: dict[str, Any]) -> None:
     """Per-round figures: pairs made and dropped, label quality, smoothing, training (as in report.md)."""
-    headers, rows = round_table(summary)
+    headers, rows = round_table(summary, terminal=True)
     table = Table(title="spreadpref run: per-round summary")
     for title in headers:
         table.add_column(title, justify="right", overflow="fold")

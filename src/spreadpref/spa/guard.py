@@ -20,9 +20,9 @@ from transformers import PreTrainedTokenizerBase
 from spreadpref.config import Config, JudgeSettings
 from spreadpref.data.tokenize import TokenizedPair
 from spreadpref.dpo.logprobs import forward_precision, training_precision
+from spreadpref.eval.stats import proportion, t_interval
 from spreadpref.models.loading import load_for_inference, resolve_model_path
 from spreadpref.runtime import distributed
-from spreadpref.eval.stats import proportion, t_interval
 from spreadpref.spa.judge import pair_outcomes
 
 RULES = ("last", "best_held_out")

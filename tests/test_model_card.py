@@ -29,3 +29,10 @@ def test_the_embedded_model_is_named_by_its_hub_id(tmp_path):
     (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/root/.cache/x/embedded"}))
     record_adapter_base(adapter, config)
     assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == EMBEDDED_HUB_ID
+
+
+def test_a_round_card_states_the_epochs_and_learning_rate_the_round_trained_with():
+    config = load_config(None, ["train.num_epochs=3", "train.learning_rate=5e-6"])
+    card = model_card(config, {"epochs": 1.0, "learning_rate": 2e-6}, "round-1", "runs/spa/seed/model")
+    assert '"epochs": 1.0' in card and '"learning_rate": 2e-06' in card
+    assert '"epochs": 3' not in card

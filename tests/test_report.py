@@ -227,3 +227,15 @@ def test_the_round_table_says_what_the_safeguards_did():
     assert rows[0][headers.index("safeguards")] == "3 empty; α 0.125, skew 0.50→0.00; 10 replayed"
     headers, _ = round_table({"rounds": {"1": {"round": 1, "pairs": 30, "safeguards": {"length_alpha": 0.0}}}})
     assert "safeguards" not in headers  # nothing acted: no column
+
+
+def test_a_round_that_left_the_weights_unchanged_is_marked_and_warned(tmp_path):
+    from spreadpref.eval.report import NO_UPDATE_MARK, round_table, training_warnings
+
+    summary = {"rounds": {"1": {"round": 1, "train_loss": 0.6931, "weights_unchanged": True}, "2": {"round": 2}}}
+    headers, rows = round_table(summary)
+    loss = headers.index("loss")
+    assert rows[0][loss] == f"0.69 {NO_UPDATE_MARK}" and NO_UPDATE_MARK not in rows[1][loss]
+    warnings = training_warnings(tmp_path, summary, [])
+    assert any(w.startswith("Round 1: training left the weights exactly as they were") for w in warnings)
+    assert not any(w.startswith("Round 2") for w in warnings)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import arithmetic_pairs, write_jsonl
+from conftest import arithmetic_pairs, tiny_train_overrides, write_jsonl
 from transformers import AutoModelForCausalLM
 
 from spreadpref.config import RefineSettings, load_config
@@ -376,3 +376,34 @@ def test_training_scalars_reach_tensorboard(tiny_model_dir, pairs_file, tmp_path
     accumulator.Reload()
     tags = set(accumulator.Tags()["scalars"])
     assert {"train/loss", "train/rewards/accuracies", "train/rewards/margins", "train/labels/mean"} <= tags
+
+
+def test_a_stage_whose_only_step_is_warm_up_says_the_weights_did_not_change(
+    tiny_model_dir, pairs_file, tmp_path, capsys
+):
+    # One optimizer step, and the warm-up covers it: the learning rate is 0 for every step.
+    overrides = tiny_train_overrides(tiny_model_dir, pairs_file, tmp_path / "a", "train.warmup_ratio=0.5")
+    result = train_policy(load_config(None, overrides))
+    assert result.metrics["weights_unchanged"] is True
+    assert "training left the weights exactly as they were" in " ".join(capsys.readouterr().err.split())
+    with pytest.raises(SpreadprefError, match="train.require_update=true"):
+        train_policy(
+            load_config(
+                None,
+                [
+                    *overrides[:-1],
+                    "train.warmup_ratio=0.5",
+                    "train.require_update=true",
+                    f"output_dir={tmp_path / 'b'}",
+                ],
+            )
+        )
+    moved = train_policy(
+        load_config(
+            None,
+            tiny_train_overrides(
+                tiny_model_dir, pairs_file, tmp_path / "c", "train.warmup_ratio=0", "train.learning_rate=1e-3"
+            ),
+        )
+    )
+    assert "weights_unchanged" not in moved.metrics

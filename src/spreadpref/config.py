@@ -159,6 +159,11 @@ class TrainSettings(Section):
         None, description="Reference for DPO; defaults to the starting policy (pi_init for the seed stage)."
     )
     evaluate_after: bool = Field(True, description="Score the training pairs with the trained policy at the end.")
+    require_update: bool = Field(
+        False,
+        description="Stop with an error when a stage leaves the weights unchanged (every step at learning rate 0: "
+        "fewer steps than the warm-up); false: a warning, and the round is marked in the table.",
+    )
     eval_steps: int | None = Field(
         None, gt=0, description="Score the held-out pairs every N optimizer steps; default ten times a stage."
     )

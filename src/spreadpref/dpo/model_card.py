@@ -45,8 +45,8 @@ def model_card(config: Config, metrics: dict[str, Any], stage: str, start_model:
     }
     settings = {
         "beta": config.train.beta,
-        "learning_rate": config.train.learning_rate,
-        "epochs": config.train.num_epochs,
+        "learning_rate": metrics.get("learning_rate", config.train.learning_rate),  # a round's own, if it has one
+        "epochs": metrics.get("epochs", config.train.num_epochs),
         "effective batch (per device x accumulation)": config.train.per_device_batch_size
         * config.train.gradient_accumulation_steps,
         "label_smoothing": config.train.label_smoothing,

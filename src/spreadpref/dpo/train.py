@@ -63,6 +63,7 @@ COSMETIC_TRAIN_KEYS = (
     "ref_cache_dir",
     "evaluate_after",
     "keep_checkpoints",
+    "require_update",
 )
 
 
@@ -201,6 +202,7 @@ def train_on_pairs(
     checkpoint = last_checkpoint(out / "checkpoints")
     if checkpoint:
         console.print(f"Resuming training from {checkpoint}")
+    before = None if checkpoint else trainable_checksum(model)
     started = time.perf_counter()
     train_output = trainer.train(resume_from_checkpoint=checkpoint)
     train_seconds = time.perf_counter() - started
@@ -215,6 +217,18 @@ def train_on_pairs(
         "train_seconds": round(train_seconds, 1),
     }
     epochs = num_epochs if num_epochs is not None else config.train.num_epochs
+    metrics["epochs"] = epochs
+    metrics["learning_rate"] = learning_rate if learning_rate is not None else config.train.learning_rate
+    if before is not None and before == trainable_checksum(model):
+        metrics["weights_unchanged"] = True
+        message = (
+            f"{out}: training left the weights exactly as they were ({train_output.global_step} optimizer step(s); "
+            "the learning rate is 0 during warm-up and at the end of the schedule). Give the stage more pairs or "
+            "epochs, or lower train.warmup_ratio."
+        )
+        if config.train.require_update:
+            raise SpreadprefError(message + " (train.require_update=true)")
+        console.print(f"[yellow]{message}[/]")
     tokens = sum(len(p.prompt_ids) * 2 + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs) * epochs
     metrics["train_tokens_per_second"] = round(tokens / max(train_seconds, 1e-9), 1)
     if refinement is not None:
@@ -336,6 +350,16 @@ def checkpointing_arguments(enabled: bool) -> dict[str, Any]:
 
 def _first(value: Any, default: Any) -> Any:
     return default if value is None else value
+
+
+def trainable_checksum(model: torch.nn.Module) -> float | None:
+    """A sum over the trainable weights this process holds: equal before and after training only when no step
+    changed them. None when the process holds none (ZeRO-3 and FSDP shard them): then nothing is checked."""
+    held = [p for p in model.parameters() if p.requires_grad and p.numel() > 0]
+    if not held:
+        return None
+    with torch.no_grad():
+        return float(sum(p.detach().double().abs().sum() + p.detach().double().sum() for p in held))
 
 
 def build_trainer(

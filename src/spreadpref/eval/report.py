@@ -200,7 +200,7 @@ def round_table(summary: dict[str, Any], terminal: bool = False) -> tuple[list[s
             ("smoothing prec / recall", None, _precision_recall_cell),
         ]
     columns += [
-        ("loss", lambda s: format_cell(s.get("train_loss"), ".2f"), lambda r: format_cell(r.get("train_loss"), ".2f")),
+        ("loss", _loss_cell, _loss_cell),
         (
             "reward acc",
             lambda s: format_cell(s.get("reward_accuracy"), ".2f"),
@@ -225,6 +225,15 @@ def round_table(summary: dict[str, Any], terminal: bool = False) -> tuple[list[s
         table.append([seed_cell(summary["seed"]) if seed_cell else "–" for _, seed_cell, _ in columns])
     table += [[cell(r) for _, _, cell in columns] for r in rows]
     return [title for title, _, _ in columns], table
+
+
+NO_UPDATE_MARK = "(no update)"
+
+
+def _loss_cell(row: dict[str, Any]) -> str:
+    """The stage's mean loss, marked when training left the weights as they were (dpo/train.py)."""
+    cell = format_cell(row.get("train_loss"), ".2f")
+    return f"{cell} {NO_UPDATE_MARK}" if row.get("weights_unchanged") else cell
 
 
 def _safeguards_cell(row: dict[str, Any]) -> str:
@@ -392,6 +401,11 @@ def training_warnings(run_dir: Path, summary: dict[str, Any] | None, histories: 
             )
         if row.get("pairs") == 0:
             warnings.append(f"Round {row['round']}: no pairs (every prompt's replies tied or were identical).")
+        if row.get("weights_unchanged"):
+            warnings.append(
+                f"Round {row['round']}: training left the weights exactly as they were (every step at learning rate "
+                "0: fewer steps than the warm-up); more prompts per round, more epochs or a lower train.warmup_ratio."
+            )
     for name, path in histories:
         held = [row["eval/rewards/accuracies"] for row in _load_json(path) or [] if "eval/rewards/accuracies" in row]
         if len(held) >= 3 and held[-1] < max(held) - 0.1:

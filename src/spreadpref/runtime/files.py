@@ -29,6 +29,30 @@ def is_spreadpref_temporary(path: Path) -> bool:
     return path.name.startswith(".") and path.name.endswith(".tmp") and TEMP_MARK in path.name
 
 
+def current_umask() -> int:
+    """The process's umask (read by setting it and setting it back: the only way Python offers)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(path: Path, directory: bool = False) -> None:
+    """Give a temporary the mode a plain ``open`` or ``mkdir`` would have given it: mkstemp and mkdtemp make
+    them readable by their owner only, and a colleague in a shared run folder would get "Permission denied"."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
+
+def honour_umask_tree(directory: Path) -> None:
+    """:func:`honour_umask` for a directory and all it holds (some writers, safetensors among them, make their
+    files readable by their owner only)."""
+    honour_umask(directory, directory=True)
+    for parent, directories, files in os.walk(directory):
+        for name in directories:
+            honour_umask(Path(parent) / name, directory=True)
+        for name in files:
+            honour_umask(Path(parent) / name)
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling path to write; on success it replaces ``path`` in one rename."""
@@ -38,6 +62,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        if os.path.isfile(tmp):
+            honour_umask(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -64,6 +90,7 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}{TEMP_MARK}", suffix=".tmp", dir=final.parent))
     try:
         yield tmp
+        honour_umask_tree(tmp)
         if final.exists():
             # Move the old copy aside first so that a crash between the two renames keeps one of them.
             old = final.with_name(temporary_name(final.name, "old"))

@@ -285,6 +285,7 @@ def _seed(
         "train_loss": result.metrics["train_loss"],
         "reward_accuracy": result.metrics.get("final/rewards_accuracy"),
         "seconds": result.metrics["seconds"],
+        "weights_unchanged": result.metrics.get("weights_unchanged", False),
     }
     write_summary(root, summary)
     _print_trained(result.metrics, result.model)
@@ -471,6 +472,7 @@ def _train(
         train_seconds=metrics["seconds"],
         train_tokens_per_second=metrics["train_tokens_per_second"],
         replay_pairs=metrics.get("replay_pairs", 0),
+        weights_unchanged=metrics.get("weights_unchanged", False),
     )
     _print_trained(metrics, result.model)
     return result.model

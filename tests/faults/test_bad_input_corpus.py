@@ -169,6 +169,20 @@ FILE_CASES = [
     ("csv-missing-column", "d.csv", "prompt,chosen\na,b\n", ["line 2", "'rejected'"]),
     ("csv-label-not-a-number", "d.csv", "prompt,chosen,rejected,label\na,b,c,yes\n", ["line 2", "'label'"]),
     ("gz-not-gzip", "d.jsonl.gz", "not gzip at all", ["d.jsonl.gz"]),
+    # Excel's "CSV" is latin-1 / cp1252; the line is found exactly, however far into a decoded block it lies.
+    (
+        "csv-in-latin-1",
+        "d.csv",
+        ("prompt,chosen,rejected\n" + "a,b,c\n" * 3000 + "Caf\u00e9?,Oui,Non\n").encode("latin-1"),
+        ["line 3002", "not UTF-8", "CSV UTF-8", "iconv"],
+    ),
+    ("tsv-in-latin-1", "d.tsv", "prompt\tchosen\trejected\n\u00e9\tb\tc\n".encode("latin-1"), ["line 2", "not UTF-8"]),
+    (
+        "jsonl-in-cp1252",
+        "d.jsonl",
+        ('{"prompt": "a", "chosen": "b", "rejected": "c"}\n' * 500 + '{"prompt": "\u2019"}\n').encode("cp1252"),
+        ["line 501", "not UTF-8"],
+    ),
 ]
 
 
@@ -176,7 +190,7 @@ FILE_CASES = [
 def test_bad_files(case, tiny_model_dir, tmp_path):
     name, filename, content, fragments = case
     path = tmp_path / filename
-    path.write_text(content)
+    path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
     result = runner.invoke(app, ["inspect", f"model.name_or_path={tiny_model_dir}", f"data.train={path}"])
     message = " ".join(result.output.split())
     assert result.exit_code == 2 and "Traceback" not in result.output

@@ -148,10 +148,41 @@ def _numbered_lines(handle, path: Path) -> Iterator[tuple[int, str]]:
     try:
         for number, line in enumerate(handle, start=1):  # noqa: B007 - the count names the failing line
             yield number, line
-    except (OSError, EOFError, lzma.LZMAError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
+    except (OSError, EOFError, lzma.LZMAError) as err:
         raise DataError(
             str(path), f"line {number + 1}", None, f"cannot be read as {path.suffix} text ({type(err).__name__}: {err})"
         ) from None
+
+
+def not_utf8(path: Path) -> DataError:
+    """The error for a file that is not UTF-8, naming the first line that is not (text is decoded in blocks, so
+    the line being read when decoding failed can lie before it) and how to convert the file."""
+    number, byte = _first_undecodable_line(path)
+    return DataError(
+        str(path),
+        f"line {number}" if number else None,
+        None,
+        f'is not UTF-8 text (byte 0x{byte:02x}); save the file as UTF-8 (Excel: "CSV UTF-8"), or convert it: '
+        f"iconv -f latin1 -t utf-8 {path.name} > utf8-{path.name}",
+    )
+
+
+def _first_undecodable_line(path: Path) -> tuple[int | None, int]:
+    """(line number, first bad byte) of the first line that is not valid UTF-8; (None, 0) if none is found."""
+    import bz2  # noqa: PLC0415
+    import gzip  # noqa: PLC0415
+    import lzma  # noqa: PLC0415
+
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix.lower(), open)
+    with opener(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return number, line[err.start]
+    return None, 0
 
 
 def _iter_text(path: Path) -> Iterator[tuple[str, Any]]:
@@ -183,17 +214,24 @@ def _iter_csv(path: Path, delimiter: str) -> Iterator[tuple[str, Any]]:
 
     csv.field_size_limit(64 * 1024 * 1024)  # long replies; the default 128 kB would stop at the first long cell
     with open(path, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.DictReader(handle, delimiter=delimiter)
-        if reader.fieldnames is None:
-            return
-        for row in reader:
-            if None in row:
-                yield (
-                    f"line {reader.line_num}",
-                    _Broken(f"more cells than the {len(reader.fieldnames)} columns of the header"),
-                )
-                continue
-            yield f"line {reader.line_num}", {key: _csv_value(key, value) for key, value in row.items()}
+        try:
+            yield from _csv_rows(csv.DictReader(handle, delimiter=delimiter))
+        except UnicodeDecodeError:
+            raise not_utf8(path) from None
+
+
+def _csv_rows(reader: Any) -> Iterator[tuple[str, Any]]:
+    """(location, row) of a csv.DictReader; a row with more cells than the header is a broken row."""
+    if reader.fieldnames is None:
+        return
+    for row in reader:
+        if None in row:
+            yield (
+                f"line {reader.line_num}",
+                _Broken(f"more cells than the {len(reader.fieldnames)} columns of the header"),
+            )
+            continue
+        yield f"line {reader.line_num}", {key: _csv_value(key, value) for key, value in row.items()}
 
 
 def _csv_value(column: str, text: str | None) -> Any:

@@ -52,7 +52,8 @@ def held_out_metrics(
     model.eval()
     try:
         with forward_precision(precision, next(model.parameters()).device):
-            scored = score_pairs(model, pairs, pad_token_id, batch_size, description="Held-out pairs")
+            # No bar of its own: it runs inside the training stage's bar.
+            scored = score_pairs(model, pairs, pad_token_id, batch_size, description="Held-out pairs", progress=False)
     finally:
         model.train(was_training)
     out = pair_loss(scored, pairs, beta)

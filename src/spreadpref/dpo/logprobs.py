@@ -260,10 +260,13 @@ def score_pairs(
     batch_size: int = 8,
     description: str = "Scoring pairs",
     as_reference: bool = False,
+    progress: bool = True,
 ) -> PairLogps:
     """No-grad log-probs of both replies of every pair, batched by length."""
     prompts = [p.prompt_ids for p in pairs] * 2
     replies = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
-    sums, counts = score_sequences(model, prompts, replies, pad_token_id, batch_size * 2, description, as_reference)
+    sums, counts = score_sequences(
+        model, prompts, replies, pad_token_id, batch_size * 2, description, as_reference, progress
+    )
     n = len(pairs)
     return PairLogps(sums[:n], sums[n:], counts[:n], counts[n:])

@@ -86,6 +86,25 @@ def drip_headers(connection, stop):
         time.sleep(0.2)
 
 
+def drip_chunked(connection, stop):
+    """Chunked transfer encoding, a one-byte chunk every 0.2 s, never the last chunk."""
+    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+    while not stop.is_set():
+        connection.sendall(b"1\r\n \r\n")
+        time.sleep(0.2)
+
+
+def silent(connection, stop):
+    """Accepts the connection, reads the request, never answers."""
+    stop.wait()
+
+
+def headers_then_silence(connection, stop):
+    """Complete headers with a length, then nothing at all."""
+    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n")
+    stop.wait()
+
+
 def flood(connection, stop):
     connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n")
     block = b"x" * 65536
@@ -110,7 +129,9 @@ def cut_short(connection, stop):
 
 
 @pytest.mark.parametrize(
-    "respond", [drip, drip_closing, drip_headers], ids=["slow-body", "slow-body-closing", "slow-headers"]
+    "respond",
+    [drip, drip_closing, drip_headers, drip_chunked, silent, headers_then_silence],
+    ids=["slow-body", "slow-body-http1.0", "slow-headers", "slow-chunks", "no-headers", "headers-then-nothing"],
 )
 def test_a_slow_drip_server_hits_the_total_deadline(raw, respond):
     server = raw(respond)

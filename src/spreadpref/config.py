@@ -456,7 +456,12 @@ class Config(Section):
         description="Write into an output directory that already holds files spreadpref did not write (refused by "
         "default; nothing there is ever deleted).",
     )
-    seed: int = Field(42, description="Seeds data order, initialisation of LoRA adapters and sampling.")
+    seed: int = Field(
+        42,
+        ge=0,
+        lt=2**32,  # numpy's seeds are unsigned 32-bit: checked here, before any model loads
+        description="Seeds data order, initialisation of LoRA adapters and sampling (0 to 2^32 - 1).",
+    )
     model: ModelSettings = ModelSettings()
     data: DataSettings = DataSettings()
     train: TrainSettings = TrainSettings()

@@ -117,6 +117,64 @@ DATA_CASES = [
         ["2 of 5 records kept", "3 skipped"],
     ),
     ("extra-columns-are-listed", [OK | {"source": "web", "score": 9}], [], 0, ["columns not used: score, source"]),
+    # Text the tokenizer would refuse: half of a UTF-16 surrogate pair, escaped in valid JSON.
+    (
+        "lone-surrogate-in-prompt",
+        [OK, '{"prompt": "a\\ud800b", "chosen": "b", "rejected": "c"}'],
+        [],
+        2,
+        ["line 2", "'prompt'", "surrogate"],
+    ),
+    (
+        "lone-surrogate-in-reply",
+        [OK, '{"prompt": "a", "chosen": "b", "rejected": "\\udfff"}'],
+        [],
+        2,
+        ["line 2", "'rejected'", "surrogate"],
+    ),
+    (
+        "lone-surrogate-in-a-message",
+        [row(prompt=[{"role": "user", "content": "hi \ud83d"}])],
+        [],
+        2,
+        ["line 1", "'prompt[0].content'", "surrogate"],
+    ),
+    # JSON that Python's parser refuses although it is well formed.
+    (
+        "deeply-nested-unused-column",
+        [OK, '{"prompt": "a", "chosen": "b", "rejected": "c", "x": ' + "[" * 100_000 + "]" * 100_000 + "}"],
+        [],
+        2,
+        ["line 2", "nested too deeply"],
+    ),
+    (
+        "integer-past-the-digit-limit",
+        [OK, '{"prompt": "a", "chosen": "b", "rejected": "c", "weight": 1' + "0" * 5000 + "}"],
+        [],
+        2,
+        ["line 2", "4300 digits"],
+    ),
+    (
+        "integer-beyond-a-float",
+        [OK, '{"prompt": "a", "chosen": "b", "rejected": "c", "label": 1' + "0" * 400 + "}"],
+        [],
+        2,
+        ["line 2", "'label'", "401 digits"],
+    ),
+    (
+        "float-overflowing-to-inf",
+        [OK, '{"prompt": "a", "chosen": "b", "rejected": "c", "weight": 1e999}'],
+        [],
+        2,
+        ["line 2", "'weight'", "finite"],
+    ),
+    (
+        "broken-lines-with-skip-invalid",
+        [OK, '{"x": ' + "[" * 100_000 + "]" * 100_000 + "}", OK | {"id": "z"}],
+        ["data.skip_invalid=true"],
+        0,
+        ["2 of 3 records kept"],
+    ),
     (
         "prompt-longer-than-max-length",
         [row(prompt="word " * 400)],
@@ -169,6 +227,15 @@ FILE_CASES = [
     ("csv-missing-column", "d.csv", "prompt,chosen\na,b\n", ["line 2", "'rejected'"]),
     ("csv-label-not-a-number", "d.csv", "prompt,chosen,rejected,label\na,b,c,yes\n", ["line 2", "'label'"]),
     ("gz-not-gzip", "d.jsonl.gz", "not gzip at all", ["d.jsonl.gz"]),
+    ("text-saved-as-parquet", "d.parquet", "prompt,chosen,rejected\na,b,c\n", ["cannot be read as Parquet"]),
+    ("empty-parquet", "d.parquet", "", ["cannot be read as Parquet"]),
+    ("deeply-nested-json-file", "d.json", "[" * 100_000 + "]" * 100_000, ["nested too deeply"]),
+    (
+        "csv-integer-past-the-digit-limit",
+        "d.csv",
+        "prompt,chosen,rejected,label\na,b,c,1" + "0" * 5000 + "\n",
+        ["line 2", "'label'"],
+    ),
     # Excel's "CSV" is latin-1 / cp1252; the line is found exactly, however far into a decoded block it lies.
     (
         "csv-in-latin-1",
@@ -211,6 +278,9 @@ CONFIG_CASES = [
     ("negative-beta", ["train.beta=-1"], ["train.beta", "greater than 0"]),
     ("prompt-not-shorter", ["data.max_length=64", "data.max_prompt_length=64"], ["max_prompt_length (64)"]),
     ("bad-literal", ["model.dtype=float8"], ["model.dtype", "float32"]),
+    # Settings the schema now checks because numpy, torch or the tokenizer would refuse them later.
+    ("negative-seed", ["seed=-1"], ["seed", "greater than or equal to 0"]),
+    ("seed-past-32-bits", ["seed=4294967296"], ["seed", "less than 4294967296"]),
 ]
 
 
@@ -277,3 +347,37 @@ def test_chat_template_problems(tmp_path, template, fragment):
 def test_corpus_has_at_least_thirty_cases():
     assert len(DATA_CASES) + len(FILE_CASES) + len(CONFIG_CASES) + 1 + 1 + 1 + 2 + 1 >= 30
     assert math.isfinite(len(DATA_CASES))
+
+
+def test_lora_target_modules_the_model_lacks_are_named_with_the_ones_it_has(tiny_model_dir, pairs_file, tmp_path):
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            f"model.name_or_path={tiny_model_dir}",
+            f"data.train={pairs_file}",
+            "model.lora.enabled=true",
+            "model.lora.target_modules=[qkv_proj]",
+            "train.max_steps=1",
+            "-o",
+            str(tmp_path / "out"),
+        ],
+    )
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2 and "unexpected" not in message, message
+    assert "model.lora.target_modules=['qkv_proj']" in message and "q_proj" in message and "all-linear" in message
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ['{"rounds": {"1": {"round"', "", "\x00\x01 not json", "[" * 100_000],
+    ids=["cut", "empty", "binary", "deep"],
+)
+def test_a_damaged_summary_is_named_with_what_to_do(tmp_path, damage):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text(damage)
+    result = runner.invoke(app, ["report", str(run_dir)])
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2 and "unexpected" not in message, message
+    assert str(run_dir / "summary.json") in message and "is damaged" in message and "Restore it" in message

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from spreadpref.config import ColumnMap, DataSettings
@@ -265,9 +266,9 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
                 continue
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError as err:
+            except (ValueError, RecursionError) as err:
                 # A broken line is reported as a row error so skip_invalid can count it.
-                yield f"line {number}", _Broken(f"not valid JSON ({err.msg} at column {err.colno})")
+                yield f"line {number}", _Broken(json_problem(err))
                 continue
             yield f"line {number}", row
 
@@ -276,8 +277,9 @@ def _iter_json(path: Path) -> Iterator[tuple[str, Any]]:
     try:
         with _open_text(path) as handle:
             data = json.loads(handle.read())
-    except json.JSONDecodeError as err:
-        raise DataError(str(path), f"line {err.lineno}", None, f"not valid JSON ({err.msg})") from None
+    except (ValueError, RecursionError) as err:
+        where = f"line {err.lineno}" if isinstance(err, json.JSONDecodeError) else None
+        raise DataError(str(path), where, None, json_problem(err)) from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
@@ -286,8 +288,22 @@ def _iter_json(path: Path) -> Iterator[tuple[str, Any]]:
         yield f"row {index}", row
 
 
+def json_problem(err: ValueError | RecursionError) -> str:
+    """What is wrong with JSON that Python's parser refused: syntax, nesting depth, or an integer too long."""
+    if isinstance(err, json.JSONDecodeError):
+        return f"not valid JSON ({err.msg} at column {err.colno})"
+    if isinstance(err, RecursionError):
+        return "JSON nested too deeply for Python's parser (thousands of levels); flatten or remove that value"
+    return f"JSON that Python refuses ({err}); shorten or remove that value"
+
+
 def _iter_parquet(path: Path) -> Iterator[tuple[str, Any]]:
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(
+            str(path), None, None, f"cannot be read as Parquet ({err}); is it a Parquet file? The suffix says so"
+        ) from None
     for index, row in enumerate(table.to_pylist()):
         yield f"row {index}", row
 
@@ -536,6 +552,7 @@ def _messages(value: Any, name: str, fail) -> list[Message]:
             raise fail(f"{name}[{index}].content", f"must be a string, got {type(content).__name__}")
         if not content.strip():
             raise fail(f"{name}[{index}].content", "is empty")
+        _check_encodable(content, f"{name}[{index}].content", fail)
         messages.append({"role": role, "content": content})
     return messages
 
@@ -544,6 +561,7 @@ def _prompt_messages(value: Any, name: str, fail) -> list[Message]:
     if isinstance(value, str):
         if not value.strip():
             raise fail(name, "is empty")
+        _check_encodable(value, name, fail)
         return [{"role": "user", "content": value}]
     if isinstance(value, list):
         return _messages(value, name, fail)
@@ -560,7 +578,20 @@ def _reply_text(value: Any, name: str, fail, allow_empty: bool = False) -> str:
         raise fail(name, f"must be a string, got {type(value).__name__}")
     if not value.strip() and not allow_empty:
         raise fail(name, "is empty")
+    _check_encodable(value, name, fail)
     return value
+
+
+def _check_encodable(text: str, name: str, fail) -> None:
+    """Text the tokenizer can take: JSON can escape half of a UTF-16 pair ("\\ud800"), which is no character."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise fail(
+            name,
+            f"holds {text[err.start]!r} at character {err.start}, half of a UTF-16 surrogate pair and no character "
+            "(a text tool split an emoji or symbol); remove it or write the whole character",
+        ) from None
 
 
 def _with_system_prompt(prompt: list[Message], system_prompt: str | None) -> list[Message]:
@@ -594,7 +625,10 @@ def _record_id(row: dict, column: str, location: str, fail) -> str:
 def _number(value: Any, name: str, fail) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise fail(name, f"must be a number, got {type(value).__name__} {value!r}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise fail(name, f"is an integer of {len(str(value))} digits, beyond any float") from None
     if not math.isfinite(number):
         raise fail(name, f"must be finite, got {value!r}")
     return number

@@ -7,7 +7,6 @@ per round, and the win rate per model when ``spreadpref eval`` has results in ``
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -18,12 +17,12 @@ from spreadpref.data.artifacts import Pair
 from spreadpref.data.sanity import describe
 from spreadpref.errors import SpreadprefError
 from spreadpref.eval.evaluate import eval_markdown
-from spreadpref.runtime.files import atomic_path, atomic_write_text, read_jsonl
+from spreadpref.runtime.files import atomic_path, atomic_write_text, read_jsonl, read_own_json
 from spreadpref.runtime.progress import console, format_cell
 
 
 def _load_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_own_json(path) if path.is_file() else None
 
 
 def _rounds(summary: dict[str, Any]) -> list[dict[str, Any]]:

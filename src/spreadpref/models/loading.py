@@ -253,10 +253,24 @@ def attach_lora(model: torch.nn.Module, settings: ModelSettings) -> torch.nn.Mod
         target_modules=lora.target_modules,
         task_type="CAUSAL_LM",
     )
-    model = get_peft_model(model, config)
+    try:
+        model = get_peft_model(model, config)
+    except ValueError as err:  # peft: "Target modules {...} not found in the base model"
+        raise ModelLoadError(
+            f"model.lora.target_modules={lora.target_modules!r} does not fit {settings.name_or_path}: {err} "
+            f"Its linear layers are named: {', '.join(linear_module_names(model)) or 'none found'} "
+            '(or use "all-linear").'
+        ) from None
     if settings.gradient_checkpointing:
         model.enable_input_require_grads()  # checkpointed LoRA needs a grad path through frozen embeddings
     return model
+
+
+def linear_module_names(model: torch.nn.Module) -> list[str]:
+    """The distinct last names of the model's linear layers (q_proj, v_proj, ...): what target_modules names."""
+    return sorted(
+        {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    )
 
 
 def is_peft_model(model: torch.nn.Module) -> bool:

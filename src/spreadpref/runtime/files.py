@@ -127,6 +127,22 @@ def remove_stale_temporaries(directory: Path) -> int:
     return len(stale)
 
 
+def read_own_json(path: Path) -> Any:
+    """A JSON file spreadpref wrote (a summary, a manifest's figures); a damaged one is a DataError naming it and
+    saying what to do, never a bare parser error."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as err:  # truncated by a full disk, edited by hand, not JSON at all
+        raise DataError(
+            str(path),
+            None,
+            None,
+            f"is damaged and cannot be read ({type(err).__name__}: {err}). spreadpref wrote it; the models and "
+            "stage files beside it are intact. Restore it from a copy, or move it away (the figures it held are "
+            "then missing from the report; `spreadpref run ... --force` measures them again)",
+        ) from None
+
+
 def read_json(path: Path) -> Any:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)

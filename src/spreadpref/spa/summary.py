@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,7 @@ from rich.table import Table
 
 from spreadpref.eval.report import round_table
 from spreadpref.runtime import distributed
-from spreadpref.runtime.files import atomic_write_json
+from spreadpref.runtime.files import atomic_write_json, read_own_json
 from spreadpref.runtime.progress import console
 
 SUMMARY_FILE = "summary.json"
@@ -36,7 +35,7 @@ def label_measurements(row: dict[str, Any]) -> dict[str, Any]:
 
 def read_summary(root: Path) -> dict[str, Any]:
     path = root / SUMMARY_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_own_json(path) if path.is_file() else {}
 
 
 def write_summary(root: Path, summary: dict[str, Any]) -> None:

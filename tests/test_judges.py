@@ -6,10 +6,10 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 import torch
 
-from spreadpref.config import JudgeSettings, ModelSettings
+from spreadpref.config import JudgeSettings, ModelSettings, load_config
 from spreadpref.data.tokenize import render_prompt_ids
 from spreadpref.dpo.logprobs import score_sequences
-from spreadpref.errors import JudgeError
+from spreadpref.errors import ConfigError, JudgeError
 from spreadpref.judges import make_judge
 from spreadpref.judges.base import (
     Comparison,
@@ -329,3 +329,36 @@ def test_http_judge_counts_unreadable_answers_as_ties(stub):
 def test_http_judge_reads_only_a_leading_letter(stub, text, p):
     server = stub(default=lambda body: (200, {"choices": [{"message": {"content": text}}]}))
     assert HTTPLLMJudge(server.url, "m").prob_first([judge_messages(PROMPT, "a", "b")]) == [p]
+
+
+@pytest.mark.parametrize(
+    "broken", [math.nan, math.inf, 0.5, "-0.1", None], ids=["nan", "inf", "positive", "text", "null"]
+)
+def test_a_broken_log_prob_is_a_failed_comparison_never_a_label(stub, broken):
+    def answer(body):
+        top = [{"token": "A", "logprob": broken}, {"token": "B", "logprob": math.log(0.3)}]
+        content = [{"token": "B", "logprob": math.log(0.3), "top_logprobs": top}]
+        return 200, {"choices": [{"message": {"content": "B"}, "logprobs": {"content": content}}]}
+
+    judge = HTTPLLMJudge(stub(default=answer).url, "m")
+    assert judge.prob_first([judge_messages(PROMPT, "a", "b")]) == [0.5]  # not "B wins"
+    assert judge.unparsed == 1
+
+
+def test_a_key_the_server_echoes_back_is_masked(stub, monkeypatch):
+    def echo(body):
+        return 400, {"error": f"invalid request from {server.requests[-1]['headers']['Authorization']}"}
+
+    server = stub(default=echo)
+    monkeypatch.setenv("MY_JUDGE_KEY", "sk-secret-echoed-456")
+    with pytest.raises(JudgeError) as err:
+        HTTPLLMJudge(server.url, "m", api_key_env="MY_JUDGE_KEY").prob_first([judge_messages(PROMPT, "a", "b")])
+    assert "sk-secret-echoed-456" not in str(err.value) and "Bearer ***" in str(err.value)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999/v1", "http://localhost:port/v1"])
+def test_a_bad_port_is_named_when_the_config_loads_and_by_the_judge(url):
+    with pytest.raises(ConfigError, match="port"):
+        load_config(None, ["judge.kind=llm", f"judge.llm.base_url={url}", "judge.llm.api_model=m"])
+    with pytest.raises(JudgeError, match="a port is 1 to 65535"):
+        HTTPLLMJudge(url, "m")

@@ -17,6 +17,7 @@ from rich.markup import escape
 from spreadpref.errors import SpreadprefError
 from spreadpref.runtime.progress import console, error_console, progress_enabled
 from spreadpref.runtime.progress import verbose as verbose_requested
+from spreadpref.runtime.secrets import redact
 
 app = typer.Typer(
     add_completion=False,
@@ -108,7 +109,7 @@ def _run(action) -> None:
         action()
     except SpreadprefError as err:
         # soft_wrap: no hard line breaks inside paths, so the message can be copied as it is.
-        error_console.print(f"[bold red]error:[/] {escape(bounded(str(err)))}", highlight=False, soft_wrap=True)
+        error_console.print(f"[bold red]error:[/] {escape(bounded(redact(str(err))))}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_USER_ERROR) from None
     except KeyboardInterrupt:
         console.print("[yellow]Interrupted.[/] Finished work is saved: run the same command again to resume.")
@@ -118,7 +119,7 @@ def _run(action) -> None:
         where = f" ({err.filename})" if getattr(err, "filename", None) else ""
         error_console.print(
             f"[bold red]error:[/] could not read or write a file{escape(where)}: "
-            f"{escape(bounded(str(err.strerror or err)))}. Files already written are intact; fix the "
+            f"{escape(bounded(redact(str(err.strerror or err))))}. Files already written are intact; fix the "
             "cause and run the same command again to resume.",
             highlight=False,
             soft_wrap=True,
@@ -135,7 +136,7 @@ def _run(action) -> None:
     except Exception as err:  # noqa: BLE001 - the boundary: anything else is a bug, reported without a traceback
         where = _innermost_frame(err)
         error_console.print(
-            f"[bold red]error:[/] unexpected {type(err).__name__}: {escape(bounded(str(err), 500))}{escape(where)}. "
+            f"[bold red]error:[/] unexpected {type(err).__name__}: {escape(bounded(redact(str(err)), 500))}{escape(where)}. "
             "Finished work is saved. This is a bug in spreadpref or a case it does not check yet: run the same "
             "command with --debug (or SPREADPREF_DEBUG=1) for the traceback and report it.",
             highlight=False,

@@ -78,3 +78,28 @@ def test_remote_code_is_off_unless_asked(tiny_model_dir, monkeypatch):
     load_tokenizer(ModelSettings(name_or_path=str(tiny_model_dir)))
     load_model(ModelSettings(name_or_path=str(tiny_model_dir), trust_remote_code=True))
     assert seen == [("model", False), ("tokenizer", False), ("model", True)]
+
+
+def test_every_error_message_masks_secrets_whatever_echoes_them(monkeypatch, capsys):
+    import typer
+
+    from spreadpref import cli
+    from spreadpref.errors import SpreadprefError
+    from spreadpref.runtime.secrets import redact, register_secret
+
+    monkeypatch.setenv("HF_TOKEN", "hf_abcdefghijklmnop")
+    register_secret("sk-registered-key-789")
+    assert redact("token hf_abcdefghijklmnop and sk-registered-key-789") == "token *** and ***"
+    assert redact("short") == "short"
+
+    def leaky():
+        raise SpreadprefError("the server said: bad token hf_abcdefghijklmnop (sk-registered-key-789)")
+
+    def buggy():
+        raise RuntimeError("request failed with header Bearer sk-registered-key-789")
+
+    for action in (leaky, buggy):
+        with pytest.raises(typer.Exit):
+            cli._run(action)
+        err = capsys.readouterr().err
+        assert "hf_abcdefghijklmnop" not in err and "sk-registered-key-789" not in err and "***" in err

@@ -63,7 +63,7 @@ def iter_rows(source: str, *, split: str = "train", subset: str | None = None) -
         yield from _iter_builtin(source)
         return
     if any(char in source for char in "*?["):
-        yield from _iter_files(_glob(source), source)
+        yield from _iter_files(glob_data_files(source), source)
         return
     path = Path(source).expanduser()
     if path.is_dir():
@@ -125,7 +125,7 @@ def _iter_files(files: list[Path], source: str) -> Iterator[tuple[str, Any]]:
             yield (f"{file.name}, {location}" if len(files) > 1 else location), row
 
 
-def _glob(pattern: str) -> list[Path]:
+def glob_data_files(pattern: str) -> list[Path]:
     import glob  # noqa: PLC0415 - only for patterns
 
     return sorted(Path(p) for p in glob.glob(str(Path(pattern).expanduser()), recursive=True) if _kind(Path(p)))

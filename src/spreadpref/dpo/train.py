@@ -22,6 +22,7 @@ from rich.table import Table
 from transformers import PreTrainedTokenizerBase, PrinterCallback, TrainingArguments, set_seed
 
 from spreadpref.config import Config, check_library_settings, describe_changes
+from spreadpref.data.identity import DATA_IDENTITIES, changed_sources, data_identities, path_identities
 from spreadpref.data.loading import load_preferences, load_training_preferences
 from spreadpref.data.sanity import check_records
 from spreadpref.data.tokenize import TokenizedPair, tokenize_pairs
@@ -75,11 +76,14 @@ class TrainResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def train_fingerprint(config: Config) -> str:
-    """What a train stage's result depends on: seed, model, training data and training settings."""
+def train_fingerprint(config: Config, identities: dict[str, str | None] | None = None) -> str:
+    """What a train stage's result depends on: seed, model, training data (by content: ``identities``, computed
+    when not given) and training settings."""
+    identities = identities if identities is not None else data_identities(config.data)
     dump = config.model_dump(mode="json")
     train = {k: v for k, v in dump["train"].items() if k not in COSMETIC_TRAIN_KEYS}
     data = {k: v for k, v in dump["data"].items() if k != "prompts"}
+    data.update(train=identities["train"], eval=identities["eval"])
     return fingerprint({"seed": dump["seed"], "model": dump["model"], "data": data, "train": train})
 
 
@@ -93,6 +97,21 @@ def train_policy(config: Config, force: bool = False) -> TrainResult:
         return _train_policy_locked(config, out, force)
 
 
+def _follow_data_edits(
+    config: Config, manifest: Manifest, recorded_fp: str, fingerprint: str, identities: dict[str, str | None]
+) -> None:
+    """A stage that differs only by its data's content: edited data is trained on again (said so); a stage
+    from before content fingerprints, keyed by the data's path, is taken as it is and re-keyed."""
+    recorded = manifest.data.get(DATA_IDENTITIES)
+    if recorded is None and train_fingerprint(config, path_identities(config.data)) == recorded_fp:
+        manifest.update(STAGE, fingerprint=fingerprint)
+    elif recorded is not None and train_fingerprint(config, recorded) == recorded_fp:
+        edited = ", ".join(changed_sources(config.data, recorded, identities, keys=("train", "eval")))
+        console.print(f"[yellow]{edited} changed since this stage was trained: training again.[/]")
+        shutil.rmtree(Path(config.output_dir) / "checkpoints", ignore_errors=True)
+        manifest.reset(STAGE)
+
+
 def _train_policy_locked(config: Config, out: Path, force: bool) -> TrainResult:
     manifest = Manifest(out)
     others = [name for name in manifest.data.get("stages", {}) if name != STAGE]
@@ -101,8 +120,12 @@ def _train_policy_locked(config: Config, out: Path, force: bool) -> TrainResult:
             f"{out} is a `spreadpref run` directory (it holds {others[0]}): `spreadpref train` would overwrite its "
             "config.yaml. Use another output directory."
         )
-    fingerprint = train_fingerprint(config)
+    identities = data_identities(config.data)
+    fingerprint = train_fingerprint(config, identities)
     previous = manifest.stage(STAGE)
+    if previous and previous.get("fingerprint") != fingerprint:
+        _follow_data_edits(config, manifest, previous["fingerprint"], fingerprint, identities)
+        previous = manifest.stage(STAGE)
     if previous and previous.get("fingerprint") != fingerprint and not force:
         raise SpreadprefError(
             f"{out} already holds a train stage made with a different configuration "
@@ -120,6 +143,7 @@ def _train_policy_locked(config: Config, out: Path, force: bool) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
     config.save(out / "config.yaml")
+    manifest.data[DATA_IDENTITIES] = identities
     manifest.start(STAGE, fingerprint)
 
     set_seed(config.seed)

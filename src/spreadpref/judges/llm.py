@@ -31,6 +31,7 @@ from spreadpref.data.tokenize import render_prompt_ids
 from spreadpref.errors import JudgeError
 from spreadpref.judges.base import Comparison, Judge, Judgement, sigmoid
 from spreadpref.runtime.progress import console
+from spreadpref.runtime.secrets import redact, register_secret
 
 LLM_JUDGE_SYSTEM = "You are a careful, impartial judge of answers written by AI assistants."
 
@@ -175,8 +176,8 @@ class HTTPLLMJudge(PairwiseJudge):
             answers = list(pool.map(self._ask, questions))
         if self.unparsed > before:
             console.print(
-                f"[yellow]{self.unparsed - before} of {len(questions)} judge answers were neither A nor B "
-                "and count as ties.[/]"
+                f"[yellow]{self.unparsed - before} of {len(questions)} judge answers were neither A nor B, or "
+                "carried a log-prob that is not one (NaN, positive, not a number), and count as ties.[/]"
             )
         return answers
 
@@ -195,6 +196,7 @@ class HTTPLLMJudge(PairwiseJudge):
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(self.api_key_env)
         if key:
+            register_secret(key)  # whatever echoes it back (an error body), it is masked
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
@@ -212,7 +214,7 @@ class HTTPLLMJudge(PairwiseJudge):
                 if status == 429 or status >= 500:
                     last_error = f"HTTP {status}"
                 elif status >= 300:
-                    detail = payload[:300].decode(errors="replace")
+                    detail = redact(payload[:300].decode(errors="replace"))
                     raise JudgeError(f"the judge endpoint {self.url} answered HTTP {status}: {detail}")
                 else:
                     return json.loads(payload)
@@ -224,7 +226,7 @@ class HTTPLLMJudge(PairwiseJudge):
             except DeadlineExceeded:
                 last_error = f"no complete answer within judge.llm.timeout={self.timeout:g} s"
             except (OSError, http.client.HTTPException) as err:
-                last_error = str(getattr(err, "reason", err)) or type(err).__name__
+                last_error = redact(str(getattr(err, "reason", err)) or type(err).__name__)
             except (json.JSONDecodeError, UnicodeDecodeError):
                 last_error = "a reply that is not JSON"
             if attempt < self.max_retries:
@@ -241,6 +243,9 @@ class HTTPLLMJudge(PairwiseJudge):
         except (KeyError, IndexError, TypeError):
             raise JudgeError(f"the judge endpoint {self.url} returned no choices: {str(response)[:200]}") from None
         letters = _letter_logprobs(choice)
+        if letters is None:  # a log-prob that is NaN, +inf or not a number: a failed comparison, not a label
+            self.unparsed += 1
+            return 0.5
         if letters:
             a, b = letters.get("A", -math.inf), letters.get("B", -math.inf)
             return sigmoid(a - b) if math.isfinite(a - b) else float(a > b)
@@ -268,6 +273,10 @@ def check_http_url(url: str) -> urllib.parse.SplitResult:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise JudgeError(f"judge.llm.base_url={url!r}: only http:// and https:// URLs with a host are accepted")
+    try:
+        parts.port  # noqa: B018 - urllib checks the port only when it is read
+    except ValueError as err:
+        raise JudgeError(f"judge.llm.base_url={url!r}: {err} (a port is 1 to 65535)") from None
     return parts
 
 
@@ -323,7 +332,9 @@ def bounded_post(
         connection.close()
 
 
-def _letter_logprobs(choice: dict[str, Any]) -> dict[str, float]:
+def _letter_logprobs(choice: dict[str, Any]) -> dict[str, float] | None:
+    """The answer token's log-probs of "A" and "B" (either may be missing: -inf); None when one of them is not a
+    log-prob (NaN, +inf, a string): the answer is broken, whatever the other letter says."""
     content = ((choice.get("logprobs") or {}).get("content")) or []
     if not content:
         return {}
@@ -331,5 +342,8 @@ def _letter_logprobs(choice: dict[str, Any]) -> dict[str, float]:
     for entry in content[0].get("top_logprobs") or [content[0]]:
         letter = str(entry.get("token", "")).strip().upper()
         if letter in ("A", "B") and letter not in found:
-            found[letter] = float(entry["logprob"])
+            value = entry.get("logprob")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value > 0:
+                return None
+            found[letter] = float(value)
     return found

@@ -30,6 +30,7 @@ from transformers import PreTrainedTokenizerBase
 
 from spreadpref.config import NAMED_JUDGE_POLICIES, NAMED_REFERENCES, Config, check_library_settings, describe_changes
 from spreadpref.data.artifacts import JudgedSample, Pair, Sample
+from spreadpref.data.identity import DATA_IDENTITIES, changed_sources, data_identities, path_identities
 from spreadpref.data.loading import load_prompts
 from spreadpref.data.records import PromptRecord
 from spreadpref.data.tokenize import TokenizedPair
@@ -74,12 +75,16 @@ def round_directory(root: Path, i: int) -> Path:
     return root / f"round-{i}"
 
 
-def stage_fingerprints(config: Config, sizes: list[int]) -> dict[str, str]:
-    """One fingerprint per stage, in order; each includes the one before it."""
+def stage_fingerprints(
+    config: Config, sizes: list[int], identities: dict[str, str | None] | None = None
+) -> dict[str, str]:
+    """One fingerprint per stage, in order; each includes the one before it. Data files count by their content
+    (``identities``, computed when not given), not by their path."""
+    identities = identities if identities is not None else data_identities(config.data)
     dump = config.model_dump(mode="json")
     train_settings = {k: v for k, v in dump["train"].items() if k not in COSMETIC_TRAIN_KEYS}
     if config.loop.seed_stage:
-        prints = {SEED_STAGE: train_fingerprint(config)}
+        prints = {SEED_STAGE: train_fingerprint(config, identities)}
         previous = prints[SEED_STAGE]
     else:  # pi_0 is the starting model itself
         prints = {}
@@ -88,7 +93,7 @@ def stage_fingerprints(config: Config, sizes: list[int]) -> dict[str, str]:
     for i in range(1, len(sizes) + 1):
         name = f"round-{i}"
         generated = fingerprint(
-            [previous, dump["generation"], dump["data"]["prompts"], sizes[:i], dump["data"]["max_length"]]
+            [previous, dump["generation"], identities["prompts"], sizes[:i], dump["data"]["max_length"]]
         )
         judge_inputs = [generated, dump["judge"], dump["train"]["beta"]]
         if config.judge.consistency == "soften":  # the softened pairs' label is 1 - refine.alpha
@@ -97,7 +102,7 @@ def stage_fingerprints(config: Config, sizes: list[int]) -> dict[str, str]:
         refine = dict(dump["refine"], lam=config.refine.lam(i))
         round_training = [loop["epochs_per_round"], loop["learning_rate"], loop["group_by_length"]]
         if config.loop.replay_fraction > 0:  # keyed only when on, so that runs from before the key still resume
-            round_training += [loop["replay_fraction"], dump["data"]["train"], dump["data"]["seed_holdout"]]
+            round_training += [loop["replay_fraction"], identities["train"], dump["data"]["seed_holdout"]]
         trained = fingerprint([judged, train_settings, refine, *round_training])
         prints.update({f"{name}/generate": generated, f"{name}/judge": judged, f"{name}/train": trained})
         previous = trained
@@ -127,8 +132,12 @@ def _run_locked(config: Config, root: Path, force: bool) -> RunResult:
         system_prompt=config.data.system_prompt,
     )
     sizes = round_sizes(len(pool), config.loop.rounds, config.loop.prompts_per_round)
-    fingerprints = stage_fingerprints(config, sizes)
+    identities = data_identities(config.data)
+    fingerprints = stage_fingerprints(config, sizes, identities)
+    _follow_data_edits(root, manifest, config, sizes, fingerprints, identities)
     _check_plan(root, manifest, fingerprints, force, config)
+    manifest.data[DATA_IDENTITIES] = identities
+    manifest.save()
     if all(_done(manifest, name, fp) for name, fp in fingerprints.items()):
         console.print(f"[green]The run in {root} is already complete[/]; nothing to do (--force redoes it).")
         summary = read_summary(root)
@@ -225,9 +234,41 @@ def _stage_paths(root: Path, name: str) -> list[Path]:
     return stage_paths(root / round_name, ROUND_STAGES[stage])
 
 
+def _stale(manifest: Manifest, fingerprints: dict[str, str]) -> list[str]:
+    """Stages recorded with another fingerprint than they would have now, in order."""
+    return [n for n in fingerprints if manifest.stage(n) and manifest.stage(n).get("fingerprint") != fingerprints[n]]
+
+
+def _follow_data_edits(
+    root: Path,
+    manifest: Manifest,
+    config: Config,
+    sizes: list[int],
+    fingerprints: dict[str, str],
+    identities: dict[str, str | None],
+) -> None:
+    """Stages that differ only by the content of their data: an edited file reruns exactly the stages it feeds
+    (the first such stage and every one after it), and says so; stages from before content fingerprints, keyed
+    by the data's path, are taken as they are and re-keyed. Any other difference is _check_plan's to refuse."""
+    stale = _stale(manifest, fingerprints)
+    if not stale:
+        return
+    recorded = manifest.data.get(DATA_IDENTITIES)
+    before = stage_fingerprints(config, sizes, recorded if recorded is not None else path_identities(config.data))
+    if any(manifest.stage(n).get("fingerprint") != before[n] for n in stale):
+        return  # the settings changed too
+    if recorded is None:
+        for name in stale:
+            manifest.update(name, fingerprint=fingerprints[name])
+        return
+    edited = ", ".join(changed_sources(config.data, recorded, identities))
+    console.print(f"[yellow]{edited} changed since {stale[0]} ran: running it and every stage after it again.[/]")
+    _discard_from(root, manifest, list(fingerprints), stale[0])
+
+
 def _check_plan(root: Path, manifest: Manifest, fingerprints: dict[str, str], force: bool, config: Config) -> None:
     names = list(fingerprints)
-    stale = [n for n in names if manifest.stage(n) and manifest.stage(n).get("fingerprint") != fingerprints[n]]
+    stale = _stale(manifest, fingerprints)
     if stale and not force:
         raise SpreadprefError(
             f"{root} holds stages made with a different configuration: {', '.join(stale)}."
@@ -240,6 +281,12 @@ def _check_plan(root: Path, manifest: Manifest, fingerprints: dict[str, str], fo
     first = stale[0] if stale else (names[0] if complete else None)
     if first is None:
         return
+    _discard_from(root, manifest, names, first)
+    console.print(f"[yellow]--force:[/] discarded {first} and every stage after it.")
+
+
+def _discard_from(root: Path, manifest: Manifest, names: list[str], first: str) -> None:
+    """Delete the outputs of stage ``first`` and every stage after it, and forget them in the manifest."""
     if not distributed.is_main():
         distributed.barrier()  # the main process deletes; the others only forget
         for name in names[names.index(first) :]:
@@ -252,7 +299,6 @@ def _check_plan(root: Path, manifest: Manifest, fingerprints: dict[str, str], fo
             elif path.exists():
                 path.unlink()
         manifest.reset(name)
-    console.print(f"[yellow]--force:[/] discarded {first} and every stage after it.")
     distributed.barrier()
 
 

@@ -134,7 +134,7 @@ def _train_policy_locked(config: Config, out: Path, force: bool) -> TrainResult:
         )
     if previous and previous.get("status") == "complete" and not force:
         console.print(f"[green]The train stage in {out} is already complete[/]; nothing to do (--force retrains).")
-        return TrainResult(out, Path(previous["outputs"]["model"]), skipped=True, metrics=previous.get("metrics", {}))
+        return TrainResult(out, manifest.output(STAGE, "model"), skipped=True, metrics=previous.get("metrics", {}))
     if previous and (force or previous.get("fingerprint") != fingerprint):
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
         manifest.reset(STAGE)

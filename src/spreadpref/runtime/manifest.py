@@ -12,6 +12,7 @@ from typing import Any
 from spreadpref.errors import SpreadprefError
 from spreadpref.runtime import distributed
 from spreadpref.runtime.files import atomic_write_json, read_json
+from spreadpref.runtime.progress import console
 
 MANIFEST_NAME = "manifest.json"
 
@@ -28,6 +29,7 @@ class Manifest:
     def __init__(self, directory: Path):
         self.path = Path(directory) / MANIFEST_NAME
         self.data: dict[str, Any] = self._read() if self.path.is_file() else {"stages": {}}
+        self._said_moved = False
 
     def _read(self) -> dict[str, Any]:
         try:
@@ -60,7 +62,45 @@ class Manifest:
         self.save()
 
     def complete(self, name: str, **fields: Any) -> None:
+        if isinstance(fields.get("outputs"), dict):
+            fields["outputs"] = {key: self._relative(value) for key, value in fields["outputs"].items()}
         self.update(name, status="complete", finished=_now(), **fields)
+
+    def _relative(self, value: Any) -> Any:
+        """A path inside the run directory as relative to it, so that a copied or moved run uses its own files."""
+        if not isinstance(value, str):
+            return value
+        path = Path(value)
+        try:
+            return str(path.resolve().relative_to(self.path.parent.resolve()))
+        except ValueError:
+            return value  # outside the run (a model the user named): kept as given
+
+    def output(self, name: str, key: str) -> Path:
+        """A finished stage's output path, inside this run directory wherever the run was made.
+
+        Manifests written before outputs were relative hold absolute paths; one that points outside this
+        directory (the run was copied or moved) is found again by its tail under this directory."""
+        value = Path(self.data["stages"][name]["outputs"][key])
+        if not value.is_absolute():
+            return self.path.parent / value
+        root = self.path.parent
+        if value.resolve().is_relative_to(root.resolve()):
+            return value
+        for start in range(1, len(value.parts)):
+            candidate = root.joinpath(*value.parts[start:])
+            if candidate.exists():
+                if not self._said_moved:
+                    console.print(
+                        f"{root} was copied or moved from {value.parents[len(value.parts) - start - 1]}: it "
+                        "continues from its own files."
+                    )
+                    self._said_moved = True
+                return candidate
+        raise SpreadprefError(
+            f"{self.path} records {name}'s {key} at {value}, outside {root}, and {root} has no copy of it: the run "
+            "was copied or moved without that file. Copy it too, or run again with --force to redo that stage."
+        )
 
     def reset(self, name: str) -> None:
         self.data["stages"].pop(name, None)

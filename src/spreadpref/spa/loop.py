@@ -39,7 +39,7 @@ from spreadpref.dpo.train import STAGE as TRAIN_STAGE
 from spreadpref.errors import DataError, SpreadprefError
 from spreadpref.eval.evaluate import evaluate
 from spreadpref.eval.report import interval_cell, report_or_warn
-from spreadpref.models.loading import load_tokenizer, resolve_model_path
+from spreadpref.models.loading import load_tokenizer, resolve_model_path, weights_problem
 from spreadpref.runtime import distributed
 from spreadpref.runtime.files import is_local_path, remove_stale_temporaries
 from spreadpref.runtime.fingerprint import fingerprint
@@ -138,11 +138,15 @@ def _run_locked(config: Config, root: Path, force: bool) -> RunResult:
     _check_plan(root, manifest, fingerprints, force, config)
     manifest.data[DATA_IDENTITIES] = identities
     manifest.save()
-    if all(_done(manifest, name, fp) for name, fp in fingerprints.items()):
+    if all(_done(manifest, name, fp) for name, fp in fingerprints.items()) and not _rebuild_hollow_final(
+        config, manifest, len(sizes)
+    ):
         console.print(f"[green]The run in {root} is already complete[/]; nothing to do (--force redoes it).")
         summary = read_summary(root)
-        if (summary.get("final_choice") or {}).get("rule", "last") != config.loop.final_model:
-            _choose_final(config, summary, _finished_models(config, manifest, len(sizes)))  # figures: in the summary
+        models = _finished_models(config, manifest, len(sizes))
+        previous = (summary.get("final_choice") or {}).get("rule", "last"), summary.get("final_model")
+        _choose_final(config, summary, models)  # figures: in the summary; paths: this directory's (a copied run)
+        if previous != (config.loop.final_model, summary["final_model"]):
             write_summary(root, summary)
             _write_report(root)
         print_round_table(summary)
@@ -315,7 +319,7 @@ def _seed(
     summary: dict[str, Any],
 ) -> Path:
     if _done(manifest, SEED_STAGE, fp):
-        return Path(manifest.stage(SEED_STAGE)["outputs"]["model"])
+        return manifest.output(SEED_STAGE, "model")
     console.rule("[bold]Seed stage: DPO of the initial model on the seed pairs")
     manifest.start(SEED_STAGE, fp, data=seed_pairs.info)
     root = Path(config.output_dir)
@@ -505,7 +509,7 @@ def _train(
 ) -> Path:
     name = f"round-{ctx.round_index}/train"
     if _done(manifest, name, fp):
-        return Path(manifest.stage(name)["outputs"]["model"])
+        return manifest.output(name, "model")
     manifest.start(name, fp)
     result = train.train_stage(ctx, start, replay or [])
     manifest.complete(name, outputs=result.outputs, metrics=result.metrics)
@@ -591,14 +595,30 @@ def _measure_model(
     write_summary(root, summary)
 
 
+def _rebuild_hollow_final(config: Config, manifest: Manifest, rounds: int) -> bool:
+    """A finished run whose final model lost its weights (deleted, a disk fault): forget the stage that made it,
+    so that it runs again (seeded: the same model). True when there was one."""
+    summary = read_summary(Path(config.output_dir))
+    chosen = (summary.get("final_choice") or {}).get("round", rounds)
+    if chosen == 0 and not config.loop.seed_stage:
+        return False  # pi_init itself: not this run's to rebuild
+    stage = SEED_STAGE if chosen == 0 else f"round-{chosen}/train"
+    problem = weights_problem(manifest.output(stage, "model"))
+    if problem is None:
+        return False
+    console.print(f"[yellow]The run's final model is damaged ({problem}): running {stage} again.[/]")
+    manifest.reset(stage)
+    return True
+
+
 def _finished_models(config: Config, manifest: Manifest, rounds: int) -> dict[int, Path]:
     """Every model of a finished run, from its manifest: {0: pi_0, 1: pi_1, ...}."""
     if config.loop.seed_stage:
-        models = {0: Path(manifest.stage(SEED_STAGE)["outputs"]["model"])}
+        models = {0: manifest.output(SEED_STAGE, "model")}
     else:
         models = {0: Path(resolve_model_path(config.model.name_or_path))}
     for i in range(1, rounds + 1):
-        models[i] = Path(manifest.stage(f"round-{i}/train")["outputs"]["model"])
+        models[i] = manifest.output(f"round-{i}/train", "model")
     return models
 
 

@@ -1,0 +1,65 @@
+"""A run directory is self-contained: copied or moved, it continues from its own files; a finished run whose
+final model lost its weights rebuilds that model instead of calling itself complete."""
+
+import shutil
+
+from test_loop import loop_overrides
+
+from spreadpref.config import load_config
+from spreadpref.runtime.manifest import Manifest
+from spreadpref.spa.loop import run
+
+
+def one_round(model_dir, seed_file, prompts, out, *extra):
+    return [*loop_overrides(model_dir, seed_file, prompts, out), "loop.prompts_per_round=[4,4]", *extra]
+
+
+def test_a_copied_run_continues_from_its_own_files(tiny_model_dir, loop_data, tmp_path, capsys):
+    seed_file, prompts = loop_data
+    original = tmp_path / "a"
+    run(load_config(None, one_round(tiny_model_dir, seed_file, prompts, original, "loop.rounds=1")))
+    assert Manifest(original).data["stages"]["seed"]["outputs"]["model"] == "seed/model"  # relative
+    copy = tmp_path / "b"
+    shutil.copytree(original, copy)
+    shutil.rmtree(original)  # had the copy used the original's files, this would break it
+    result = run(load_config(None, one_round(tiny_model_dir, seed_file, prompts, copy, "loop.rounds=2")))
+    assert result.final_model == copy / "round-2" / "train" / "model"
+    manifest = Manifest(copy)
+    assert manifest.output("round-1/train", "model") == copy / "round-1" / "train" / "model"
+    assert str(original) not in (copy / "summary.json").read_text()
+
+
+def test_a_manifest_with_absolute_paths_from_another_place_is_rebased_and_says_so(
+    tiny_model_dir, loop_data, tmp_path, capsys
+):
+    seed_file, prompts = loop_data
+    original = tmp_path / "a"
+    overrides = one_round(tiny_model_dir, seed_file, prompts, original, "loop.rounds=1")
+    run(load_config(None, overrides))
+    # As a version that recorded absolute paths would have written it, then moved.
+    manifest = Manifest(original)
+    for entry in manifest.data["stages"].values():
+        entry["outputs"] = {k: str(original / v) for k, v in entry.get("outputs", {}).items()}
+    manifest.save()
+    moved = tmp_path / "moved"
+    original.rename(moved)
+    capsys.readouterr()
+    result = run(load_config(None, one_round(tiny_model_dir, seed_file, prompts, moved, "loop.rounds=1")))
+    assert result.skipped and result.final_model == moved / "round-1" / "train" / "model"
+    assert f"was copied or moved from {original}" in " ".join(capsys.readouterr().err.split())
+
+
+def test_a_final_model_without_weights_is_trained_again(tiny_model_dir, loop_data, tmp_path, capsys):
+    seed_file, prompts = loop_data
+    out = tmp_path / "run"
+    overrides = one_round(tiny_model_dir, seed_file, prompts, out, "loop.rounds=1")
+    first = run(load_config(None, overrides))
+    weights = first.final_model / "model.safetensors"
+    original = weights.read_bytes()
+    weights.unlink()
+    capsys.readouterr()
+    again = run(load_config(None, overrides))
+    assert not again.skipped
+    assert "The run's final model is damaged" in " ".join(capsys.readouterr().err.split())
+    assert weights.read_bytes() == original  # seeded: the same model
+    assert run(load_config(None, overrides)).skipped

@@ -285,3 +285,18 @@ def test_a_run_killed_before_its_manifest_is_not_taken_for_foreign_files(tmp_pat
     (out / "config.yaml").write_text("my: own\n")  # a user's config.yaml is theirs
     with pytest.raises(ForeignFilesError, match="config.yaml"):
         check_output_directory(out, allow_existing=False)
+
+
+@pytest.mark.parametrize("name", ["summary.json", "report.md", "round-3", "model"])
+def test_allowed_existing_files_are_never_overwritten_a_clashing_name_is_refused(
+    tiny_model_dir, pairs_file, tmp_path, name
+):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    own = mine / name
+    own.mkdir() if "." not in name else own.write_text('{"mine": true}')
+    result = runner.invoke(app, [*train_args(tiny_model_dir, pairs_file, mine), "allow_existing_files=true"])
+    assert_message(result, 2, f"names spreadpref writes itself ({name}", "would be overwritten")
+    assert sorted(p.name for p in mine.iterdir()) == [name]  # nothing written
+    if own.is_file():
+        assert own.read_text() == '{"mine": true}'

@@ -12,6 +12,7 @@ import contextlib
 import datetime
 import json
 import os
+import re
 import socket
 import sys
 from collections.abc import Iterator
@@ -74,15 +75,50 @@ def _own_config(path: Path, directory: Path) -> bool:
         return False
 
 
+# The names a run or a train stage writes at the top of its directory: with allow_existing_files=true a user's
+# own file of one of these names is refused rather than overwritten.
+OWN_NAMES = frozenset(
+    {
+        "config.yaml",
+        "manifest.json",
+        "summary.json",
+        "report.md",
+        "plots/",
+        "seed/",
+        "eval/",
+        "model/",
+        "adapter/",
+        "checkpoints/",
+        "log_history.json",
+        "train_log.jsonl",
+        "refinement.jsonl",
+    }
+)
+
+
+def _is_own_name(entry: str) -> bool:
+    return entry in OWN_NAMES or bool(re.fullmatch(r"round-\d+/?", entry))
+
+
 def check_output_directory(directory: Path, allow_existing: bool) -> None:
-    """Refuse to write into a directory that holds files spreadpref did not write, unless allowed."""
+    """Refuse to write into a directory that holds files spreadpref did not write, unless allowed; even when
+    allowed, refuse if one of them has a name spreadpref would write (it would be overwritten)."""
     found = foreign_entries(Path(directory))
     if found and not allow_existing:
-        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
         raise ForeignFilesError(
-            f"{directory} already holds files spreadpref did not write ({shown}). Use a new or empty output "
-            "directory, or set allow_existing_files=true to write beside them (nothing of yours is deleted)."
+            f"{directory} already holds files spreadpref did not write ({_shown(found)}). Use a new or empty "
+            "output directory, or set allow_existing_files=true to write beside them (nothing of yours is deleted "
+            "or overwritten)."
         )
+    if clashes := [entry for entry in found if _is_own_name(entry)]:
+        raise ForeignFilesError(
+            f"{directory} holds files of yours with names spreadpref writes itself ({_shown(clashes)}): they would "
+            "be overwritten. Move them away, or use another output directory."
+        )
+
+
+def _shown(entries: list[str]) -> str:
+    return ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
 
 
 @contextlib.contextmanager

@@ -63,3 +63,24 @@ def test_a_final_model_without_weights_is_trained_again(tiny_model_dir, loop_dat
     assert "The run's final model is damaged" in " ".join(capsys.readouterr().err.split())
     assert weights.read_bytes() == original  # seeded: the same model
     assert run(load_config(None, overrides)).skipped
+
+
+def test_a_hand_edited_pairs_file_is_refused_then_written_again_under_force(tiny_model_dir, loop_data, tmp_path):
+    import pytest
+
+    from spreadpref.errors import SpreadprefError
+
+    seed_file, prompts = loop_data
+    out = tmp_path / "run"
+    run(load_config(None, one_round(tiny_model_dir, seed_file, prompts, out, "loop.rounds=1")))
+    pairs = out / "round-1" / "pairs.jsonl"
+    original = pairs.read_bytes()
+    lines = original.decode().splitlines(keepends=True)
+    pairs.write_text("".join(lines[1:]))  # a pair removed by hand
+    two_rounds = one_round(tiny_model_dir, seed_file, prompts, out, "loop.rounds=2")
+    with pytest.raises(SpreadprefError, match=r"pairs.jsonl changed after round-1/judge wrote it"):
+        run(load_config(None, two_rounds))
+    run(load_config(None, two_rounds), force=True)
+    assert pairs.read_bytes() == original  # seeded: written again as it first was
+    assert (out / "round-1" / "pairs.jsonl.edited").read_text() == "".join(lines[1:])
+    assert Manifest(out).stage("round-2/train")["status"] == "complete"

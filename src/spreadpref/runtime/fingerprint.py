@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 LENGTH = 16  # hex digits: collisions are irrelevant at the number of stages and cache entries a user has
@@ -24,4 +25,13 @@ def fingerprint_rows(rows: Iterable[Any]) -> str:
     digest = hashlib.sha256()
     for row in rows:
         digest.update(json.dumps(row).encode())
+    return digest.hexdigest()[:LENGTH]
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes (streamed), to tell later whether it changed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
     return digest.hexdigest()[:LENGTH]

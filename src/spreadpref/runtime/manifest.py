@@ -12,6 +12,7 @@ from typing import Any
 from spreadpref.errors import SpreadprefError
 from spreadpref.runtime import distributed
 from spreadpref.runtime.files import atomic_write_json, read_json
+from spreadpref.runtime.fingerprint import file_digest
 from spreadpref.runtime.progress import console
 
 MANIFEST_NAME = "manifest.json"
@@ -64,7 +65,28 @@ class Manifest:
     def complete(self, name: str, **fields: Any) -> None:
         if isinstance(fields.get("outputs"), dict):
             fields["outputs"] = {key: self._relative(value) for key, value in fields["outputs"].items()}
+            # The files' content, to notice an edit later (directories such as models are not hashed: too large).
+            fields["hashes"] = {
+                key: file_digest(path)
+                for key in fields["outputs"]
+                if (path := self._resolve(fields["outputs"][key])).is_file()
+            }
         self.update(name, status="complete", finished=_now(), **fields)
+
+    def _resolve(self, value: str) -> Path:
+        path = Path(value)
+        return path if path.is_absolute() else self.path.parent / path
+
+    def edited_outputs(self, name: str) -> list[Path]:
+        """The output files of finished stage ``name`` whose content differs from what the stage wrote."""
+        entry = self.stage(name) or {}
+        hashes = entry.get("hashes") or {}
+        edited = []
+        for key, digest in hashes.items():
+            path = self.output(name, key)
+            if path.is_file() and file_digest(path) != digest:
+                edited.append(path)
+        return edited
 
     def _relative(self, value: Any) -> Any:
         """A path inside the run directory as relative to it, so that a copied or moved run uses its own files."""

@@ -136,6 +136,7 @@ def _run_locked(config: Config, root: Path, force: bool) -> RunResult:
     fingerprints = stage_fingerprints(config, sizes, identities)
     _follow_data_edits(root, manifest, config, sizes, fingerprints, identities)
     _check_plan(root, manifest, fingerprints, force, config)
+    _check_edited_outputs(manifest, fingerprints, force)
     manifest.data[DATA_IDENTITIES] = identities
     manifest.save()
     if all(_done(manifest, name, fp) for name, fp in fingerprints.items()) and not _rebuild_hollow_final(
@@ -268,6 +269,28 @@ def _follow_data_edits(
     edited = ", ".join(changed_sources(config.data, recorded, identities))
     console.print(f"[yellow]{edited} changed since {stale[0]} ran: running it and every stage after it again.[/]")
     _discard_from(root, manifest, list(fingerprints), stale[0])
+
+
+def _check_edited_outputs(manifest: Manifest, fingerprints: dict[str, str], force: bool) -> None:
+    """A finished stage's file edited after the stage wrote it (a hand-edited pairs.jsonl) is never used without
+    notice: refused, naming it; with --force the stage writes it again (seeded: as it first did), and the edit is
+    kept beside it as <file>.edited."""
+    for name, fp in fingerprints.items():
+        if not _done(manifest, name, fp) or not (edited := manifest.edited_outputs(name)):
+            continue
+        shown = ", ".join(str(path) for path in edited)
+        if not force:
+            raise SpreadprefError(
+                f"{shown} changed after {name} wrote it; the stages after it would use your edit without knowing "
+                f"it. Restore the file, or run again with --force to write it again (your version is kept as "
+                f"{edited[0].name}.edited)."
+            )
+        if distributed.is_main():
+            for path in edited:
+                path.replace(path.with_name(path.name + ".edited"))
+        distributed.barrier()
+        manifest.reset(name)
+        console.print(f"[yellow]--force:[/] {shown} changed after {name} wrote it; kept as .edited, writing it again.")
 
 
 def _check_plan(root: Path, manifest: Manifest, fingerprints: dict[str, str], force: bool, config: Config) -> None:

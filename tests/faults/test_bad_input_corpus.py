@@ -381,3 +381,30 @@ def test_a_damaged_summary_is_named_with_what_to_do(tmp_path, damage):
     message = " ".join(result.output.split())
     assert result.exit_code == 2 and "unexpected" not in message, message
     assert str(run_dir / "summary.json") in message and "is damaged" in message and "Restore it" in message
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "csv"])
+def test_a_large_file_is_read_as_a_stream(tmp_path, suffix):
+    """A 40 MB file with a bad first record: named at once, with memory far below the file's size; hashing it
+    for the stage fingerprints streams too."""
+    import tracemalloc
+
+    from spreadpref.data.identity import source_identity
+
+    path = tmp_path / f"big.{suffix}"
+    with open(path, "w", encoding="utf-8") as out:
+        if suffix == "jsonl":
+            out.write('{"prompt": "x", "chosen": 5, "rejected": "c"}\n')
+            line = json.dumps(OK | {"chosen": "b " * 200}) + "\n"
+        else:
+            out.write("prompt,chosen,rejected,label\nx,b,c,yes\n")
+            line = "a," + "b " * 200 + ",c,1\n"
+        for _ in range(40_000_000 // len(line)):
+            out.write(line)
+    tracemalloc.start()
+    with pytest.raises(Exception, match=r"line (1|2)"):
+        load_preferences(str(path))
+    source_identity(str(path))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 8_000_000, peak

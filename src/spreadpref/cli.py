@@ -112,7 +112,11 @@ def _run(action) -> None:
         error_console.print(f"[bold red]error:[/] {escape(bounded(redact(str(err))))}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_USER_ERROR) from None
     except KeyboardInterrupt:
-        console.print("[yellow]Interrupted.[/] Finished work is saved: run the same command again to resume.")
+        console.print(
+            "[yellow]Interrupted.[/] Finished stages are saved: run the same command again to resume. The stage that "
+            "was running starts again from its last Trainer checkpoint, or from its beginning when it saved none "
+            "(train.save_strategy=no, as in the CPU profiles)."
+        )
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except OSError as err:
         # Disk full, read-only or vanished directory: every write is atomic, so nothing finished is lost.

@@ -9,16 +9,13 @@ module paths (``_moved``). See docs/architecture.md.
 """
 
 import ast
-import importlib
 import re
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
 
 import spreadpref
-from spreadpref import _moved
 
 PACKAGE = Path(spreadpref.__file__).parent
 ORDER = ["base", "runtime", "config", "data", "models", "dpo", "judges", "eval", "spa", "interface"]
@@ -39,7 +36,6 @@ LAYER_OF = {
     "spreadpref.__main__": "interface",
     "spreadpref.envinfo": "interface",
     "spreadpref.goldworld": "interface",
-    "spreadpref._moved": "interface",
 }
 
 
@@ -143,16 +139,6 @@ def test_the_cycle_check_sees_a_cycle():
     assert find_cycle(graph) == ["spreadpref.judges.base", "spreadpref.spa.judge", "spreadpref.judges.base"]
 
 
-@pytest.mark.parametrize("old", sorted(_moved.MOVED))
-def test_old_module_paths_still_import_and_warn(old):
-    sys.modules.pop(old, None)  # an earlier import of the old path would not warn again
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        module = importlib.import_module(old)
-    assert module is importlib.import_module(_moved.MOVED[old])
-    assert any(issubclass(w.category, DeprecationWarning) and _moved.MOVED[old] in str(w.message) for w in caught)
-
-
 def test_the_readme_advertises_modules_that_exist():
     readme = (PACKAGE.parents[1] / "README.md").read_text()
     for name in sorted(set(re.findall(r"`(spreadpref(?:\.[a-z_]+)+)\.[A-Za-z_]+`", readme))):
@@ -161,7 +147,6 @@ def test_the_readme_advertises_modules_that_exist():
 
 def test_the_api_page_is_generated_from_the_current_docstrings():
     import subprocess
-    import sys
 
     script = Path(__file__).resolve().parent.parent / "scripts" / "api_docs.py"
     result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=120)

@@ -10,14 +10,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from spreadpref import _moved
 from spreadpref.config import DEFAULT_PROFILE, Config
 from spreadpref.config import load_config as _load_config
 from spreadpref.dpo.loss import soft_dpo_loss
 
 __version__ = "0.1.0"
 
-_moved.install()
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:

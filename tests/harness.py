@@ -116,8 +116,8 @@ def check_consistent(out: Path) -> str:
     for name in STAGES:
         entry = stages.get(name)
         if entry and entry["status"] == "complete":
-            for output in entry.get("outputs", {}).values():
-                assert Path(output).exists(), f"{name} is complete but {output} is missing"
+            for output in entry.get("outputs", {}).values():  # relative to the run directory
+                assert (out / output).exists(), f"{name} is complete but {output} is missing"
     for name in STAGES:
         if not stages.get(name) or stages[name]["status"] != "complete":
             return name

@@ -17,7 +17,6 @@ from spreadpref.dpo.loss import soft_dpo_loss
 __version__ = "0.1.0"
 
 
-
 def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
     """The configuration, as the command line builds it.
 

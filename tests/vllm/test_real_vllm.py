@@ -123,7 +123,7 @@ def test_an_spa_round_on_vllm_resumes_after_a_kill_during_generation(tmp_path):
     rows = read_jsonl(killed / "round-1" / "generations.jsonl")
     assert rows == read_jsonl(clean / "round-1" / "generations.jsonl")
     assert read_jsonl(killed / "round-1" / "pairs.jsonl") == read_jsonl(clean / "round-1" / "pairs.jsonl")
-    tokenizer_dir = json.loads((clean / "manifest.json").read_text())["stages"]["seed"]["outputs"]["model"]
+    tokenizer_dir = clean / json.loads((clean / "manifest.json").read_text())["stages"]["seed"]["outputs"]["model"]
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)

@@ -41,7 +41,7 @@ from spreadpref.eval.evaluate import evaluate
 from spreadpref.eval.report import interval_cell, report_or_warn
 from spreadpref.models.loading import load_tokenizer, resolve_model_path, weights_problem
 from spreadpref.runtime import distributed
-from spreadpref.runtime.files import is_local_path, remove_stale_temporaries
+from spreadpref.runtime.files import is_local_path, read_jsonl_rows, remove_stale_temporaries
 from spreadpref.runtime.fingerprint import fingerprint
 from spreadpref.runtime.lock import directory_lock
 from spreadpref.runtime.manifest import Manifest
@@ -276,7 +276,10 @@ def _check_edited_outputs(manifest: Manifest, fingerprints: dict[str, str], forc
     notice: refused, naming it; with --force the stage writes it again (seeded: as it first did), and the edit is
     kept beside it as <file>.edited."""
     for name, fp in fingerprints.items():
-        if not _done(manifest, name, fp) or not (edited := manifest.edited_outputs(name)):
+        if not _done(manifest, name, fp):
+            continue
+        # A file that no longer parses is damaged, not edited: _rebuild_damaged writes it again when it is read.
+        if not (edited := [path for path in manifest.edited_outputs(name) if _parses(path)]):
             continue
         shown = ", ".join(str(path) for path in edited)
         if not force:
@@ -291,6 +294,16 @@ def _check_edited_outputs(manifest: Manifest, fingerprints: dict[str, str], forc
         distributed.barrier()
         manifest.reset(name)
         console.print(f"[yellow]--force:[/] {shown} changed after {name} wrote it; kept as .edited, writing it again.")
+
+
+def _parses(path: Path) -> bool:
+    """Whether a stage's JSON-lines file still reads as JSON, line by line."""
+    try:
+        for _ in read_jsonl_rows(path):
+            pass
+    except (DataError, UnicodeDecodeError):
+        return False
+    return True
 
 
 def _check_plan(root: Path, manifest: Manifest, fingerprints: dict[str, str], force: bool, config: Config) -> None:

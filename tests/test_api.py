@@ -16,7 +16,7 @@ def test_no_path_gives_the_command_lines_default_profile():
     api = spreadpref.load_config()
     cli = yaml.safe_load(CliRunner().invoke(app, ["config"]).output)
     assert api.model_dump(mode="json") == cli
-    assert api.train.learning_rate == 5e-6 and api.loop.rounds == 2  # the CPU profile, not the schema's 7B values
+    assert api.train.learning_rate == 5e-5 and api.loop.rounds == 2  # the CPU profile, not the schema's 7B values
 
 
 def test_shipped_configs_load_by_name_from_any_directory(tmp_path):

@@ -409,6 +409,8 @@ def build_trainer(
         max_steps=train.max_steps,
         learning_rate=learning_rate if learning_rate is not None else train.learning_rate,
         lr_scheduler_type=train.lr_scheduler,
+        # Not a slip: transformers 5 dropped warmup_ratio and reads a warmup_steps below 1 as a fraction of the
+        # total steps (the old ratio), so the ratio goes here unchanged.
         warmup_steps=train.warmup_ratio,
         weight_decay=train.weight_decay,
         max_grad_norm=train.max_grad_norm,

@@ -288,3 +288,10 @@ def test_round_verdicts_follow_the_summary_in_round_order():
     verdicts = guard.round_verdicts(summary, 3)
     assert [v.split(":")[0] for v in verdicts] == ["Round 1", "Round 3"]
     assert guard.round_verdicts({"rounds": {}}, 2) == []
+
+
+def test_the_below_seed_warning_says_when_the_difference_is_within_the_noise():
+    plain = guard.below_seed_warning({0: 0.77, 2: 0.69})
+    noisy = guard.below_seed_warning({0: 0.77, 2: 0.69}, within_noise=True)
+    assert "made it worse" in plain and "made it worse" not in noisy
+    assert "(0.69 against 0.77), by less than these held-out pairs can tell apart" in noisy

@@ -53,9 +53,10 @@ def choose_final_round(agreements: Mapping[int, float | None], rule: str) -> int
     return max(measured, key=lambda item: (item[1], -item[0]))[0]
 
 
-def below_seed_warning(agreements: Mapping[int, float | None]) -> str | None:
+def below_seed_warning(agreements: Mapping[int, float | None], within_noise: bool = False) -> str | None:
     """One sentence when the last model agrees with the held-out human labels strictly less often than the seed
-    model pi_0 (both measured); otherwise None."""
+    model pi_0 (both measured); otherwise None. ``within_noise``: the last round's paired verdict found the
+    difference inside its interval (:func:`round_verdict`), which the sentence then says."""
     if not agreements or 0 not in agreements:
         return None
     seed, last = agreements[0], agreements[max(agreements)]
@@ -64,6 +65,13 @@ def below_seed_warning(agreements: Mapping[int, float | None]) -> str | None:
     digits = 2
     while f"{last:.{digits}f}" == f"{seed:.{digits}f}" and digits < 6:
         digits += 1  # never "0.61 against 0.61"
+    if within_noise:
+        return (
+            f"The last round's model agrees with the held-out human labels less often than the seed model "
+            f"({last:.{digits}f} against {seed:.{digits}f}), by less than these held-out pairs can tell apart "
+            "(see its verdict): the rounds did not make it measurably better on the one signal without a gold "
+            "judge; loop.final_model=best_held_out hands back the model that agrees most."
+        )
     return (
         f"The last round's model agrees with the held-out human labels less often than the seed model "
         f"({last:.{digits}f} against {seed:.{digits}f}): the rounds made it worse on the one signal without a gold "

@@ -673,13 +673,15 @@ def _choose_final(config: Config, summary: dict[str, Any], models: dict[int, Pat
         notes.append(
             f"Round {best}'s model is the best by held-out agreement but no longer on disk (loop.keep_models)."
         )
-    warning = guard.below_seed_warning(agreements)
+    verdicts = guard.round_verdicts(summary, last)
+    last_verdict = next((v for v in verdicts if v.startswith(f"Round {last}:")), "")
+    warning = guard.below_seed_warning(agreements, within_noise="the same as" in last_verdict)
     previous = (summary.get("final_choice") or {}).get("warning")
     if previous and previous in summary.get("warnings", []):
         summary["warnings"].remove(previous)  # the last choice's warning, replaced by this one's
     if warning:
         summary.setdefault("warnings", []).insert(0, warning)
-    summary["verdicts"] = guard.round_verdicts(summary, last)
+    summary["verdicts"] = verdicts
     summary["final_model"] = str(models[chosen])
     summary["final_choice"] = {
         "rule": rule,

@@ -44,11 +44,11 @@ def worker_round(args, inputs) -> dict[str, Any]:
         "datasets",
         "peft",
         "transformers",
-        "spreadpref.generate",
-        "spreadpref.judge",
-        "spreadpref.loop",
-        "spreadpref.train",
-        "spreadpref.trainer",
+        "spreadpref.models.sampling",
+        "spreadpref.spa.judge",
+        "spreadpref.spa.loop",
+        "spreadpref.dpo.train",
+        "spreadpref.dpo.trainer",
     ):
         importlib.import_module(name)
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer  # noqa: F401  (lazy modules)

@@ -243,7 +243,8 @@ def train_on_pairs(
     epochs = num_epochs if num_epochs is not None else config.train.num_epochs
     metrics["epochs"] = epochs
     metrics["learning_rate"] = learning_rate if learning_rate is not None else config.train.learning_rate
-    if before is not None and before == trainable_checksum(model):
+    # The main process's view decides for all: a sharded process may hold no trainable weights to compare.
+    if distributed.broadcast_object(before is not None and before == trainable_checksum(model)):
         metrics["weights_unchanged"] = True
         message = (
             f"{out}: training left the weights exactly as they were ({train_output.global_step} optimizer step(s); "

@@ -96,7 +96,7 @@ class Manifest:
         try:
             return str(path.resolve().relative_to(self.path.parent.resolve()))
         except ValueError:
-            return value  # outside the run (a model the user named): kept as given
+            return str(path.resolve())  # outside the run: absolute, so that it is never read as inside it
 
     def output(self, name: str, key: str) -> Path:
         """A finished stage's output path, inside this run directory wherever the run was made.

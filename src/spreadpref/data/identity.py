@@ -12,9 +12,7 @@ from pathlib import Path
 
 from spreadpref.config import DataSettings
 from spreadpref.data.loading import BUILTIN_FILES, BUILTIN_PREFIX, glob_data_files
-from spreadpref.runtime.fingerprint import LENGTH
-
-BLOCK = 1 << 20
+from spreadpref.runtime.fingerprint import LENGTH, update_with_file
 
 
 def _hash_files(files: list[tuple[str, Path]]) -> str:
@@ -22,9 +20,7 @@ def _hash_files(files: list[tuple[str, Path]]) -> str:
     digest = hashlib.sha256()
     for name, path in files:
         digest.update(name.encode() + b"\0")
-        with open(path, "rb") as handle:
-            while block := handle.read(BLOCK):
-                digest.update(block)
+        update_with_file(digest, path)
         digest.update(b"\0")
     return "sha256:" + digest.hexdigest()[:LENGTH]
 

@@ -172,12 +172,7 @@ def not_utf8(path: Path) -> DataError:
 
 def _first_undecodable_line(path: Path) -> tuple[int | None, int]:
     """(line number, first bad byte) of the first line that is not valid UTF-8; (None, 0) if none is found."""
-    import bz2  # noqa: PLC0415
-    import gzip  # noqa: PLC0415
-    import lzma  # noqa: PLC0415
-
-    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix.lower(), open)
-    with opener(path, "rb") as handle:
+    with _opener(path)(path, "rb") as handle:
         for number, line in enumerate(handle, start=1):
             try:
                 line.decode("utf-8")
@@ -194,16 +189,18 @@ def _iter_text(path: Path) -> Iterator[tuple[str, Any]]:
                 yield f"line {number}", {"id": f"line-{number}", "prompt": line.rstrip("\n")}
 
 
-def _open_text(path: Path):
-    """A text handle, decompressing .gz, .bz2 and .xz."""
+def _opener(path: Path):
+    """The function that opens ``path``: decompressing for .gz, .bz2 and .xz, else the built-in open."""
     import bz2  # noqa: PLC0415
     import gzip  # noqa: PLC0415
     import lzma  # noqa: PLC0415
 
-    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix.lower())
-    if opener is None:
-        return open(path, encoding="utf-8")  # noqa: SIM115 - the caller closes it
-    return opener(path, "rt", encoding="utf-8")
+    return {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix.lower(), open)
+
+
+def _open_text(path: Path):
+    """A text handle, decompressing .gz, .bz2 and .xz."""
+    return _opener(path)(path, "rt", encoding="utf-8")
 
 
 # CSV and TSV cells are text; these columns hold numbers, so a cell that reads as one becomes one.

@@ -28,10 +28,15 @@ def fingerprint_rows(rows: Iterable[Any]) -> str:
     return digest.hexdigest()[:LENGTH]
 
 
-def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes (streamed), to tell later whether it changed."""
-    digest = hashlib.sha256()
+def update_with_file(digest: Any, path: Path) -> None:
+    """Feed a file's bytes into ``digest`` a block at a time: memory stays flat for large files."""
     with open(path, "rb") as handle:
         while block := handle.read(1 << 20):
             digest.update(block)
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes (streamed), to tell later whether it changed."""
+    digest = hashlib.sha256()
+    update_with_file(digest, path)
     return digest.hexdigest()[:LENGTH]

@@ -321,7 +321,7 @@ class JudgeSettings(Section):
             raise ValueError("judge.kind=reward_model needs judge.reward_model.name_or_path")
         if self.llm.base_url and not self.llm.base_url.startswith(("http://", "https://")):
             raise ValueError(f"judge.llm.base_url={self.llm.base_url[:200]!r}: only http:// and https:// URLs")
-        if self.llm.base_url and (problem := _url_port_problem(self.llm.base_url)):
+        if self.llm.base_url and (problem := url_port_problem(self.llm.base_url)):
             raise ValueError(f"judge.llm.base_url={self.llm.base_url[:200]!r}: {problem} (a port is 1 to 65535)")
         if self.llm.base_url and not self.llm.api_model:
             raise ValueError("judge.llm.base_url needs judge.llm.api_model (the model name the endpoint serves)")
@@ -537,7 +537,7 @@ class Config(Section):
 DEFAULT_PROFILE = "spa-cpu"  # the shipped config the command line uses without --config
 
 
-def _url_port_problem(url: str) -> str | None:
+def url_port_problem(url: str) -> str | None:
     """urllib's complaint about a URL's port (out of range, not a number), else None."""
     import urllib.parse  # noqa: PLC0415
 

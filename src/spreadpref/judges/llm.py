@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from spreadpref.config import url_port_problem
 from spreadpref.data.records import Message
 from spreadpref.data.tokenize import render_prompt_ids
 from spreadpref.errors import JudgeError
@@ -273,10 +274,8 @@ def check_http_url(url: str) -> urllib.parse.SplitResult:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise JudgeError(f"judge.llm.base_url={url!r}: only http:// and https:// URLs with a host are accepted")
-    try:
-        parts.port  # noqa: B018 - urllib checks the port only when it is read
-    except ValueError as err:
-        raise JudgeError(f"judge.llm.base_url={url!r}: {err} (a port is 1 to 65535)") from None
+    if problem := url_port_problem(url):
+        raise JudgeError(f"judge.llm.base_url={url!r}: {problem} (a port is 1 to 65535)")
     return parts
 
 

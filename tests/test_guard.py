@@ -295,3 +295,15 @@ def test_the_below_seed_warning_says_when_the_difference_is_within_the_noise():
     noisy = guard.below_seed_warning({0: 0.77, 2: 0.69}, within_noise=True)
     assert "made it worse" in plain and "made it worse" not in noisy
     assert "(0.69 against 0.77), by less than these held-out pairs can tell apart" in noisy
+
+
+def test_within_noise_is_the_verdicts_interval_containing_zero():
+    seed = [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+    summary = {
+        "seed": {guard.OUTCOMES_KEY: seed},
+        "rounds": {"1": {guard.OUTCOMES_KEY: [1.0] * 8}, "2": {guard.OUTCOMES_KEY: [1.0, *seed[1:]]}, "3": {}},
+    }
+    assert not guard.within_noise(summary, 1)  # "better than"
+    assert guard.within_noise(summary, 2)  # one pair better: "the same as"
+    assert not guard.within_noise(summary, 3)  # not measured
+    assert "the same as" in guard.round_verdict(2, [1.0, *seed[1:]], seed)

@@ -118,22 +118,42 @@ def measure_held_out_agreement(
     return distributed.broadcast_object(figures)
 
 
-def round_verdict(index: int, outcomes: list[float] | None, seed_outcomes: list[float] | None) -> str | None:
-    """One plain sentence: round ``index``'s model better, the same or worse than the seed model pi_0 on held-out
-    agreement, from the paired differences over the same held-out pairs (mean and 95% t-interval): better or
-    worse only when the interval excludes 0. None when either model was not measured on the same pairs."""
+def paired_difference(
+    outcomes: list[float] | None, seed_outcomes: list[float] | None
+) -> tuple[float, float, float] | None:
+    """A model's held-out outcomes minus the seed model's, pair by pair: (mean, low, high) of the 95%
+    t-interval. None when either model was not measured on the same pairs."""
     if not outcomes or not seed_outcomes or len(outcomes) != len(seed_outcomes):
         return None
-    n = len(outcomes)
     difference = t_interval([mine - seed for mine, seed in zip(outcomes, seed_outcomes)])
-    low, high = difference["mean"] - difference["half_width"], difference["mean"] + difference["half_width"]
+    return (
+        difference["mean"],
+        difference["mean"] - difference["half_width"],
+        difference["mean"] + difference["half_width"],
+    )
+
+
+def round_verdict(index: int, outcomes: list[float] | None, seed_outcomes: list[float] | None) -> str | None:
+    """One plain sentence: round ``index``'s model better, the same or worse than the seed model pi_0 on held-out
+    agreement, from :func:`paired_difference`: better or worse only when the interval excludes 0. None when
+    either model was not measured on the same pairs."""
+    if (paired := paired_difference(outcomes, seed_outcomes)) is None:
+        return None
+    mean, low, high = paired
+    n = len(outcomes)
     word = "better than" if low > 0 else "worse than" if high < 0 else "the same as"
     within = " within the interval" if word == "the same as" else ""
     return (
         f"Round {index}: {word} the seed model on held-out agreement{within} ({sum(outcomes) / n:.2f} against "
-        f"{sum(seed_outcomes) / n:.2f}; difference {difference['mean']:+.2f}, 95% CI {low:+.2f} to {high:+.2f}, "
-        f"{n} human pairs)."
+        f"{sum(seed_outcomes) / n:.2f}; difference {mean:+.2f}, 95% CI {low:+.2f} to {high:+.2f}, {n} human pairs)."
     )
+
+
+def within_noise(summary: Mapping[str, Any], index: int) -> bool:
+    """Whether round ``index``'s paired interval against the seed model contains 0 (False when not measured)."""
+    row = (summary.get("rounds") or {}).get(str(index)) or {}
+    paired = paired_difference(row.get(OUTCOMES_KEY), (summary.get("seed") or {}).get(OUTCOMES_KEY))
+    return paired is not None and paired[1] <= 0 <= paired[2]
 
 
 def round_verdicts(summary: Mapping[str, Any], rounds: int) -> list[str]:

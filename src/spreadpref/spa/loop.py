@@ -673,15 +673,13 @@ def _choose_final(config: Config, summary: dict[str, Any], models: dict[int, Pat
         notes.append(
             f"Round {best}'s model is the best by held-out agreement but no longer on disk (loop.keep_models)."
         )
-    verdicts = guard.round_verdicts(summary, last)
-    last_verdict = next((v for v in verdicts if v.startswith(f"Round {last}:")), "")
-    warning = guard.below_seed_warning(agreements, within_noise="the same as" in last_verdict)
+    warning = guard.below_seed_warning(agreements, within_noise=guard.within_noise(summary, last))
     previous = (summary.get("final_choice") or {}).get("warning")
     if previous and previous in summary.get("warnings", []):
         summary["warnings"].remove(previous)  # the last choice's warning, replaced by this one's
     if warning:
         summary.setdefault("warnings", []).insert(0, warning)
-    summary["verdicts"] = verdicts
+    summary["verdicts"] = guard.round_verdicts(summary, last)
     summary["final_model"] = str(models[chosen])
     summary["final_choice"] = {
         "rule": rule,

@@ -7,6 +7,7 @@ path, or copied elsewhere, is not. A hub dataset is keyed by its id (its content
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -69,3 +70,22 @@ def changed_sources(
 ) -> list[str]:
     """'data.train (pairs.csv)' for each source of ``keys`` whose content differs from the recorded one."""
     return [f"data.{key} ({getattr(data, key)})" for key in keys if recorded.get(key) != current.get(key)]
+
+
+KEYED_BY_PATH, EDITED = "keyed by path", "edited"
+
+
+def data_only_change(
+    data: DataSettings,
+    recorded: dict[str, str | None] | None,
+    matches: Callable[[dict[str, str | None]], bool],
+) -> str | None:
+    """Why finished stages' fingerprints differ, when the data alone explains it.
+
+    ``matches(identities)``: whether the stages' recorded fingerprints are what these identities give.
+    KEYED_BY_PATH: stages from before content keys (no recorded identities), keyed by the data's path: take
+    them as they are and re-key them. EDITED: the recorded identities give the recorded fingerprints, so only
+    the data's content changed: run them again. None: the settings changed too."""
+    if recorded is None:
+        return KEYED_BY_PATH if matches(path_identities(data)) else None
+    return EDITED if matches(recorded) else None

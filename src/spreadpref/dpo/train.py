@@ -22,7 +22,14 @@ from rich.table import Table
 from transformers import PreTrainedTokenizerBase, PrinterCallback, TrainingArguments, set_seed
 
 from spreadpref.config import Config, check_library_settings, describe_changes
-from spreadpref.data.identity import DATA_IDENTITIES, changed_sources, data_identities, path_identities
+from spreadpref.data.identity import (
+    DATA_IDENTITIES,
+    EDITED,
+    KEYED_BY_PATH,
+    changed_sources,
+    data_identities,
+    data_only_change,
+)
 from spreadpref.data.loading import load_preferences, load_training_preferences
 from spreadpref.data.sanity import check_records
 from spreadpref.data.tokenize import TokenizedPair, tokenize_pairs
@@ -103,9 +110,10 @@ def _follow_data_edits(
     """A stage that differs only by its data's content: edited data is trained on again (said so); a stage
     from before content fingerprints, keyed by the data's path, is taken as it is and re-keyed."""
     recorded = manifest.data.get(DATA_IDENTITIES)
-    if recorded is None and train_fingerprint(config, path_identities(config.data)) == recorded_fp:
+    change = data_only_change(config.data, recorded, lambda ids: train_fingerprint(config, ids) == recorded_fp)
+    if change == KEYED_BY_PATH:
         manifest.update(STAGE, fingerprint=fingerprint)
-    elif recorded is not None and train_fingerprint(config, recorded) == recorded_fp:
+    elif change == EDITED:
         edited = ", ".join(changed_sources(config.data, recorded, identities, keys=("train", "eval")))
         console.print(f"[yellow]{edited} changed since this stage was trained: training again.[/]")
         shutil.rmtree(Path(config.output_dir) / "checkpoints", ignore_errors=True)

@@ -30,7 +30,7 @@ from transformers import PreTrainedTokenizerBase
 
 from spreadpref.config import NAMED_JUDGE_POLICIES, NAMED_REFERENCES, Config, check_library_settings, describe_changes
 from spreadpref.data.artifacts import JudgedSample, Pair, Sample
-from spreadpref.data.identity import DATA_IDENTITIES, changed_sources, data_identities, path_identities
+from spreadpref.data.identity import DATA_IDENTITIES, KEYED_BY_PATH, changed_sources, data_identities, data_only_change
 from spreadpref.data.loading import load_prompts
 from spreadpref.data.records import PromptRecord
 from spreadpref.data.tokenize import TokenizedPair
@@ -259,10 +259,15 @@ def _follow_data_edits(
     if not stale:
         return
     recorded = manifest.data.get(DATA_IDENTITIES)
-    before = stage_fingerprints(config, sizes, recorded if recorded is not None else path_identities(config.data))
-    if any(manifest.stage(n).get("fingerprint") != before[n] for n in stale):
-        return  # the settings changed too
-    if recorded is None:
+
+    def matches(ids: dict[str, str | None]) -> bool:
+        before = stage_fingerprints(config, sizes, ids)
+        return all(manifest.stage(n).get("fingerprint") == before[n] for n in stale)
+
+    change = data_only_change(config.data, recorded, matches)
+    if change is None:
+        return  # the settings changed too: _check_plan's to refuse
+    if change == KEYED_BY_PATH:
         for name in stale:
             manifest.update(name, fingerprint=fingerprints[name])
         return

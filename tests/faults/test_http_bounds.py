@@ -63,35 +63,30 @@ def raw():
         server.close()
 
 
-def drip(connection, stop):
-    """Valid headers, then the body one byte every 0.2 s: each read is quick, the request never ends."""
-    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n")
-    while not stop.is_set():
-        connection.sendall(b" ")
-        time.sleep(0.2)
+def dripping(head: bytes, piece: bytes):
+    """A server that sends ``head``, then ``piece`` every 0.2 s and never finishes: each read is quick, the request
+    never ends."""
+
+    def respond(connection, stop):
+        connection.sendall(head)
+        while not stop.is_set():
+            connection.sendall(piece)
+            time.sleep(0.2)
+
+    return respond
 
 
-def drip_closing(connection, stop):
-    """HTTP/1.0 with a length, then one byte every 0.2 s: http.client hands the socket to the response."""
-    connection.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n")
-    while not stop.is_set():
-        connection.sendall(b" ")
-        time.sleep(0.2)
-
-
-def drip_headers(connection, stop):
-    connection.sendall(b"HTTP/1.1 200 OK\r\n")
-    while not stop.is_set():
-        connection.sendall(b"X-Slow: a\r\n")
-        time.sleep(0.2)
-
-
-def drip_chunked(connection, stop):
-    """Chunked transfer encoding, a one-byte chunk every 0.2 s, never the last chunk."""
-    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
-    while not stop.is_set():
-        connection.sendall(b"1\r\n \r\n")
-        time.sleep(0.2)
+JSON_LENGTH = b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+# Valid headers, then the body one byte at a time.
+drip = dripping(b"HTTP/1.1 200 OK\r\n" + JSON_LENGTH, b" ")
+# HTTP/1.0 with a length: http.client hands the socket to the response.
+drip_closing = dripping(b"HTTP/1.0 200 OK\r\n" + JSON_LENGTH, b" ")
+# Headers that never end.
+drip_headers = dripping(b"HTTP/1.1 200 OK\r\n", b"X-Slow: a\r\n")
+# Chunked transfer encoding, a one-byte chunk at a time, never the last chunk.
+drip_chunked = dripping(
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n", b"1\r\n \r\n"
+)
 
 
 def silent(connection, stop):

@@ -36,21 +36,23 @@ def current_umask() -> int:
     return mask
 
 
-def honour_umask(path: Path, directory: bool = False) -> None:
+def honour_umask(path: Path, directory: bool = False, mask: int | None = None) -> None:
     """Give a temporary the mode a plain ``open`` or ``mkdir`` would have given it: mkstemp and mkdtemp make
-    them readable by their owner only, and a colleague in a shared run folder would get "Permission denied"."""
-    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+    them readable by their owner only, and a colleague in a shared run folder would get "Permission denied".
+    ``mask``: the umask, when the caller has read it already."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~(current_umask() if mask is None else mask))
 
 
 def honour_umask_tree(directory: Path) -> None:
     """:func:`honour_umask` for a directory and all it holds (some writers, safetensors among them, make their
     files readable by their owner only)."""
-    honour_umask(directory, directory=True)
+    mask = current_umask()  # once: reading it sets the process's umask twice
+    honour_umask(directory, directory=True, mask=mask)
     for parent, directories, files in os.walk(directory):
         for name in directories:
-            honour_umask(Path(parent) / name, directory=True)
+            honour_umask(Path(parent) / name, directory=True, mask=mask)
         for name in files:
-            honour_umask(Path(parent) / name)
+            honour_umask(Path(parent) / name, mask=mask)
 
 
 @contextlib.contextmanager

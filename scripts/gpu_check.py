@@ -1,91 +1,283 @@
-"""A GPU check, ready to run: one short SPA round in bf16 with each generation backend, in minutes.
+"""The GPU check: full SPA runs in bf16 on random models of real shapes, and training against TRL; nothing to download.
 
-    bash scripts/gpu-check.sh            # or: python scripts/gpu_check.py [--out-dir DIR] [--backends hf vllm]
+    bash scripts/gpu-check.sh                       # on a CUDA machine: about 8 minutes on one large GPU
+    python scripts/gpu_check.py --device cpu        # the same code on the tiny shape (what CI runs)
 
-Needs a CUDA build of torch and, for the vllm backend, vLLM (`pip install vllm`); a backend that is not
-installed is reported and skipped. Runs the embedded SmolLM2-135M-Instruct: the seed stage and one round
-of 32 prompts x 2 replies x 128 tokens, bfloat16 weights (trained on float32 master weights) with bf16
-autocast. Prints, per backend: tokens/s of generation, judging and training, peak GPU memory of the
-main process (vLLM runs in its own process and takes generation.gpu_memory_utilization of the GPU),
-and the first training step's margins and rewards, which must be 0 (the round's reference is its policy).
-Writes gpu_check.json in the output directory.
+Needs only this repository, a CUDA torch, transformers, accelerate and peft; the other pure-Python
+dependencies (datasets, trl, gguf, pydantic and their needs, about 5 MB of wheels) can be carried to an
+offline node (docs/performance.md, "GPU check"). For each shape of ``--shapes`` (SmolLM2-135M, Llama-2-7B
+with LoRA, SmolLM2-1.7B; random weights initialised on the GPU, a BPE tokenizer of the real vocabulary
+size trained in seconds) it runs the default `spreadpref run` (seed stage + 2 rounds of 32 prompts) in
+bf16 weights with bf16 autocast, and records each stage's seconds and tokens/s, the peak GPU memory,
+and two checks: every stage completes with finite losses, and the first step of each training stage has
+margin 0 and loss ln 2 (the stage's reference is its starting policy). Then benchmarks/bench_train.py
+times one epoch of the first shape's round-1 pairs against TRL's DPOTrainer (default and precomputed
+reference). Shapes that would start after ``--budget-minutes`` are skipped and said so. Writes
+gpu_check.json and gpu_check.md to ``--out-dir`` after every shape; exit 1 if a check failed.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
+import math
+import os
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+SHAPE_RUNS = {  # shape name -> (model shape, extra overrides)
+    "tiny": ("tiny", ["loop.prompts_per_round=[4,4]", "generation.max_new_tokens=16"]),
+    "tiny-lora": ("tiny", ["model.lora.enabled=true", "loop.prompts_per_round=[4,4]", "generation.max_new_tokens=16"]),
+    "135m": ("135m", []),
+    "7b-lora": ("7b", ["model.lora.enabled=true"]),
+    "1.7b": ("1.7b", []),
+}
+LN2 = math.log(2)
+GRACE = 90  # seconds a shape started before the budget ran out may run past it
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--shapes", nargs="+", default=None, choices=list(SHAPE_RUNS))
     parser.add_argument("--out-dir", type=Path, default=Path("runs/gpu-check"))
-    parser.add_argument("--backends", nargs="+", default=["hf", "vllm"], choices=["hf", "vllm"])
-    parser.add_argument("--prompts", type=int, default=32)
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    return parser.parse_args(argv)
+    parser.add_argument("--budget-minutes", type=float, default=8.0, help="no shape starts after this")
+    parser.add_argument("--trl-reps", type=int, default=2, help="repetitions of each side against TRL (0: none)")
+    parser.add_argument("--keep-models", action="store_true", help="keep the random models (a 7B one is 13 GB)")
+    args = parser.parse_args(argv)
+    args.shapes = args.shapes or (["135m", "7b-lora", "1.7b"] if args.device == "cuda" else ["tiny"])
+    return args
 
 
-def overrides(args: argparse.Namespace, backend: str) -> list[str]:
+def run_overrides(args: argparse.Namespace, model_dir: Path, out: Path, extra: list[str]) -> list[str]:
+    precision = ["model.dtype=bfloat16", "train.mixed_precision=bf16"] if args.device == "cuda" else []
     return [
-        f"output_dir={args.out_dir / backend}",
-        "model.device=cuda",
-        "model.dtype=bfloat16",
-        "train.mixed_precision=bf16",
+        f"model.name_or_path={model_dir}",
+        f"model.device={args.device}",
+        *precision,
+        f"output_dir={out}",
         "train.logging_steps=1",
-        "loop.rounds=1",
-        f"loop.prompts_per_round=[{args.prompts}]",
-        f"generation.max_new_tokens={args.max_new_tokens}",
-        f"generation.backend={backend}",
-        "generation.gpu_memory_utilization=0.3",
+        *extra,
     ]
 
 
-def check(args: argparse.Namespace, backend: str) -> dict:
-    from spreadpref.cli import default_config_path
-    from spreadpref.config import load_config
-    from spreadpref.spa.loop import run
+def child_env() -> dict[str, str]:
+    return dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])),
+        SPREADPREF_NO_PROGRESS="1",
+        TRANSFORMERS_VERBOSITY="error",
+    )
 
-    started = time.perf_counter()
-    result = run(load_config(default_config_path(), overrides(args, backend)), force=True)
-    row = result.summary["rounds"]["1"]
-    log = json.loads((args.out_dir / backend / "round-1" / "train" / "log_history.json").read_text())
-    first = next(entry for entry in log if "loss" in entry)
+
+def training_checks(log_history: list[dict[str, Any]]) -> dict[str, Any]:
+    """First step: margin 0 and loss ln 2 (the policy is its own reference); every logged loss finite."""
+    steps = [row for row in log_history if "loss" in row]
+    first = steps[0] if steps else {}
     return {
-        "generate_tokens_per_second": row.get("generate_tokens_per_second"),
-        "judge_tokens_per_second": row.get("judge_tokens_per_second"),
-        "train_tokens_per_second": row.get("train_tokens_per_second"),
-        "peak_gpu_memory_gb": result.summary.get("peak_gpu_memory_gb"),
+        "steps_logged": len(steps),
+        "first_step_loss": first.get("loss"),
         "first_step_margin": first.get("rewards/margins"),
-        "first_step_chosen_reward": first.get("rewards/chosen"),
-        "seconds": round(time.perf_counter() - started, 1),
+        "losses_finite": all(math.isfinite(row["loss"]) for row in steps),
+        "passed": bool(steps)
+        and abs(first.get("rewards/margins", 1.0)) < 1e-3
+        and abs(first["loss"] - LN2) < 1e-3
+        and all(math.isfinite(row["loss"]) for row in steps),
     }
+
+
+def run_figures(out: Path) -> dict[str, Any]:
+    """Seconds and tokens/s of every stage, the peak GPU memory, and the training checks, from a finished run."""
+    manifest = json.loads((out / "manifest.json").read_text())["stages"]
+    summary = json.loads((out / "summary.json").read_text())
+    stages: dict[str, Any] = {}
+    for name, entry in manifest.items():
+        metrics = entry.get("metrics", {})
+        row = {"status": entry["status"], "seconds": metrics.get("seconds")}
+        rate = metrics.get("tokens_per_second", metrics.get("train_tokens_per_second"))
+        if rate is not None:
+            row["tokens_per_second"] = rate
+        stages[name] = row
+    checks = {
+        stage: training_checks(json.loads((out / stage / "log_history.json").read_text()))
+        for stage in ("seed", *(f"round-{r}/train" for r in summary.get("rounds", {})))
+        if (out / stage / "log_history.json").is_file()
+    }
+    complete = all(row["status"] == "complete" for row in stages.values())
+    return {
+        "stages": stages,
+        "peak_gpu_memory_gb": summary.get("peak_gpu_memory_gb"),
+        "training_checks": checks,
+        "passed": complete and bool(checks) and all(c["passed"] for c in checks.values()),
+    }
+
+
+def check_shape(args: argparse.Namespace, name: str, deadline: float) -> dict[str, Any]:
+    import torch
+
+    from spreadpref.testing import make_shaped_model_dir
+
+    shape, extra = SHAPE_RUNS[name]
+    model_dir, out = args.out_dir / "models" / shape, args.out_dir / name
+    started = time.perf_counter()
+    if not (model_dir / "config.json").is_file():
+        dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+        make_shaped_model_dir(model_dir, shape, device=args.device, dtype=dtype)
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+    built = time.perf_counter() - started
+    shutil.rmtree(out, ignore_errors=True)
+    command = [sys.executable, "-m", "spreadpref", "run", *run_overrides(args, model_dir, out, extra)]
+    print("Running:", " ".join(command), flush=True)
+    try:
+        done = subprocess.run(
+            command, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=deadline + GRACE - time.time()
+        )
+    except subprocess.TimeoutExpired:
+        return {"model_seconds": round(built, 1), "passed": False, "error": f"stopped {GRACE} s past --budget-minutes"}
+    result: dict[str, Any] = {
+        "model_seconds": round(built, 1),
+        "run_seconds": round(time.perf_counter() - started - built, 1),
+    }
+    if done.returncode != 0:
+        return {**result, "passed": False, "error": f"exit {done.returncode}: {done.stderr[-2000:]}"}
+    return {**result, "parameters": parameter_count(model_dir), **run_figures(out)}
+
+
+def parameter_count(model_dir: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    for shard in model_dir.glob("*.safetensors"):
+        with safe_open(str(shard), "pt") as handle:
+            for key in handle.keys():
+                total += math.prod(handle.get_slice(key).get_shape())
+    return total
+
+
+def trl_benchmark(args: argparse.Namespace, name: str, report: dict[str, Any]) -> dict[str, Any]:
+    """benchmarks/bench_train.py on the shape's own round-1 pairs (its finished run is the benchmark's input)."""
+    shape, _ = SHAPE_RUNS[name]
+    model_dir, run_dir = (args.out_dir / "models" / shape).resolve(), (args.out_dir / name).resolve()
+    workdir = (args.out_dir / "bench").resolve()
+    bf16 = args.device == "cuda"
+    inputs = workdir / f"inputs-{model_dir.name}-32p-{args.device}{'-bf16' if bf16 else ''}"
+    inputs.mkdir(parents=True, exist_ok=True)
+    round_1 = run_dir / "round-1"
+    (inputs / "inputs.json").write_text(
+        json.dumps(
+            {
+                "init": str(model_dir),
+                "pi0": str(run_dir / "seed" / "model"),
+                "seed_only": str(run_dir),
+                "run_dir": str(run_dir),
+                **{key: str(round_1 / f"{key}.jsonl") for key in ("prompts", "generations", "judged", "pairs")},
+            }
+        )
+    )
+    result = workdir / "bench_train.json"
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "bench_train.py"),
+        *("--model", str(model_dir), "--device", args.device, "--workdir", str(workdir), "--out", str(result)),
+        *("--reps", str(args.trl_reps), "--sides", "spreadpref,trl-default,trl-precompute"),
+        *(["--bf16"] if bf16 else []),
+    ]
+    print("Running:", " ".join(command), flush=True)
+    done = subprocess.run(command, cwd=ROOT, env=child_env(), capture_output=True, text=True)
+    if done.returncode != 0 or not result.is_file():
+        return {"passed": False, "error": f"exit {done.returncode}: {(done.stdout + done.stderr)[-2000:]}"}
+    data = json.loads(result.read_text())
+    stats = data["stats"]
+    return {
+        "passed": bool(data["check"] and data["check"]["passed"]),
+        "check": data["check"],
+        "pairs_per_second": {side: stats[side]["pairs_per_second"]["median"] for side in stats},
+        "peak_gpu_gib": {side: stats[side].get("peak_cuda_gib", {}).get("median") for side in stats},
+        "speedup": {
+            side: stats[side]["spreadpref_speedup"]["median"] for side in stats if "spreadpref_speedup" in stats[side]
+        },
+        "markdown": result.with_suffix(".md").read_text() if result.with_suffix(".md").is_file() else None,
+    }
+
+
+def environment(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    device = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
+    return {"device": device, "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    env = report["environment"]
+    lines = [
+        f"GPU check on {env['device']} (torch {env['torch']}, transformers {env['transformers']}): "
+        f"{'passed' if report['passed'] else 'FAILED'}",
+        "",
+        "| shape | parameters | stage | seconds | tokens/s |",
+        "|---|---|---|---|---|",
+    ]
+    for name, shape in report["shapes"].items():
+        if "stages" not in shape:
+            lines.append(f"| {name} | | {shape.get('error', shape.get('skipped', ''))[:200]} | | |")
+            continue
+        for stage, row in shape["stages"].items():
+            rate = row.get("tokens_per_second")
+            lines.append(
+                f"| {name} | {shape['parameters'] / 1e6:,.1f}M | {stage} | {row['seconds']} | "
+                f"{'' if rate is None else f'{rate:,.0f}'} |"
+            )
+        lines.append(
+            f"| {name} | | peak GPU memory {shape['peak_gpu_memory_gb']} GB; model built in {shape['model_seconds']} s; "
+            f"checks {'passed' if shape['passed'] else 'FAILED'} | | |"
+        )
+    trl = report.get("trl")
+    if trl and trl.get("markdown"):
+        lines += ["", trl["markdown"]]
+    elif trl:
+        lines += ["", f"TRL benchmark: {trl.get('error', trl.get('skipped'))}"]
+    return "\n".join(lines) + "\n"
+
+
+def write(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    shapes, trl = report["shapes"].values(), report.get("trl")
+    report["passed"] = all(s.get("passed", True) for s in shapes) and (trl is None or trl.get("passed", True))
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out_dir / "gpu_check.md").write_text(markdown(report))
 
 
 def main(argv: list[str] | None = None) -> int:
     import torch
 
     args = parse_args(argv)
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu-check: torch sees no CUDA device; install the CUDA build of torch for your driver first.")
         return 2
-    report = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "backends": {}}
-    for backend in args.backends:
-        if backend == "vllm" and importlib.util.find_spec("vllm") is None:
-            report["backends"][backend] = {"skipped": "vLLM is not installed (pip install vllm)"}
-            continue
-        report["backends"][backend] = check(args, backend)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
-    margins = [r.get("first_step_margin") for r in report["backends"].values() if "first_step_margin" in r]
-    return 0 if all(m is not None and abs(m) < 1e-3 for m in margins) else 1
+    deadline = time.time() + args.budget_minutes * 60
+    report: dict[str, Any] = {"environment": environment(args), "shapes": {}}
+    for position, name in enumerate(args.shapes):
+        if time.time() > deadline:
+            report["shapes"][name] = {"skipped": f"not started: past --budget-minutes {args.budget_minutes}"}
+        else:
+            report["shapes"][name] = check_shape(args, name, deadline)
+            print(json.dumps({name: report["shapes"][name]}, indent=1)[:3000], flush=True)
+        if position == 0 and args.trl_reps > 0:
+            first = report["shapes"][name]
+            report["trl"] = (
+                trl_benchmark(args, name, report) if "stages" in first else {"skipped": "the first shape's run failed"}
+            )
+        write(args, report)
+        if not args.keep_models:
+            shutil.rmtree(args.out_dir / "models" / SHAPE_RUNS[name][0], ignore_errors=True)
+    print((args.out_dir / "gpu_check.md").read_text())
+    return 0 if report["passed"] else 1
 
 
 if __name__ == "__main__":

@@ -2,12 +2,18 @@
 
 ``make_tiny_model_dir(path)`` writes a random Llama-style causal LM (a few hundred thousand
 parameters) and a byte-level BPE tokenizer with a ChatML chat template, as a normal Hugging Face
-directory that every part of spreadpref can load.
+directory that every part of spreadpref can load. ``make_shaped_model_dir(path, "7b")`` writes a random
+model of a real model's shape (``MODEL_SHAPES``) with a tokenizer of that vocabulary size, for speed and
+memory checks on machines that have no model files (scripts/gpu_check.py).
 """
 
 from __future__ import annotations
 
+import random
+import string
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -118,4 +124,71 @@ def make_tiny_reward_model_dir(path: str | Path, seed: int = 1) -> Path:
     )
     LlamaForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
+    return path
+
+
+# Real models' shapes (random weights): what a step costs depends on these, not on what the weights hold.
+MODEL_SHAPES: dict[str, dict[str, Any]] = {
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=2048, tie_word_embeddings=True),
+    "135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                 num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True),  # SmolLM2-135M
+    "1.7b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=32,
+                 num_key_value_heads=32, vocab_size=49152, tie_word_embeddings=True),  # SmolLM2-1.7B
+    "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=32, vocab_size=32000, tie_word_embeddings=False),  # Llama-2-7B
+}  # fmt: skip
+
+
+def make_sized_tokenizer(vocab_size: int, seed: int = 0):
+    """A byte-level BPE tokenizer of ``vocab_size`` entries (ChatML template), trained in seconds on the bundled
+    seed pairs and prompts (so their texts take realistic token counts) plus made-up words to reach the size."""
+    bundled = resources.files("spreadpref.resources")
+    text = "".join((bundled / name).read_text(encoding="utf-8") for name in ("seed_pairs.jsonl", "prompts.jsonl"))
+    rng = random.Random(seed)
+    words = ["".join(rng.choices(string.ascii_lowercase, k=rng.randint(2, 9))) for _ in range(vocab_size * 6)]
+    corpus = [text] + [" ".join(words[i : i + 100]) for i in range(0, len(words), 100)]
+    core = Tokenizer(models.BPE(unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(corpus, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<pad>", unk_token="<unk>"
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def make_shaped_model_dir(
+    path: str | Path, shape: str, device: str = "cpu", dtype: torch.dtype = torch.bfloat16, seed: int = 0
+) -> Path:
+    """Write a random model of ``MODEL_SHAPES[shape]`` and its tokenizer as a save_pretrained directory.
+
+    The weights are initialised on ``device`` (a 7B model initialises in seconds on a GPU, minutes on a CPU)
+    and saved in ``dtype``. The model's vocabulary is the tokenizer's: every id it samples decodes."""
+    path = Path(path)
+    spec = dict(MODEL_SHAPES[shape])
+    tokenizer = make_sized_tokenizer(spec.pop("vocab_size"), seed=seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **spec,
+    )
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(dtype)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    del model
     return path

@@ -8,6 +8,7 @@ round, or computed once before training and cached on disk).
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -16,7 +17,8 @@ from typing import Any
 import datasets
 import torch
 from accelerate.utils import gather_object
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from spreadpref.data.tokenize import TokenizedPair
 from spreadpref.dpo.checkpoints import RecordCheckpointFiles
@@ -62,6 +64,30 @@ class PairCollator:
         return batch
 
 
+class SeededLengthOrder(TrainerCallback):
+    """Each epoch's length-grouped order drawn from ``seed + epoch`` alone.
+
+    Trainer's length-grouped sampler draws from the global RNG when an epoch starts; a run resumed in the
+    middle of its second epoch starts that epoch from another RNG state and would visit the rest of the
+    pairs in another order than the run that was never interrupted."""
+
+    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        sampler = length_grouped_sampler(train_dataloader)
+        if sampler is not None:  # state.epoch is k at the start of epoch k, k + a fraction when resumed in it
+            sampler.generator = torch.Generator().manual_seed(args.seed + math.floor(state.epoch or 0))
+
+
+def length_grouped_sampler(dataloader: Any) -> LengthGroupedSampler | None:
+    """The length-grouped sampler under a (possibly accelerate-wrapped) DataLoader, if it uses one."""
+    for path in (("sampler",), ("batch_sampler", "sampler"), ("batch_sampler", "batch_sampler", "sampler")):
+        found = dataloader
+        for name in path:
+            found = getattr(found, name, None)
+        if isinstance(found, LengthGroupedSampler):
+            return found
+    return None
+
+
 class SoftDPOTrainer(Trainer):
     """``Trainer`` whose loss is soft-label DPO on reference log-probs carried by the batch."""
 
@@ -78,6 +104,7 @@ class SoftDPOTrainer(Trainer):
     ):
         super().__init__(*args, **kwargs)
         self.add_callback(RecordCheckpointFiles())
+        self.add_callback(SeededLengthOrder())
         self.beta = beta
         self.label_smoothing = label_smoothing
         self.refinement = refinement

@@ -193,8 +193,8 @@ def perturbed(model, scale: float = 0.02, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for param in model.parameters():
-            noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
-            param.add_((scale * param.float().std() * noise).to(param.device, param.dtype))
+            noise = torch.randn(param.shape, generator=generator, dtype=torch.float32).to(param.device)
+            param.add_((scale * param.float().std() * noise).to(param.dtype))
     return model
 
 

@@ -1,7 +1,8 @@
 """The round's train stage: DPO of pi_{i-1} on the round's self-labelled pairs, with self-refinement -> pi_i.
 
 The reference is pi_{i-1}, whose log-probs the judge already wrote into pairs.jsonl, so no reference
-forward pass runs for the loss; only decoupled noise detection needs the reference's logits.
+forward pass runs for the loss (except under float32 master weights, whose numerics are not the judge's);
+only decoupled noise detection needs the reference's logits.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from spreadpref.dpo.refine import Refinement
 from spreadpref.dpo.train import train_on_pairs
 from spreadpref.errors import SpreadprefError
 from spreadpref.eval.labels import refinement_quality
-from spreadpref.models.loading import load_for_inference
+from spreadpref.models.loading import keeps_float32_master_weights, load_for_inference
 from spreadpref.runtime.files import read_jsonl
 from spreadpref.runtime.progress import console
 from spreadpref.spa.context import StageContext
@@ -88,6 +89,11 @@ def train_stage(ctx: StageContext, start: str | Path, human: list[TokenizedPair]
         raise SpreadprefError(
             f"loop.replay_fraction={config.loop.replay_fraction} needs the human seed pairs: set data.train"
         )
+    if keeps_float32_master_weights(config.model):
+        # The judge scored pi_{i-1} in model.dtype; training runs float32 master weights under autocast, whose
+        # log-probs differ (0.13 nats a pair at the 1.7B shape on a GPU): score the reference again, in the
+        # training's numerics, so that the margins are 0 before the first update.
+        pairs = [dataclasses.replace(pair, ref_chosen_logps=None, ref_rejected_logps=None) for pair in pairs]
     replay = replay_pairs(human or [], len(pairs), config.loop.replay_fraction, f"spreadpref-replay-{config.seed}-{i}")
     replayed = f" and {len(replay)} replayed human pairs" if replay else ""
     pairs += replay

@@ -1,0 +1,51 @@
+"""scripts/gpu_check.py's CPU path: the same code as on a GPU, on the tiny shape, so the check cannot rot
+before a GPU is at hand. No timing is asserted."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "gpu_check.py"
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_cpu_path_runs_every_stage_checks_the_first_steps_and_compares_with_trl(gpu_check, tmp_path):
+    pytest.importorskip("trl")
+    out = tmp_path / "check"
+    assert gpu_check.main(["--device", "cpu", "--trl-reps", "1", "--out-dir", str(out)]) == 0
+    report = json.loads((out / "gpu_check.json").read_text())
+    tiny = report["shapes"]["tiny"]
+    assert set(tiny["stages"]) == {"seed"} | {f"round-{r}/{s}" for r in (1, 2) for s in ("generate", "judge", "train")}
+    assert all(row["tokens_per_second"] > 0 for row in tiny["stages"].values())
+    assert set(tiny["training_checks"]) == {"seed", "round-1/train", "round-2/train"}
+    assert report["trl"]["check"]["passed"] and set(report["trl"]["speedup"]) == {"trl-default", "trl-precompute"}
+    assert "| tiny |" in (out / "gpu_check.md").read_text()
+    assert not (out / "models" / "tiny").exists()  # the random model is removed unless --keep-models
+
+
+def test_a_first_step_away_from_zero_or_a_non_finite_loss_fails_the_check(gpu_check):
+    first = {"loss": math.log(2), "rewards/margins": 0.0}
+    assert gpu_check.training_checks([first, {"loss": 0.5}])["passed"]
+    assert not gpu_check.training_checks([{**first, "rewards/margins": -0.0019}, {"loss": 0.5}])["passed"]
+    assert not gpu_check.training_checks([{**first, "loss": 0.6950}])["passed"]
+    assert not gpu_check.training_checks([first, {"loss": float("nan")}])["passed"]
+    assert not gpu_check.training_checks([])["passed"]
+
+
+def test_shapes_are_the_real_models_shapes():
+    from spreadpref.testing import MODEL_SHAPES, make_sized_tokenizer
+
+    assert MODEL_SHAPES["7b"]["hidden_size"] == 4096 and MODEL_SHAPES["7b"]["vocab_size"] == 32000
+    tokenizer = make_sized_tokenizer(1024)
+    assert len(tokenizer) == 1024
+    assert tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False).startswith("<|im_start|>")

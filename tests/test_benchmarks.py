@@ -50,6 +50,13 @@ def test_judge_generate_and_round_benchmarks_run(workdir):
     assert round_["stats"]["round_over_ideal"]["seconds"]["n"] == 1
 
 
+def test_generation_batch_benchmark_compares_batches_of_8_with_auto(workdir):
+    data = run("bench_generate_batch", workdir, "--reps", "2")
+    assert set(data["stats"]) == {"batch-8", "auto"}
+    assert all(stats["identical_samples_every_rep"] for stats in data["stats"].values())
+    assert data["runs"]["auto"][0]["batch_prompts"] == 4  # the tiny model's cache: every prompt in one batch
+
+
 def test_spread_benchmark_runs_every_variant_and_reuses_finished_seeds(workdir, monkeypatch):
     spread = importlib.import_module("spread")
     out = workdir / "spread-results"

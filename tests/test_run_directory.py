@@ -84,3 +84,29 @@ def test_a_hand_edited_pairs_file_is_refused_then_written_again_under_force(tiny
     assert pairs.read_bytes() == original  # seeded: written again as it first was
     assert (out / "round-1" / "pairs.jsonl.edited").read_text() == "".join(lines[1:])
     assert Manifest(out).stage("round-2/train")["status"] == "complete"
+
+
+def test_replaced_weights_of_a_finished_stage_are_refused_then_trained_again_under_force(
+    tiny_model_dir, loop_data, tmp_path
+):
+    """Same size, other content (another run's seed model): found by the hash the stage recorded, not by size."""
+    import pytest
+    from safetensors.torch import load_file, save_file
+
+    from spreadpref.errors import SpreadprefError
+
+    seed_file, prompts = loop_data
+    out = tmp_path / "run"
+    overrides = one_round(tiny_model_dir, seed_file, prompts, out, "loop.rounds=1")
+    run(load_config(None, overrides))
+    weights = out / "seed" / "model" / "model.safetensors"
+    original = weights.read_bytes()
+    tensors = load_file(str(weights))
+    save_file({name: tensor * 0.5 for name, tensor in tensors.items()}, str(weights), metadata={"format": "pt"})
+    assert weights.stat().st_size == len(original)
+    with pytest.raises(SpreadprefError, match=r"seed/model changed after seed wrote it"):
+        run(load_config(None, overrides))
+    run(load_config(None, overrides), force=True)
+    assert weights.read_bytes() == original  # seeded: trained again as it first was
+    assert (out / "seed" / "model.edited" / "model.safetensors").is_file()
+    assert run(load_config(None, overrides)).skipped  # the card rewritten by a later stage is not an edit

@@ -12,7 +12,7 @@ import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -193,7 +193,15 @@ class GenerationSettings(Section):
     )
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(300, gt=0, description="Replies cut off here are kept, marked, and get no EOS.")
-    batch_size: int = Field(8, gt=0, description="Prompts per generation batch (x num_samples sequences).")
+    batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(
+        8,
+        description="Prompts per generation batch (x num_samples sequences). auto: as many as a KV cache of "
+        "generation.batch_memory_gb holds (reckoned from the model's shape, so every machine and every resume "
+        "draws the same batches); all of the round's prompts when they fit.",
+    )
+    batch_memory_gb: float = Field(
+        2.0, gt=0, description="With batch_size=auto: the memory a batch's KV cache and logits may take."
+    )
     backend: Literal["hf", "vllm", "auto"] = Field(
         "hf",
         description="hf: transformers generate (default); vllm: vLLM offline engine in a subprocess; auto: vllm "
@@ -762,6 +770,8 @@ def _type_name(annotation: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(annotation))
     if origin is list:
         return f"list of {_type_name(typing.get_args(annotation)[0])}"
+    if origin is Annotated:  # a constrained type (Annotated[int, Field(gt=0)]): its base type's name
+        return _type_name(typing.get_args(annotation)[0])
     if annotation is type(None):
         return "null"
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")

@@ -9,16 +9,21 @@ from safetensors.torch import save_file
 
 from spreadpref.dpo.checkpoints import FILE_LIST, checkpoint_damage, last_checkpoint
 from spreadpref.dpo.reference import read_cache_entry
+from spreadpref.runtime.fingerprint import file_digest
 
 
-def make_checkpoint(root, step, files):
+def make_checkpoint(root, step, files, sizes_only=False):
+    """A checkpoint with the file list RecordCheckpointFiles writes (sizes and hashes; sizes alone before 0.1)."""
     checkpoint = root / f"checkpoint-{step}"
     checkpoint.mkdir(parents=True)
     (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     for name, data in files.items():
         (checkpoint / name).write_bytes(data)
-    sizes = {p.name: p.stat().st_size for p in checkpoint.iterdir()}
-    (checkpoint / FILE_LIST).write_text(json.dumps(sizes))
+    listing = {
+        p.name: p.stat().st_size if sizes_only else {"bytes": p.stat().st_size, "sha256": file_digest(p)}
+        for p in checkpoint.iterdir()
+    }
+    (checkpoint / FILE_LIST).write_text(json.dumps(listing))
     return checkpoint
 
 
@@ -29,8 +34,9 @@ def make_checkpoint(root, step, files):
         (lambda c: (c / "model.safetensors").unlink(), "model.safetensors is missing"),
         (lambda c: (c / "trainer_state.json").write_text("{"), "interrupted while being saved"),
         (lambda c: (c / FILE_LIST).write_text("not json"), "is unreadable"),
+        (lambda c: (c / "optimizer.pt").write_bytes(b"z" * 1000), "optimizer.pt is not the file that was saved"),
     ],
-    ids=["truncated-optimizer", "missing-weights", "broken-state", "broken-listing"],
+    ids=["truncated-optimizer", "missing-weights", "broken-state", "broken-listing", "same-size-replacement"],
 )
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, damage, reason):
     files = {"optimizer.pt": b"x" * 1000, "model.safetensors": b"y" * 2000}
@@ -40,6 +46,16 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, da
     assert reason in checkpoint_damage(newest)
     assert last_checkpoint(tmp_path) == str(older)
     assert not newest.exists() and older.exists() and checkpoint_damage(older) is None
+
+
+def test_a_size_only_list_from_an_older_version_still_finds_a_truncated_file(tmp_path):
+    files = {"optimizer.pt": b"x" * 1000}
+    older = make_checkpoint(tmp_path, 10, files, sizes_only=True)
+    newest = make_checkpoint(tmp_path, 20, files, sizes_only=True)
+    (newest / "optimizer.pt").write_bytes(b"z" * 1000)
+    assert checkpoint_damage(newest) is None  # a same-size replacement: only a hash would tell
+    (newest / "optimizer.pt").write_bytes(b"cut")
+    assert last_checkpoint(tmp_path) == str(older)
 
 
 def test_a_checkpoint_without_a_file_list_is_trusted_by_its_state_file(tmp_path):
@@ -97,8 +113,9 @@ def test_real_trainer_checkpoints_carry_the_file_list(tiny_model_dir, pairs_file
     train_policy(config)
     checkpoints = sorted((out / "checkpoints").glob("checkpoint-*"))
     assert len(checkpoints) == 2 and all((c / FILE_LIST).is_file() for c in checkpoints)
-    sizes = json.loads((checkpoints[-1] / FILE_LIST).read_text())
-    assert "optimizer.pt" in sizes and "trainer_state.json" in sizes
+    listing = json.loads((checkpoints[-1] / FILE_LIST).read_text())
+    assert "optimizer.pt" in listing and "trainer_state.json" in listing
+    assert listing["optimizer.pt"]["sha256"] == file_digest(checkpoints[-1] / "optimizer.pt")
     (checkpoints[-1] / "optimizer.pt").write_bytes(b"cut")
     assert last_checkpoint(out / "checkpoints") == str(checkpoints[0])
 

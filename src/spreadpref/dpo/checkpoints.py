@@ -15,26 +15,28 @@ from spreadpref.config import Config
 from spreadpref.models.loading import is_peft_model
 from spreadpref.runtime import distributed
 from spreadpref.runtime.files import atomic_directory, atomic_write_json, temporary_name
+from spreadpref.runtime.fingerprint import file_digest
 from spreadpref.runtime.progress import console
 
-FILE_LIST = "spreadpref-files.json"  # in each checkpoint: the size of every file, written once it is complete
+FILE_LIST = "spreadpref-files.json"  # in each checkpoint: every file's size and hash, written once it is complete
 
 
 class RecordCheckpointFiles(TrainerCallback):
-    """After Trainer saved a checkpoint, record each file's size, so that a truncated or missing file (a disk
-    that filled, a copy that stopped) is found before resuming from it."""
+    """After Trainer saved a checkpoint, record each file's size and content hash, so that a truncated, missing
+    or replaced file (a disk that filled, a copy that stopped, a file from another run) is found before resuming
+    from it. Hashing reads the checkpoint once more: about a second per GB."""
 
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if checkpoint.is_dir():
-            sizes = {
-                str(path.relative_to(checkpoint)): path.stat().st_size
+            files = {
+                str(path.relative_to(checkpoint)): {"bytes": path.stat().st_size, "sha256": file_digest(path)}
                 for path in sorted(checkpoint.rglob("*"))
                 if path.is_file() and path.name != FILE_LIST
             }
-            atomic_write_json(checkpoint / FILE_LIST, sizes)
+            atomic_write_json(checkpoint / FILE_LIST, files)
 
 
 def checkpoint_damage(checkpoint: Path) -> str | None:
@@ -47,15 +49,18 @@ def checkpoint_damage(checkpoint: Path) -> str | None:
     if not listing.is_file():
         return None  # written by an older spreadpref, or by Trainer alone: the state file is all we can check
     try:
-        sizes = json.loads(listing.read_text())
+        recorded_files = json.loads(listing.read_text())
     except (OSError, ValueError):
         return f"its {FILE_LIST} is unreadable"
-    for name, size in sizes.items():
+    for name, recorded in recorded_files.items():
+        size, digest = (recorded, None) if isinstance(recorded, int) else (recorded["bytes"], recorded["sha256"])
         path = checkpoint / name
         if not path.is_file():
             return f"{name} is missing"
         if path.stat().st_size != size:
             return f"{name} has {path.stat().st_size} bytes, not the {size} it was saved with"
+        if digest is not None and file_digest(path) != digest:  # lists from older versions hold sizes only
+            return f"{name} is not the file that was saved (its content changed)"
     return None
 
 

@@ -10,6 +10,7 @@ the model to stop there.
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,31 @@ def prompt_batches(prompt_ids: list[list[int]], batch_size: int) -> list[list[in
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
+    """Bytes of KV cache one token takes in a decoder of this config: keys and values in every layer."""
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * torch.tensor([], dtype=dtype).element_size()
+
+
+def generation_batch_size(
+    settings: GenerationSettings, model: PreTrainedModel, prompt_ids: list[list[int]], max_length: int
+) -> int:
+    """``generation.batch_size``, or with ``auto`` the most prompts whose sequences' KV cache and logits fit in
+    ``generation.batch_memory_gb``, in batches of even size. Reckoned from the model's shape and the configuration alone (never from the
+    memory free at the time), so that a resumed round cuts the same batches as the run it resumes."""
+    if settings.batch_size != "auto":
+        return settings.batch_size
+    config = model.config.get_text_config()
+    longest = min(max(len(ids) for ids in prompt_ids) + settings.max_new_tokens, max_length)
+    dtype = next(model.parameters()).dtype
+    per_sequence = kv_bytes_per_token(config, dtype) * longest + 3 * 4 * config.vocab_size  # + float32 logits
+    fitting = max(1, int(settings.batch_memory_gb * 2**30 // (per_sequence * settings.num_samples)))
+    batches = math.ceil(len(prompt_ids) / fitting)
+    return math.ceil(len(prompt_ids) / batches)  # batches of even size: no short last batch
+
+
 def left_padded(rows: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded ids and attention mask: every prompt ends where generation starts."""
     width = max(len(row) for row in rows)
@@ -150,7 +176,7 @@ def generate_samples(
 ) -> list[Sample]:
     """Sample ``settings.num_samples`` replies per prompt with ``model.generate``; samples in prompt order."""
     prompt_ids = prepare_prompt_ids(tokenizer, prompts, data)
-    batches = prompt_batches(prompt_ids, settings.batch_size)
+    batches = prompt_batches(prompt_ids, generation_batch_size(settings, model, prompt_ids, data.max_length))
     stops = stop_token_ids(tokenizer, model.generation_config)
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id

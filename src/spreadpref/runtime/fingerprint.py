@@ -40,3 +40,22 @@ def file_digest(path: Path) -> str:
     digest = hashlib.sha256()
     update_with_file(digest, path)
     return digest.hexdigest()[:LENGTH]
+
+
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "config.json", "adapter_config.json")
+
+
+def tree_digest(path: Path, patterns: tuple[str, ...] = WEIGHT_FILES) -> str:
+    """sha256 over a directory's files that match ``patterns`` (names and bytes, in name order): a model
+    directory whose weights or config changed. Its README (the model card) is left out: cards are rewritten."""
+    digest = hashlib.sha256()
+    files = sorted({file for pattern in patterns for file in path.rglob(pattern) if file.is_file()})
+    for file in files:
+        digest.update(str(file.relative_to(path)).encode() + b"\0")
+        update_with_file(digest, file)
+    return digest.hexdigest()[:LENGTH]
+
+
+def content_digest(path: Path) -> str:
+    """A file's digest, or a directory's (its weights and configs)."""
+    return tree_digest(path) if path.is_dir() else file_digest(path)

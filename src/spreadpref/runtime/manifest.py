@@ -12,7 +12,7 @@ from typing import Any
 from spreadpref.errors import SpreadprefError
 from spreadpref.runtime import distributed
 from spreadpref.runtime.files import atomic_write_json, read_json
-from spreadpref.runtime.fingerprint import file_digest
+from spreadpref.runtime.fingerprint import content_digest
 from spreadpref.runtime.progress import console
 
 MANIFEST_NAME = "manifest.json"
@@ -65,11 +65,11 @@ class Manifest:
     def complete(self, name: str, **fields: Any) -> None:
         if isinstance(fields.get("outputs"), dict):
             fields["outputs"] = {key: self._relative(value) for key, value in fields["outputs"].items()}
-            # The files' content, to notice an edit later (directories such as models are not hashed: too large).
+            # The content, to notice an edit later: files whole, model directories by their weights and configs.
             fields["hashes"] = {
-                key: file_digest(path)
+                key: content_digest(path)
                 for key in fields["outputs"]
-                if (path := self._resolve(fields["outputs"][key])).is_file()
+                if (path := self._resolve(fields["outputs"][key])).exists()
             }
         self.update(name, status="complete", finished=_now(), **fields)
 
@@ -84,7 +84,7 @@ class Manifest:
         edited = []
         for key, digest in hashes.items():
             path = self.output(name, key)
-            if path.is_file() and file_digest(path) != digest:
+            if path.exists() and content_digest(path) != digest:
                 edited.append(path)
         return edited
 

@@ -90,11 +90,12 @@ def stage_fingerprints(
         prints = {}
         previous = fingerprint(["no seed stage", config.model.name_or_path, config.model.revision])
     loop = dump["loop"]
+    generation = dict(dump["generation"])
+    if config.generation.batch_size != "auto":  # it shapes no batch then (and older runs keep their fingerprints)
+        del generation["batch_memory_gb"]
     for i in range(1, len(sizes) + 1):
         name = f"round-{i}"
-        generated = fingerprint(
-            [previous, dump["generation"], identities["prompts"], sizes[:i], dump["data"]["max_length"]]
-        )
+        generated = fingerprint([previous, generation, identities["prompts"], sizes[:i], dump["data"]["max_length"]])
         judge_inputs = [generated, dump["judge"], dump["train"]["beta"]]
         if config.judge.consistency == "soften":  # the softened pairs' label is 1 - refine.alpha
             judge_inputs.append(dump["refine"]["alpha"])
@@ -277,8 +278,8 @@ def _follow_data_edits(
 
 
 def _check_edited_outputs(manifest: Manifest, fingerprints: dict[str, str], force: bool) -> None:
-    """A finished stage's file edited after the stage wrote it (a hand-edited pairs.jsonl) is never used without
-    notice: refused, naming it; with --force the stage writes it again (seeded: as it first did), and the edit is
+    """A finished stage's file or model edited after the stage wrote it (a hand-edited pairs.jsonl, weights
+    replaced) is never used without notice: refused, naming it; with --force the stage writes it again (seeded: as it first did), and the edit is
     kept beside it as <file>.edited."""
     for name, fp in fingerprints.items():
         if not _done(manifest, name, fp):
@@ -302,7 +303,10 @@ def _check_edited_outputs(manifest: Manifest, fingerprints: dict[str, str], forc
 
 
 def _parses(path: Path) -> bool:
-    """Whether a stage's JSON-lines file still reads as JSON, line by line."""
+    """Whether a stage's JSON-lines file still reads as JSON, line by line; a model directory, whether it still
+    holds a config and weights (one that lost them is damaged: the final one is rebuilt, see _rebuild_hollow_final)."""
+    if path.is_dir():
+        return weights_problem(path) is None
     try:
         for _ in read_jsonl_rows(path):
             pass

@@ -44,8 +44,8 @@ def matmul_flops_per_second(size: int = 2048, repeats: int = 10) -> float:
 def worker(side: str, args) -> dict[str, Any]:
     from spreadpref.config import load_config
     from spreadpref.data.loading import load_prompts
-    from spreadpref.models.sampling import generate_samples, generation_batch_size, prepare_prompt_ids
     from spreadpref.models.loading import load_tokenizer
+    from spreadpref.models.sampling import generate_samples, generation_batch_size, prepare_prompt_ids
 
     batch = side.removeprefix("batch-")
     overrides = [f"model.name_or_path={common.model_path(args)}", f"generation.batch_size={batch}"]

@@ -1,9 +1,11 @@
 """Folders of the repository that tests import from (scripts and benchmarks are not packages)."""
 
 import contextlib
+import importlib.util
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
@@ -18,3 +20,11 @@ def on_path(folder: Path) -> Iterator[None]:
         yield
     finally:
         sys.path.remove(str(folder))
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    """Import a script or benchmark file as module ``name`` (they are run as files, not imported as packages)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,22 +1,16 @@
 """scripts/gpu_check.py's CPU path: the same code as on a GPU, on the tiny shape, so the check cannot rot
 before a GPU is at hand. No timing is asserted."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "gpu_check.py"
+from repo_paths import SCRIPTS, load_script
 
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPTS / "gpu_check.py", "gpu_check")
 
 
 def test_the_cpu_path_runs_every_stage_checks_the_first_steps_and_compares_with_trl(gpu_check, tmp_path):

@@ -2,22 +2,18 @@
 
 The end-to-end run on the tiny model is in test_benchmarks.py (slow)."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
+from repo_paths import BENCHMARKS, load_script
 
-SPREAD = Path(__file__).resolve().parent.parent / "benchmarks" / "spread.py"
+SPREAD = BENCHMARKS / "spread.py"
 
 
 @pytest.fixture(scope="module")
 def spread():
-    spec = importlib.util.spec_from_file_location("spread_benchmark", SPREAD)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SPREAD, "spread_benchmark")
 
 
 def test_mean_ci_is_the_95_percent_t_interval(spread):

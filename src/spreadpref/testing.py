@@ -44,7 +44,8 @@ _CORPUS = [
 ]
 
 
-def make_tiny_tokenizer(chat_template: str | None = CHATML_TEMPLATE, vocab_size: int = 320):
+def bpe_tokenizer(corpus: list[str], vocab_size: int, chat_template: str | None = CHATML_TEMPLATE):
+    """A byte-level BPE tokenizer trained on ``corpus`` up to ``vocab_size`` entries, with ChatML specials."""
     core = Tokenizer(models.BPE(unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
@@ -54,7 +55,7 @@ def make_tiny_tokenizer(chat_template: str | None = CHATML_TEMPLATE, vocab_size:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    core.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    core.train_from_iterator(corpus, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core,
         bos_token="<|im_start|>",
@@ -65,6 +66,10 @@ def make_tiny_tokenizer(chat_template: str | None = CHATML_TEMPLATE, vocab_size:
     if chat_template is not None:
         tokenizer.chat_template = chat_template
     return tokenizer
+
+
+def make_tiny_tokenizer(chat_template: str | None = CHATML_TEMPLATE, vocab_size: int = 320):
+    return bpe_tokenizer(_CORPUS * 4, vocab_size, chat_template)
 
 
 def make_tiny_model(vocab_size: int, seed: int = 0, hidden_size: int = 32, layers: int = 2, heads: int = 4):
@@ -148,21 +153,7 @@ def make_sized_tokenizer(vocab_size: int, seed: int = 0):
     rng = random.Random(seed)
     words = ["".join(rng.choices(string.ascii_lowercase, k=rng.randint(2, 9))) for _ in range(vocab_size * 6)]
     corpus = [text] + [" ".join(words[i : i + 100]) for i in range(0, len(words), 100)]
-    core = Tokenizer(models.BPE(unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    core.train_from_iterator(corpus, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<pad>", unk_token="<unk>"
-    )
-    tokenizer.chat_template = CHATML_TEMPLATE
-    return tokenizer
+    return bpe_tokenizer(corpus, vocab_size)
 
 
 def make_shaped_model_dir(

@@ -136,8 +136,10 @@ def _run_locked(config: Config, root: Path, force: bool) -> RunResult:
     identities = data_identities(config.data)
     fingerprints = stage_fingerprints(config, sizes, identities)
     _follow_data_edits(root, manifest, config, sizes, fingerprints, identities)
-    _check_plan(root, manifest, fingerprints, force, config)
+    # Edits first: under --force an edited stage is redone alone, and the edit kept, before a finished run's
+    # --force would discard every stage (and the edit with it).
     _check_edited_outputs(manifest, fingerprints, force)
+    _check_plan(root, manifest, fingerprints, force, config)
     manifest.data[DATA_IDENTITIES] = identities
     manifest.save()
     if all(_done(manifest, name, fp) for name, fp in fingerprints.items()) and not _rebuild_hollow_final(

@@ -86,7 +86,7 @@ def worker(side: str, args, inputs) -> dict[str, Any]:
     import torch
 
     from spreadpref.models.loading import load_tokenizer
-    from spreadpref.models.sampling import generate_samples, prepare_prompt_ids
+    from spreadpref.models.sampling import generate_samples, generation_batch_size, prepare_prompt_ids
 
     config = common.round_config(args)
     tokenizer = load_tokenizer(config.model)
@@ -108,7 +108,10 @@ def worker(side: str, args, inputs) -> dict[str, Any]:
             tokens = sum(sample.num_tokens for sample in rows)
         else:
             prompt_ids = prepare_prompt_ids(tokenizer, prompts, config.data)
-            batches, seeds = floor_batches(side, prompt_ids, config.generation.batch_size, config.seed)
+            size = generation_batch_size(
+                config.generation, model.config, model.dtype, prompt_ids, config.data.max_length
+            )
+            batches, seeds = floor_batches(side, prompt_ids, size, config.seed)
             tokens = bare_generate(
                 model, tokenizer, prompt_ids, batches, config.generation, config.data, seeds, args.device
             )

@@ -53,9 +53,8 @@ def worker(side: str, args) -> dict[str, Any]:
     prompts = load_prompts(config.data.prompts)[0][: args.prompts]
     tokenizer = load_tokenizer(config.model)
     model = common.load_eval(config.model.name_or_path, args)
-    size = generation_batch_size(
-        config.generation, model, prepare_prompt_ids(tokenizer, prompts, config.data), config.data.max_length
-    )
+    prompt_ids = prepare_prompt_ids(tokenizer, prompts, config.data)
+    size = generation_batch_size(config.generation, model.config, model.dtype, prompt_ids, config.data.max_length)
     peak = matmul_flops_per_second() if args.device == "cpu" else None
     with tempfile.TemporaryDirectory() as tmp, common.Timer(args.device) as timer:
         samples = generate_samples(

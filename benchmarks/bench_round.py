@@ -79,7 +79,7 @@ def worker_floors(args, inputs) -> dict[str, Any]:
     from spreadpref.data.tokenize import tokenize_pairs
     from spreadpref.dpo.logprobs import length_batches
     from spreadpref.models.loading import load_tokenizer
-    from spreadpref.models.sampling import prepare_prompt_ids
+    from spreadpref.models.sampling import generation_batch_size, prepare_prompt_ids
 
     config = common.round_config(args)
     tokenizer = load_tokenizer(config.model)
@@ -89,7 +89,8 @@ def worker_floors(args, inputs) -> dict[str, Any]:
 
     prompts = common.load_prompt_records(inputs["prompts"])
     prompt_ids = prepare_prompt_ids(tokenizer, prompts, config.data)
-    batches, seeds = floor_batches("batched-sorted", prompt_ids, config.generation.batch_size, config.seed)
+    size = generation_batch_size(config.generation, pi0.config, pi0.dtype, prompt_ids, config.data.max_length)
+    batches, seeds = floor_batches("batched-sorted", prompt_ids, size, config.seed)
     with common.Timer(args.device) as timer:
         out["generated_tokens"] = bare_generate(
             pi0, tokenizer, prompt_ids, batches, config.generation, config.data, seeds, args.device

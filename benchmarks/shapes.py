@@ -45,9 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     inputs = common.prepare_inputs(args)
     config = common.round_config(args)
     from bench_judge import judge_batches
+    from transformers import AutoConfig
 
     from spreadpref.dpo.logprobs import length_batches
-    from spreadpref.models.sampling import prompt_batches
+    from spreadpref.models.loading import DTYPES
+    from spreadpref.models.sampling import generation_batch_size, prompt_batches
 
     samples = common.read_jsonl(inputs["generations"])
     pairs = common.read_jsonl(inputs["pairs"])
@@ -79,7 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     indices = sorted(by_prompt)
     gen_real = gen_slots = 0
     prompt_pad = prompt_real = 0
-    for batch in prompt_batches([[0] * prompt_lengths[i] for i in indices], config.generation.batch_size):
+    rows = [[0] * prompt_lengths[i] for i in indices]
+    model_config, dtype = AutoConfig.from_pretrained(inputs["init"]), DTYPES[config.model.dtype]
+    size = generation_batch_size(config.generation, model_config, dtype, rows, config.data.max_length)
+    for batch in prompt_batches(rows, size):
         replies = [n for b in batch for n in by_prompt[indices[b]]]
         gen_real += sum(replies)
         gen_slots += max(replies) * len(replies)

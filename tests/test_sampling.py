@@ -32,9 +32,12 @@ def test_auto_fits_as_many_prompts_as_the_memory_holds_in_even_batches(tiny_mode
         "generation.batch_size=auto",
         f"generation.batch_memory_gb={budget_prompts * per_prompt / 2**30}",
     )
-    assert generation_batch_size(config.generation, model, prompt_ids, config.data.max_length) == expected
+    assert (
+        generation_batch_size(config.generation, model.config, model.dtype, prompt_ids, config.data.max_length)
+        == expected
+    )
     fixed = settings(tiny_model_dir, "generation.batch_size=3")
-    assert generation_batch_size(fixed.generation, model, prompt_ids, fixed.data.max_length) == 3
+    assert generation_batch_size(fixed.generation, model.config, model.dtype, prompt_ids, fixed.data.max_length) == 3
 
 
 def test_auto_draws_the_same_samples_every_time_and_what_fixed_batches_of_that_size_draw(tiny_model_dir, tmp_path):

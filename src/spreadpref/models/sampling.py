@@ -119,16 +119,15 @@ def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
 
 
 def generation_batch_size(
-    settings: GenerationSettings, model: PreTrainedModel, prompt_ids: list[list[int]], max_length: int
+    settings: GenerationSettings, model_config: Any, dtype: torch.dtype, prompt_ids: list[list[int]], max_length: int
 ) -> int:
     """``generation.batch_size``, or with ``auto`` the most prompts whose sequences' KV cache and logits fit in
     ``generation.batch_memory_gb``, in batches of even size. Reckoned from the model's shape and the configuration alone (never from the
     memory free at the time), so that a resumed round cuts the same batches as the run it resumes."""
     if settings.batch_size != "auto":
         return settings.batch_size
-    config = model.config.get_text_config()
+    config = model_config.get_text_config()
     longest = min(max(len(ids) for ids in prompt_ids) + settings.max_new_tokens, max_length)
-    dtype = next(model.parameters()).dtype
     per_sequence = kv_bytes_per_token(config, dtype) * longest + 3 * 4 * config.vocab_size  # + float32 logits
     fitting = max(1, int(settings.batch_memory_gb * 2**30 // (per_sequence * settings.num_samples)))
     batches = math.ceil(len(prompt_ids) / fitting)
@@ -176,7 +175,10 @@ def generate_samples(
 ) -> list[Sample]:
     """Sample ``settings.num_samples`` replies per prompt with ``model.generate``; samples in prompt order."""
     prompt_ids = prepare_prompt_ids(tokenizer, prompts, data)
-    batches = prompt_batches(prompt_ids, generation_batch_size(settings, model, prompt_ids, data.max_length))
+    dtype = next(model.parameters()).dtype
+    batches = prompt_batches(
+        prompt_ids, generation_batch_size(settings, model.config, dtype, prompt_ids, data.max_length)
+    )
     stops = stop_token_ids(tokenizer, model.generation_config)
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id

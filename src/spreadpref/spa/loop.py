@@ -293,7 +293,7 @@ def _check_edited_outputs(manifest: Manifest, fingerprints: dict[str, str], forc
         if not force:
             raise SpreadprefError(
                 f"{shown} changed after {name} wrote it; the stages after it would use your edit without knowing "
-                f"it. Restore the file, or run again with --force to write it again (your version is kept as "
+                f"it. Restore it, or run again with --force to write it again (your version is kept as "
                 f"{edited[0].name}.edited)."
             )
         if distributed.is_main():

@@ -232,7 +232,8 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for name, shape in report["shapes"].items():
         if "stages" not in shape:
-            lines.append(f"| {name} | | {shape.get('error', shape.get('skipped', ''))[:200]} | | |")
+            problem = " ".join(shape.get("error", shape.get("skipped", "")).split()).replace("|", "/")
+            lines.append(f"| {name} | | {problem[:300]} (gpu_check.json has it whole) | | |")
             continue
         for stage, row in shape["stages"].items():
             rate = row.get("tokens_per_second")

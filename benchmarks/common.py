@@ -184,17 +184,23 @@ def prepare_inputs(args: argparse.Namespace) -> dict[str, Any]:
     spreadpref_run(args, seed_only, rounds=0)
     shutil.copytree(seed_only, run_dir)
     spreadpref_run(args, run_dir, rounds=1)
+    return record_inputs(args, model_path(args), run_dir, seed_only)
+
+
+def record_inputs(args: argparse.Namespace, init: str, run_dir: Path, seed_only: Path) -> dict[str, Any]:
+    """Write where the input round's files are (``inputs.json``, which later benchmark runs reuse); return it.
+    ``run_dir``: a run with its seed stage and round 1 finished; ``seed_only``: the seed stage alone."""
+    round_1 = run_dir / "round-1"
     info = {
-        "init": model_path(args),
+        "init": init,
         "pi0": str(run_dir / "seed" / "model"),
         "seed_only": str(seed_only),
         "run_dir": str(run_dir),
-        "prompts": str(run_dir / "round-1" / "prompts.jsonl"),
-        "generations": str(run_dir / "round-1" / "generations.jsonl"),
-        "judged": str(run_dir / "round-1" / "judged.jsonl"),
-        "pairs": str(run_dir / "round-1" / "pairs.jsonl"),
+        **{key: str(round_1 / f"{key}.jsonl") for key in ("prompts", "generations", "judged", "pairs")},
     }
-    done.write_text(json.dumps(info, indent=1))
+    directory = inputs_dir(args)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "inputs.json").write_text(json.dumps(info, indent=1))
     return info
 
 

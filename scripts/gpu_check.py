@@ -168,27 +168,25 @@ def trl_benchmark(args: argparse.Namespace, name: str, deadline: float) -> dict[
     model_dir, run_dir = (args.out_dir / "models" / shape).resolve(), (args.out_dir / name).resolve()
     workdir = (args.out_dir / "bench").resolve()
     bf16 = args.device == "cuda"
-    inputs = workdir / f"inputs-{model_dir.name}-32p-{args.device}{'-bf16' if bf16 else ''}"
-    inputs.mkdir(parents=True, exist_ok=True)
-    round_1 = run_dir / "round-1"
-    (inputs / "inputs.json").write_text(
-        json.dumps(
-            {
-                "init": str(model_dir),
-                "pi0": str(run_dir / "seed" / "model"),
-                "seed_only": str(run_dir),
-                "run_dir": str(run_dir),
-                **{key: str(round_1 / f"{key}.jsonl") for key in ("prompts", "generations", "judged", "pairs")},
-            }
-        )
-    )
+    options = [
+        "--model",
+        str(model_dir),
+        "--device",
+        args.device,
+        "--workdir",
+        str(workdir),
+        *(["--bf16"] if bf16 else []),
+    ]
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import common  # noqa: PLC0415 - benchmarks/ is not a package
+
+    common.record_inputs(common.parser("").parse_args(options), str(model_dir), run_dir, seed_only=run_dir)
     result = workdir / "bench_train.json"
     command = [
         sys.executable,
         str(ROOT / "benchmarks" / "bench_train.py"),
-        *("--model", str(model_dir), "--device", args.device, "--workdir", str(workdir), "--out", str(result)),
-        *("--reps", str(args.trl_reps), "--sides", "spreadpref,trl-default,trl-precompute"),
-        *(["--bf16"] if bf16 else []),
+        *options,
+        *("--out", str(result), "--reps", str(args.trl_reps), "--sides", "spreadpref,trl-default,trl-precompute"),
     ]
     print("Running:", " ".join(command), flush=True)
     try:

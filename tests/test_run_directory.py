@@ -110,3 +110,7 @@ def test_replaced_weights_of_a_finished_stage_are_refused_then_trained_again_und
     assert weights.read_bytes() == original  # seeded: trained again as it first was
     assert (out / "seed" / "model.edited" / "model.safetensors").is_file()
     assert run(load_config(None, overrides)).skipped  # the card rewritten by a later stage is not an edit
+    save_file({name: tensor * 0.25 for name, tensor in tensors.items()}, str(weights), metadata={"format": "pt"})
+    run(load_config(None, overrides), force=True)  # a second edit: the newer one is kept, over the older
+    kept = load_file(str(out / "seed" / "model.edited" / "model.safetensors"))
+    assert all(kept[name].equal(tensor * 0.25) for name, tensor in tensors.items())

@@ -115,15 +115,16 @@ def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    return 2 * config.num_hidden_layers * kv_heads * head_dim * torch.tensor([], dtype=dtype).element_size()
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * dtype.itemsize
 
 
 def generation_batch_size(
     settings: GenerationSettings, model_config: Any, dtype: torch.dtype, prompt_ids: list[list[int]], max_length: int
 ) -> int:
     """``generation.batch_size``, or with ``auto`` the most prompts whose sequences' KV cache and logits fit in
-    ``generation.batch_memory_gb``, in batches of even size. Reckoned from the model's shape and the configuration alone (never from the
-    memory free at the time), so that a resumed round cuts the same batches as the run it resumes."""
+    ``generation.batch_memory_gb``, in batches of even size. Reckoned from the model's shape and the
+    configuration alone (never from the memory free at the time), so that a resumed round cuts the same
+    batches as the run it resumes."""
     if settings.batch_size != "auto":
         return settings.batch_size
     config = model_config.get_text_config()
@@ -175,12 +176,12 @@ def generate_samples(
 ) -> list[Sample]:
     """Sample ``settings.num_samples`` replies per prompt with ``model.generate``; samples in prompt order."""
     prompt_ids = prepare_prompt_ids(tokenizer, prompts, data)
-    dtype = next(model.parameters()).dtype
+    weights = next(model.parameters())
     batches = prompt_batches(
-        prompt_ids, generation_batch_size(settings, model.config, dtype, prompt_ids, data.max_length)
+        prompt_ids, generation_batch_size(settings, model.config, weights.dtype, prompt_ids, data.max_length)
     )
     stops = stop_token_ids(tokenizer, model.generation_config)
-    device = next(model.parameters()).device
+    device = weights.device
     pad = tokenizer.pad_token_id
 
     def process(batch_index: int, indices: list[int]) -> list[Sample]:

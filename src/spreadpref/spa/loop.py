@@ -281,8 +281,8 @@ def _follow_data_edits(
 
 def _check_edited_outputs(manifest: Manifest, fingerprints: dict[str, str], force: bool) -> None:
     """A finished stage's file or model edited after the stage wrote it (a hand-edited pairs.jsonl, weights
-    replaced) is never used without notice: refused, naming it; with --force the stage writes it again (seeded: as it first did), and the edit is
-    kept beside it as <file>.edited."""
+    replaced) is never used without notice: refused, naming it; with --force the stage writes it again (seeded:
+    as it first did), and the edit is kept beside it as <file>.edited (replacing an older one)."""
     for name, fp in fingerprints.items():
         if not _done(manifest, name, fp):
             continue
@@ -298,7 +298,10 @@ def _check_edited_outputs(manifest: Manifest, fingerprints: dict[str, str], forc
             )
         if distributed.is_main():
             for path in edited:
-                path.replace(path.with_name(path.name + ".edited"))
+                kept = path.with_name(path.name + ".edited")
+                if kept.is_dir():  # a directory is not replaced by a rename onto it, as a file is
+                    shutil.rmtree(kept)
+                path.replace(kept)
         distributed.barrier()
         manifest.reset(name)
         console.print(f"[yellow]--force:[/] {shown} changed after {name} wrote it; kept as .edited, writing it again.")

@@ -1,5 +1,6 @@
 """The rule-based gold verifier: IFEval constraints checked by if-verifiable, fully offline."""
 
+import json
 import re
 import socket
 import sys
@@ -9,13 +10,14 @@ import pytest
 pytest.importorskip("if_verifiable", reason="needs the 'verify' extra: pip install 'spreadpref[verify]'")
 
 import nltk  # installed with the extra
-from repo_paths import SCRIPTS, on_path
+from repo_paths import BENCHMARKS, SCRIPTS, on_path
 
 with on_path(SCRIPTS):
     import ifeval_builder as builder
 
 from spreadpref.errors import DataError, JudgeError
 from spreadpref.judges import verifier as v
+from spreadpref.judges.sentences import count_sentences, word_tokenize
 from spreadpref.judges.verifier import Constraint, check, verifier_score
 
 
@@ -318,19 +320,42 @@ def test_build_rejects_impossible_counts():
 # --- offline data and clear errors ------------------------------------------------------------
 
 
-def test_sentence_model_comes_from_the_installed_data_folder():
-    check("One. Two.", one(builder.NUMBER_SENTENCES, relation="less than", num_sentences=3))
-    util = sys.modules["if_verifiable.ifeval.instructions_util"]
-    assert isinstance(util._get_sentence_tokenizer(), nltk.tokenize.PunktTokenizer)
-    assert util.count_sentences("Dr. Who arrived. He left at 3.30 p.m. today! Why?") == 3
+@pytest.mark.parametrize(
+    ("text", "sentences"),
+    [
+        # Abbreviations, times and decimals do not end a sentence; "!" and "?" do.
+        ("Dr. Who arrived. He left at 3.30 p.m. today! Why?", 3),
+        ("Mix flour, e.g. rye, with water. Then wait.", 2),
+        # A line break alone does not end one (as in NLTK's model): list items without stops are one.
+        ("Steps\n- water\n- light", 1),
+        ('He said "Stop." Then he left.', 2),
+        ("Wait... then go.", 1),
+        ("", 0),
+    ],
+)
+def test_sentences_are_counted_by_punkt_with_english_abbreviations(text, sentences):
+    assert count_sentences(text) == sentences
 
 
-def test_missing_sentence_model_raises_a_judge_error_with_the_install_line(monkeypatch):
-    monkeypatch.setattr(v, "_packaged_nltk_data_dir", lambda: None)
-    monkeypatch.setattr(nltk.data, "path", [])
-    with pytest.raises(JudgeError) as caught:
-        check("hello", one(builder.NO_COMMA))
-    assert v.PUNKT_INSTALL_LINE in str(caught.value)
+def test_the_checkers_need_no_nltk_data(monkeypatch, tmp_path):
+    """Sentence counts and capital-word counts with an empty NLTK data path: nothing is looked up."""
+    monkeypatch.setattr(nltk.data, "path", [str(tmp_path)])
+    util_module = "if_verifiable.ifeval.instructions_util"
+    assert passes("One. Two.", builder.NUMBER_SENTENCES, relation="less than", num_sentences=3)
+    assert not passes("One. Two. Three.", builder.NUMBER_SENTENCES, relation="less than", num_sentences=3)
+    assert sys.modules[util_module].count_sentences("Dr. Who arrived. He left.") == 2
+    # "WATER" and "NOW." are capital words, "I" too: 3 of them, so "less than 3" fails.
+    reply = "WATER the plants. I do it NOW."
+    assert not passes(reply, "change_case:capital_word_frequency", capital_frequency=3, capital_relation="less than")
+    assert passes(reply, "change_case:capital_word_frequency", capital_frequency=3, capital_relation="at least")
+
+
+def test_word_tokenize_splits_as_nltk_does_within_one_sentence():
+    text = "Don't water the plant, it's fine (really)."
+    assert word_tokenize(text) == nltk.tokenize.NLTKWordTokenizer().tokenize(text)
+    assert word_tokenize("It works. So does this.") == ["It", "works", ".", "So", "does", "this", "."]
+    with pytest.raises(ValueError, match="English only"):
+        word_tokenize("Bonjour.", language="french")
 
 
 def test_missing_extra_raises_a_judge_error_with_the_install_line(monkeypatch):
@@ -340,3 +365,33 @@ def test_missing_extra_raises_a_judge_error_with_the_install_line(monkeypatch):
         check("hello", one(builder.NO_COMMA))
     assert "spreadpref[verify]" in str(caught.value)
     v._instruction_registry.cache_clear()
+
+
+def test_the_agreement_benchmark_counts_differences_verdicts_and_score_shifts(tmp_path, monkeypatch):
+    """benchmarks/sentence_agreement.py against a stand-in 'published' splitter that splits at '|'."""
+    with on_path(BENCHMARKS):
+        import sentence_agreement as bench
+
+    class SplitAtBars:
+        def tokenize(self, text):
+            return text.split("|")
+
+    monkeypatch.setattr(bench, "published_punkt", SplitAtBars)
+    # The first built-in prompt with a sentence limit.
+    prompt_id, (relation, number), size = next(
+        (row["id"], limits[0], len(row["instruction_id_list"]))
+        for name in bench.BUILTIN_PROMPT_SETS
+        for _, row in bench.iter_rows(name)
+        if (limits := bench.sentence_limits(v.constraints_from_row(row)))
+    )
+    # Two replies: "One." is 1 sentence for both; twelve bars' pieces are 12 for the stand-in, 1 for ours.
+    replies = tmp_path / "generations.jsonl"
+    rows = [{"prompt_id": prompt_id, "text": text} for text in ("One.", "|".join(["word"] * 12) + ".")]
+    replies.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert bench.main(["--replies", str(replies), "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "sentence_agreement.json").read_text())
+    assert (results["replies"], results["same_count"]) == (2, 1)
+    assert bench.satisfied(1, relation, number) != bench.satisfied(12, relation, number)  # limits are 1 to 10
+    assert results["sentence_verdicts"] == {"checked": 2, "same": 1}
+    shift = (bench.satisfied(1, relation, number) - bench.satisfied(12, relation, number)) / size / 2
+    assert results["files"][0]["mean_score_shift"] == pytest.approx(shift)

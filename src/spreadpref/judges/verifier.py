@@ -8,11 +8,10 @@ The checkers are not re-implemented here: they are the maintained IFEval checker
 package ``if-verifiable`` (Apache-2.0), installed by the ``verify`` extra. Two of its needs are met
 offline, never by a download at run time:
 
-* NLTK's ``punkt_tab`` English sentence model (sentence counting) comes from a package installed
-  from PyPI, ``llama-index-core``, whose wheel ships an NLTK data folder. It is installed with
-  ``--no-deps`` purely as a data source (its own dependencies are heavy), so it cannot be part of
-  the extra; see ``PUNKT_INSTALL_LINE``. An NLTK data folder that already holds ``punkt_tab`` (the
-  ``NLTK_DATA`` variable or NLTK's default places) is used when that package is absent.
+* Sentences (the sentence-count checks) and words (the capital-word count) are split by NLTK's Punkt
+  algorithm with a hand-written list of English abbreviations and no data files
+  (:mod:`spreadpref.judges.sentences`), instead of NLTK's published ``punkt`` model, which no package
+  ships and NLTK would download.
 * ``langdetect`` (all-lowercase / all-capitals checks) ships its language profiles; it is seeded
   so that the same reply always gets the same verdict.
 """
@@ -21,17 +20,16 @@ from __future__ import annotations
 
 import functools
 import importlib
-import importlib.util
 import inspect
+import types
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from spreadpref.errors import DataError, JudgeError
+from spreadpref.judges import sentences
 from spreadpref.judges.base import Comparison, ExactScoreJudge
 
 VERIFY_INSTALL_LINE = 'pip install "spreadpref[verify]"   (or: pip install if-verifiable==0.1.2)'
-PUNKT_INSTALL_LINE = "pip install --no-deps llama-index-core==0.14.25"
 
 
 @dataclass(frozen=True)
@@ -55,45 +53,20 @@ def _instruction_registry() -> dict[str, Any]:
     except ImportError as error:
         raise JudgeError(
             f"the verifier needs the 'verify' extra, which is not installed ({error}). "
-            f"Install it with: {VERIFY_INSTALL_LINE}; and the sentence model with: "
-            f"{PUNKT_INSTALL_LINE}"
+            f"Install it with: {VERIFY_INSTALL_LINE}"
         ) from error
     return registry.INSTRUCTION_DICT
 
 
-def _packaged_nltk_data_dir() -> Path | None:
-    """The NLTK data folder inside the llama-index-core wheel, found without importing it."""
-    try:
-        spec = importlib.util.find_spec("llama_index.core")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        candidate = Path(location) / "_static" / "nltk_cache"
-        if (candidate / "tokenizers" / "punkt_tab" / "english").is_dir():
-            return candidate
-    return None
+class _NltkForCheckers(types.ModuleType):
+    """``nltk`` as if-verifiable's helpers see it, with a ``word_tokenize`` that needs no data files."""
 
+    def __init__(self) -> None:
+        super().__init__("nltk")
+        self.word_tokenize = sentences.word_tokenize
 
-def _english_sentence_tokenizer() -> Any:
-    """NLTK's punkt_tab English model (plain tables, no pickle), from a PyPI-installed data folder."""
-    import nltk  # noqa: PLC0415 - the optional `verify` extra
-
-    data_dir = _packaged_nltk_data_dir()
-    if data_dir is not None and str(data_dir) not in nltk.data.path:
-        # First in the path, so every machine with the package uses the same model.
-        nltk.data.path.insert(0, str(data_dir))
-    try:
-        nltk.data.find("tokenizers/punkt_tab/english/")
-    except LookupError as error:
-        raise JudgeError(
-            "the verifier needs NLTK's 'punkt_tab' sentence model, which is not installed. "
-            f"Install the package that ships it with: {PUNKT_INSTALL_LINE} "
-            "(--no-deps: it is used only as a data source). It is never downloaded "
-            "at run time."
-        ) from error
-    return nltk.tokenize.PunktTokenizer("english")
+    def __getattr__(self, name: str) -> Any:
+        return getattr(importlib.import_module("nltk"), name)
 
 
 @functools.cache
@@ -104,12 +77,13 @@ def _prepare_checkers() -> dict[str, Any]:
 
     # langdetect samples n-grams at random; a fixed seed gives one verdict per text.
     langdetect.DetectorFactory.seed = 0
-    tokenizer = _english_sentence_tokenizer()
     # if-verifiable counts sentences with nltk.data.load("nltk:tokenizers/punkt/english.pickle")
-    # behind the lru-cached helper _get_sentence_tokenizer. Replacing that helper (looked up as a
-    # module global on each call) hands it the punkt_tab model: no pickle, no lookup elsewhere.
+    # behind the helper _get_sentence_tokenizer, and counts capital words with nltk.word_tokenize,
+    # which loads NLTK's punkt_tab model. Both are looked up as this module's globals on each call;
+    # replacing them here (not in nltk itself) hands the checkers the data-free splitter.
     util = importlib.import_module("if_verifiable.ifeval.instructions_util")
-    util._get_sentence_tokenizer = lambda: tokenizer
+    util._get_sentence_tokenizer = sentences.english_sentence_tokenizer
+    util.nltk = _NltkForCheckers()
     return registry
 
 

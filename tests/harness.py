@@ -13,16 +13,9 @@ from safetensors.torch import load_file
 
 from spreadpref.dpo.checkpoints import checkpoint_damage
 from spreadpref.runtime.files import read_jsonl
+from spreadpref.runtime.layout import MANIFEST_FILE, round_name, stage_names
 
-STAGES = [
-    "seed",
-    "round-1/generate",
-    "round-1/judge",
-    "round-1/train",
-    "round-2/generate",
-    "round-2/judge",
-    "round-2/train",
-]
+STAGES = stage_names(rounds=2)
 
 
 def write_loop_data(directory: Path) -> tuple[Path, Path]:
@@ -99,7 +92,7 @@ def check_consistent(out: Path) -> str:
 
     Returns the first stage that was not complete (where the kill landed).
     """
-    manifest_path = out / "manifest.json"
+    manifest_path = out / MANIFEST_FILE
     if not manifest_path.exists():
         return "before the manifest"
     manifest = json.loads(manifest_path.read_text())
@@ -126,10 +119,10 @@ def check_consistent(out: Path) -> str:
 
 def assert_same_artifacts(expected: Path, got: Path) -> None:
     """Same prompts, generations, judgements, pairs, labels and final weights as the reference run."""
-    manifest = json.loads((got / "manifest.json").read_text())["stages"]
+    manifest = json.loads((got / MANIFEST_FILE).read_text())["stages"]
     assert [manifest[s]["status"] for s in STAGES] == ["complete"] * len(STAGES)
     for i in (1, 2):
-        base, other = expected / f"round-{i}", got / f"round-{i}"
+        base, other = expected / round_name(i), got / round_name(i)
         assert read_jsonl(other / "prompts.jsonl") == read_jsonl(base / "prompts.jsonl")
         generations = read_jsonl(other / "generations.jsonl")
         keys = [(g["prompt_id"], g["sample"]) for g in generations]
@@ -145,7 +138,7 @@ def assert_same_artifacts(expected: Path, got: Path) -> None:
         ]
         assert all(abs(a["p"] - b["p"]) < 1e-5 for a, b in zip(pairs, pairs_ref))
     final, final_ref = (
-        load_file(str(d / "round-2" / "train" / "model" / "model.safetensors")) for d in (got, expected)
+        load_file(str(d / round_name(2) / "train" / "model" / "model.safetensors")) for d in (got, expected)
     )
     assert final.keys() == final_ref.keys()
     for name in final:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import spreadpref
+from spreadpref.runtime import layout
 
 PACKAGE = Path(spreadpref.__file__).parent
 ORDER = ["base", "runtime", "config", "data", "models", "dpo", "judges", "eval", "spa", "interface"]
@@ -151,3 +152,33 @@ def test_the_api_page_is_generated_from_the_current_docstrings():
     script = Path(__file__).resolve().parent.parent / "scripts" / "api_docs.py"
     result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+# --- one home for the run directory's layout ---------------------------------------------------
+
+
+def layout_spellings(source: str) -> list[str]:
+    """String constants of ``source`` that spell a run-directory name: a layout file name, or ``round-<i>``."""
+    names = {value for key, value in vars(layout).items() if key.endswith("_FILE")}
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if node.value in names or re.fullmatch(r"round-\d+(/.*)?", node.value):
+                found.append(node.value)
+        elif isinstance(node, ast.JoinedStr) and node.values:
+            first = node.values[0]
+            if isinstance(first, ast.Constant) and isinstance(first.value, str) and first.value.startswith("round-"):
+                found.append(ast.unparse(node))
+    return found
+
+
+@pytest.mark.parametrize("module", sorted(set(MODULES) - {"spreadpref.runtime.layout"}))
+def test_the_run_directory_is_spelled_only_in_the_layout_module(module):
+    spelled = layout_spellings(MODULES[module].read_text(encoding="utf-8"))
+    assert not spelled, f"{module} spells run-directory names itself; use spreadpref.runtime.layout: {spelled}"
+
+
+def test_the_layout_check_sees_a_spelled_name():
+    source = 'path = root / "summary.json"\nother = root / f"round-{i}" / "x"\nstage = "round-2/train"\n'
+    assert sorted(layout_spellings(source)) == ["f'round-{i}'", "round-2/train", "summary.json"]
+    assert layout_spellings('message = "see summary.json"\nname = round_name(i)\n') == []

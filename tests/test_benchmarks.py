@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from spreadpref.runtime.layout import CONFIG_FILE
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 pytestmark = pytest.mark.slow
@@ -109,7 +111,7 @@ def test_the_long_profile_runs_on_its_development_split_and_measures_its_labels(
     round_one = record["values"]["spa_dnd/1"]
     assert round_one["pairs"] == 6  # K = 4 replies of 6 prompts: best against worst, one pair a prompt
     assert "self_label_accuracy" in round_one  # judge.gold=verifier (None when the verifier ties every pair)
-    config = (workdir / "spread-long" / "seed-100" / "spa_dnd" / "config.yaml").read_text()
+    config = (workdir / "spread-long" / "seed-100" / "spa_dnd" / CONFIG_FILE).read_text()
     assert "num_samples: 4" in config and "dev_prompts.jsonl" in config and "learning_rate: 0.0001" in config
     result = json.loads((out / "results.json").read_text())
     assert {d["variant"] for d in result["paired"]} == {"sft", "spa_dnd"}

@@ -5,6 +5,7 @@ from typer.testing import CliRunner
 
 from spreadpref.cli import app, default_config_path
 from spreadpref.config import load_config
+from spreadpref.runtime.layout import CONFIG_FILE, MANIFEST_FILE
 from spreadpref.testing import make_tiny_reward_model_dir
 
 runner = CliRunner()
@@ -90,9 +91,9 @@ def test_train_writes_checkpoint_and_resolved_config(tiny_model_dir, pairs_file,
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert (out / "model" / "config.json").is_file()
-    saved = load_config(out / "config.yaml")
+    saved = load_config(out / CONFIG_FILE)
     assert saved.train.max_steps == 1 and saved.output_dir == str(out)
-    assert json.loads((out / "manifest.json").read_text())["stages"]["train"]["status"] == "complete"
+    assert json.loads((out / MANIFEST_FILE).read_text())["stages"]["train"]["status"] == "complete"
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "already complete" in " ".join(again.output.split())
 
@@ -173,7 +174,7 @@ def test_stages_alone_generate_judge_train(tiny_model_dir, tmp_path):
         app, ["train", *common, f"data.train={judged / 'pairs.jsonl'}", "train.max_steps=1", "-o", str(out)]
     )
     assert result.exit_code == 0, result.output
-    manifest = json.loads((out / "manifest.json").read_text())["stages"]["train"]
+    manifest = json.loads((out / MANIFEST_FILE).read_text())["stages"]["train"]
     # Token-space pairs with the judge's log-probs: no reference pass, the exact generated ids.
     assert manifest["reference"]["from_data"] == len(pairs) and manifest["reference"]["computed"] == 0
 

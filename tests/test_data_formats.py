@@ -10,6 +10,7 @@ import pytest
 
 from spreadpref.data.loading import load_preferences, load_prompts
 from spreadpref.errors import DataError
+from spreadpref.runtime.layout import REPORT_FILE, round_name
 
 ROWS = [
     {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "Seven."},
@@ -186,6 +187,6 @@ def test_a_new_user_goes_from_a_csv_and_a_text_file_to_a_finished_run_with_a_rep
         ],
     )
     assert result.exit_code == 0, result.output
-    report = (out / "report.md").read_text()
-    assert "## Training" in report and "## Per round" in report and (out / "round-2" / "train" / "model").is_dir()
-    assert (out / "round-2" / "train" / "model" / "README.md").is_file()  # the model card
+    report = (out / REPORT_FILE).read_text()
+    assert "## Training" in report and "## Per round" in report and (out / round_name(2) / "train" / "model").is_dir()
+    assert (out / round_name(2) / "train" / "model" / "README.md").is_file()  # the model card

@@ -7,6 +7,8 @@ import math
 import pytest
 from repo_paths import SCRIPTS, load_script
 
+from spreadpref.runtime.layout import round_stage
+
 
 @pytest.fixture(scope="module")
 def gpu_check():
@@ -19,9 +21,9 @@ def test_the_cpu_path_runs_every_stage_checks_the_first_steps_and_compares_with_
     assert gpu_check.main(["--device", "cpu", "--trl-reps", "1", "--out-dir", str(out)]) == 0
     report = json.loads((out / "gpu_check.json").read_text())
     tiny = report["shapes"]["tiny"]
-    assert set(tiny["stages"]) == {"seed"} | {f"round-{r}/{s}" for r in (1, 2) for s in ("generate", "judge", "train")}
+    assert set(tiny["stages"]) == {"seed"} | {round_stage(r, s) for r in (1, 2) for s in ("generate", "judge", "train")}
     assert all(row["tokens_per_second"] > 0 for row in tiny["stages"].values())
-    assert set(tiny["training_checks"]) == {"seed", "round-1/train", "round-2/train"}
+    assert set(tiny["training_checks"]) == {"seed", round_stage(1, "train"), round_stage(2, "train")}
     assert report["trl"]["check"]["passed"] and set(report["trl"]["speedup"]) == {"trl-default", "trl-precompute"}
     assert "| tiny |" in (out / "gpu_check.md").read_text()
     assert not (out / "models" / "tiny").exists()  # the random model is removed unless --keep-models

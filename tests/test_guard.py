@@ -12,6 +12,7 @@ from spreadpref.config import JudgeSettings, load_config
 from spreadpref.dpo.logprobs import forward_precision, training_precision
 from spreadpref.eval.report import FINAL_MARK, MODEL_COLUMN, round_table, write_report
 from spreadpref.models.loading import load_for_inference, load_tokenizer
+from spreadpref.runtime.layout import REPORT_FILE, SUMMARY_FILE, round_name
 from spreadpref.spa import guard, seed
 from spreadpref.spa.judge import label_agreement
 from spreadpref.spa.loop import _choose_final, run
@@ -81,7 +82,7 @@ def test_agreements_are_read_back_from_the_summary():
 
 
 def test_the_choice_skips_pruned_models_and_without_held_out_pairs_takes_the_last(tmp_path):
-    models = {0: tmp_path / "seed", 1: tmp_path / "round-1", 2: tmp_path / "round-2"}
+    models = {0: tmp_path / "seed", 1: tmp_path / round_name(1), 2: tmp_path / round_name(2)}
     models[0].mkdir()
     models[2].mkdir()  # round 1's model was pruned
     summary = {
@@ -125,7 +126,7 @@ def test_the_table_marks_the_final_model_and_the_report_leads_its_warnings_with_
     headers, rows = round_table(summary)
     column = headers.index(MODEL_COLUMN)
     assert [row[column] for row in rows] == [f"0.75 (0.40–0.90) {FINAL_MARK}", "0.50 (0.20–0.80)", "–"]
-    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / SUMMARY_FILE).write_text(json.dumps(summary))
     report = write_report(tmp_path).read_text()
     warnings = report.split("## Warnings\n\n")[1].splitlines()
     assert warnings[0] == "- The guard's warning." and any("no pairs" in line for line in warnings[1:])
@@ -182,7 +183,7 @@ def test_a_run_measures_every_model_on_the_held_out_pairs(tiny_model_dir, guard_
         None, guard_overrides(tiny_model_dir, seed_file, prompts, out, "loop.rounds=1", "loop.prompts_per_round=[4]")
     )
     result = run(config)
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / SUMMARY_FILE).read_text())
     figures = [summary["seed"], summary["rounds"]["1"]]
     for row in figures:
         rate, (low, high) = row["model_held_out_agreement"], row["model_held_out_agreement_ci"]
@@ -192,7 +193,7 @@ def test_a_run_measures_every_model_on_the_held_out_pairs(tiny_model_dir, guard_
         "0": figures[0]["model_held_out_agreement"],
         "1": figures[1]["model_held_out_agreement"],
     }
-    assert result.final_model == out / "round-1" / "train" / "model" and summary["final_model"] == str(
+    assert result.final_model == out / round_name(1) / "train" / "model" and summary["final_model"] == str(
         result.final_model
     )
     # The seed model's figure is the implicit reward of pi_0 against pi_init on the held-out pairs, summed.
@@ -217,8 +218,8 @@ def test_best_held_out_hands_back_the_best_model_keeps_it_and_warns_below_the_se
     out = tmp_path / "run"
     chosen_figures = {
         out / "seed" / "model": 0.72,
-        out / "round-1" / "train" / "model": 0.80,
-        out / "round-2" / "train" / "model": 0.61,
+        out / round_name(1) / "train" / "model": 0.80,
+        out / round_name(2) / "train" / "model": 0.61,
     }
     calls = []
 
@@ -233,9 +234,9 @@ def test_best_held_out_hands_back_the_best_model_keeps_it_and_warns_below_the_se
     overrides = guard_overrides(tiny_model_dir, seed_file, prompts, out, "loop.keep_models=1")
     result = run(load_config(None, [*overrides, "loop.final_model=best_held_out"]))
     assert calls == list(chosen_figures)  # each model once, right after its stage
-    best = out / "round-1" / "train" / "model"
+    best = out / round_name(1) / "train" / "model"
     assert result.final_model == best and best.is_dir()
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / SUMMARY_FILE).read_text())
     assert summary["final_model"] == str(best)
     assert summary["seed"]["model_held_out_agreement"] == 0.72
     assert summary["rounds"]["2"]["model_held_out_agreement_ci"] == [pytest.approx(0.41), pytest.approx(0.71)]
@@ -250,17 +251,17 @@ def test_best_held_out_hands_back_the_best_model_keeps_it_and_warns_below_the_se
     headers, rows = round_table(summary)
     marked = [row[0] for row in rows if row[headers.index(MODEL_COLUMN)].endswith(FINAL_MARK)]
     assert marked == ["1"]
-    report = (out / "report.md").read_text()
+    report = (out / REPORT_FILE).read_text()
     assert report.split("## Warnings\n\n")[1].startswith(f"- {warning}\n")
     assert f"0.80 (0.60–0.90) {FINAL_MARK}" in report
 
     # The finished run again with loop.final_model=last: nothing is trained or measured, the choice is redone.
     again = run(load_config(None, [*overrides, "loop.final_model=last"]))
-    assert again.skipped and again.final_model == out / "round-2" / "train" / "model"
+    assert again.skipped and again.final_model == out / round_name(2) / "train" / "model"
     assert len(calls) == 3
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / SUMMARY_FILE).read_text())
     assert summary["final_choice"]["round"] == 2 and summary["warnings"] == [warning]
-    assert "(loop.final_model=last: round 2)" in (out / "report.md").read_text()
+    assert "(loop.final_model=last: round 2)" in (out / REPORT_FILE).read_text()
 
 
 def test_a_round_verdict_is_better_or_worse_only_when_the_paired_interval_excludes_zero():

@@ -11,6 +11,7 @@ from spreadpref.config import load_config
 from spreadpref.data.tokenize import TokenizedPair
 from spreadpref.dpo.held_out import held_out_metrics, split_held_out
 from spreadpref.dpo.train import train_policy
+from spreadpref.runtime.layout import LOG_HISTORY_FILE, MANIFEST_FILE
 
 
 def pair(i, label=1.0, ref=(-5.0, -5.0)):
@@ -74,10 +75,10 @@ def test_a_train_stage_logs_held_out_metrics_on_pairs_it_never_trains_on(tiny_mo
         ),
     )
     train_policy(config)
-    logs = json.loads((out / "log_history.json").read_text())
+    logs = json.loads((out / LOG_HISTORY_FILE).read_text())
     evals = [row for row in logs if "eval/rewards/accuracies" in row]
     assert [row["step"] for row in evals] == [2, 4]
     assert [row["step"] for row in logs if "loss" in row] == [1, 2, 3, 4]  # the training log is still there
     assert all(row["eval/pairs"] == 4 for row in evals)  # a quarter of 16
-    data = json.loads((out / "manifest.json").read_text())["stages"]["train"]["data"]
+    data = json.loads((out / MANIFEST_FILE).read_text())["stages"]["train"]["data"]
     assert data["pairs"] == 12 and data["held_out"] == 4

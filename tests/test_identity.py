@@ -10,6 +10,7 @@ from test_loop import loop_overrides
 from spreadpref.config import load_config
 from spreadpref.data.identity import DATA_IDENTITIES, path_identities, source_identity
 from spreadpref.dpo.train import train_fingerprint, train_policy
+from spreadpref.runtime.layout import round_stage
 from spreadpref.runtime.manifest import Manifest
 from spreadpref.spa.loop import run, stage_fingerprints
 
@@ -57,7 +58,7 @@ def test_an_edited_prompt_pool_reruns_the_rounds_but_not_the_seed_stage(tiny_mod
     ]
     run(load_config(None, overrides))
     seed_started = Manifest(out).stage("seed")["started"]
-    round_before = Manifest(out).stage("round-1/generate")["finished"]
+    round_before = Manifest(out).stage(round_stage(1, "generate"))["finished"]
     rows = [json.loads(line) for line in prompts.read_text().splitlines()]
     write_jsonl(prompts, [{**r, "prompt": r["prompt"] + " Briefly."} for r in rows])
     capsys.readouterr()
@@ -67,8 +68,8 @@ def test_an_edited_prompt_pool_reruns_the_rounds_but_not_the_seed_stage(tiny_mod
     assert f"data.prompts ({prompts}) changed since round-1/generate ran" in said
     manifest = Manifest(out)
     assert manifest.stage("seed")["started"] == seed_started  # the stage it does not feed stays
-    assert manifest.stage("round-1/generate")["status"] == "complete"
-    assert manifest.stage("round-1/generate")["finished"] >= round_before
+    assert manifest.stage(round_stage(1, "generate"))["status"] == "complete"
+    assert manifest.stage(round_stage(1, "generate"))["finished"] >= round_before
 
 
 def test_a_run_keyed_by_paths_resumes_as_it_is(tiny_model_dir, loop_data, tmp_path):

@@ -10,6 +10,7 @@ import pytest
 from spreadpref.config import load_config
 from spreadpref.errors import SpreadprefError
 from spreadpref.runtime.files import read_jsonl
+from spreadpref.runtime.layout import LOG_HISTORY_FILE, SUMMARY_FILE, round_name, round_stage, stage_names
 from spreadpref.runtime.manifest import Manifest
 from spreadpref.spa.loop import run
 
@@ -41,28 +42,20 @@ def test_seed_and_two_rounds_end_to_end(tiny_model_dir, loop_data, tmp_path):
     out = tmp_path / "run"
     result = run(load_config(None, loop_overrides(tiny_model_dir, seed, prompts, out)))
     manifest = Manifest(out)
-    stages = [
-        "seed",
-        "round-1/generate",
-        "round-1/judge",
-        "round-1/train",
-        "round-2/generate",
-        "round-2/judge",
-        "round-2/train",
-    ]
+    stages = stage_names(rounds=2)
     assert [manifest.stage(s)["status"] for s in stages] == ["complete"] * len(stages)
     for i in (1, 2):
-        generations = read_jsonl(out / f"round-{i}" / "generations.jsonl")
+        generations = read_jsonl(out / round_name(i) / "generations.jsonl")
         assert len(generations) == 16 and {g["sample"] for g in generations} == {0, 1}
         assert all(g["finish_reason"] in ("stop", "length") for g in generations)
         assert all((g["reply_ids"][-1] == 2) == (g["finish_reason"] == "stop") for g in generations)
-        pairs = read_jsonl(out / f"round-{i}" / "pairs.jsonl")
+        pairs = read_jsonl(out / round_name(i) / "pairs.jsonl")
         assert pairs and all(0.5 < p["p"] < 1 and p["margin"] > 0 for p in pairs)
-        assert (out / f"round-{i}" / "train" / "model" / "model.safetensors").is_file()
+        assert (out / round_name(i) / "train" / "model" / "model.safetensors").is_file()
     # Rounds see disjoint prompts.
-    ids = [{g["prompt_id"] for g in read_jsonl(out / f"round-{i}" / "generations.jsonl")} for i in (1, 2)]
+    ids = [{g["prompt_id"] for g in read_jsonl(out / round_name(i) / "generations.jsonl")} for i in (1, 2)]
     assert not ids[0] & ids[1]
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / SUMMARY_FILE).read_text())
     row = summary["rounds"]["2"]
     for key in (
         "prompts",
@@ -85,25 +78,25 @@ def test_seed_and_two_rounds_end_to_end(tiny_model_dir, loop_data, tmp_path):
     ):
         assert row.get(key) is not None, key
     assert 0.0 <= row["smoothed_fraction"] <= 1.0
-    assert result.final_model == out / "round-2" / "train" / "model"
+    assert result.final_model == out / round_name(2) / "train" / "model"
     # The judge's pi_{i-1} log-probs are the round's reference: checked against the starting policy, they agree.
-    check = manifest.stage("round-1/train")["metrics"]["reference_check"]
+    check = manifest.stage(round_stage(1, "train"))["metrics"]["reference_check"]
     assert not check["warned"] and check["median_nats"] < 1e-3
-    logs = json.loads((out / "round-1" / "train" / "log_history.json").read_text())
+    logs = json.loads((out / round_name(1) / "train" / LOG_HISTORY_FILE).read_text())
     assert any("refine/threshold" in entry for entry in logs)
 
     # Again: nothing to do. A changed generation setting: refused. One more round: only it runs.
     assert run(load_config(None, loop_overrides(tiny_model_dir, seed, prompts, out))).skipped
-    with pytest.raises(SpreadprefError, match="round-1/generate"):
+    with pytest.raises(SpreadprefError, match=round_stage(1, "generate")):
         run(load_config(None, loop_overrides(tiny_model_dir, seed, prompts, out) + ["generation.temperature=0.9"]))
     before = {s: manifest.stage(s)["attempts"] for s in stages}
     more = loop_overrides(tiny_model_dir, seed, prompts, out) + ["loop.rounds=3", "loop.prompts_per_round=[8,8,8]"]
     run(load_config(None, more))
     after = Manifest(out)
     assert {s: after.stage(s)["attempts"] for s in stages} == before
-    assert after.stage("round-3/train")["status"] == "complete"
+    assert after.stage(round_stage(3, "train"))["status"] == "complete"
     # keep_models=2: the oldest round model is pruned, the seed model stays.
-    assert not (out / "round-1" / "train" / "model").exists() and (out / "seed" / "model").exists()
+    assert not (out / round_name(1) / "train" / "model").exists() and (out / "seed" / "model").exists()
 
 
 def _run_cli(args, env, timeout=240):
@@ -127,7 +120,7 @@ def test_killed_run_resumes_to_the_same_pairs_and_labels(tiny_model_dir, loop_da
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    parts = killed_out / "round-1" / ".generations.jsonl.parts"
+    parts = killed_out / round_name(1) / ".generations.jsonl.parts"
     deadline = time.time() + 180
     while time.time() < deadline and process.poll() is None:
         if parts.is_dir() and len(list(parts.glob("*.jsonl"))) >= 3:
@@ -136,15 +129,15 @@ def test_killed_run_resumes_to_the_same_pairs_and_labels(tiny_model_dir, loop_da
     assert process.poll() is None, "the run ended before it could be killed"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    assert Manifest(killed_out).stage("round-1/generate")["status"] == "running"
-    assert not (killed_out / "round-1" / "generations.jsonl").exists()
+    assert Manifest(killed_out).stage(round_stage(1, "generate"))["status"] == "running"
+    assert not (killed_out / round_name(1) / "generations.jsonl").exists()
 
     resumed = _run_cli(loop_overrides(tiny_model_dir, seed, prompts, killed_out) + extra, env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     for i in (1, 2):
         for name in ("generations.jsonl", "pairs.jsonl"):
-            expected = read_jsonl(reference_out / f"round-{i}" / name)
-            got = read_jsonl(killed_out / f"round-{i}" / name)
+            expected = read_jsonl(reference_out / round_name(i) / name)
+            got = read_jsonl(killed_out / round_name(i) / name)
             if name == "pairs.jsonl":
                 keys = ("id", "chosen_ids", "rejected_ids", "label", "p", "margin")
                 expected = [
@@ -152,7 +145,7 @@ def test_killed_run_resumes_to_the_same_pairs_and_labels(tiny_model_dir, loop_da
                 ]
                 got = [{k: round(v, 4) if isinstance(v, float) else v for k, v in p.items() if k in keys} for p in got]
             assert got == expected, f"round {i} {name} differs after resume"
-    assert Manifest(killed_out).stage("round-1/generate")["attempts"] == 2
+    assert Manifest(killed_out).stage(round_stage(1, "generate"))["attempts"] == 2
     again = _run_cli(loop_overrides(tiny_model_dir, seed, prompts, killed_out) + extra, env)
     assert again.returncode == 0 and "already complete" in " ".join(again.stdout.split() + again.stderr.split())
 
@@ -184,7 +177,7 @@ def test_embedded_default_profile_runs_a_small_loop(tmp_path):
     row = result.summary["rounds"]["1"]
     assert row["prompts"] == 4 and row["pairs"] + row["ties_dropped"] + row["identical_dropped"] == 4
     assert row["seed_agreement"] is not None
-    assert (out / "round-1" / "train" / "model" / "model.safetensors").is_file()
+    assert (out / round_name(1) / "train" / "model" / "model.safetensors").is_file()
 
 
 def test_llm_as_judge_baseline_runs_a_round_with_the_policy_as_judge(tiny_model_dir, loop_data, tmp_path):
@@ -199,12 +192,12 @@ def test_llm_as_judge_baseline_runs_a_round_with_the_policy_as_judge(tiny_model_
         "judge.seed_agreement=false",
     ]
     run(load_config(None, overrides))
-    verdicts = read_jsonl(out / "round-1" / "verdicts.jsonl")
+    verdicts = read_jsonl(out / round_name(1) / "verdicts.jsonl")
     assert len(verdicts) == 12
     for row in verdicts:  # both orders asked: the preference rows are complementary
         other = next(v for v in verdicts if v["prompt_index"] == row["prompt_index"] and v["sample"] != row["sample"])
         assert row["prefer"][other["sample"]] + other["prefer"][row["sample"]] == pytest.approx(1.0)
-    pairs = read_jsonl(out / "round-1" / "pairs.jsonl")
+    pairs = read_jsonl(out / round_name(1) / "pairs.jsonl")
     assert pairs and all(p["p"] >= 0.5 for p in pairs)
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / SUMMARY_FILE).read_text())
     assert summary["rounds"]["1"]["judge_kind"] == "llm" and summary["rounds"]["1"]["seed_agreement"] is None

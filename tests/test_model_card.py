@@ -7,6 +7,7 @@ from conftest import tiny_train_overrides
 from spreadpref.config import load_config
 from spreadpref.dpo.model_card import EMBEDDED_HUB_ID, model_card, record_adapter_base
 from spreadpref.dpo.train import train_policy
+from spreadpref.runtime.layout import round_name
 
 
 def test_a_trained_model_directory_has_a_card_with_base_data_settings_metrics_and_usage(
@@ -33,6 +34,6 @@ def test_the_embedded_model_is_named_by_its_hub_id(tmp_path):
 
 def test_a_round_card_states_the_epochs_and_learning_rate_the_round_trained_with():
     config = load_config(None, ["train.num_epochs=3", "train.learning_rate=5e-6"])
-    card = model_card(config, {"epochs": 1.0, "learning_rate": 2e-6}, "round-1", "runs/spa/seed/model")
+    card = model_card(config, {"epochs": 1.0, "learning_rate": 2e-6}, round_name(1), "runs/spa/seed/model")
     assert '"epochs": 1.0' in card and '"learning_rate": 2e-06' in card
     assert '"epochs": 3' not in card

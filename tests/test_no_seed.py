@@ -8,6 +8,7 @@ from test_loop import loop_overrides
 from spreadpref.config import load_config
 from spreadpref.errors import ConfigError, SpreadprefError
 from spreadpref.runtime.files import read_jsonl
+from spreadpref.runtime.layout import CONFIG_FILE, REPORT_FILE, SUMMARY_FILE, round_name, round_stage
 from spreadpref.runtime.manifest import Manifest
 from spreadpref.spa.loop import judge_reference_path, run
 from spreadpref.testing import make_tiny_model_dir, make_tiny_tokenizer
@@ -37,21 +38,21 @@ def test_a_no_seed_run_starts_from_the_model_judges_against_the_reference_and_re
     result = run(load_config(None, no_seed_overrides(tiny_model_dir, base_model_dir, prompts, out)))
     manifest = Manifest(out)
     assert manifest.stage("seed") is None and not (out / "seed").exists()  # data.train was never read
-    assert manifest.stage("round-1/train")["status"] == "complete"
-    judged = read_jsonl(out / "round-1" / "judged.jsonl")
+    assert manifest.stage(round_stage(1, "train"))["status"] == "complete"
+    judged = read_jsonl(out / round_name(1) / "judged.jsonl")
     # The implicit reward against the base: non-zero, because pi_0 (the model itself) is not its reference.
     assert any(abs(row["score"]) > 1e-6 for row in judged)
     assert all(row["reference_logps"] is not None for row in judged)
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / SUMMARY_FILE).read_text())
     assert summary["seed"] is None and summary["rounds"]["1"]["pairs"] > 0
-    assert (out / "report.md").is_file()
+    assert (out / REPORT_FILE).is_file()
     # Again: nothing to do; one more round: only round 2 runs.
     assert run(load_config(None, no_seed_overrides(tiny_model_dir, base_model_dir, prompts, out))).skipped
-    attempts = manifest.stage("round-1/train")["attempts"]
+    attempts = manifest.stage(round_stage(1, "train"))["attempts"]
     run(load_config(None, no_seed_overrides(tiny_model_dir, base_model_dir, prompts, out, rounds=2)))
     after = Manifest(out)
-    assert after.stage("round-1/train")["attempts"] == attempts
-    assert after.stage("round-2/train")["status"] == "complete" and result.final_model.is_dir()
+    assert after.stage(round_stage(1, "train"))["attempts"] == attempts
+    assert after.stage(round_stage(2, "train"))["status"] == "complete" and result.final_model.is_dir()
 
 
 def test_the_reference_by_path_is_used_in_every_round(tiny_model_dir, base_model_dir, tmp_path):
@@ -86,7 +87,7 @@ def test_a_reference_with_another_tokenizer_is_refused_before_any_work(tiny_mode
     out = tmp_path / "run"
     with pytest.raises(SpreadprefError, match="different tokenizer"):
         run(load_config(None, no_seed_overrides(tiny_model_dir, other, prompts, out)))
-    assert not (out / "round-1").exists() and not (out / "config.yaml").exists()
+    assert not (out / round_name(1)).exists() and not (out / CONFIG_FILE).exists()
 
 
 def test_a_missing_reference_directory_is_named(tiny_model_dir, loop_data, tmp_path):

@@ -14,6 +14,7 @@ from spreadpref.dpo.reference import compute_reference
 from spreadpref.dpo.train import build_trainer, train_policy
 from spreadpref.models import loading
 from spreadpref.models.loading import load_model, load_tokenizer
+from spreadpref.runtime.layout import LOG_HISTORY_FILE, round_name
 
 # The precision setups the shipped configs offer: weights dtype x autocast.
 SETUPS = [("float32", "no"), ("float32", "bf16"), ("bfloat16", "no"), ("bfloat16", "bf16")]
@@ -86,7 +87,7 @@ def test_bfloat16_weights_train_as_float32_masters_and_save_as_bfloat16(tiny_mod
 def test_the_first_step_has_zero_margins_in_every_precision(tiny_model_dir, tmp_path, dtype, precision):
     config = config_for(tiny_model_dir, tmp_path, dtype, precision, "train.logging_steps=1")
     train_policy(config)
-    first = json.loads((tmp_path / "run" / "log_history.json").read_text())[0]
+    first = json.loads((tmp_path / "run" / LOG_HISTORY_FILE).read_text())[0]
     # The reference log-probs ran under the training forward's autocast: the reference is the policy.
     assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
     assert first["rewards/chosen"] == pytest.approx(0.0, abs=1e-6)
@@ -109,5 +110,5 @@ def test_a_rounds_reference_equals_its_policy_under_bf16(tiny_model_dir, loop_da
         "train.logging_steps=1",
     ]
     run(load_config(None, overrides))
-    first = json.loads((out / "round-1" / "train" / "log_history.json").read_text())[0]
+    first = json.loads((out / round_name(1) / "train" / LOG_HISTORY_FILE).read_text())[0]
     assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-6)

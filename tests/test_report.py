@@ -8,6 +8,7 @@ from spreadpref.eval.report import write_report
 from spreadpref.judges.base import Comparison
 from spreadpref.judges.reward_model import RewardModelJudge
 from spreadpref.runtime.files import read_jsonl
+from spreadpref.runtime.layout import LOG_HISTORY_FILE, REFINEMENT_FILE, REPORT_FILE, SUMMARY_FILE, round_name
 from spreadpref.spa.loop import run
 from spreadpref.testing import make_tiny_reward_model_dir
 
@@ -36,23 +37,23 @@ def test_loop_with_an_external_judge_labels_pairs_by_it_and_ends_with_a_report(t
     run(load_config(None, overrides))
     # Round 1's pairs: chosen/rejected and p are the reward model's, the reference log-probs pi_0's.
     judge = RewardModelJudge(str(rm), torch.device("cpu"))
-    generations = read_jsonl(out / "round-1" / "generations.jsonl")
-    for pair in read_jsonl(out / "round-1" / "pairs.jsonl"):
+    generations = read_jsonl(out / round_name(1) / "generations.jsonl")
+    for pair in read_jsonl(out / round_name(1) / "pairs.jsonl"):
         group = [g for g in generations if g["prompt_id"] == pair["prompt_id"]]
         prompt = group[0]["prompt"]
         scores = judge.judge([Comparison(prompt, [pair["chosen"], pair["rejected"]])])[0].scores
         assert scores[0] > scores[1]
         assert pair["p"] == pytest.approx(1 / (1 + pytest.importorskip("math").exp(scores[1] - scores[0])), abs=1e-4)
         assert pair["margin"] == pytest.approx(scores[0] - scores[1], abs=1e-4)
-    judged = read_jsonl(out / "round-1" / "judged.jsonl")
+    judged = read_jsonl(out / round_name(1) / "judged.jsonl")
     assert all("policy_logps" in row and "prefer" in row for row in judged)
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / SUMMARY_FILE).read_text())
     assert summary["rounds"]["1"]["judge_kind"] == "reward_model"
     assert summary["rounds"]["1"]["seed_agreement"] is not None  # pi_0's implicit reward on the seed pairs
     # Evaluated after the run: every model, and the report plots the win rates.
     results = json.loads((out / "eval" / "eval.json").read_text())
-    assert set(results["models"]) == {"sft", "seed", "round-1", "round-2"}
-    report = (out / "report.md").read_text()
+    assert set(results["models"]) == {"sft", "seed", round_name(1), round_name(2)}
+    report = (out / REPORT_FILE).read_text()
     for name in ("training.png", "margins.png", "label_quality.png", "reply_length.png", "win_rate.png"):
         assert f"(plots/{name})" in report
         assert (out / "plots" / name).read_bytes().startswith(PNG)
@@ -62,8 +63,8 @@ def test_loop_with_an_external_judge_labels_pairs_by_it_and_ends_with_a_report(t
 
 def test_report_plots_refinement_from_the_training_logs(tmp_path):
     run_dir = tmp_path / "run"
-    (run_dir / "round-1" / "train").mkdir(parents=True)
-    (run_dir / "summary.json").write_text(
+    (run_dir / round_name(1) / "train").mkdir(parents=True)
+    (run_dir / SUMMARY_FILE).write_text(
         json.dumps(
             {
                 "seed": {"pairs": 8, "train_loss": 0.5, "reward_accuracy": 1.0, "seconds": 3.0},
@@ -80,8 +81,10 @@ def test_report_plots_refinement_from_the_training_logs(tmp_path):
             }
         )
     )
-    (run_dir / "round-1" / "pairs.jsonl").write_text("".join(json.dumps({"margin": m}) + "\n" for m in (0.1, 0.5, 2.0)))
-    (run_dir / "round-1" / "train" / "log_history.json").write_text(
+    (run_dir / round_name(1) / "pairs.jsonl").write_text(
+        "".join(json.dumps({"margin": m}) + "\n" for m in (0.1, 0.5, 2.0))
+    )
+    (run_dir / round_name(1) / "train" / LOG_HISTORY_FILE).write_text(
         json.dumps(
             [
                 {"step": 1, "loss": 0.69, "refine/smoothed_fraction": 0.0, "refine/threshold": 0.0},
@@ -98,7 +101,7 @@ def test_report_plots_refinement_from_the_training_logs(tmp_path):
 
 
 def test_report_of_an_empty_run_still_writes_the_table(tmp_path):
-    (tmp_path / "summary.json").write_text(json.dumps({"rounds": {}}))
+    (tmp_path / SUMMARY_FILE).write_text(json.dumps({"rounds": {}}))
     assert "## Per round" in write_report(tmp_path).read_text()
 
 
@@ -132,8 +135,10 @@ def test_a_gold_judge_measures_the_self_labels_without_changing_training(tiny_mo
     run(load_config(None, loop_overrides(tiny_model_dir, seed, prompts, tmp_path / "plain")))
     out = tmp_path / "gold"
     # Measured, never trained on: the second round's pairs are the same with and without the gold judge.
-    assert read_jsonl(out / "round-2" / "pairs.jsonl") == read_jsonl(tmp_path / "plain" / "round-2" / "pairs.jsonl")
-    summary = json.loads((out / "summary.json").read_text())
+    assert read_jsonl(out / round_name(2) / "pairs.jsonl") == read_jsonl(
+        tmp_path / "plain" / round_name(2) / "pairs.jsonl"
+    )
+    summary = json.loads((out / SUMMARY_FILE).read_text())
     assert summary["seed"]["pairs"] == 16 and summary["seed"]["held_out"] == 8  # 20% of 24, at least 8
     for key in ("1", "2"):
         row = summary["rounds"][key]
@@ -141,19 +146,19 @@ def test_a_gold_judge_measures_the_self_labels_without_changing_training(tiny_mo
         low, high = row["held_out_agreement_ci"]
         assert low <= row["held_out_agreement"] <= high
         labels = row["gold_labels"]
-        verdicts = read_jsonl(out / f"round-{key}" / "gold.jsonl")
+        verdicts = read_jsonl(out / round_name(key) / "gold.jsonl")
         assert len(verdicts) == row["pairs"] == labels["n"] + labels["gold_ties"]
         assert labels["rate"] == pytest.approx(sum(v["p"] > 0.5 for v in verdicts) / labels["n"])
         assert sum(b["n"] for b in labels["by_margin_decile"]) == labels["n"]
         quality = row["refinement_quality"]
         assert quality["driving"] == "dnd" and {"plain", "dnd"} <= set(quality)
         assert quality["dnd"]["smoothed"] == sum(
-            d["smoothed"] for d in read_jsonl(out / f"round-{key}" / "train" / "refinement.jsonl")
+            d["smoothed"] for d in read_jsonl(out / round_name(key) / "train" / REFINEMENT_FILE)
         )
-    assert "gold_labels" not in json.loads((tmp_path / "plain" / "summary.json").read_text())["rounds"]["1"] or (
-        json.loads((tmp_path / "plain" / "summary.json").read_text())["rounds"]["1"]["gold_labels"] is None
+    assert "gold_labels" not in json.loads((tmp_path / "plain" / SUMMARY_FILE).read_text())["rounds"]["1"] or (
+        json.loads((tmp_path / "plain" / SUMMARY_FILE).read_text())["rounds"]["1"]["gold_labels"] is None
     )
-    report = (out / "report.md").read_text()
+    report = (out / REPORT_FILE).read_text()
     assert "held-out agree (95% CI)" in report and "self-label acc (gold, 95% CI)" in report
     for name in ("label_quality.png", "noise_detection.png", "accuracy_by_margin.png"):
         assert f"(plots/{name})" in report and (out / "plots" / name).read_bytes().startswith(PNG)
@@ -182,18 +187,18 @@ def test_a_train_directory_gets_a_report_with_training_and_held_out_curves(tiny_
     ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    report = (out / "report.md").read_text()  # written at the end of `spreadpref train`
+    report = (out / REPORT_FILE).read_text()  # written at the end of `spreadpref train`
     assert "| held-out pairs | 4 |" in report and "(plots/training.png)" in report and "## Warnings" in report
     assert (out / "plots" / "training.png").read_bytes().startswith(PNG)
-    (out / "report.md").unlink()
+    (out / REPORT_FILE).unlink()
     again = CliRunner().invoke(app, ["report", str(out)])
-    assert again.exit_code == 0 and (out / "report.md").is_file()
+    assert again.exit_code == 0 and (out / REPORT_FILE).is_file()
 
 
 def test_warnings_name_cut_off_replies_inactive_smoothing_and_falling_held_out_accuracy(tmp_path):
     from spreadpref.eval.report import training_warnings
 
-    history = tmp_path / "log_history.json"
+    history = tmp_path / LOG_HISTORY_FILE
     history.write_text(
         json.dumps([{"step": s, "eval/rewards/accuracies": a} for s, a in [(1, 0.5), (2, 0.8), (3, 0.6)]])
     )

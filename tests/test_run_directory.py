@@ -6,6 +6,7 @@ import shutil
 from test_loop import loop_overrides
 
 from spreadpref.config import load_config
+from spreadpref.runtime.layout import SUMMARY_FILE, round_name, round_stage
 from spreadpref.runtime.manifest import Manifest
 from spreadpref.spa.loop import run
 
@@ -23,10 +24,10 @@ def test_a_copied_run_continues_from_its_own_files(tiny_model_dir, loop_data, tm
     shutil.copytree(original, copy)
     shutil.rmtree(original)  # had the copy used the original's files, this would break it
     result = run(load_config(None, one_round(tiny_model_dir, seed_file, prompts, copy, "loop.rounds=2")))
-    assert result.final_model == copy / "round-2" / "train" / "model"
+    assert result.final_model == copy / round_name(2) / "train" / "model"
     manifest = Manifest(copy)
-    assert manifest.output("round-1/train", "model") == copy / "round-1" / "train" / "model"
-    assert str(original) not in (copy / "summary.json").read_text()
+    assert manifest.output(round_stage(1, "train"), "model") == copy / round_name(1) / "train" / "model"
+    assert str(original) not in (copy / SUMMARY_FILE).read_text()
 
 
 def test_a_manifest_with_absolute_paths_from_another_place_is_rebased_and_says_so(
@@ -45,7 +46,7 @@ def test_a_manifest_with_absolute_paths_from_another_place_is_rebased_and_says_s
     original.rename(moved)
     capsys.readouterr()
     result = run(load_config(None, one_round(tiny_model_dir, seed_file, prompts, moved, "loop.rounds=1")))
-    assert result.skipped and result.final_model == moved / "round-1" / "train" / "model"
+    assert result.skipped and result.final_model == moved / round_name(1) / "train" / "model"
     assert f"was copied or moved from {original}" in " ".join(capsys.readouterr().err.split())
 
 
@@ -73,7 +74,7 @@ def test_a_hand_edited_pairs_file_is_refused_then_written_again_under_force(tiny
     seed_file, prompts = loop_data
     out = tmp_path / "run"
     run(load_config(None, one_round(tiny_model_dir, seed_file, prompts, out, "loop.rounds=1")))
-    pairs = out / "round-1" / "pairs.jsonl"
+    pairs = out / round_name(1) / "pairs.jsonl"
     original = pairs.read_bytes()
     lines = original.decode().splitlines(keepends=True)
     pairs.write_text("".join(lines[1:]))  # a pair removed by hand
@@ -82,8 +83,8 @@ def test_a_hand_edited_pairs_file_is_refused_then_written_again_under_force(tiny
         run(load_config(None, two_rounds))
     run(load_config(None, two_rounds), force=True)
     assert pairs.read_bytes() == original  # seeded: written again as it first was
-    assert (out / "round-1" / "pairs.jsonl.edited").read_text() == "".join(lines[1:])
-    assert Manifest(out).stage("round-2/train")["status"] == "complete"
+    assert (out / round_name(1) / "pairs.jsonl.edited").read_text() == "".join(lines[1:])
+    assert Manifest(out).stage(round_stage(2, "train"))["status"] == "complete"
 
 
 def test_replaced_weights_of_a_finished_stage_are_refused_then_trained_again_under_force(

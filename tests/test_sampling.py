@@ -8,6 +8,7 @@ from spreadpref.config import load_config
 from spreadpref.data.records import PromptRecord
 from spreadpref.models.loading import load_tokenizer
 from spreadpref.models.sampling import generate_samples, generation_batch_size, kv_bytes_per_token
+from spreadpref.runtime.layout import round_stage
 from spreadpref.spa.loop import stage_fingerprints
 
 
@@ -59,7 +60,7 @@ def test_auto_draws_the_same_samples_every_time_and_what_fixed_batches_of_that_s
 
 def test_the_memory_budget_shapes_the_generate_fingerprint_only_under_auto(tiny_model_dir):
     def generate_print(*extra):
-        return stage_fingerprints(settings(tiny_model_dir, *extra), [4])["round-1/generate"]
+        return stage_fingerprints(settings(tiny_model_dir, *extra), [4])[round_stage(1, "generate")]
 
     assert generate_print("generation.batch_memory_gb=1") == generate_print("generation.batch_memory_gb=3")
     auto = "generation.batch_size=auto"

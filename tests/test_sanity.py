@@ -6,6 +6,7 @@ from spreadpref.config import load_config
 from spreadpref.data.records import PreferenceRecord
 from spreadpref.data.sanity import describe, sanity_counts
 from spreadpref.dpo.train import train_policy
+from spreadpref.runtime.layout import MANIFEST_FILE
 
 PROMPT = [{"role": "user", "content": "Explain what a binary search does."}]
 
@@ -53,7 +54,7 @@ def test_warnings_reach_the_manifest_and_wrong_given_reference_log_probs_are_fla
         ],
     )
     train_policy(config)
-    stage = json.loads((out / "manifest.json").read_text())["stages"]["train"]
+    stage = json.loads((out / MANIFEST_FILE).read_text())["stages"]["train"]
     assert stage["data"]["warnings"]["chosen_equals_rejected"] == 1
     mismatch = stage["reference"]["given_reference_mismatch"]
     assert mismatch["warned"] and mismatch["pairs_checked"] == 8 and mismatch["median_nats"] > 1

@@ -15,6 +15,7 @@ from spreadpref.dpo.train import train_policy
 from spreadpref.errors import SpreadprefError, TrainingError
 from spreadpref.eval.labels import replay_smoothing
 from spreadpref.runtime.files import read_jsonl
+from spreadpref.runtime.layout import CONFIG_FILE, LOG_HISTORY_FILE, REFINEMENT_FILE
 from spreadpref.runtime.manifest import Manifest
 
 
@@ -56,7 +57,7 @@ def interrupted_at_training_step(monkeypatch, step: int):
 
 
 def train_logs(out):
-    return [row for row in json.loads((out / "log_history.json").read_text()) if "loss" in row]
+    return [row for row in json.loads((out / LOG_HISTORY_FILE).read_text()) if "loss" in row]
 
 
 def test_end_to_end_loss_falls_accuracy_rises_and_checkpoint_reloads(tiny_model_dir, pairs_file, tmp_path):
@@ -83,7 +84,7 @@ def test_end_to_end_loss_falls_accuracy_rises_and_checkpoint_reloads(tiny_model_
         assert torch.equal(reloaded(ids).logits, trained(ids).logits)
     manifest = Manifest(out).stage("train")
     assert manifest["status"] == "complete" and manifest["data"]["pairs"] == 16
-    assert (out / "config.yaml").is_file()
+    assert (out / CONFIG_FILE).is_file()
 
 
 def test_finished_stage_is_not_redone_and_changed_config_is_refused(tiny_model_dir, pairs_file, tmp_path):
@@ -145,7 +146,7 @@ def test_interrupted_training_resumes_from_its_checkpoint(tiny_model_dir, pairs_
     stage = Manifest(out).stage("train")
     assert stage["status"] == "complete" and stage["attempts"] == 2
     assert result.metrics["global_steps"] == 4
-    steps = [row["step"] for row in json.loads((out / "log_history.json").read_text()) if "loss" in row]
+    steps = [row["step"] for row in json.loads((out / LOG_HISTORY_FILE).read_text()) if "loss" in row]
     assert steps[-1] == 4
 
 
@@ -301,7 +302,7 @@ def test_round_training_with_self_refinement(tiny_model_dir, tmp_path, mode):
     outputs, metrics = train_on_pairs(
         config, tokenizer, pairs, tmp_path / "run", num_epochs=1, refinement=refinement, merge_lora=True
     )
-    logs = [row for row in json.loads((tmp_path / "run" / "log_history.json").read_text()) if "loss" in row]
+    logs = [row for row in json.loads((tmp_path / "run" / LOG_HISTORY_FILE).read_text()) if "loss" in row]
     # 8 steps, warm-up 25%: no smoothing in the first two, at least one pair of two in every later step.
     assert [row["refine/smoothed_fraction"] for row in logs[:2]] == [0.0, 0.0]
     assert all(row["refine/smoothed_fraction"] >= 0.5 for row in logs[2:])
@@ -351,7 +352,7 @@ def test_resumed_refinement_round_smooths_as_an_uninterrupted_one(tiny_model_dir
         return train_on_pairs(config, tokenizer, copy.deepcopy(pairs), out, num_epochs=1, refinement=refinement)[1]
 
     def thresholds(out):
-        rows = json.loads((out / "log_history.json").read_text())
+        rows = json.loads((out / LOG_HISTORY_FILE).read_text())
         return [(row["step"], row["refine/threshold"]) for row in rows if "refine/threshold" in row]
 
     clean = train(tmp_path / "clean")
@@ -363,7 +364,7 @@ def test_resumed_refinement_round_smooths_as_an_uninterrupted_one(tiny_model_dir
     assert thresholds(tmp_path / "resumed") == thresholds(tmp_path / "clean")  # as logged (6 decimals)
     assert resumed["smoothed_fraction"] == clean["smoothed_fraction"]
     # The per-pair decisions travel in the checkpoint too: the resumed round records every pair once.
-    records = [read_jsonl(d / "refinement.jsonl") for d in (tmp_path / "resumed", tmp_path / "clean")]
+    records = [read_jsonl(d / REFINEMENT_FILE) for d in (tmp_path / "resumed", tmp_path / "clean")]
     assert [(r["id"], r["smoothed"]) for r in records[0]] == [(r["id"], r["smoothed"]) for r in records[1]]
     final, final_clean = (
         AutoModelForCausalLM.from_pretrained(d / "model").state_dict()

@@ -15,6 +15,7 @@ import typer
 from rich.markup import escape
 
 from spreadpref.errors import SpreadprefError
+from spreadpref.runtime.layout import CONFIG_FILE, EVAL_DIRECTORY
 from spreadpref.runtime.progress import console, error_console, progress_enabled
 from spreadpref.runtime.progress import verbose as verbose_requested
 from spreadpref.runtime.secrets import redact
@@ -339,9 +340,9 @@ def evaluate(
         from spreadpref.eval.evaluate import evaluate as run_eval
 
         first = Path(targets[0])
-        run_config = first / "config.yaml"
+        run_config = first / CONFIG_FILE
         cfg = _load(config or (run_config if run_config.is_file() else None), overrides)
-        destination = out or (first / "eval" if run_config.is_file() else Path("eval"))
+        destination = out or (first / EVAL_DIRECTORY if run_config.is_file() else Path(EVAL_DIRECTORY))
         run_eval(cfg, targets, destination, force=force)
         console.print(
             f"Results: {destination / 'eval.md'}; AlpacaEval outputs in {destination / 'alpaca_eval'}, "

@@ -33,10 +33,12 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from spreadpref.config import Config, load_config
+from spreadpref.data.artifacts import Pair
 from spreadpref.data.tokenize import render_prompt_ids
 from spreadpref.dpo.logprobs import score_sequences
 from spreadpref.judges.base import Comparison, ExactScoreJudge
 from spreadpref.runtime.files import atomic_write_json, write_jsonl
+from spreadpref.runtime.layout import MODEL_DIRECTORY, round_directory, round_training_directory
 from spreadpref.spa.summary import label_measurements
 from spreadpref.testing import CHATML_TEMPLATE
 
@@ -677,7 +679,7 @@ def run_seed(
             [dict(evaluate(sw.init if name == "no_seed" else seed_model, name), round=0)] if name == "no_seed" else []
         )
         for i in range(1, len(world.prompts_per_round) + 1):
-            model_dir = sw.directory / name / f"round-{i}" / "train" / "model"
+            model_dir = round_training_directory(sw.directory / name, i) / MODEL_DIRECTORY
             rows.append(dict(evaluate(model_dir, name), round=i, **label_measurements(summary["rounds"][str(i)])))
         results["variants"][name] = rows
     results["seconds"] = round(time.perf_counter() - started + sw.info["seconds"], 1)
@@ -701,7 +703,7 @@ def add_length_skew(result: dict[str, Any], seed_directory: Path) -> dict[str, A
     for name, rows in result["variants"].items():
         for row in rows:
             if row["round"] > 0:
-                share = chosen_shorter(seed_directory / name / f"round-{row['round']}" / "pairs.jsonl")
+                share = chosen_shorter(round_directory(seed_directory / name, row["round"]) / Pair.FILE)
                 row["chosen_shorter"] = share
                 # Direction-free: 0 when length does not predict the label, 1 when it always does.
                 row["length_skew"] = None if share is None else abs(2 * share - 1)

@@ -17,6 +17,7 @@ import pytest
 from harness import overrides, write_loop_data
 
 from spreadpref.runtime.files import read_jsonl
+from spreadpref.runtime.layout import LOG_HISTORY_FILE, MANIFEST_FILE, round_name
 
 CPU_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "accelerate" / "cpu-2proc.yaml"
 
@@ -139,14 +140,14 @@ def test_loop_on_two_processes_matches_gradient_accumulation(tiny_model_dir, dat
     args = overrides(tiny_model_dir, seed, prompts, two) + ["train.save_strategy=no"]
     result = run_launch(["run", *args], port=29612)
     assert result.returncode == 0, result.stderr[-3000:]
-    manifest = json.loads((two / "manifest.json").read_text())["stages"]
+    manifest = json.loads((two / MANIFEST_FILE).read_text())["stages"]
     assert all(entry["status"] == "complete" for entry in manifest.values()) and len(manifest) == 7
     for i in (1, 2):
-        generations = read_jsonl(two / f"round-{i}" / "generations.jsonl")
+        generations = read_jsonl(two / round_name(i) / "generations.jsonl")
         keys = [(g["prompt_index"], g["sample"]) for g in generations]
         assert keys == sorted(keys) and len(set(keys)) == len(keys) == 12
         assert {g["prompt_id"] for g in generations} == {
-            p["id"] for p in read_jsonl(two / f"round-{i}" / "prompts.jsonl")
+            p["id"] for p in read_jsonl(two / round_name(i) / "prompts.jsonl")
         }
     # Data-parallel seed training on 2 processes = 1 process with twice the accumulation.
     one = tmp_path / "one"
@@ -159,7 +160,7 @@ def test_loop_on_two_processes_matches_gradient_accumulation(tiny_model_dir, dat
     assert result.returncode == 0, result.stderr[-3000:]
 
     def curve(run_dir):
-        history = json.loads((run_dir / "seed" / "log_history.json").read_text())
+        history = json.loads((run_dir / "seed" / LOG_HISTORY_FILE).read_text())
         return [(e["loss"], e["rewards/margins"]) for e in history if "loss" in e]
 
     assert len(curve(two)) == len(curve(one)) >= 2
@@ -180,7 +181,7 @@ def test_kill_during_a_sharded_stage_and_resume(tiny_model_dir, data, tmp_path):
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
-    parts = killed / "round-1" / ".generations.jsonl.parts"
+    parts = killed / round_name(1) / ".generations.jsonl.parts"
     deadline = time.time() + 180
     while (
         time.time() < deadline and process.poll() is None and not (parts.is_dir() and len(list(parts.iterdir())) >= 2)
@@ -190,12 +191,12 @@ def test_kill_during_a_sharded_stage_and_resume(tiny_model_dir, data, tmp_path):
     kill_launch(process)  # the launcher and both workers
     time.sleep(1)  # the workers' last writes land before the resume starts
 
-    assert not (killed / "round-1" / "generations.jsonl").exists()
+    assert not (killed / round_name(1) / "generations.jsonl").exists()
     result = run_launch(["run", *overrides(tiny_model_dir, seed, prompts, killed)], port=29615)
     assert result.returncode == 0, result.stderr[-3000:]
     for i in (1, 2):
         for name in ("generations.jsonl", "pairs.jsonl"):
-            a, b = read_jsonl(clean / f"round-{i}" / name), read_jsonl(killed / f"round-{i}" / name)
+            a, b = read_jsonl(clean / round_name(i) / name), read_jsonl(killed / round_name(i) / name)
             if name == "pairs.jsonl":
                 a = [(p["id"], p["chosen_ids"], p["rejected_ids"], p["label"]) for p in a]
                 b = [(p["id"], p["chosen_ids"], p["rejected_ids"], p["label"]) for p in b]

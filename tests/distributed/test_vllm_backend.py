@@ -16,6 +16,7 @@ from spreadpref.data.tokenize import render_prompt_ids
 from spreadpref.errors import SpreadprefError
 from spreadpref.models.vllm_backend import check_prompt_unchanged, normalise_reply, prompt_seeds, root_cause
 from spreadpref.runtime.files import read_jsonl
+from spreadpref.runtime.layout import SUMMARY_FILE, round_name, round_stage
 from spreadpref.testing import make_tiny_tokenizer
 
 FAKE = Path(__file__).parent / "fake_vllm"
@@ -187,7 +188,7 @@ def test_the_loop_runs_on_the_vllm_backend(tiny_model_dir, fake_vllm, tmp_path):
     out = tmp_path / "run"
     run(load_config(None, overrides(tiny_model_dir, seed, prompts, out) + ["generation.backend=vllm", "loop.rounds=1"]))
     assert json.loads(fake_vllm.read_text())["model"] == str(out / "seed" / "model")
-    assert read_jsonl(out / "round-1" / "pairs.jsonl")
+    assert read_jsonl(out / round_name(1) / "pairs.jsonl")
 
 
 def test_auto_chooses_vllm_for_large_rounds_when_it_is_installed(monkeypatch):
@@ -224,6 +225,6 @@ def test_the_loop_says_which_backend_auto_chose_and_keeps_it(tiny_model_dir, fak
     finally:
         sys.path.remove(str(FAKE))
         sys.modules.pop("vllm", None)
-    entry = Manifest(out).stage("round-1/generate")
+    entry = Manifest(out).stage(round_stage(1, "generate"))
     assert entry["backend"] == "vllm" and "auto: vLLM is installed" in entry["backend_reason"]
-    assert json.loads((out / "summary.json").read_text())["rounds"]["1"]["generate_backend"] == "vllm"
+    assert json.loads((out / SUMMARY_FILE).read_text())["rounds"]["1"]["generate_backend"] == "vllm"

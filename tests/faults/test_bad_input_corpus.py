@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from spreadpref.cli import app
 from spreadpref.data.loading import load_preferences
+from spreadpref.runtime.layout import SUMMARY_FILE
 from spreadpref.testing import make_tiny_model_dir
 
 runner = CliRunner()
@@ -376,11 +377,11 @@ def test_lora_target_modules_the_model_lacks_are_named_with_the_ones_it_has(tiny
 def test_a_damaged_summary_is_named_with_what_to_do(tmp_path, damage):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / "summary.json").write_text(damage)
+    (run_dir / SUMMARY_FILE).write_text(damage)
     result = runner.invoke(app, ["report", str(run_dir)])
     message = " ".join(result.output.split())
     assert result.exit_code == 2 and "unexpected" not in message, message
-    assert str(run_dir / "summary.json") in message and "is damaged" in message and "Restore it" in message
+    assert str(run_dir / SUMMARY_FILE) in message and "is damaged" in message and "Restore it" in message
 
 
 @pytest.mark.parametrize("suffix", ["jsonl", "csv"])

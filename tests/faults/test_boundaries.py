@@ -17,6 +17,7 @@ from spreadpref.cli import app
 from spreadpref.config import load_config
 from spreadpref.errors import ConfigError
 from spreadpref.runtime.files import atomic_write_text, remove_stale_temporaries
+from spreadpref.runtime.layout import CONFIG_FILE, MANIFEST_FILE, round_name
 from spreadpref.runtime.lock import LOCK_FILE, DirectoryBusyError, directory_lock
 
 runner = CliRunner()
@@ -202,19 +203,19 @@ def test_two_train_processes_on_one_directory_one_refused_the_other_as_a_lone_ru
 def test_train_into_a_run_directory_and_the_reverse_are_refused(tiny_model_dir, pairs_file, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / "manifest.json").write_text(json.dumps({"stages": {"seed": {"status": "complete"}}}))
-    (run_dir / "config.yaml").write_text("seed: 1\n")
+    (run_dir / MANIFEST_FILE).write_text(json.dumps({"stages": {"seed": {"status": "complete"}}}))
+    (run_dir / CONFIG_FILE).write_text("seed: 1\n")
     result = runner.invoke(app, train_args(tiny_model_dir, pairs_file, run_dir))
     assert_message(result, 2, "is a `spreadpref run` directory")
-    assert (run_dir / "config.yaml").read_text() == "seed: 1\n"  # not overwritten
+    assert (run_dir / CONFIG_FILE).read_text() == "seed: 1\n"  # not overwritten
     train_dir = tmp_path / "trained"
     assert runner.invoke(app, train_args(tiny_model_dir, pairs_file, train_dir)).exit_code == 0
-    before = (train_dir / "config.yaml").read_text()
+    before = (train_dir / CONFIG_FILE).read_text()
     result = runner.invoke(
         app, ["run", f"model.name_or_path={tiny_model_dir}", f"data.train={pairs_file}", "--output", str(train_dir)]
     )
     assert_message(result, 2, "holds a `spreadpref train` result")
-    assert (train_dir / "config.yaml").read_text() == before
+    assert (train_dir / CONFIG_FILE).read_text() == before
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,16 +279,16 @@ def test_a_run_killed_before_its_manifest_is_not_taken_for_foreign_files(tmp_pat
 
     out = tmp_path / "run"
     out.mkdir()
-    load_config(None, [f"output_dir={out}"]).save(out / "config.yaml")  # what a run writes before its manifest
+    load_config(None, [f"output_dir={out}"]).save(out / CONFIG_FILE)  # what a run writes before its manifest
     (out / ".spreadpref.lock").write_text("{}")
     (out / ".summary.json.spreadpref-x1.tmp").write_text("")
     check_output_directory(out, allow_existing=False)  # all spreadpref's: no error
-    (out / "config.yaml").write_text("my: own\n")  # a user's config.yaml is theirs
+    (out / CONFIG_FILE).write_text("my: own\n")  # a user's config.yaml is theirs
     with pytest.raises(ForeignFilesError, match="config.yaml"):
         check_output_directory(out, allow_existing=False)
 
 
-@pytest.mark.parametrize("name", ["summary.json", "report.md", "round-3", "model"])
+@pytest.mark.parametrize("name", ["summary.json", "report.md", round_name(3), "model"])
 def test_allowed_existing_files_are_never_overwritten_a_clashing_name_is_refused(
     tiny_model_dir, pairs_file, tmp_path, name
 ):

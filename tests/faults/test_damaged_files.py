@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 from spreadpref.dpo.checkpoints import FILE_LIST, checkpoint_damage, last_checkpoint
 from spreadpref.dpo.reference import read_cache_entry
 from spreadpref.runtime.fingerprint import file_digest
+from spreadpref.runtime.layout import MANIFEST_FILE, round_name, round_stage
 
 
 def make_checkpoint(root, step, files, sizes_only=False):
@@ -131,16 +132,19 @@ def test_a_damaged_file_of_a_finished_stage_is_rebuilt_the_same(tiny_model_dir, 
     out = tmp_path / "run"
     base = loop_overrides(tiny_model_dir, seed, prompts, out)
     run(load_config(None, [*base, "loop.rounds=1", "loop.prompts_per_round=[8]"]))
-    generations = out / "round-1" / "generations.jsonl"
+    generations = out / round_name(1) / "generations.jsonl"
     original = generations.read_text()
-    judged_before = (out / "round-1" / "judged.jsonl").read_text()
+    judged_before = (out / round_name(1) / "judged.jsonl").read_text()
     generations.write_text(original[: len(original) // 2])  # cut mid-line, as a disk fault would
     run(load_config(None, [*base, "loop.rounds=2", "loop.prompts_per_round=[8,8]"]))
     assert generations.read_text() == original  # seeded: the same samples again
-    assert (out / "round-1" / "generations.jsonl.damaged").is_file()  # the damaged copy kept for a look
-    assert (out / "round-1" / "judged.jsonl").read_text() == judged_before  # finished stages after it kept
+    assert (out / round_name(1) / "generations.jsonl.damaged").is_file()  # the damaged copy kept for a look
+    assert (out / round_name(1) / "judged.jsonl").read_text() == judged_before  # finished stages after it kept
     manifest = Manifest(out)
-    assert manifest.stage("round-1/judge")["attempts"] == 1 and manifest.stage("round-2/train")["status"] == "complete"
+    assert (
+        manifest.stage(round_stage(1, "judge"))["attempts"] == 1
+        and manifest.stage(round_stage(2, "train"))["status"] == "complete"
+    )
 
 
 @pytest.mark.parametrize("text", ["{", "[]", '{"stages": 3}', "\xff\xfe"])
@@ -151,9 +155,9 @@ def test_a_damaged_manifest_names_itself_and_how_to_recover(tmp_path, text):
 
     out = tmp_path / "run"
     out.mkdir()
-    (out / "manifest.json").write_text(text, encoding="latin-1")
+    (out / MANIFEST_FILE).write_text(text, encoding="latin-1")
     result = CliRunner().invoke(app, ["run", "--output", str(out), "model.name_or_path=/nonexistent"])
     message = " ".join(result.output.split())
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "manifest.json is damaged" in message and "allow_existing_files=true" in message
-    assert (out / "manifest.json").read_text(encoding="latin-1") == text  # left as it was, for the user to look at
+    assert (out / MANIFEST_FILE).read_text(encoding="latin-1") == text  # left as it was, for the user to look at

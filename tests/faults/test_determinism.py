@@ -3,6 +3,7 @@
 from harness import assert_same_artifacts, overrides, write_loop_data
 
 from spreadpref.config import load_config
+from spreadpref.runtime.layout import round_name
 from spreadpref.spa.loop import run
 
 
@@ -16,4 +17,6 @@ def test_two_runs_with_the_same_seed_are_identical(tiny_model_dir, tmp_path):
     run(load_config(None, overrides(tiny_model_dir, seed, prompts, third) + ["seed=7"]))
     from spreadpref.runtime.files import read_jsonl
 
-    assert read_jsonl(third / "round-1" / "generations.jsonl") != read_jsonl(first / "round-1" / "generations.jsonl")
+    assert read_jsonl(third / round_name(1) / "generations.jsonl") != read_jsonl(
+        first / round_name(1) / "generations.jsonl"
+    )

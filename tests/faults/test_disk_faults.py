@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 import spreadpref.runtime.files as sp_io
 from spreadpref.cli import app
-from spreadpref.runtime.manifest import MANIFEST_NAME
+from spreadpref.runtime.layout import MANIFEST_FILE
 
 runner = CliRunner()
 
@@ -59,7 +59,7 @@ def test_disk_full_keeps_the_previous_state(reference, tiny_model_dir, tmp_path,
 def test_failed_manifest_write_leaves_the_old_manifest(reference, tmp_path, monkeypatch):
     out = tmp_path / "copy"
     out.mkdir()
-    (out / MANIFEST_NAME).write_text(json.dumps({"stages": {"seed": {"status": "running"}}}))
+    (out / MANIFEST_FILE).write_text(json.dumps({"stages": {"seed": {"status": "running"}}}))
     from spreadpref.runtime.manifest import Manifest
 
     manifest = Manifest(out)
@@ -71,7 +71,7 @@ def test_failed_manifest_write_leaves_the_old_manifest(reference, tmp_path, monk
     with pytest.raises(OSError):
         manifest.complete("seed")
     monkeypatch.undo()
-    assert json.loads((out / MANIFEST_NAME).read_text()) == {"stages": {"seed": {"status": "running"}}}
+    assert json.loads((out / MANIFEST_FILE).read_text()) == {"stages": {"seed": {"status": "running"}}}
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")], "the temporary file was not cleaned up"
 
 

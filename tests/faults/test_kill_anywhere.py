@@ -22,6 +22,8 @@ from harness import (
     write_loop_data,
 )
 
+from spreadpref.runtime.layout import MANIFEST_FILE, round_name, round_stage
+
 FULL_KILLS = 21  # three moments in each of the seven stages
 
 
@@ -38,7 +40,7 @@ def reference_run(tiny_model_dir, tmp_path_factory):
 
 def stage_running(out, stage: str) -> bool:
     try:
-        entry = json.loads((out / "manifest.json").read_text())["stages"].get(stage)
+        entry = json.loads((out / MANIFEST_FILE).read_text())["stages"].get(stage)
     except (FileNotFoundError, json.JSONDecodeError, KeyError):
         return False
     return bool(entry) and entry["status"] == "running"
@@ -71,7 +73,7 @@ def moments(count: int, seed: int) -> list[tuple[str, float]]:
 
 
 def test_kill_anywhere_reduced(reference_run, tiny_model_dir, tmp_path):
-    chosen = [("seed", 0.3), ("round-1/generate", 0.1), ("round-2/train", 0.2)]
+    chosen = [("seed", 0.3), (round_stage(1, "generate"), 0.1), (round_stage(2, "train"), 0.2)]
     landed = [
         kill_and_resume(reference_run, tiny_model_dir, tmp_path / f"kill-{i}", stage, delay)
         for i, (stage, delay) in enumerate(chosen)
@@ -99,7 +101,7 @@ def test_sigint_stops_cleanly_and_says_how_to_resume(reference_run, tiny_model_d
     process = subprocess.Popen(
         command(args), env=env(SPREADPREF_UNIT_DELAY="0.3"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    parts = out / "round-1" / ".generations.jsonl.parts"
+    parts = out / round_name(1) / ".generations.jsonl.parts"
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None and not (parts.is_dir() and any(parts.iterdir())):
         time.sleep(0.05)
@@ -109,7 +111,7 @@ def test_sigint_stops_cleanly_and_says_how_to_resume(reference_run, tiny_model_d
     message = " ".join((stdout + stderr).split())
     assert "Interrupted" in message and "run the same command again to resume" in message
     assert "Traceback" not in stderr
-    assert check_consistent(out) == "round-1/generate"
+    assert check_consistent(out) == round_stage(1, "generate")
     resumed = run_to_end(args)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_artifacts(reference_run["out"], out)

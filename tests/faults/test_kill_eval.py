@@ -11,6 +11,7 @@ import pytest
 from harness import env, overrides, run_to_end, write_loop_data
 
 from spreadpref.runtime.files import read_jsonl
+from spreadpref.runtime.layout import MANIFEST_FILE
 from spreadpref.testing import make_tiny_reward_model_dir
 
 
@@ -56,7 +57,7 @@ def kill_and_resume(evaluated, out, delay):
         stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 60
-    while process.poll() is None and time.time() < deadline and not (out / "manifest.json").exists():
+    while process.poll() is None and time.time() < deadline and not (out / MANIFEST_FILE).exists():
         time.sleep(0.01)
     time.sleep(delay)
     if process.poll() is None:

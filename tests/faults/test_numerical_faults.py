@@ -14,6 +14,7 @@ from spreadpref.cli import app
 from spreadpref.config import load_config
 from spreadpref.dpo.train import train_policy
 from spreadpref.errors import TrainingError
+from spreadpref.runtime.layout import MANIFEST_FILE
 
 runner = CliRunner()
 
@@ -54,7 +55,7 @@ def test_nan_loss_mid_training_keeps_the_last_good_checkpoint(tiny_model_dir, tm
     checkpoint = out / "checkpoints" / "checkpoint-2"
     weights = load_file(str(checkpoint / "model.safetensors"))
     assert all(torch.isfinite(t).all() for t in weights.values())
-    assert json.loads((out / "manifest.json").read_text())["stages"]["train"]["status"] == "running"
+    assert json.loads((out / MANIFEST_FILE).read_text())["stages"]["train"]["status"] == "running"
     monkeypatch.setattr(trainer_module, "soft_dpo_loss", real)
     result = train_policy(config)  # resumes from checkpoint-2 and finishes
     assert result.metrics["global_steps"] == 6

@@ -6,6 +6,7 @@ import stat
 import pytest
 
 from spreadpref.runtime.files import atomic_directory, atomic_write_json, atomic_write_text
+from spreadpref.runtime.layout import REPORT_FILE, SUMMARY_FILE
 
 
 @pytest.fixture
@@ -25,12 +26,12 @@ def mode(path) -> int:
 @pytest.mark.parametrize(("mask", "file_mode", "dir_mode"), [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
 def test_atomic_files_and_directories_honour_the_umask(umask, tmp_path, mask, file_mode, dir_mode):
     umask(mask)
-    atomic_write_text(tmp_path / "report.md", "# hi\n")
-    atomic_write_json(tmp_path / "summary.json", {"a": 1})
+    atomic_write_text(tmp_path / REPORT_FILE, "# hi\n")
+    atomic_write_json(tmp_path / SUMMARY_FILE, {"a": 1})
     with atomic_directory(tmp_path / "model") as tmp:
         (tmp / "config.json").write_text("{}")
-    assert mode(tmp_path / "report.md") == file_mode
-    assert mode(tmp_path / "summary.json") == file_mode
+    assert mode(tmp_path / REPORT_FILE) == file_mode
+    assert mode(tmp_path / SUMMARY_FILE) == file_mode
     assert mode(tmp_path / "model") == dir_mode
     assert mode(tmp_path / "model" / "config.json") == file_mode
 

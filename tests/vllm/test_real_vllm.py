@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from spreadpref.cli import app
 from spreadpref.data.artifacts import Sample
 from spreadpref.runtime.files import read_jsonl
+from spreadpref.runtime.layout import MANIFEST_FILE, SUMMARY_FILE, round_name, round_stage
 from spreadpref.testing import make_tiny_model_dir, make_tiny_tokenizer
 
 pytestmark = pytest.mark.vllm
@@ -107,7 +108,7 @@ def test_an_spa_round_on_vllm_resumes_after_a_kill_during_generation(tmp_path):
     # Kill the run and its engine processes (one process group) once vLLM is generating.
     process = subprocess.Popen(embedded_loop_command(killed), env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    log = killed / "round-1" / "vllm.log"
+    log = killed / round_name(1) / "vllm.log"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and process.poll() is None:
         if log.is_file() and "Processed prompts" in log.read_text(errors="replace"):
@@ -116,18 +117,18 @@ def test_an_spa_round_on_vllm_resumes_after_a_kill_during_generation(tmp_path):
     assert process.poll() is None, "the run ended before it could be killed during generation"
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert not (killed / "round-1" / "generations.jsonl").is_file()
+    assert not (killed / round_name(1) / "generations.jsonl").is_file()
     run_to_the_end(killed, env)
 
     # The resumed round regenerated exactly the uninterrupted one's samples, and the pipeline ran on them.
-    rows = read_jsonl(killed / "round-1" / "generations.jsonl")
-    assert rows == read_jsonl(clean / "round-1" / "generations.jsonl")
-    assert read_jsonl(killed / "round-1" / "pairs.jsonl") == read_jsonl(clean / "round-1" / "pairs.jsonl")
-    tokenizer_dir = clean / json.loads((clean / "manifest.json").read_text())["stages"]["seed"]["outputs"]["model"]
+    rows = read_jsonl(killed / round_name(1) / "generations.jsonl")
+    assert rows == read_jsonl(clean / round_name(1) / "generations.jsonl")
+    assert read_jsonl(killed / round_name(1) / "pairs.jsonl") == read_jsonl(clean / round_name(1) / "pairs.jsonl")
+    tokenizer_dir = clean / json.loads((clean / MANIFEST_FILE).read_text())["stages"]["seed"]["outputs"]["model"]
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     check_rows(rows, tokenizer.eos_token_id, rows[0]["prompt_ids"][0], 48)
     assert {row["finish_reason"] for row in rows} == {"stop", "length"}  # both endings occur and are handled
-    summary = json.loads((killed / "summary.json").read_text())
-    assert summary["rounds"]["1"]["pairs"] > 0 and summary["final_model"].endswith("round-1/train/model")
+    summary = json.loads((killed / SUMMARY_FILE).read_text())
+    assert summary["rounds"]["1"]["pairs"] > 0 and summary["final_model"].endswith(round_stage(1, "train") + "/model")

@@ -16,6 +16,7 @@ from spreadpref.models.loading import is_peft_model
 from spreadpref.runtime import distributed
 from spreadpref.runtime.files import atomic_directory, atomic_write_json, temporary_name
 from spreadpref.runtime.fingerprint import file_digest
+from spreadpref.runtime.layout import ADAPTER_DIRECTORY, MODEL_DIRECTORY
 from spreadpref.runtime.progress import console
 
 FILE_LIST = "spreadpref-files.json"  # in each checkpoint: every file's size and hash, written once it is complete
@@ -98,14 +99,14 @@ def save_outputs(
     merge = config.model.lora.merge_on_save if merge_lora is None else merge_lora
     model = trainer.model
     if not is_peft_model(model):
-        return {"model": save_with_trainer(trainer, tokenizer, out / "model")}
-    outputs = {"adapter": save_with_trainer(trainer, tokenizer, out / "adapter")}
+        return {"model": save_with_trainer(trainer, tokenizer, out / MODEL_DIRECTORY)}
+    outputs = {"adapter": save_with_trainer(trainer, tokenizer, out / ADAPTER_DIRECTORY)}
     outputs["model"] = outputs["adapter"]
     if merge:
         if distributed.is_main():
-            save_pretrained_atomically(model.merge_and_unload(), tokenizer, out / "model")
+            save_pretrained_atomically(model.merge_and_unload(), tokenizer, out / MODEL_DIRECTORY)
         distributed.barrier()
-        outputs["model"] = str(out / "model")
+        outputs["model"] = str(out / MODEL_DIRECTORY)
     return outputs
 
 

@@ -53,12 +53,18 @@ from spreadpref.models.loading import (
 from spreadpref.runtime import distributed
 from spreadpref.runtime.files import atomic_write_json, remove_stale_temporaries, write_jsonl
 from spreadpref.runtime.fingerprint import fingerprint
+from spreadpref.runtime.layout import (
+    CHECKPOINTS_DIRECTORY,
+    CONFIG_FILE,
+    LOG_HISTORY_FILE,
+    MODEL_DIRECTORY,
+    REFINEMENT_FILE,
+    TRAIN_STAGE,
+)
 from spreadpref.runtime.lock import directory_lock
 from spreadpref.runtime.manifest import Manifest
 from spreadpref.runtime.progress import console
 
-STAGE = "train"
-REFINEMENT_FILE = "refinement.jsonl"  # per pair, in training order: each detector's margin, threshold, decision
 # Keys that change how a run is watched or stored, not what it computes: editing them never
 # invalidates a finished stage.
 COSMETIC_TRAIN_KEYS = (
@@ -112,17 +118,17 @@ def _follow_data_edits(
     recorded = manifest.data.get(DATA_IDENTITIES)
     change = data_only_change(config.data, recorded, lambda ids: train_fingerprint(config, ids) == recorded_fp)
     if change == KEYED_BY_PATH:
-        manifest.update(STAGE, fingerprint=fingerprint)
+        manifest.update(TRAIN_STAGE, fingerprint=fingerprint)
     elif change == EDITED:
         edited = ", ".join(changed_sources(config.data, recorded, identities, keys=("train", "eval")))
         console.print(f"[yellow]{edited} changed since this stage was trained: training again.[/]")
-        shutil.rmtree(Path(config.output_dir) / "checkpoints", ignore_errors=True)
-        manifest.reset(STAGE)
+        shutil.rmtree(Path(config.output_dir) / CHECKPOINTS_DIRECTORY, ignore_errors=True)
+        manifest.reset(TRAIN_STAGE)
 
 
 def _train_policy_locked(config: Config, out: Path, force: bool) -> TrainResult:
     manifest = Manifest(out)
-    others = [name for name in manifest.data.get("stages", {}) if name != STAGE]
+    others = [name for name in manifest.data.get("stages", {}) if name != TRAIN_STAGE]
     if others:
         raise SpreadprefError(
             f"{out} is a `spreadpref run` directory (it holds {others[0]}): `spreadpref train` would overwrite its "
@@ -130,47 +136,49 @@ def _train_policy_locked(config: Config, out: Path, force: bool) -> TrainResult:
         )
     identities = data_identities(config.data)
     fingerprint = train_fingerprint(config, identities)
-    previous = manifest.stage(STAGE)
+    previous = manifest.stage(TRAIN_STAGE)
     if previous and previous.get("fingerprint") != fingerprint:
         _follow_data_edits(config, manifest, previous["fingerprint"], fingerprint, identities)
-        previous = manifest.stage(STAGE)
+        previous = manifest.stage(TRAIN_STAGE)
     if previous and previous.get("fingerprint") != fingerprint and not force:
         raise SpreadprefError(
             f"{out} already holds a train stage made with a different configuration "
-            f"(fingerprint {previous.get('fingerprint')} vs {fingerprint}).{describe_changes(out / 'config.yaml', config)}"
+            f"(fingerprint {previous.get('fingerprint')} vs {fingerprint}).{describe_changes(out / CONFIG_FILE, config)}"
             " Use another output directory, or --force to discard it and train again."
         )
     if previous and previous.get("status") == "complete" and not force:
         console.print(f"[green]The train stage in {out} is already complete[/]; nothing to do (--force retrains).")
-        return TrainResult(out, manifest.output(STAGE, "model"), skipped=True, metrics=previous.get("metrics", {}))
+        return TrainResult(
+            out, manifest.output(TRAIN_STAGE, MODEL_DIRECTORY), skipped=True, metrics=previous.get("metrics", {})
+        )
     if previous and (force or previous.get("fingerprint") != fingerprint):
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        manifest.reset(STAGE)
+        shutil.rmtree(out / CHECKPOINTS_DIRECTORY, ignore_errors=True)
+        manifest.reset(TRAIN_STAGE)
 
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
-    config.save(out / "config.yaml")
+    config.save(out / CONFIG_FILE)
     manifest.data[DATA_IDENTITIES] = identities
-    manifest.start(STAGE, fingerprint)
+    manifest.start(TRAIN_STAGE, fingerprint)
 
     set_seed(config.seed)
     tokenizer = load_tokenizer(config.model)
     pairs, data_info = prepare_pairs(config, tokenizer)
     pairs, held_out = held_out_pairs(config, tokenizer, pairs)
     data_info.update(pairs=len(pairs), held_out=len(held_out))
-    manifest.update(STAGE, data=data_info)
+    manifest.update(TRAIN_STAGE, data=data_info)
     outputs, metrics = train_on_pairs(
         config,
         tokenizer,
         pairs,
         out,
-        on_reference=lambda info: manifest.update(STAGE, reference=info),
+        on_reference=lambda info: manifest.update(TRAIN_STAGE, reference=info),
         held_out=held_out,
     )
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     metrics["peak_rss_gb"] = round(peak_rss_gb(), 2)
-    manifest.complete(STAGE, outputs=outputs, metrics=metrics)
+    manifest.complete(TRAIN_STAGE, outputs=outputs, metrics=metrics)
     print_summary(data_info, metrics, outputs)
     return TrainResult(out, Path(outputs["model"]), metrics=metrics)
 
@@ -214,7 +222,7 @@ def train_on_pairs(
         model,
         tokenizer,
         pairs,
-        out / "checkpoints",
+        out / CHECKPOINTS_DIRECTORY,
         num_epochs=num_epochs,
         learning_rate=learning_rate,
         group_by_length=group_by_length,
@@ -231,7 +239,7 @@ def train_on_pairs(
         )
         evaluation.trainer = trainer
         trainer.add_callback(evaluation)
-    checkpoint = last_checkpoint(out / "checkpoints")
+    checkpoint = last_checkpoint(out / CHECKPOINTS_DIRECTORY)
     if checkpoint:
         console.print(f"Resuming training from {checkpoint}")
     before = None if checkpoint else trainable_checksum(model)
@@ -276,13 +284,13 @@ def train_on_pairs(
             metrics.update(
                 evaluate_pairs(model, pairs, tokenizer.pad_token_id, config.train.beta, config.train.logprob_batch_size)
             )
-        atomic_write_json(out / "log_history.json", trainer.state.log_history)
+        atomic_write_json(out / LOG_HISTORY_FILE, trainer.state.log_history)
         if refinement is not None:
             write_jsonl(out / REFINEMENT_FILE, trainer.refine_window.decisions)
         if not config.train.keep_checkpoints:  # the model is saved; nothing left to resume (logs stay)
-            for checkpoint in (out / "checkpoints").glob("checkpoint-*"):
+            for checkpoint in (out / CHECKPOINTS_DIRECTORY).glob("checkpoint-*"):
                 shutil.rmtree(checkpoint, ignore_errors=True)
-        stage = out.name if out.name != "train" else f"{out.parent.name}"
+        stage = out.name if out.name != TRAIN_STAGE else out.parent.name
         for saved in {outputs.get("model"), outputs.get("adapter")} - {None}:
             record_adapter_base(Path(saved), config, start_model)
             write_model_card(Path(saved), config, metrics, stage, start_model)

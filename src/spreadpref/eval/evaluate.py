@@ -44,6 +44,17 @@ from spreadpref.models.loading import (
 from spreadpref.models.sampling import generate_samples
 from spreadpref.runtime.files import atomic_write_json, atomic_write_text
 from spreadpref.runtime.fingerprint import fingerprint
+from spreadpref.runtime.layout import (
+    CONFIG_FILE,
+    EVAL_RESULTS_FILE,
+    MANIFEST_FILE,
+    MODEL_DIRECTORY,
+    SEED_STAGE,
+    TRAIN_STAGE,
+    round_name,
+    round_of_stage,
+    round_stage,
+)
 from spreadpref.runtime.lock import directory_lock
 from spreadpref.runtime.manifest import Manifest
 from spreadpref.runtime.progress import console
@@ -67,20 +78,20 @@ def run_models(run_dir: Path, config: Config) -> list[EvalModel]:
     manifest = Manifest(run_dir)
     models = [EvalModel("sft", resolve_model_path(config.model.name_or_path))]
     stages = manifest.data.get("stages", {})
-    seed = stages.get("seed", {})
+    seed = stages.get(SEED_STAGE, {})
     if seed.get("status") == "complete":
-        models.append(EvalModel("seed", str(manifest.output("seed", "model"))))
+        models.append(EvalModel(SEED_STAGE, str(manifest.output(SEED_STAGE, MODEL_DIRECTORY))))
     rounds = sorted(
-        (int(name.split("/")[0].split("-")[1]), entry)
+        index
         for name, entry in stages.items()
-        if name.endswith("/train") and entry.get("status") == "complete"
+        if (index := round_of_stage(name, TRAIN_STAGE)) is not None and entry.get("status") == "complete"
     )
-    for index, _ in rounds:
-        path = manifest.output(f"round-{index}/train", "model")
+    for index in rounds:
+        path = manifest.output(round_stage(index, TRAIN_STAGE), MODEL_DIRECTORY)
         if (path / "config.json").is_file():
-            models.append(EvalModel(f"round-{index}", str(path)))
+            models.append(EvalModel(round_name(index), str(path)))
         else:
-            console.print(f"[yellow]round-{index}'s model was pruned (loop.keep_models); not evaluated.[/]")
+            console.print(f"[yellow]{round_name(index)}'s model was pruned (loop.keep_models); not evaluated.[/]")
     return models
 
 
@@ -96,9 +107,9 @@ def own_tokenizer(config: Config, path: str, fallback: PreTrainedTokenizerBase) 
 def trained_from(model_dir: Path) -> str | None:
     """The starting model recorded by the `spreadpref train` or `run` directory that holds ``model_dir``."""
     for parent in (model_dir, model_dir.parent, *model_dir.parent.parents[:3]):
-        if (parent / "config.yaml").is_file() and (parent / "manifest.json").is_file():
+        if (parent / CONFIG_FILE).is_file() and (parent / MANIFEST_FILE).is_file():
             try:
-                return load_config(parent / "config.yaml").model.name_or_path
+                return load_config(parent / CONFIG_FILE).model.name_or_path
             except SpreadprefError:
                 return None
     return None
@@ -130,10 +141,10 @@ def model_targets(targets: list[str], config: Config) -> list[EvalModel]:
     models: list[EvalModel] = []
     for target in targets:
         path = Path(target)
-        if (path / "manifest.json").is_file() and (path / "config.yaml").is_file():
+        if (path / MANIFEST_FILE).is_file() and (path / CONFIG_FILE).is_file():
             models += [
                 EvalModel(f"{path.name}/{m.name}" if len(targets) > 1 else m.name, m.path)
-                for m in run_models(path, load_config(path / "config.yaml"))
+                for m in run_models(path, load_config(path / CONFIG_FILE))
             ]
         elif (name := _named_target(target)) is not None:
             models.append(EvalModel(*name))
@@ -294,11 +305,11 @@ def _evaluate_locked(config: Config, models: list[EvalModel], out_dir: Path, for
                 "judge or baseline); use another --output directory, or --force to redo it"
             )
 
-        for sub in ("answers", "verdicts", "alpaca_eval", "mt_bench", "eval.json"):
+        for sub in ("answers", "verdicts", "alpaca_eval", "mt_bench", EVAL_RESULTS_FILE):
             target = out_dir / sub
             shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
-    elif previous and (out_dir / "eval.json").is_file():
-        results["models"] = json.loads((out_dir / "eval.json").read_text()).get("models", {})
+    elif previous and (out_dir / EVAL_RESULTS_FILE).is_file():
+        results["models"] = json.loads((out_dir / EVAL_RESULTS_FILE).read_text()).get("models", {})
     manifest.start("eval", expected)
     tokenizer = load_tokenizer(config.model)
     _check_eval_judge(config)
@@ -308,12 +319,12 @@ def _evaluate_locked(config: Config, models: list[EvalModel], out_dir: Path, for
         answers = generate_answers(config, own_tokenizer(config, model.path, tokenizer), model, prompts, out_dir)
         write_official_formats(out_dir, model.name, prompts, [a.text for a in answers])
         results["models"][model.name] = _score_model(config, judge, model, prompts, answers, baseline_answers, out_dir)
-        atomic_write_json(out_dir / "eval.json", results)
+        atomic_write_json(out_dir / EVAL_RESULTS_FILE, results)
     if config.eval.labelled:
         _held_out_agreement(config, tokenizer, models, results)
-    atomic_write_json(out_dir / "eval.json", results)
+    atomic_write_json(out_dir / EVAL_RESULTS_FILE, results)
     atomic_write_text(out_dir / "eval.md", eval_markdown(results))
-    manifest.complete("eval", outputs={"results": str(out_dir / "eval.json")})
+    manifest.complete("eval", outputs={"results": str(out_dir / EVAL_RESULTS_FILE)})
     print_eval_table(results)
     return results
 

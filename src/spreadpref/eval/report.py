@@ -18,6 +18,19 @@ from spreadpref.data.sanity import describe
 from spreadpref.errors import SpreadprefError
 from spreadpref.eval.evaluate import eval_markdown
 from spreadpref.runtime.files import atomic_path, atomic_write_text, read_jsonl, read_own_json
+from spreadpref.runtime.layout import (
+    EVAL_DIRECTORY,
+    EVAL_RESULTS_FILE,
+    LOG_HISTORY_FILE,
+    MANIFEST_FILE,
+    PLOTS_DIRECTORY,
+    REPORT_FILE,
+    SEED_STAGE,
+    SUMMARY_FILE,
+    TRAIN_STAGE,
+    round_directory,
+    round_training_directory,
+)
 from spreadpref.runtime.progress import console, format_cell
 
 
@@ -43,9 +56,9 @@ def _save(figure: Figure, path: Path) -> None:
 
 def plot_margins(run_dir: Path, rounds: list[int], out: Path) -> bool:
     margins = {
-        i: [row["margin"] for row in read_jsonl(run_dir / f"round-{i}" / Pair.FILE)]
+        i: [row["margin"] for row in read_jsonl(round_directory(run_dir, i) / Pair.FILE)]
         for i in rounds
-        if (run_dir / f"round-{i}" / Pair.FILE).is_file()
+        if (round_directory(run_dir, i) / Pair.FILE).is_file()
     }
     margins = {i: m for i, m in margins.items() if m}
     if not margins:
@@ -65,7 +78,7 @@ def plot_refinement(run_dir: Path, rounds: list[int], out: Path) -> bool:
     series: list[tuple[int, int, float | None, float | None]] = []
     offset, boundaries = 0, []
     for i in rounds:
-        history = _load_json(run_dir / f"round-{i}" / "train" / "log_history.json") or []
+        history = _load_json(round_training_directory(run_dir, i) / LOG_HISTORY_FILE) or []
         steps = [h for h in history if "refine/smoothed_fraction" in h]
         for h in steps:
             series.append(
@@ -412,7 +425,7 @@ def training_warnings(run_dir: Path, summary: dict[str, Any] | None, histories: 
                 f"{name}: held-out reward accuracy fell from {max(held):.2f} to {held[-1]:.2f} while training went "
                 "on: over-fitting to the labelled pairs; fewer epochs or a lower learning rate may help."
             )
-    manifest = _load_json(run_dir / "manifest.json") or {}
+    manifest = _load_json(run_dir / MANIFEST_FILE) or {}
     for stage, entry in manifest.get("stages", {}).items():
         data = entry.get("data") or {}
         if data.get("replies_truncated"):
@@ -437,7 +450,7 @@ def example_generations(run_dir: Path, rounds: list[int], per_round: int = 2, ch
     """A few chosen and rejected replies per round, as Markdown."""
     lines: list[str] = []
     for i in rounds:
-        path = run_dir / f"round-{i}" / Pair.FILE
+        path = round_directory(run_dir, i) / Pair.FILE
         if not path.is_file():
             continue
         for row in read_jsonl(path)[:per_round]:
@@ -460,10 +473,10 @@ def _quote(text: str, chars: int) -> str:
 
 def write_train_report(train_dir: Path) -> Path:
     """``report.md`` for a `spreadpref train` directory: the stage's figures, curves and warnings."""
-    manifest = _load_json(train_dir / "manifest.json") or {}
-    entry = manifest.get("stages", {}).get("train", {})
+    manifest = _load_json(train_dir / MANIFEST_FILE) or {}
+    entry = manifest.get("stages", {}).get(TRAIN_STAGE, {})
     metrics, data = entry.get("metrics") or {}, entry.get("data") or {}
-    histories = [("train", train_dir / "log_history.json")]
+    histories = [(TRAIN_STAGE, train_dir / LOG_HISTORY_FILE)]
     sections = [
         f"# spreadpref train report: `{train_dir.name}`",
         "",
@@ -479,10 +492,10 @@ def write_train_report(train_dir: Path) -> Path:
         f"| wall time (s) | {format_cell(metrics.get('seconds'), '.0f')} |",
         "",
     ]
-    if plot_training_curves(histories, train_dir / "plots" / "training.png"):
+    if plot_training_curves(histories, train_dir / PLOTS_DIRECTORY / "training.png"):
         sections += ["## Training", "", "![Training](plots/training.png)", "", _CURVES_CAPTION, ""]
     sections += _warnings_section(training_warnings(train_dir, None, histories))
-    out = train_dir / "report.md"
+    out = train_dir / REPORT_FILE
     atomic_write_text(out, "\n".join(sections) + "\n")
     return out
 
@@ -515,10 +528,10 @@ def _warnings_section(warnings: list[str]) -> list[str]:
 
 def write_report(run_dir: Path) -> Path:
     """Write ``report.md`` and ``plots/*.png`` for a run directory; returns the report's path."""
-    summary = _load_json(run_dir / "summary.json") or {"rounds": {}}
+    summary = _load_json(run_dir / SUMMARY_FILE) or {"rounds": {}}
     rows = _rounds(summary)
     rounds = [r["round"] for r in rows]
-    plots = run_dir / "plots"
+    plots = run_dir / PLOTS_DIRECTORY
     sections = [
         f"# spreadpref run report: `{run_dir.name}`",
         "",
@@ -580,7 +593,7 @@ def write_report(run_dir: Path) -> Path:
             "Mean generated reply length per round (tokens).",
         ),
     ]
-    results = _load_json(run_dir / "eval" / "eval.json")
+    results = _load_json(run_dir / EVAL_DIRECTORY / EVAL_RESULTS_FILE)
     if results:
         figures.append(
             (
@@ -591,8 +604,8 @@ def write_report(run_dir: Path) -> Path:
                 f"{results.get('prompts')} held-out prompts.",
             )
         )
-    histories = [("seed", run_dir / "seed" / "log_history.json")] + [
-        (f"round {i}", run_dir / f"round-{i}" / "train" / "log_history.json") for i in rounds
+    histories = [(SEED_STAGE, run_dir / SEED_STAGE / LOG_HISTORY_FILE)] + [
+        (f"round {i}", round_training_directory(run_dir, i) / LOG_HISTORY_FILE) for i in rounds
     ]
     figures.insert(0, ("Training", "training.png", lambda p: plot_training_curves(histories, p), _CURVES_CAPTION))
     for title, name, draw, caption in figures:
@@ -611,17 +624,17 @@ def write_report(run_dir: Path) -> Path:
         ]
     if results:
         sections += ["## Evaluation", "", *eval_markdown(results).splitlines()[2:]]
-    out = run_dir / "report.md"
+    out = run_dir / REPORT_FILE
     atomic_write_text(out, "\n".join(sections) + "\n")
     return out
 
 
 def write_any_report(directory: Path) -> Path:
     """The report of a `spreadpref train` or a `spreadpref run` directory, whichever ``directory`` is."""
-    manifest = _load_json(directory / "manifest.json") or {}
-    if "train" in manifest.get("stages", {}):
+    manifest = _load_json(directory / MANIFEST_FILE) or {}
+    if TRAIN_STAGE in manifest.get("stages", {}):
         return write_train_report(directory)
-    if not (directory / "summary.json").is_file():
+    if not (directory / SUMMARY_FILE).is_file():
         raise SpreadprefError(
             f"{directory} has no summary.json or train stage: not a spreadpref run or train directory (yet)"
         )

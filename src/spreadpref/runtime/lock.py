@@ -12,7 +12,6 @@ import contextlib
 import datetime
 import json
 import os
-import re
 import socket
 import sys
 from collections.abc import Iterator
@@ -23,6 +22,22 @@ import yaml
 from spreadpref.errors import SpreadprefError
 from spreadpref.runtime import distributed
 from spreadpref.runtime.files import is_spreadpref_temporary
+from spreadpref.runtime.layout import (
+    ADAPTER_DIRECTORY,
+    CHECKPOINTS_DIRECTORY,
+    CONFIG_FILE,
+    EVAL_DIRECTORY,
+    LOG_HISTORY_FILE,
+    MANIFEST_FILE,
+    MODEL_DIRECTORY,
+    PLOTS_DIRECTORY,
+    REFINEMENT_FILE,
+    REPORT_FILE,
+    SEED_STAGE,
+    SUMMARY_FILE,
+    TRAIN_LOG_FILE,
+    round_number,
+)
 
 LOCK_FILE = ".spreadpref.lock"
 
@@ -56,7 +71,7 @@ def foreign_entries(directory: Path) -> list[str]:
 
     A run killed before its first manifest write leaves only its lock, temporaries and its config.yaml (which
     names this directory as its output_dir); those are spreadpref's."""
-    if not directory.is_dir() or (directory / "manifest.json").is_file():
+    if not directory.is_dir() or (directory / MANIFEST_FILE).is_file():
         return []
     return sorted(
         p.name + ("/" if p.is_dir() else "")
@@ -66,7 +81,7 @@ def foreign_entries(directory: Path) -> list[str]:
 
 
 def _own_config(path: Path, directory: Path) -> bool:
-    if path.name != "config.yaml" or not path.is_file():
+    if path.name != CONFIG_FILE or not path.is_file():
         return False
     try:
         saved = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -79,25 +94,15 @@ def _own_config(path: Path, directory: Path) -> bool:
 # own file of one of these names is refused rather than overwritten.
 OWN_NAMES = frozenset(
     {
-        "config.yaml",
-        "manifest.json",
-        "summary.json",
-        "report.md",
-        "plots/",
-        "seed/",
-        "eval/",
-        "model/",
-        "adapter/",
-        "checkpoints/",
-        "log_history.json",
-        "train_log.jsonl",
-        "refinement.jsonl",
+        *(CONFIG_FILE, MANIFEST_FILE, SUMMARY_FILE, REPORT_FILE, LOG_HISTORY_FILE, TRAIN_LOG_FILE, REFINEMENT_FILE),
+        *(f"{folder}/" for folder in (PLOTS_DIRECTORY, SEED_STAGE, EVAL_DIRECTORY, MODEL_DIRECTORY)),
+        *(f"{folder}/" for folder in (ADAPTER_DIRECTORY, CHECKPOINTS_DIRECTORY)),
     }
 )
 
 
 def _is_own_name(entry: str) -> bool:
-    return entry in OWN_NAMES or bool(re.fullmatch(r"round-\d+/?", entry))
+    return entry in OWN_NAMES or round_number(entry.removesuffix("/")) is not None
 
 
 def check_output_directory(directory: Path, allow_existing: bool) -> None:

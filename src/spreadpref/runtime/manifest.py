@@ -13,9 +13,8 @@ from spreadpref.errors import SpreadprefError
 from spreadpref.runtime import distributed
 from spreadpref.runtime.files import atomic_write_json, read_json
 from spreadpref.runtime.fingerprint import content_digest
+from spreadpref.runtime.layout import MANIFEST_FILE
 from spreadpref.runtime.progress import console
-
-MANIFEST_NAME = "manifest.json"
 
 
 def _now() -> str:
@@ -28,7 +27,7 @@ class DamagedManifestError(SpreadprefError):
 
 class Manifest:
     def __init__(self, directory: Path):
-        self.path = Path(directory) / MANIFEST_NAME
+        self.path = Path(directory) / MANIFEST_FILE
         self.data: dict[str, Any] = self._read() if self.path.is_file() else {"stages": {}}
         self._said_moved = False
 

@@ -35,7 +35,6 @@ from spreadpref.data.loading import load_prompts
 from spreadpref.data.records import PromptRecord
 from spreadpref.data.tokenize import TokenizedPair
 from spreadpref.dpo.train import COSMETIC_TRAIN_KEYS, peak_gpu_memory_gb, peak_rss_gb, train_fingerprint
-from spreadpref.dpo.train import STAGE as TRAIN_STAGE
 from spreadpref.errors import DataError, SpreadprefError
 from spreadpref.eval.evaluate import evaluate
 from spreadpref.eval.report import interval_cell, report_or_warn
@@ -43,6 +42,19 @@ from spreadpref.models.loading import load_tokenizer, resolve_model_path, weight
 from spreadpref.runtime import distributed
 from spreadpref.runtime.files import is_local_path, read_jsonl_rows, remove_stale_temporaries
 from spreadpref.runtime.fingerprint import fingerprint
+from spreadpref.runtime.layout import (
+    ADAPTER_DIRECTORY,
+    CHECKPOINTS_DIRECTORY,
+    CONFIG_FILE,
+    EVAL_DIRECTORY,
+    MODEL_DIRECTORY,
+    SEED_STAGE,
+    TRAIN_STAGE,
+    model_stage,
+    round_directory,
+    round_stage,
+    round_training_directory,
+)
 from spreadpref.runtime.lock import directory_lock
 from spreadpref.runtime.manifest import Manifest
 from spreadpref.runtime.progress import console, format_cell
@@ -51,7 +63,6 @@ from spreadpref.spa.context import StageContext, stage_paths
 from spreadpref.spa.schedule import round_sizes, schedule_prompts
 from spreadpref.spa.summary import print_round_table, read_summary, write_summary
 
-SEED_STAGE = "seed"
 HUMAN_AGREEMENT_KEYS = (
     "held_out_agreement",
     "held_out_agreement_ci",
@@ -60,7 +71,7 @@ HUMAN_AGREEMENT_KEYS = (
     "seed_agreement_ci",
     "seed_pairs",
 )
-ROUND_STAGES = {"generate": generate.OUTPUTS, "judge": judge.OUTPUTS, "train": train.OUTPUTS}
+ROUND_STAGES = {"generate": generate.OUTPUTS, "judge": judge.OUTPUTS, TRAIN_STAGE: train.OUTPUTS}
 
 
 @dataclass
@@ -69,10 +80,6 @@ class RunResult:
     final_model: Path
     summary: dict[str, Any] = field(default_factory=dict)
     skipped: bool = False
-
-
-def round_directory(root: Path, i: int) -> Path:
-    return root / f"round-{i}"
 
 
 def stage_fingerprints(
@@ -94,7 +101,6 @@ def stage_fingerprints(
     if config.generation.batch_size != "auto":  # it shapes no batch then (and older runs keep their fingerprints)
         del generation["batch_memory_gb"]
     for i in range(1, len(sizes) + 1):
-        name = f"round-{i}"
         generated = fingerprint([previous, generation, identities["prompts"], sizes[:i], dump["data"]["max_length"]])
         judge_inputs = [generated, dump["judge"], dump["train"]["beta"]]
         if config.judge.consistency == "soften":  # the softened pairs' label is 1 - refine.alpha
@@ -105,7 +111,13 @@ def stage_fingerprints(
         if config.loop.replay_fraction > 0:  # keyed only when on, so that runs from before the key still resume
             round_training += [loop["replay_fraction"], identities["train"], dump["data"]["seed_holdout"]]
         trained = fingerprint([judged, train_settings, refine, *round_training])
-        prints.update({f"{name}/generate": generated, f"{name}/judge": judged, f"{name}/train": trained})
+        prints.update(
+            {
+                round_stage(i, "generate"): generated,
+                round_stage(i, "judge"): judged,
+                round_stage(i, TRAIN_STAGE): trained,
+            }
+        )
         previous = trained
     return prints
 
@@ -164,7 +176,7 @@ def _run_locked(config: Config, root: Path, force: bool) -> RunResult:
     if distributed.is_main():
         if remove_stale_temporaries(root):
             console.print("Removed temporary files left by an interrupted run.")
-        config.save(root / "config.yaml")
+        config.save(root / CONFIG_FILE)
     distributed.barrier()
     console.print(pool_report.summary())
     schedule = schedule_prompts(pool, sizes, config.seed)
@@ -186,19 +198,26 @@ def _run_locked(config: Config, root: Path, force: bool) -> RunResult:
     for i in range(1, len(sizes) + 1):
         ctx = StageContext(config, tokenizer, round_directory(root, i), i)
         row = summary["rounds"].setdefault(str(i), {"round": i})
-        if not _done(manifest, f"round-{i}/train", fingerprints[f"round-{i}/train"]):
+        if not _done(manifest, round_stage(i, TRAIN_STAGE), fingerprints[round_stage(i, TRAIN_STAGE)]):
             for key in guard.MODEL_KEYS:  # a figure of a model about to be trained again
                 row.pop(key, None)
         for attempt in (1, 2):
             try:
                 samples = _generate(
-                    ctx, schedule[i - 1], models[i - 1], manifest, fingerprints[f"round-{i}/generate"], row
+                    ctx, schedule[i - 1], models[i - 1], manifest, fingerprints[round_stage(i, "generate")], row
                 )
                 _judge(
-                    ctx, samples, schedule[i - 1], models, seed_pairs, manifest, fingerprints[f"round-{i}/judge"], row
+                    ctx,
+                    samples,
+                    schedule[i - 1],
+                    models,
+                    seed_pairs,
+                    manifest,
+                    fingerprints[round_stage(i, "judge")],
+                    row,
                 )
                 replay = seed_pairs.pairs if seed_pairs is not None else []
-                models[i] = _train(ctx, models[i - 1], manifest, fingerprints[f"round-{i}/train"], row, replay)
+                models[i] = _train(ctx, models[i - 1], manifest, fingerprints[round_stage(i, TRAIN_STAGE)], row, replay)
                 break
             except DataError as err:
                 if attempt == 2 or not _rebuild_damaged(root, i, err, manifest, fingerprints):
@@ -220,7 +239,7 @@ def _run_locked(config: Config, root: Path, force: bool) -> RunResult:
     print_round_table(summary)
     _print_final(summary)
     if config.eval.after_run:
-        evaluate(config, [str(root)], root / "eval")
+        evaluate(config, [str(root)], root / EVAL_DIRECTORY)
     _write_report(root)
     return RunResult(root, final_model, summary)
 
@@ -237,7 +256,7 @@ def _done(manifest: Manifest, name: str, fingerprint: str) -> bool:
 def _stage_paths(root: Path, name: str) -> list[Path]:
     """The files and directories stage ``name`` owns, as the stage modules declare them."""
     if name == SEED_STAGE:
-        return [root / seed.DIRECTORY]
+        return [root / SEED_STAGE]
     round_name, stage = name.split("/")
     return stage_paths(root / round_name, ROUND_STAGES[stage])
 
@@ -326,7 +345,7 @@ def _check_plan(root: Path, manifest: Manifest, fingerprints: dict[str, str], fo
     if stale and not force:
         raise SpreadprefError(
             f"{root} holds stages made with a different configuration: {', '.join(stale)}."
-            f"{describe_changes(root / 'config.yaml', config)} Re-running would mix the two. Use another output "
+            f"{describe_changes(root / CONFIG_FILE, config)} Re-running would mix the two. Use another output "
             f"directory, or --force to discard {stale[0]} and everything after it."
         )
     if not force:
@@ -369,12 +388,12 @@ def _seed(
     summary: dict[str, Any],
 ) -> Path:
     if _done(manifest, SEED_STAGE, fp):
-        return manifest.output(SEED_STAGE, "model")
+        return manifest.output(SEED_STAGE, MODEL_DIRECTORY)
     console.rule("[bold]Seed stage: DPO of the initial model on the seed pairs")
     manifest.start(SEED_STAGE, fp, data=seed_pairs.info)
     root = Path(config.output_dir)
     result = seed.seed_stage(
-        StageContext(config, tokenizer, root / seed.DIRECTORY),
+        StageContext(config, tokenizer, root / SEED_STAGE),
         seed_pairs,
         on_reference=lambda info: manifest.update(SEED_STAGE, reference=info),
     )
@@ -395,7 +414,7 @@ def _seed(
 def _generate(
     ctx: StageContext, prompts: list[PromptRecord], policy: Path, manifest: Manifest, fp: str, row: dict[str, Any]
 ) -> list[Sample]:
-    name = f"round-{ctx.round_index}/generate"
+    name = round_stage(ctx.round_index, "generate")
     if _done(manifest, name, fp):
         return Sample.read(ctx.path(Sample.FILE))
     console.rule(
@@ -506,7 +525,7 @@ def _judge(
     fp: str,
     row: dict[str, Any],
 ) -> None:
-    name = f"round-{ctx.round_index}/judge"
+    name = round_stage(ctx.round_index, "judge")
     if _done(manifest, name, fp):
         return
     kind = ctx.config.judge.kind
@@ -557,9 +576,9 @@ def _judge(
 def _train(
     ctx: StageContext, start: Path, manifest: Manifest, fp: str, row: dict[str, Any], replay: list | None = None
 ) -> Path:
-    name = f"round-{ctx.round_index}/train"
+    name = round_stage(ctx.round_index, TRAIN_STAGE)
     if _done(manifest, name, fp):
-        return manifest.output(name, "model")
+        return manifest.output(name, MODEL_DIRECTORY)
     manifest.start(name, fp)
     result = train.train_stage(ctx, start, replay or [])
     manifest.complete(name, outputs=result.outputs, metrics=result.metrics)
@@ -595,7 +614,7 @@ def _rebuild_damaged(root: Path, i: int, err: DataError, manifest: Manifest, fin
     stay finished. False when the file is not a finished stage's output (then the error stands)."""
     damaged = Path(err.source).resolve()
     for stage, outputs in ROUND_STAGES.items():
-        name = f"round-{i}/{stage}"
+        name = round_stage(i, stage)
         if _done(manifest, name, fingerprints[name]) and damaged in {
             p.resolve() for p in stage_paths(round_directory(root, i), outputs)
         }:
@@ -618,8 +637,8 @@ def _prune_models(root: Path, current: int, keep: int, protect: int | None = Non
     for i in range(1, current - keep + 1):
         if i == protect:
             continue
-        train_dir = round_directory(root, i) / train.DIRECTORY
-        for sub in ("model", "adapter", "checkpoints"):
+        train_dir = round_training_directory(root, i)
+        for sub in (MODEL_DIRECTORY, ADAPTER_DIRECTORY, CHECKPOINTS_DIRECTORY):
             shutil.rmtree(train_dir / sub, ignore_errors=True)
 
 
@@ -652,8 +671,8 @@ def _rebuild_hollow_final(config: Config, manifest: Manifest, rounds: int) -> bo
     chosen = (summary.get("final_choice") or {}).get("round", rounds)
     if chosen == 0 and not config.loop.seed_stage:
         return False  # pi_init itself: not this run's to rebuild
-    stage = SEED_STAGE if chosen == 0 else f"round-{chosen}/train"
-    problem = weights_problem(manifest.output(stage, "model"))
+    stage = model_stage(chosen)
+    problem = weights_problem(manifest.output(stage, MODEL_DIRECTORY))
     if problem is None:
         return False
     console.print(f"[yellow]The run's final model is damaged ({problem}): running {stage} again.[/]")
@@ -664,11 +683,11 @@ def _rebuild_hollow_final(config: Config, manifest: Manifest, rounds: int) -> bo
 def _finished_models(config: Config, manifest: Manifest, rounds: int) -> dict[int, Path]:
     """Every model of a finished run, from its manifest: {0: pi_0, 1: pi_1, ...}."""
     if config.loop.seed_stage:
-        models = {0: manifest.output(SEED_STAGE, "model")}
+        models = {0: manifest.output(SEED_STAGE, MODEL_DIRECTORY)}
     else:
         models = {0: Path(resolve_model_path(config.model.name_or_path))}
     for i in range(1, rounds + 1):
-        models[i] = manifest.output(f"round-{i}/train", "model")
+        models[i] = manifest.output(round_stage(i, TRAIN_STAGE), MODEL_DIRECTORY)
     return models
 
 

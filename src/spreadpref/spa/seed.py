@@ -24,7 +24,6 @@ from spreadpref.dpo.train import train_on_pairs
 from spreadpref.runtime.progress import console
 from spreadpref.spa.context import StageContext
 
-DIRECTORY = "seed"
 MIN_HELD_OUT = 8  # fewer held-out pairs give an interval too wide to tell anything
 
 

@@ -11,9 +11,8 @@ from rich.table import Table
 from spreadpref.eval.report import round_table
 from spreadpref.runtime import distributed
 from spreadpref.runtime.files import atomic_write_json, read_own_json
+from spreadpref.runtime.layout import SUMMARY_FILE
 from spreadpref.runtime.progress import console
-
-SUMMARY_FILE = "summary.json"
 
 
 def label_measurements(row: dict[str, Any]) -> dict[str, Any]:

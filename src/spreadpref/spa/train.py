@@ -25,11 +25,11 @@ from spreadpref.errors import SpreadprefError
 from spreadpref.eval.labels import refinement_quality
 from spreadpref.models.loading import keeps_float32_master_weights, load_for_inference
 from spreadpref.runtime.files import read_jsonl
+from spreadpref.runtime.layout import TRAIN_STAGE
 from spreadpref.runtime.progress import console
 from spreadpref.spa.context import StageContext
 
-DIRECTORY = "train"
-OUTPUTS = (DIRECTORY,)
+OUTPUTS = (TRAIN_STAGE,)
 
 
 @dataclass
@@ -105,7 +105,7 @@ def train_stage(ctx: StageContext, start: str | Path, human: list[TokenizedPair]
         config,
         ctx.tokenizer,
         pairs,
-        ctx.path(DIRECTORY),
+        ctx.path(TRAIN_STAGE),
         start_model=str(start),
         num_epochs=config.loop.epochs_per_round,
         learning_rate=config.loop.learning_rate,

@@ -19,7 +19,7 @@ from spreadpref.judges.base import (
     bradley_terry,
     hard_preferences,
 )
-from spreadpref.judges.implicit import ImplicitJudge
+from spreadpref.judges.implicit import ImplicitJudge, implicit_score
 from spreadpref.judges.llm import HTTPLLMJudge, LocalLLMJudge, judge_messages
 from spreadpref.judges.reward_model import RewardModelJudge
 from spreadpref.models.loading import load_model
@@ -362,3 +362,15 @@ def test_a_bad_port_is_named_when_the_config_loads_and_by_the_judge(url):
         load_config(None, ["judge.kind=llm", f"judge.llm.base_url={url}", "judge.llm.api_model=m"])
     with pytest.raises(JudgeError, match="a port is 1 to 65535"):
         HTTPLLMJudge(url, "m")
+
+
+def test_the_implicit_score_by_hand():
+    """One function scores every reply, for the judge stage and the pluggable judge alike."""
+    plain, per_token = JudgeSettings(), JudgeSettings(length_normalize=True)
+    assert implicit_score(-10.0, -14.0, 4, plain) == pytest.approx(4.0)  # log pi - log pi_ref
+    assert implicit_score(-10.0, -14.0, 4, per_token) == pytest.approx(1.0)  # per token: 4 / 4
+    assert implicit_score(-10.0, None, 4, plain) == pytest.approx(-10.0)  # no reference: the policy alone
+    mixed = JudgeSettings(base_weight=0.5)
+    assert implicit_score(-10.0, -14.0, 4, mixed, base_logps=-6.0) == pytest.approx(0.0)  # ref term (-14 - 6) / 2
+    with pytest.raises(JudgeError, match="non-finite judge score for reply 3"):
+        implicit_score(float("nan"), -14.0, 4, plain, reply="reply 3")

@@ -7,25 +7,12 @@ and :class:`Config`, and :func:`soft_dpo_loss`. The layers are described in docs
 import hashlib
 import json
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
-from spreadpref.config import DEFAULT_PROFILE, Config
-from spreadpref.config import load_config as _load_config
+from spreadpref.config import Config, load_config
 from spreadpref.dpo.loss import soft_dpo_loss
 
 __version__ = "0.1.0"
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
-    """The configuration, as the command line builds it.
-
-    ``path``: a YAML file, or the name of a config shipped with the package (``"spa-cpu"``,
-    ``"zephyr-7b-spa"``, ``"configs/seed-cpu.yaml"`` also works outside the repository); None: the bundled
-    CPU profile on the embedded model, the CLI's default. ``overrides``: ``["train.beta=0.2"]`` or
-    ``{"train.beta": 0.2}``. (``spreadpref.config.load_config(None)`` gives the schema's bare defaults.)
-    """
-    return _load_config(DEFAULT_PROFILE if path is None else path, overrides)
 
 
 Rows = Iterable[dict[str, Any]]  # a list of dicts, a datasets.Dataset, any iterable of records

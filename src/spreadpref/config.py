@@ -580,11 +580,17 @@ def shipped_config_names() -> list[str]:
     return sorted(p.stem for p in shipped_configs_dir().glob("*.yaml"))
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
-    """Build a config from the defaults, an optional YAML file, then ``dotted.key=value`` overrides.
+def load_config(
+    path: str | Path | None = DEFAULT_PROFILE, overrides: list[str] | dict[str, Any] | None = None
+) -> Config:
+    """The configuration, as the command line builds it: the schema's defaults, a YAML file, then
+    ``dotted.key=value`` overrides.
 
-    ``path`` may name a config shipped with the package (``"spa-cpu"``, ``"configs/zephyr-7b-spa.yaml"``)
-    when no such file exists here; ``overrides`` may be a dict (``{"train.beta": 0.2}`` or nested).
+    ``path``: a YAML file, or the name of a config shipped with the package (``"spa-cpu"``,
+    ``"zephyr-7b-spa"``; ``"configs/seed-cpu.yaml"`` also works outside the repository) when no such file
+    exists here. Left out, the bundled CPU profile on the embedded model (the command line's default);
+    ``None``, the schema's bare defaults. ``overrides``: ``["train.beta=0.2"]`` or a dict
+    (``{"train.beta": 0.2}`` or nested sections).
     """
     raw: dict[str, Any] = {}
     source = "the defaults"

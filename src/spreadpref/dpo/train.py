@@ -83,10 +83,13 @@ COSMETIC_TRAIN_KEYS = (
 
 @dataclass
 class TrainResult:
+    """What a training stage leaves: ``spreadpref train``'s, the seed stage's and each round's."""
+
     output_dir: Path
     model_dir: Path
-    skipped: bool = False
+    skipped: bool = False  # finished before, nothing trained again
     metrics: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)  # the manifest's outputs of the stage
 
 
 def train_fingerprint(config: Config, identities: dict[str, str | None] | None = None) -> str:
@@ -180,7 +183,7 @@ def _train_policy_locked(config: Config, out: Path, force: bool) -> TrainResult:
     metrics["peak_rss_gb"] = round(peak_rss_gb(), 2)
     manifest.complete(TRAIN_STAGE, outputs=outputs, metrics=metrics)
     print_summary(data_info, metrics, outputs)
-    return TrainResult(out, Path(outputs["model"]), metrics=metrics)
+    return TrainResult(out, Path(outputs["model"]), metrics=metrics, outputs=outputs)
 
 
 def train_on_pairs(

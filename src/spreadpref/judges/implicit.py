@@ -43,6 +43,30 @@ def mixed_reference(reference_logps: float | None, base_logps: float | None, bas
     return (1.0 - base_weight) * reference + base_weight * base_logps
 
 
+def implicit_score(
+    policy_logps: float,
+    reference_logps: float | None,
+    num_tokens: int,
+    settings: JudgeSettings,
+    base_logps: float | None = None,
+    reply: str = "a reply",
+) -> float:
+    """The implicit judge's score of one reply, as every caller computes it: ``log pi_judge`` minus the reference
+    term (with ``judge.base``, the geometric mixture), per token with ``judge.length_normalize``.
+
+    A score that is not finite (a model producing NaN or inf) is a JudgeError naming ``reply``."""
+    score = log_ratio(
+        policy_logps, mixed_reference(reference_logps, base_logps, settings.base_weight), num_tokens,
+        settings.length_normalize,
+    )  # fmt: skip
+    if not math.isfinite(score):
+        raise JudgeError(
+            f"non-finite judge score for {reply} (policy log-prob {policy_logps}, reference log-prob "
+            f"{reference_logps}); the model produces NaN or inf"
+        )
+    return score
+
+
 def preference_probability(margin: float, beta: float) -> float:
     """P(a is preferred to b) = sigmoid(beta * (s_a - s_b)), Bradley-Terry on the implicit reward."""
     return sigmoid(beta * margin)
@@ -102,14 +126,10 @@ def score_replies(
         progress,
         description,
     )
-    scores = [
-        log_ratio(float(p), r, int(c), settings.length_normalize)
-        for p, r, c in zip(policy_logps, reference_logps, counts)
+    return [
+        implicit_score(float(p), r, int(c), settings, reply=f"reply {i}")
+        for i, (p, r, c) in enumerate(zip(policy_logps, reference_logps, counts))
     ]
-    bad = next((s for s in scores if not math.isfinite(s)), None)
-    if bad is not None:
-        raise JudgeError(f"non-finite implicit-judge score ({bad}); the model produces NaN or inf")
-    return scores
 
 
 class ImplicitJudge(Judge):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -30,15 +29,13 @@ from spreadpref.config import NAMED_JUDGE_POLICIES, JudgeSettings
 from spreadpref.data.artifacts import GoldVerdict, JudgedSample, Pair, Sample, Verdict
 from spreadpref.data.tokenize import TokenizedPair
 from spreadpref.dpo.logprobs import forward_precision, score_sequences, training_precision
-from spreadpref.errors import JudgeError
 from spreadpref.eval.labels import accuracy_by_margin, self_label_accuracy
 from spreadpref.eval.stats import proportion
 from spreadpref.judges import make_judge
 from spreadpref.judges.base import Comparison, Judge
 from spreadpref.judges.implicit import (
     both_logps,
-    log_ratio,
-    mixed_reference,
+    implicit_score,
     preference_probability,
     score_replies,
 )
@@ -258,18 +255,13 @@ def score_samples(
         judged = []
         rows = zip(chunk, policy_logps.tolist(), reference_logps, counts.tolist(), judge_logps, base_logps)
         for (sample, pol, ref, count, jud, base), prev in zip(rows, previous_logps):
-            ref_term = mixed_reference(ref, base, settings.base_weight)
-            score = log_ratio(pol if jud is None else jud, ref_term, sample.num_tokens, settings.length_normalize)
+            # A non-finite score stops here, before anything of this chunk is written.
+            reply = f"prompt {sample.prompt_id!r}, sample {sample.sample}"
+            score = implicit_score(pol if jud is None else jud, ref, sample.num_tokens, settings, base, reply)
             previous_score = None
             if settings.consistency != "none":
                 previous = pol if prev is None else prev
-                previous_score = log_ratio(previous, ref_term, sample.num_tokens, settings.length_normalize)
-            if not math.isfinite(score):
-                raise JudgeError(
-                    f"non-finite judge score for prompt {sample.prompt_id!r}, sample {sample.sample} "
-                    f"(policy log-prob {pol}, reference log-prob {ref}); the model produces NaN or inf. "
-                    "Nothing of this chunk was written."
-                )
+                previous_score = implicit_score(previous, ref, sample.num_tokens, settings, base, reply)
             judged.append(
                 JudgedSample(
                     prompt_id=sample.prompt_id,

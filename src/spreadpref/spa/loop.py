@@ -407,8 +407,8 @@ def _seed(
         "weights_unchanged": result.metrics.get("weights_unchanged", False),
     }
     write_summary(root, summary)
-    _print_trained(result.metrics, result.model)
-    return result.model
+    _print_trained(result.metrics, result.model_dir)
+    return result.model_dir
 
 
 def _generate(
@@ -593,8 +593,8 @@ def _train(
         replay_pairs=metrics.get("replay_pairs", 0),
         weights_unchanged=metrics.get("weights_unchanged", False),
     )
-    _print_trained(metrics, result.model)
-    return result.model
+    _print_trained(metrics, result.model_dir)
+    return result.model_dir
 
 
 def _print_trained(metrics: dict[str, Any], model: Path) -> None:

@@ -20,7 +20,7 @@ from spreadpref.data.loading import load_training_preferences
 from spreadpref.data.sanity import check_records
 from spreadpref.data.tokenize import TokenizedPair, tokenize_pairs
 from spreadpref.dpo.held_out import seeded_split
-from spreadpref.dpo.train import train_on_pairs
+from spreadpref.dpo.train import TrainResult, train_on_pairs
 from spreadpref.runtime.progress import console
 from spreadpref.spa.context import StageContext
 
@@ -50,13 +50,6 @@ def split_seed_pairs(
     return seeded_split(pairs, held_out_count(len(pairs), fraction), f"spreadpref-seed-holdout-{seed}")
 
 
-@dataclass
-class SeedResult:
-    model: Path
-    outputs: dict[str, str]
-    metrics: dict[str, Any]
-
-
 def load_seed_pairs(config: Config, tokenizer: PreTrainedTokenizerBase) -> SeedPairs:
     """The seed pairs of ``data.train``, tokenised, and split into trained and held out."""
     records, report = load_training_preferences(config.data)
@@ -79,7 +72,7 @@ def load_seed_pairs(config: Config, tokenizer: PreTrainedTokenizerBase) -> SeedP
     return SeedPairs(trained, held_out, info)
 
 
-def seed_stage(ctx: StageContext, seed: SeedPairs, on_reference=None) -> SeedResult:
+def seed_stage(ctx: StageContext, seed: SeedPairs, on_reference=None) -> TrainResult:
     """pi_0 = DPO of ``model.name_or_path`` on the seed pairs (reference: pi_init), in ``ctx.directory``."""
     config = ctx.config
     set_seed(config.seed)
@@ -90,4 +83,4 @@ def seed_stage(ctx: StageContext, seed: SeedPairs, on_reference=None) -> SeedRes
         config, ctx.tokenizer, pairs, ctx.directory, merge_lora=True, on_reference=on_reference, held_out=seed.held_out
     )
     metrics["seconds"] = round(time.perf_counter() - started, 1)
-    return SeedResult(Path(outputs["model"]), outputs, metrics)
+    return TrainResult(ctx.directory, Path(outputs["model"]), metrics=metrics, outputs=outputs)

@@ -11,16 +11,14 @@ import dataclasses
 import gc
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from transformers import set_seed
 
 from spreadpref.data.artifacts import GoldVerdict, Pair
 from spreadpref.data.tokenize import TokenizedPair
 from spreadpref.dpo.refine import Refinement
-from spreadpref.dpo.train import train_on_pairs
+from spreadpref.dpo.train import TrainResult, train_on_pairs
 from spreadpref.errors import SpreadprefError
 from spreadpref.eval.labels import refinement_quality
 from spreadpref.models.loading import keeps_float32_master_weights, load_for_inference
@@ -30,13 +28,6 @@ from spreadpref.runtime.progress import console
 from spreadpref.spa.context import StageContext
 
 OUTPUTS = (TRAIN_STAGE,)
-
-
-@dataclass
-class TrainResult:
-    model: Path
-    outputs: dict[str, str]
-    metrics: dict[str, Any]
 
 
 def round_refinement(ctx: StageContext, start: str | Path) -> Refinement | None:
@@ -120,4 +111,4 @@ def train_stage(ctx: StageContext, start: str | Path, human: list[TokenizedPair]
         metrics["refinement_quality"] = refinement_quality(decisions, GoldVerdict.read(ctx.path(GoldVerdict.FILE)))
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     metrics["replay_pairs"] = len(replay)
-    return TrainResult(Path(outputs["model"]), outputs, metrics)
+    return TrainResult(ctx.path(TRAIN_STAGE), Path(outputs["model"]), metrics=metrics, outputs=outputs)

@@ -41,7 +41,11 @@ PUBLIC = [
         ["spreadpref.judges.make_judge", "spreadpref.judges.base.Judge", "spreadpref.judges.custom.custom_judge"],
     ),
     ("Evaluation", ["spreadpref.eval.evaluate.evaluate", "spreadpref.eval.report.write_report"]),
-    ("Testing", ["spreadpref.testing.make_tiny_model_dir", "spreadpref.goldworld.run_seed"]),
+    (
+        "Sandbox",
+        ["spreadpref.sandbox.run_sandbox", "spreadpref.sandbox.method_overrides", "spreadpref.sandbox.world.run_seed"],
+    ),
+    ("Testing", ["spreadpref.testing.make_tiny_model_dir"]),
 ]
 
 

@@ -36,7 +36,7 @@ LAYER_OF = {
     "spreadpref.cli": "interface",
     "spreadpref.__main__": "interface",
     "spreadpref.envinfo": "interface",
-    "spreadpref.goldworld": "interface",
+    "spreadpref.sandbox": "interface",
 }
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from spreadpref.config import load_config
 from spreadpref.errors import ConfigError, JudgeError
-from spreadpref.goldworld import GoldJudge, RandomJudge
+from spreadpref.sandbox.world import GoldJudge, RandomJudge
 from spreadpref.judges import make_judge
 from spreadpref.judges.base import Comparison
 
@@ -16,7 +16,7 @@ def settings(*overrides):
 def test_the_factory_is_imported_and_called_with_its_kwargs():
     config = settings(
         "judge.kind=custom",
-        "judge.custom.factory=spreadpref.goldworld:gold_judge",
+        "judge.custom.factory=spreadpref.sandbox.world:gold_judge",
         "judge.custom.kwargs={words_per_topic: 3}",
     )
     judge = make_judge(config.judge, config.model)
@@ -34,12 +34,12 @@ def test_a_custom_judge_needs_a_factory():
 @pytest.mark.parametrize(
     ("factory", "message"),
     [
-        ("spreadpref.goldworld", "package.module:callable"),
+        ("spreadpref.sandbox.world", "package.module:callable"),
         ("no_such_module_xyz:make", "cannot import 'no_such_module_xyz'"),
-        ("spreadpref.goldworld:no_such_factory", "has no attribute"),
-        ("spreadpref.goldworld:VARIANTS", "not callable"),
-        ("spreadpref.goldworld:world_settings_dict", "refused judge.custom.kwargs"),
-        ("spreadpref.goldworld:WorldSettings", "not a spreadpref.judges.Judge"),
+        ("spreadpref.sandbox.world:no_such_factory", "has no attribute"),
+        ("spreadpref.sandbox.world:VARIANTS", "not callable"),
+        ("spreadpref.sandbox.world:world_settings_dict", "refused judge.custom.kwargs"),
+        ("spreadpref.sandbox.world:WorldSettings", "not a spreadpref.judges.Judge"),
     ],
 )
 def test_a_bad_factory_gets_a_message_that_names_it(factory, message):

@@ -4,10 +4,11 @@ import math
 
 import pytest
 
-from spreadpref import goldworld
 from spreadpref.eval.stats import t_interval
-from spreadpref.goldworld import GoldJudge, WorldSettings, gold_reward
 from spreadpref.judges.base import Comparison
+from spreadpref.sandbox import compare
+from spreadpref.sandbox import world as goldworld
+from spreadpref.sandbox.world import GoldJudge, WorldSettings, gold_reward
 
 
 def test_gold_reward_is_the_share_of_reply_words_in_the_prompt_topics_group():
@@ -96,17 +97,6 @@ def test_the_method_spreads_a_preference_in_the_reduced_gold_world(tmp_path):
         assert all("held_out_agreement_30" in row for row in r["variants"]["spa_length_replay"])
 
 
-def _benchmark_module():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "gold_world.py"
-    spec = importlib.util.spec_from_file_location("gold_world_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _fake_seed(seed, seed_only, spa_rounds):
     row = {"gold_reward": 0.0, "win_rate_vs_sft": 0.5, "reply_words": 5.0, "kl_from_init": 0.0}
     return {
@@ -122,21 +112,19 @@ def _fake_seed(seed, seed_only, spa_rounds):
     }
 
 
-def test_the_benchmark_pairs_seeds_and_takes_the_final_round():
-    bench = _benchmark_module()
+def test_the_comparison_pairs_seeds_and_takes_the_final_round():
     results = [_fake_seed(10, 0.40, [0.41, 0.45]), _fake_seed(11, 0.30, [0.30, 0.33])]
-    summary = bench.aggregate(results)
+    summary = compare.aggregate(results)
     [diff] = [d for d in summary["differences"] if (d["a"], d["b"]) == ("spa_dnd", "seed_only")]
     assert diff["per_seed"] == pytest.approx([0.05, 0.03]) and diff["wins"] == 2 and diff["n"] == 2
     assert diff["half_width"] == pytest.approx(12.706 * (0.02 / math.sqrt(2)) / math.sqrt(2))
     final = next(r for r in summary["table"] if r["variant"] == "spa_dnd" and r["round"] == 2)
     assert final["gold_vs_seed_only"]["mean"] == pytest.approx(0.04)
-    text = bench.markdown(summary, [10, 11], 120.0)
+    text = compare.markdown(summary, [10, 11], 120.0)
     assert "| SPA + refinement + DND (the paper) | DPO on the seed only | +0.040" in text and "contains 0" in text
 
 
 def test_the_guard_analysis_applies_the_pipeline_rule_seed_by_seed():
-    bench = _benchmark_module()
     results = [_fake_seed(10, 0.40, [0.45, 0.35]), _fake_seed(11, 0.30, [0.28, 0.33])]
     agreements = {10: [0.70, 0.80, 0.60], 11: [0.70, 0.70, 0.90]}  # seed model, round 1, round 2
     for result in results:
@@ -144,7 +132,11 @@ def test_the_guard_analysis_applies_the_pipeline_rule_seed_by_seed():
         result["variants"]["seed_only"][0]["held_out_agreement_30"] = figures[0]
         for row, value in zip(result["variants"]["spa_dnd"], figures[1:]):
             row["held_out_agreement_30"] = value
-    rows = {(g["variant"], g["rule"]): g for g in bench.guard_analysis(results) if g["pairs"] == 30}
+    rows = {
+        (g["variant"], g["rule"]): g
+        for g in compare.guard_analysis(results, compare.SAFEGUARD_VARIANTS)
+        if g["pairs"] == 30
+    }
     # best_held_out: seed 10 takes round 1 (+0.05), seed 11 round 2 (+0.03); last: -0.05 and +0.03.
     assert rows[("spa_dnd", "best_held_out")]["per_seed"] == pytest.approx([0.05, 0.03])
     assert rows[("spa_dnd", "best_held_out")]["best_round_picked"] == 2

@@ -1,7 +1,7 @@
 """Your own judge: ``judge.custom.factory = "package.module:callable"`` returns a :class:`Judge`.
 
 The factory is imported and called with ``judge.custom.kwargs``. It is how the synthetic gold world
-(:mod:`spreadpref.goldworld`) plugs its hidden reward into the real loop, and how a user brings a
+(:mod:`spreadpref.sandbox.world`) plugs its hidden reward into the real loop, and how a user brings a
 judge spreadpref does not ship (a heuristic, a remote service with its own client, a unit-test oracle).
 """
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Any, TypeVar
 
 from rich.console import Console
@@ -63,6 +63,21 @@ def track(items: Iterable[T], description: str, total: int | None = None, enable
         for item in items:
             yield item
             bar.advance(task)
+
+
+@contextmanager
+def quiet_pipeline() -> Iterator[None]:
+    """No stage headings, results or bars while inside (a caller that reports the work in its own words)."""
+    previous_quiet, previous_env = console.quiet, os.environ.get("SPREADPREF_NO_PROGRESS")
+    console.quiet, os.environ["SPREADPREF_NO_PROGRESS"] = True, "1"
+    try:
+        yield
+    finally:
+        console.quiet = previous_quiet
+        if previous_env is None:
+            del os.environ["SPREADPREF_NO_PROGRESS"]
+        else:
+            os.environ["SPREADPREF_NO_PROGRESS"] = previous_env
 
 
 def status(message: str):

@@ -51,5 +51,5 @@ def print_round_table(summary: dict[str, Any]) -> None:
     for row in rows:
         table.add_row(*row)
     # Rich wraps at 80 columns when the output is not a terminal; keep the table legible in log files.
-    out = console if console.is_terminal else Console(stderr=True, width=180)
+    out = console if console.is_terminal else Console(stderr=True, width=180, quiet=console.quiet)
     out.print(table)

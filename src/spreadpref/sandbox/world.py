@@ -37,6 +37,7 @@ from spreadpref.data.artifacts import Pair
 from spreadpref.data.tokenize import render_prompt_ids
 from spreadpref.dpo.logprobs import score_sequences
 from spreadpref.judges.base import Comparison, ExactScoreJudge
+from spreadpref.models.loading import quiet_transformers_bars
 from spreadpref.runtime.files import atomic_write_json, write_jsonl
 from spreadpref.runtime.layout import MODEL_DIRECTORY, round_directory, round_training_directory
 from spreadpref.spa.summary import label_measurements
@@ -143,6 +144,8 @@ VARIANTS = {
     "iterative_random": "Iterative DPO, random labels",
     "no_seed": "SPA without seed (reference: pi_base)",
 }
+CUSTOM = "custom"  # the sandbox's variant: SPA with a config's own settings (spreadpref.sandbox)
+CUSTOM_LABEL = "Your settings (the config's SPA keys)"
 ROUND_VARIANTS = (
     "spa_direct",
     "spa_refine",
@@ -252,12 +255,12 @@ class RandomJudge(ExactScoreJudge):
 
 
 def gold_judge(words_per_topic: int = 8) -> GoldJudge:
-    """Factory for ``judge.custom.factory=spreadpref.goldworld:gold_judge``."""
+    """Factory for ``judge.custom.factory=spreadpref.sandbox.world:gold_judge``."""
     return GoldJudge(words_per_topic)
 
 
 def random_judge(seed: int = 0) -> RandomJudge:
-    """Factory for ``judge.custom.factory=spreadpref.goldworld:random_judge``."""
+    """Factory for ``judge.custom.factory=spreadpref.sandbox.world:random_judge``."""
     return RandomJudge(seed)
 
 
@@ -385,6 +388,7 @@ def mean_gold_reward(model: LlamaForCausalLM, tokenizer, world: WorldSettings, p
 
 
 def load_model(path: Path) -> LlamaForCausalLM:
+    quiet_transformers_bars()  # one line per seed, not one bar per tensor
     return LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
 
@@ -605,8 +609,11 @@ def pipeline_config(world: WorldSettings, output_dir: Path, overrides: Sequence[
     )
 
 
-def variant_overrides(name: str, world: WorldSettings, sw: SeedWorld, seed_model: Path) -> list[str]:
-    """The pipeline settings of round variant ``name``: its start, its judge and its refinement."""
+def variant_overrides(
+    name: str, world: WorldSettings, sw: SeedWorld, seed_model: Path, custom: Sequence[str] = ()
+) -> list[str]:
+    """The pipeline settings of round variant ``name``: its start, its judge and its refinement. ``custom`` is the
+    variant of that name (the sandbox's: a config's own settings), with the same placeholders."""
     start = sw.init if name == "no_seed" else seed_model
     reference = sw.base if name == "no_seed" else sw.init
     out = [
@@ -615,19 +622,25 @@ def variant_overrides(name: str, world: WorldSettings, sw: SeedWorld, seed_model
         "loop.seed_stage=false",
         f"judge.reference={reference}",
         f"seed={sw.seed}",
-        *(o.format(base=sw.base, init=sw.init, seed_pairs=sw.seed_pairs) for o in VARIANT_OVERRIDES[name]),
+        *(
+            o.format(base=sw.base, init=sw.init, seed_pairs=sw.seed_pairs)
+            for o in (custom if name == CUSTOM else VARIANT_OVERRIDES[name])
+        ),
     ]
     if name == "iterative_gold":
         out += [
-            "judge.custom.factory=spreadpref.goldworld:gold_judge",
+            "judge.custom.factory=spreadpref.sandbox.world:gold_judge",
             f"judge.custom.kwargs={{words_per_topic: {world.words_per_topic}}}",
         ]
     elif name == "iterative_random":
-        out += ["judge.custom.factory=spreadpref.goldworld:random_judge", f"judge.custom.kwargs={{seed: {sw.seed}}}"]
+        out += [
+            "judge.custom.factory=spreadpref.sandbox.world:random_judge",
+            f"judge.custom.kwargs={{seed: {sw.seed}}}",
+        ]
     else:  # SPA: the gold reward measures the self-labels and the smoothing, never trains
         out += [
             "judge.gold=custom",
-            "judge.custom.factory=spreadpref.goldworld:gold_judge",
+            "judge.custom.factory=spreadpref.sandbox.world:gold_judge",
             f"judge.custom.kwargs={{words_per_topic: {world.words_per_topic}}}",
         ]
     return out
@@ -643,10 +656,15 @@ def _train_stage(world: WorldSettings, output_dir: Path, start: Path, data: Path
 
 
 def run_seed(
-    world: WorldSettings, seed: int, directory: Path, variants: Sequence[str] = tuple(VARIANTS)
+    world: WorldSettings,
+    seed: int,
+    directory: Path,
+    variants: Sequence[str] = tuple(VARIANTS),
+    custom: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Every variant of ``variants`` on one seed's world; per variant, per round: the held-out metrics and the
-    label measurements. Finished stages are reused (the pipeline resumes), so a killed run continues."""
+    label measurements. Finished stages are reused (the pipeline resumes), so a killed run continues. The variant
+    ``custom`` (when in ``variants``) is SPA with the overrides ``custom``."""
     from spreadpref.spa.loop import run  # noqa: PLC0415 - deferred, as above
 
     sw = build_world(world, seed, directory / f"seed-{seed}")
@@ -672,8 +690,8 @@ def run_seed(
             [f"train.num_epochs={OFFLINE_EPOCHS}"],
         )
         results["variants"]["offline_gold"] = [dict(evaluate(offline, "offline_gold"), round=0)]
-    for name in (v for v in ROUND_VARIANTS if v in variants):
-        config = pipeline_config(world, sw.directory / name, variant_overrides(name, world, sw, seed_model))
+    for name in (v for v in (*ROUND_VARIANTS, CUSTOM) if v in variants):
+        config = pipeline_config(world, sw.directory / name, variant_overrides(name, world, sw, seed_model, custom))
         summary = run(config).summary
         rows = (
             [dict(evaluate(sw.init if name == "no_seed" else seed_model, name), round=0)] if name == "no_seed" else []

@@ -1,0 +1,152 @@
+"""The sandbox: a config's SPA settings in the synthetic gold world, in minutes, against the baselines.
+
+    spreadpref sandbox --config my.yaml --seeds 3
+
+The world (:mod:`spreadpref.sandbox.world`) has a hidden gold reward, a tiny model and 30 gold-labelled seed
+pairs; every variant runs through the real pipeline. The sandbox takes the *method* settings of a config (the
+judge's safeguards, self-refinement, experience replay, beta, sampling; :func:`method_overrides`), leaves the
+world's own budget (model, data, sizes, learning rates) as it is, and runs them beside DPO on the seed pairs
+only, the paper's SPA and iterative DPO on gold labels, seed by seed. The table it prints is the paired table
+of docs/results.md (:mod:`spreadpref.sandbox.compare`).
+
+It answers "what does this setting do to a model whose gold reward I can see", not "how will my model do":
+the world is 85k parameters and a made-up task. Seeds start at 1000 by default, apart from the development
+(100-104) and reported (10-39) seeds of docs/results.md.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from spreadpref.config import NAMED_JUDGE_POLICIES, Config
+from spreadpref.errors import ConfigError
+from spreadpref.runtime.files import atomic_write_json, atomic_write_text
+from spreadpref.runtime.progress import console, quiet_pipeline
+from spreadpref.sandbox import compare, world
+
+# The settings a config brings into the world: the method's own. The rest (model, data, sizes, budget, devices)
+# belongs to the world, whose budget was chosen on its development seeds.
+METHOD_SECTIONS = ("judge", "refine")
+METHOD_KEYS = (
+    "train.beta",
+    "loop.replay_fraction",
+    "loop.group_by_length",
+    "generation.num_samples",
+    "generation.temperature",
+    "generation.top_p",
+)
+WORLD_OWNED = frozenset(
+    {
+        "judge.kind",  # the world's round judge is the implicit one; gold and random are its baselines
+        "judge.reference",  # pi_init of the world
+        "judge.batch_size",
+        "judge.seed_agreement",
+        "judge.gold",
+        "judge.reward_model",
+        "judge.llm",
+        "judge.custom",
+    }
+)
+BASELINES = ("spa_dnd", "iterative_gold")  # beside the config's settings ("custom") and seed-only DPO
+COMPARISONS = (
+    ("custom", "seed_only"),
+    ("custom", "spa_dnd"),
+    ("custom", "iterative_gold"),
+    ("spa_dnd", "seed_only"),
+    ("iterative_gold", "seed_only"),
+)
+
+
+def _changed(current: Any, default: Any, prefix: str) -> dict[str, Any]:
+    """Dotted keys whose value differs from the schema's default."""
+    if isinstance(current, dict) and isinstance(default, dict):
+        found: dict[str, Any] = {}
+        for key in current:
+            found.update(_changed(current[key], default.get(key), f"{prefix}.{key}"))
+        return found
+    return {} if current == default else {prefix: current}
+
+
+def method_overrides(config: Config) -> tuple[list[str], list[str]]:
+    """(overrides for the world's pipeline, notes on what was left to the world): the config's method settings
+    that differ from the schema's defaults. A model path in ``judge.base`` becomes the world's base model."""
+    if config.judge.kind != "implicit":
+        raise ConfigError(
+            f"judge.kind={config.judge.kind}: the sandbox measures the implicit judge's settings; the world has "
+            "no place for another judge (its gold and random judges are its baselines)"
+        )
+    current, default = config.model_dump(mode="json"), Config().model_dump(mode="json")
+    changed: dict[str, Any] = {}
+    for section in METHOD_SECTIONS:
+        changed.update(_changed(current[section], default[section], section))
+    for key in METHOD_KEYS:
+        section, name = key.split(".")
+        changed.update(_changed(current[section][name], default[section][name], key))
+    overrides, notes = [], []
+    for key, value in changed.items():
+        if key.split(".")[0] + "." + key.split(".")[1] in WORLD_OWNED:
+            notes.append(f"{key} is the world's own")
+        elif key == "judge.base":
+            overrides.append("judge.base={base}")  # any base model: the world's
+        elif key == "judge.policy" and value not in NAMED_JUDGE_POLICIES:
+            notes.append(f"judge.policy={value} names a model outside the world; the world's round model is used")
+        else:
+            text = json.dumps(value).replace("{", "{{").replace("}", "}}")  # JSON is YAML; braces survive format()
+            overrides.append(f"{key}={text}")
+    if config.loop.replay_fraction > 0:
+        overrides.append("data.train={seed_pairs}")  # replay draws from the world's seed pairs
+    return overrides, notes
+
+
+def run_sandbox(
+    config: Config,
+    seeds: Sequence[int],
+    directory: Path,
+    settings: world.WorldSettings | None = None,
+) -> dict[str, Any]:
+    """The config's settings ("custom") beside seed-only DPO, the paper's SPA and iterative gold DPO, on each
+    seed's world; writes ``sandbox.json`` and ``sandbox.md`` in ``directory`` and returns the summary."""
+    settings = settings or world.WorldSettings()
+    overrides, notes = method_overrides(config)
+    shown = [o.replace("{{", "{").replace("}}", "}") for o in overrides if "={" not in o]  # not the world's paths
+    console.print(f"Your settings in the gold world: {', '.join(shown) or 'the schema defaults'}")
+    for note in notes:
+        console.print(f"  [dim]left to the world: {note}[/]")
+    results = []
+    for n, seed in enumerate(seeds, 1):
+        console.print(f"Seed {seed} ({n} of {len(seeds)}): the world, seed-only DPO, the paper's SPA, iterative gold "
+                      "DPO and your settings ...")  # fmt: skip
+        with quiet_pipeline():
+            result = world.run_seed(settings, seed, directory, (*BASELINES, world.CUSTOM), custom=overrides)
+        atomic_write_json(directory / f"seed-{seed}.json", result)
+        final = {name: rows[-1]["gold_reward"] for name, rows in result["variants"].items()}
+        console.print(
+            f"  done in {result['seconds']:.0f} s; gold reward: seed-only {final['seed_only']:.3f}, "
+            f"yours {final[world.CUSTOM]:.3f}"
+        )
+        results.append(result)
+    summary = compare.aggregate(results, COMPARISONS, guard_variants=("custom",))
+    document = {"seeds": list(seeds), "overrides": overrides, "left_to_the_world": notes, **summary}
+    atomic_write_json(directory / "sandbox.json", document)
+    seconds = sum(r["seconds"] for r in results)
+    atomic_write_text(directory / "sandbox.md", compare.markdown(summary, list(seeds), seconds))
+    return document
+
+
+def differences_table(document: dict[str, Any]) -> Table:
+    """The paired differences of the final models' gold reward, as the terminal shows them."""
+    table = Table(title=f"Gold reward of the final models, paired over seeds {', '.join(map(str, document['seeds']))}")
+    for column in ("a", "b", "a - b (95% CI)", "seeds where a > b"):
+        table.add_column(column, justify="right" if column != "a" and column != "b" else "left")
+    for d in document["differences"]:
+        low, high = d["mean"] - d["half_width"], d["mean"] + d["half_width"]
+        spread = f"({low:+.3f} to {high:+.3f})" if d["n"] > 1 else "(one seed: no interval)"
+        table.add_row(
+            compare.label(d["a"]), compare.label(d["b"]), f"{d['mean']:+.3f} {spread}", f"{d['wins']} of {d['n']}"
+        )
+    return table

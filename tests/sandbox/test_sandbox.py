@@ -1,0 +1,59 @@
+"""The sandbox: a config's method settings carried into the gold world, and the command that runs them."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from spreadpref.cli import app
+from spreadpref.config import load_config
+from spreadpref.errors import ConfigError
+from spreadpref.sandbox import method_overrides
+
+
+def test_the_schema_defaults_bring_nothing():
+    assert method_overrides(load_config(None)) == ([], [])
+
+
+def test_the_default_profile_brings_its_safeguards_and_replays_the_worlds_seed_pairs():
+    overrides, notes = method_overrides(load_config())
+    assert 'judge.length_penalty="fit"' in overrides and "loop.replay_fraction=0.25" in overrides
+    assert "data.train={seed_pairs}" in overrides  # replay draws the world's seed pairs, not the profile's file
+    assert not any(
+        o.startswith(("model.", "data.prompts", "loop.rounds", "generation.max_new_tokens")) for o in overrides
+    )
+    assert notes == []
+
+
+def test_models_outside_the_world_are_replaced_or_left_out_and_said(tmp_path):
+    config = load_config(
+        None,
+        ["judge.base=some/base-model", "judge.base_weight=0.5", f"judge.reference={tmp_path}", "judge.policy=x/y"],
+    )
+    overrides, notes = method_overrides(config)
+    assert "judge.base={base}" in overrides and "judge.base_weight=0.5" in overrides  # the world's base model
+    assert not any(o.startswith(("judge.reference", "judge.policy")) for o in overrides)
+    assert any("judge.reference" in n for n in notes) and any("judge.policy=x/y" in n for n in notes)
+
+
+def test_another_judge_kind_is_refused():
+    with pytest.raises(ConfigError, match="judge.kind=llm"):
+        method_overrides(load_config(None, ["judge.kind=llm", "judge.llm.model=m"]))
+
+
+@pytest.mark.slow
+def test_the_command_runs_a_config_beside_the_baselines_in_the_reduced_world(tmp_path):
+    out = tmp_path / "sandbox"
+    result = CliRunner().invoke(
+        app, ["sandbox", "--reduced", "--seeds", "1", "--first-seed", "1000", "-o", str(out), "refine.alpha=0.2"]
+    )
+    assert result.exit_code == 0, result.output
+    document = json.loads((out / "sandbox.json").read_text())
+    assert "refine.alpha=0.2" in document["overrides"]
+    pairs = {(d["a"], d["b"]) for d in document["differences"]}
+    assert ("custom", "seed_only") in pairs and ("iterative_gold", "seed_only") in pairs
+    seed = json.loads((out / "seed-1000.json").read_text())
+    assert set(seed["variants"]) == {"sft", "seed_only", "spa_dnd", "iterative_gold", "custom"}
+    assert len(seed["variants"]["custom"]) == 3  # three rounds, each with its gold reward
+    assert "Your settings" in (out / "sandbox.md").read_text()
+    assert "Your settings in the gold world: judge.length_penalty" in result.output

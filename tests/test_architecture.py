@@ -182,3 +182,24 @@ def test_the_layout_check_sees_a_spelled_name():
     source = 'path = root / "summary.json"\nother = root / f"round-{i}" / "x"\nstage = "round-2/train"\n'
     assert sorted(layout_spellings(source)) == ["f'round-{i}'", "round-2/train", "summary.json"]
     assert layout_spellings('message = "see summary.json"\nname = round_name(i)\n') == []
+
+
+# --- tests mirror the package ----------------------------------------------------------------
+
+TESTS = Path(__file__).resolve().parent
+DATA_ONLY = {"configs", "resources"}  # shipped files, no code of their own
+
+
+def test_every_subpackage_has_its_test_folder():
+    subpackages = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file() and p.name not in DATA_ONLY)
+    missing = [name for name in subpackages if not any((TESTS / name).glob("test_*.py"))]
+    assert not missing, f"subpackages without a tests/<name>/ folder of tests: {missing}"
+
+
+def test_test_files_import_helpers_not_each_other():
+    for path in TESTS.rglob("test_*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        siblings = sorted(m for m in imported if m.split(".")[0].startswith("test_") or m == "conftest")
+        assert not siblings, f"{path.relative_to(TESTS)} imports {siblings}; shared code goes in helpers.py"

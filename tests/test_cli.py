@@ -180,7 +180,7 @@ def test_stages_alone_generate_judge_train(tiny_model_dir, tmp_path):
 
 
 def test_eval_command_writes_results_and_names_a_bad_judge(tiny_model_dir, tmp_path):
-    from conftest import write_jsonl
+    from helpers import write_jsonl
 
     from spreadpref.testing import make_tiny_reward_model_dir
 
@@ -252,7 +252,7 @@ def test_trl_flags_get_a_hint_with_the_spreadpref_keys():
 
 
 def test_a_refused_rerun_names_the_keys_that_changed(tiny_model_dir, pairs_file, tmp_path):
-    from conftest import tiny_train_overrides
+    from helpers import tiny_train_overrides
 
     args = ["train", *tiny_train_overrides(tiny_model_dir, pairs_file, tmp_path / "run")]
     assert runner.invoke(app, args).exit_code == 0

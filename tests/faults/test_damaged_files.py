@@ -90,7 +90,7 @@ def test_an_intact_cache_entry_is_read(tmp_path):
 
 
 def test_real_trainer_checkpoints_carry_the_file_list(tiny_model_dir, pairs_file, tmp_path):
-    from conftest import tiny_train_overrides
+    from helpers import tiny_train_overrides
 
     from spreadpref.config import load_config
     from spreadpref.dpo.train import train_policy
@@ -122,7 +122,7 @@ def test_real_trainer_checkpoints_carry_the_file_list(tiny_model_dir, pairs_file
 
 
 def test_a_damaged_file_of_a_finished_stage_is_rebuilt_the_same(tiny_model_dir, loop_data, tmp_path):
-    from test_loop import loop_overrides
+    from helpers import loop_overrides
 
     from spreadpref.config import load_config
     from spreadpref.runtime.manifest import Manifest

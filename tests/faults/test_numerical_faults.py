@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
-from conftest import arithmetic_pairs, write_jsonl
 from harness import write_loop_data
+from helpers import arithmetic_pairs, write_jsonl
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 

@@ -37,7 +37,7 @@ def test_atomic_files_and_directories_honour_the_umask(umask, tmp_path, mask, fi
 
 
 def test_a_finished_training_stage_is_readable_by_others_under_umask_022(umask, tiny_model_dir, pairs_file, tmp_path):
-    from conftest import tiny_train_overrides
+    from helpers import tiny_train_overrides
 
     from spreadpref.config import load_config
     from spreadpref.dpo.train import train_policy

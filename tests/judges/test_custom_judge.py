@@ -4,9 +4,9 @@ import pytest
 
 from spreadpref.config import load_config
 from spreadpref.errors import ConfigError, JudgeError
-from spreadpref.sandbox.world import GoldJudge, RandomJudge
 from spreadpref.judges import make_judge
 from spreadpref.judges.base import Comparison
+from spreadpref.sandbox.world import GoldJudge, RandomJudge
 
 
 def settings(*overrides):

@@ -1,6 +1,6 @@
 """`spreadpref eval` on a trained model: its own tokenizer, and the model it was trained from as the baseline."""
 
-from conftest import tiny_train_overrides
+from helpers import tiny_train_overrides
 from typer.testing import CliRunner
 
 from spreadpref.cli import app

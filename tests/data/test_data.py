@@ -2,8 +2,8 @@ import json
 import math
 
 import pytest
-from conftest import write_jsonl
-from repo_paths import on_path
+from helpers import write_jsonl
+from repo_paths import SCRIPTS, on_path
 
 from spreadpref.config import ColumnMap
 from spreadpref.data.loading import load_preferences, load_prompts
@@ -259,12 +259,11 @@ def test_bundled_verifiable_sets_are_what_the_script_makes():
     import importlib.util
     import json
     from importlib import resources
-    from pathlib import Path
 
     import pytest
 
     pytest.importorskip("if_verifiable")
-    script = Path(__file__).resolve().parents[1] / "scripts" / "make_ifeval_sets.py"
+    script = SCRIPTS / "make_ifeval_sets.py"
     spec = importlib.util.spec_from_file_location("make_ifeval_sets", script)
     module = importlib.util.module_from_spec(spec)
     with on_path(script.parent):  # the script imports its builder beside it

@@ -1,5 +1,6 @@
 import pytest
 import yaml
+from repo_paths import ROOT
 
 from spreadpref.config import Config, load_config
 from spreadpref.errors import ConfigError
@@ -87,11 +88,10 @@ def test_resolved_config_round_trips(tmp_path):
 
 
 def test_configuration_reference_is_up_to_date():
-    from pathlib import Path
 
     from spreadpref.config import reference_markdown
 
-    doc = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+    doc = ROOT / "docs" / "configuration.md"
     assert doc.read_text().strip() == reference_markdown().strip(), (
         "docs/configuration.md is stale: run `spreadpref config --reference > docs/configuration.md`"
     )

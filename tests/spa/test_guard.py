@@ -5,8 +5,7 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import arithmetic_pairs, write_jsonl
-from test_loop import loop_overrides
+from helpers import arithmetic_pairs, loop_overrides, write_jsonl
 
 from spreadpref.config import JudgeSettings, load_config
 from spreadpref.dpo.logprobs import forward_precision, training_precision

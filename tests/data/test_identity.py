@@ -4,8 +4,7 @@ the same content under another path, or a run from before content keys, is not a
 import json
 import os
 
-from conftest import arithmetic_pairs, tiny_train_overrides, write_jsonl
-from test_loop import loop_overrides
+from helpers import arithmetic_pairs, loop_overrides, tiny_train_overrides, write_jsonl
 
 from spreadpref.config import load_config
 from spreadpref.data.identity import DATA_IDENTITIES, path_identities, source_identity

@@ -2,7 +2,7 @@
 
 import json
 
-from conftest import tiny_train_overrides
+from helpers import tiny_train_overrides
 
 from spreadpref.config import load_config
 from spreadpref.dpo.model_card import EMBEDDED_HUB_ID, model_card, record_adapter_base

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_train_overrides
+from helpers import tiny_train_overrides
 
 from spreadpref.config import load_config
 from spreadpref.data.tokenize import TokenizedPair

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import arithmetic_pairs, tiny_train_overrides, write_jsonl
+from helpers import arithmetic_pairs, tiny_train_overrides, write_jsonl
 from transformers import AutoModelForCausalLM
 
 from spreadpref.config import RefineSettings, load_config

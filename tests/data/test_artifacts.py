@@ -1,14 +1,14 @@
 """The typed rows of generations.jsonl, judged.jsonl and pairs.jsonl: round trip, checks, the README's schema."""
 
 import json
-from pathlib import Path
 
 import pytest
+from repo_paths import ROOT
 
 from spreadpref.data.artifacts import JudgedSample, Pair, Sample, schema_markdown
 from spreadpref.errors import DataError
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = ROOT / "README.md"
 
 
 def a_sample(**changes):

@@ -6,6 +6,7 @@ import sys
 import time
 
 import pytest
+from helpers import loop_overrides
 
 from spreadpref.config import load_config
 from spreadpref.errors import SpreadprefError
@@ -13,28 +14,6 @@ from spreadpref.runtime.files import read_jsonl
 from spreadpref.runtime.layout import LOG_HISTORY_FILE, SUMMARY_FILE, round_name, round_stage, stage_names
 from spreadpref.runtime.manifest import Manifest
 from spreadpref.spa.loop import run
-
-
-def loop_overrides(model_dir, seed_file, prompts_file, out):
-    return [
-        f"model.name_or_path={model_dir}",
-        f"data.train={seed_file}",
-        f"data.prompts={prompts_file}",
-        f"output_dir={out}",
-        "data.max_length=96",
-        "data.max_prompt_length=48",
-        "train.learning_rate=1e-3",
-        "train.num_epochs=1",
-        "train.per_device_batch_size=4",
-        "train.gradient_accumulation_steps=1",
-        "train.warmup_ratio=0.0",
-        "train.save_strategy=no",
-        "loop.rounds=2",
-        "loop.prompts_per_round=[8,8]",
-        "generation.max_new_tokens=12",
-        "generation.batch_size=4",
-        "refine.warmup_fraction=0.0",
-    ]
 
 
 def test_seed_and_two_rounds_end_to_end(tiny_model_dir, loop_data, tmp_path):

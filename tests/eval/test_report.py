@@ -1,7 +1,7 @@
 import json
 
 import pytest
-from test_loop import loop_overrides
+from helpers import loop_overrides
 
 from spreadpref.config import load_config
 from spreadpref.eval.report import write_report
@@ -123,7 +123,7 @@ def test_format_cell_formats_floats_keeps_counts_and_marks_missing_values(value,
 
 
 def test_a_gold_judge_measures_the_self_labels_without_changing_training(tiny_model_dir, tmp_path):
-    from conftest import arithmetic_pairs, write_jsonl
+    from helpers import arithmetic_pairs, write_jsonl
 
     seed = write_jsonl(tmp_path / "seed.jsonl", arithmetic_pairs(24))
     prompts = write_jsonl(
@@ -170,7 +170,7 @@ def test_a_train_directory_gets_a_report_with_training_and_held_out_curves(tiny_
     from spreadpref.cli import app
 
     out = tmp_path / "trained"
-    from conftest import tiny_train_overrides
+    from helpers import tiny_train_overrides
 
     args = [
         "train",

@@ -3,7 +3,7 @@ final model lost its weights rebuilds that model instead of calling itself compl
 
 import shutil
 
-from test_loop import loop_overrides
+from helpers import loop_overrides
 
 from spreadpref.config import load_config
 from spreadpref.runtime.layout import SUMMARY_FILE, round_name, round_stage

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from test_loop import loop_overrides
+from helpers import loop_overrides
 
 from spreadpref.config import load_config
 from spreadpref.errors import ConfigError, SpreadprefError

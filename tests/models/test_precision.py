@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import arithmetic_pairs, write_jsonl
+from helpers import arithmetic_pairs, write_jsonl
 
 from spreadpref.config import load_config
 from spreadpref.data.loading import load_preferences
@@ -97,7 +97,7 @@ def test_the_first_step_has_zero_margins_in_every_precision(tiny_model_dir, tmp_
 def test_a_rounds_reference_equals_its_policy_under_bf16(tiny_model_dir, loop_data, tmp_path, dtype):
     """float32: the judge's log-probs of pi_0 ran under the training's autocast. bfloat16 weights: the judge ran
     them as they are, training runs float32 masters (the GPU check's 1.7B shape was 0.13 nats off): recomputed."""
-    from test_loop import loop_overrides
+    from helpers import loop_overrides
 
     from spreadpref.spa.loop import run
 

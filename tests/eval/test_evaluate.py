@@ -2,7 +2,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import write_jsonl
+from helpers import write_jsonl
 
 from spreadpref.config import load_config
 from spreadpref.data.records import PromptRecord

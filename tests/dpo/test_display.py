@@ -3,7 +3,7 @@
 import json
 import math
 
-from conftest import tiny_train_overrides
+from helpers import tiny_train_overrides
 
 from spreadpref.config import load_config
 from spreadpref.dpo.display import LOG_FILE, bar_text, log_record

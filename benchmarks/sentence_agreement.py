@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from spreadpref.data.loading import iter_rows
+from spreadpref.data.sources import iter_rows
 from spreadpref.judges import sentences, verifier
 
 NUMBER_SENTENCES = "length_constraints:number_sentences"

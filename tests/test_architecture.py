@@ -203,3 +203,28 @@ def test_test_files_import_helpers_not_each_other():
         imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
         siblings = sorted(m for m in imported if m.split(".")[0].startswith("test_") or m == "conftest")
         assert not siblings, f"{path.relative_to(TESTS)} imports {siblings}; shared code goes in helpers.py"
+
+
+ONE_HOME = ("load_config", "TrainResult", "round_directory", "implicit_score", "log_ratio", "seeded_split")
+
+
+@pytest.mark.parametrize("name", ONE_HOME)
+def test_each_shared_fact_is_defined_once(name):
+    homes = [
+        module
+        for module, path in MODULES.items()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.FunctionDef | ast.ClassDef) and node.name == name
+    ]
+    assert len(homes) == 1, f"{name} is defined in {homes}; keep one and import it"
+
+
+def test_the_length_normalisation_has_one_reader():
+    """judge.length_normalize is read where the implicit score is computed, and nowhere else."""
+    readers = [
+        module
+        for module, path in MODULES.items()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Attribute) and node.attr == "length_normalize"
+    ]
+    assert readers == ["spreadpref.judges.implicit"], readers

@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from spreadpref.config import DataSettings
-from spreadpref.data.loading import BUILTIN_FILES, BUILTIN_PREFIX, glob_data_files
+from spreadpref.data.sources import BUILTIN_FILES, BUILTIN_PREFIX, glob_data_files
 from spreadpref.runtime.fingerprint import LENGTH, update_with_file
 
 

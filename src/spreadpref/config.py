@@ -111,7 +111,8 @@ class DataSettings(Section):
         ge=0.0,
         lt=1.0,
         description="`spreadpref train`: share of data.train held out and scored while training (when data.eval is "
-        "not set). `spreadpref run` scores the seed pairs of data.seed_holdout instead.",
+        "not set; at least 8 pairs, and only when at least 8 remain to train on, as data.seed_holdout). "
+        "`spreadpref run` scores the seed pairs of data.seed_holdout instead.",
     )
     seed_holdout: float = Field(
         0.2,

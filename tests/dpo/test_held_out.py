@@ -26,14 +26,17 @@ def pair(i, label=1.0, ref=(-5.0, -5.0)):
     )
 
 
-def test_the_split_is_seeded_keeps_order_and_holds_at_least_one():
-    pairs = [pair(i) for i in range(10)]
-    trained, held = split_held_out(pairs, 0.2, seed=3)
-    again, held_again = split_held_out(pairs, 0.2, seed=3)
-    assert [p.id for p in held] == [p.id for p in held_again] and len(held) == 2 and len(trained) == 8
+def test_the_split_is_seeded_keeps_order_and_follows_the_one_rule():
+    """data.eval_fraction and data.seed_holdout share it: the fraction rounded up, at least 8, 8 left to train."""
+    pairs = [pair(i) for i in range(50)]
+    trained, held = split_held_out(pairs, 0.2, salt="s")
+    again, held_again = split_held_out(pairs, 0.2, salt="s")
+    assert [p.id for p in held] == [p.id for p in held_again] and len(held) == 10 and len(trained) == 40
     assert [p.id for p in trained] == sorted((p.id for p in trained), key=lambda x: int(x[1:]))
-    assert split_held_out(pairs, 0.0, 3) == (pairs, [])
-    assert len(split_held_out(pairs[:3], 0.01, 3)[1]) == 1
+    assert split_held_out(pairs, 0.2, salt="other")[1] != held
+    assert split_held_out(pairs, 0.0, salt="s") == (pairs, [])
+    assert len(split_held_out(pairs[:20], 0.1, salt="s")[1]) == 8  # at least 8
+    assert split_held_out(pairs[:15], 0.5, salt="s") == (pairs[:15], [])  # fewer than 8 would be left
 
 
 def test_the_metrics_are_the_soft_dpo_loss_and_reward_margins_by_hand(monkeypatch):
@@ -79,6 +82,6 @@ def test_a_train_stage_logs_held_out_metrics_on_pairs_it_never_trains_on(tiny_mo
     evals = [row for row in logs if "eval/rewards/accuracies" in row]
     assert [row["step"] for row in evals] == [2, 4]
     assert [row["step"] for row in logs if "loss" in row] == [1, 2, 3, 4]  # the training log is still there
-    assert all(row["eval/pairs"] == 4 for row in evals)  # a quarter of 16
+    assert all(row["eval/pairs"] == 8 for row in evals)  # a quarter of 16 is 4: at least 8 are held out
     data = json.loads((out / MANIFEST_FILE).read_text())["stages"]["train"]["data"]
-    assert data["pairs"] == 12 and data["held_out"] == 4
+    assert data["pairs"] == 8 and data["held_out"] == 8

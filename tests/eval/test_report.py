@@ -188,7 +188,7 @@ def test_a_train_directory_gets_a_report_with_training_and_held_out_curves(tiny_
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     report = (out / REPORT_FILE).read_text()  # written at the end of `spreadpref train`
-    assert "| held-out pairs | 4 |" in report and "(plots/training.png)" in report and "## Warnings" in report
+    assert "| held-out pairs | 8 |" in report and "(plots/training.png)" in report and "## Warnings" in report
     assert (out / "plots" / "training.png").read_bytes().startswith(PNG)
     (out / REPORT_FILE).unlink()
     again = CliRunner().invoke(app, ["report", str(out)])

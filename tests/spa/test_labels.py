@@ -5,6 +5,7 @@ import math
 import pytest
 
 from spreadpref.data.artifacts import GoldVerdict
+from spreadpref.dpo.held_out import held_out_count
 from spreadpref.eval.labels import (
     accuracy_by_margin,
     refinement_quality,
@@ -12,7 +13,7 @@ from spreadpref.eval.labels import (
     smoothing_quality,
 )
 from spreadpref.eval.stats import wilson_interval
-from spreadpref.spa.seed import held_out_count, split_seed_pairs
+from spreadpref.spa.seed import split_seed_pairs
 
 
 def wilson_by_roots(k, n, z=1.959963984540054):

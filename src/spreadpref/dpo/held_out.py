@@ -10,6 +10,7 @@ the report's curves. Held-out pairs come from ``data.eval`` (a file) or ``data.e
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 
@@ -29,13 +30,31 @@ def seeded_split(pairs: list[TokenizedPair], count: int, salt: str) -> tuple[lis
     return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]
 
 
+MIN_HELD_OUT = 8  # fewer held-out pairs give an interval too wide to tell anything
+
+
+def held_out_count(total: int, fraction: float) -> int:
+    """How many of ``total`` pairs to hold out, for ``data.seed_holdout`` and ``data.eval_fraction`` alike: the
+    fraction (rounded up), at least 8, and never so many that fewer than 8 remain to train on (then none)."""
+    if fraction <= 0:
+        return 0
+    count = max(MIN_HELD_OUT, math.ceil(fraction * total))
+    return count if total - count >= MIN_HELD_OUT else 0
+
+
 def split_held_out(
-    pairs: list[TokenizedPair], fraction: float, seed: int
+    pairs: list[TokenizedPair], fraction: float, salt: str
 ) -> tuple[list[TokenizedPair], list[TokenizedPair]]:
-    """(trained, held out): a seeded share ``fraction`` of the pairs, at least one, order kept."""
-    if fraction <= 0 or len(pairs) < 2:
-        return pairs, []
-    return seeded_split(pairs, min(len(pairs) - 1, max(1, round(fraction * len(pairs)))), f"spreadpref-eval-{seed}")
+    """(trained, held out): :func:`held_out_count` pairs drawn by a generator seeded with ``salt``; order kept."""
+    return seeded_split(pairs, held_out_count(len(pairs), fraction), salt)
+
+
+def too_few_to_hold_out(setting: str, fraction: float, total: int) -> str:
+    """What a split that held nothing out says."""
+    return (
+        f"{setting}={fraction}: {total} pairs are too few to hold {MIN_HELD_OUT} out and train on {MIN_HELD_OUT} "
+        "or more; training on all of them, with no held-out measurement."
+    )
 
 
 @torch.no_grad()

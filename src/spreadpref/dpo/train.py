@@ -35,7 +35,7 @@ from spreadpref.data.sanity import check_records
 from spreadpref.data.tokenize import TokenizedPair, tokenize_pairs
 from spreadpref.dpo.checkpoints import last_checkpoint, save_outputs
 from spreadpref.dpo.display import LOG_FILE, TrainDisplay
-from spreadpref.dpo.held_out import HeldOutEvaluation, pair_loss, split_held_out
+from spreadpref.dpo.held_out import HeldOutEvaluation, pair_loss, split_held_out, too_few_to_hold_out
 from spreadpref.dpo.logprobs import forward_precision, score_pairs, training_precision
 from spreadpref.dpo.model_card import record_adapter_base, write_model_card
 from spreadpref.dpo.reference import compute_reference
@@ -375,7 +375,10 @@ def held_out_pairs(
         console.print(f"Held out: {report.summary()}")
         held_out, _ = tokenize_pairs(tokenizer, records, data.max_length, data.max_prompt_length, progress=False)
         return pairs, held_out
-    return split_held_out(pairs, data.eval_fraction, config.seed)
+    trained, held_out = split_held_out(pairs, data.eval_fraction, f"spreadpref-eval-{config.seed}")
+    if data.eval_fraction > 0 and not held_out:
+        console.print(f"[yellow]{too_few_to_hold_out('data.eval_fraction', data.eval_fraction, len(pairs))}[/]")
+    return trained, held_out
 
 
 def checkpointing_arguments(enabled: bool) -> dict[str, Any]:

@@ -7,7 +7,6 @@ every round's self-judge is checked against, the signal a user without a gold ju
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +18,10 @@ from spreadpref.config import Config
 from spreadpref.data.loading import load_training_preferences
 from spreadpref.data.sanity import check_records
 from spreadpref.data.tokenize import TokenizedPair, tokenize_pairs
-from spreadpref.dpo.held_out import seeded_split
+from spreadpref.dpo.held_out import split_held_out, too_few_to_hold_out
 from spreadpref.dpo.train import TrainResult, train_on_pairs
 from spreadpref.runtime.progress import console
 from spreadpref.spa.context import StageContext
-
-MIN_HELD_OUT = 8  # fewer held-out pairs give an interval too wide to tell anything
 
 
 @dataclass
@@ -34,20 +31,11 @@ class SeedPairs:
     info: dict[str, Any]  # what was loaded, skipped, truncated and held out
 
 
-def held_out_count(total: int, fraction: float) -> int:
-    """How many of ``total`` seed pairs to hold out: the fraction, at least 8, and never so many that fewer
-    than 8 remain to train on (then none)."""
-    if fraction <= 0:
-        return 0
-    count = max(MIN_HELD_OUT, math.ceil(fraction * total))
-    return count if total - count >= MIN_HELD_OUT else 0
-
-
 def split_seed_pairs(
     pairs: list[TokenizedPair], fraction: float, seed: int
 ) -> tuple[list[TokenizedPair], list[TokenizedPair]]:
     """(trained, held out): a seeded draw, the same for the same pairs, fraction and seed; order kept."""
-    return seeded_split(pairs, held_out_count(len(pairs), fraction), f"spreadpref-seed-holdout-{seed}")
+    return split_held_out(pairs, fraction, f"spreadpref-seed-holdout-{seed}")
 
 
 def load_seed_pairs(config: Config, tokenizer: PreTrainedTokenizerBase) -> SeedPairs:
@@ -56,11 +44,7 @@ def load_seed_pairs(config: Config, tokenizer: PreTrainedTokenizerBase) -> SeedP
     pairs, truncation = tokenize_pairs(tokenizer, records, config.data.max_length, config.data.max_prompt_length)
     trained, held_out = split_seed_pairs(pairs, config.data.seed_holdout, config.seed)
     if config.data.seed_holdout > 0 and not held_out:
-        console.print(
-            f"[yellow]data.seed_holdout={config.data.seed_holdout}: {len(pairs)} seed pairs are too few to hold "
-            f"{MIN_HELD_OUT} out and train on {MIN_HELD_OUT} or more; training on all of them, and no round reports "
-            "held-out agreement.[/]"
-        )
+        console.print(f"[yellow]{too_few_to_hold_out('data.seed_holdout', config.data.seed_holdout, len(pairs))}[/]")
     info = {
         "warnings": check_records(records, config.data.train),
         "pairs": len(trained),

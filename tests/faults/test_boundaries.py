@@ -17,8 +17,8 @@ from spreadpref.cli import app
 from spreadpref.config import load_config
 from spreadpref.errors import ConfigError
 from spreadpref.runtime.files import atomic_write_text, remove_stale_temporaries
-from spreadpref.runtime.layout import CONFIG_FILE, MANIFEST_FILE, round_name
-from spreadpref.runtime.lock import LOCK_FILE, DirectoryBusyError, directory_lock
+from spreadpref.runtime.layout import CONFIG_FILE, LOCK_FILE, MANIFEST_FILE, round_name
+from spreadpref.runtime.lock import DirectoryBusyError, directory_lock
 
 runner = CliRunner()
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar, get_args, get_origin, get_type_hints
@@ -206,10 +205,6 @@ class GoldVerdict(Artifact):
 
 
 ARTIFACTS: tuple[type[Artifact], ...] = (Sample, JudgedSample, Pair, GoldVerdict)
-
-
-def to_rows(records: Iterable[Artifact]) -> list[dict[str, Any]]:
-    return [record.to_row() for record in records]
 
 
 def _type_name(annotation: Any) -> str:

@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 
 CONFIG_FILE = "config.yaml"
+LOCK_FILE = ".spreadpref.lock"  # who holds the directory while a process writes there
 MANIFEST_FILE = "manifest.json"
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.md"

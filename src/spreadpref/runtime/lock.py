@@ -27,6 +27,7 @@ from spreadpref.runtime.layout import (
     CHECKPOINTS_DIRECTORY,
     CONFIG_FILE,
     EVAL_DIRECTORY,
+    LOCK_FILE,
     LOG_HISTORY_FILE,
     MANIFEST_FILE,
     MODEL_DIRECTORY,
@@ -38,8 +39,6 @@ from spreadpref.runtime.layout import (
     TRAIN_LOG_FILE,
     round_number,
 )
-
-LOCK_FILE = ".spreadpref.lock"
 
 try:  # POSIX; on Windows the lock is skipped (documented in docs/reliability.md)
     import fcntl

@@ -10,6 +10,7 @@ from helpers import arithmetic_pairs, write_jsonl
 from spreadpref.config import load_config
 from spreadpref.data.loading import load_preferences
 from spreadpref.data.tokenize import tokenize_pairs
+from spreadpref.dpo.policy import TrainingPolicy
 from spreadpref.dpo.reference import compute_reference
 from spreadpref.dpo.train import build_trainer, train_policy
 from spreadpref.models import loading
@@ -48,7 +49,7 @@ def share_of_layer_weights_changed_by_one_step(config) -> float:
     tokenizer = load_tokenizer(config.model)
     pairs, _ = tokenize_pairs(tokenizer, load_preferences(config.data.train)[0], 64, 32)
     model = load_model(config.model, for_training=True)
-    compute_reference(config, model, pairs, tokenizer.pad_token_id)
+    compute_reference(config, TrainingPolicy.of(config, model), pairs, tokenizer.pad_token_id)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if ".layers." in n}
     build_trainer(config, model, tokenizer, pairs, Path(config.output_dir) / "checkpoints").train()
     changed = total = 0

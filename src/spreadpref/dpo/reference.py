@@ -16,10 +16,10 @@ from safetensors.torch import load_file, save_file
 
 from spreadpref.config import Config
 from spreadpref.data.tokenize import TokenizedPair
-from spreadpref.dpo.logprobs import forward_precision, score_pairs, training_precision
+from spreadpref.dpo.logprobs import forward_precision, score_pairs
+from spreadpref.dpo.policy import TrainingPolicy
 from spreadpref.models.loading import (
     cache_root,
-    is_peft_model,
     load_for_inference,
     model_fingerprint,
 )
@@ -29,13 +29,12 @@ from spreadpref.runtime.progress import console
 
 
 def compute_reference(
-    config: Config, policy: torch.nn.Module, pairs: list[TokenizedPair], pad_token_id: int
+    config: Config, policy: TrainingPolicy, pairs: list[TokenizedPair], pad_token_id: int
 ) -> dict[str, Any]:
     """Reference log-probs for every pair: from the data, the cache, or one no-grad pass before training."""
     cache_dir = Path(config.train.ref_cache_dir) if config.train.ref_cache_dir else cache_root() / "ref_logps"
     # Under the training forward's precision: the reference at step 1 is then exactly the policy.
-    precision = training_precision(config)
-    device = next(policy.parameters()).device
+    precision, device = policy.precision, policy.device
     if config.train.reference_model:
         reference = load_for_inference(config.model, config.train.reference_model).to(device)
         with forward_precision(precision, device):
@@ -46,17 +45,17 @@ def compute_reference(
         info["model"] = config.train.reference_model
         return info
     # The starting policy is the reference (pi_init in the seed stage): no second copy is loaded.
-    with forward_precision(precision, device):
+    with policy.autocast():
         info = fill_reference_logps(
             pairs,
-            policy,
+            policy.model,
             pad_token_id,
             cache_dir,
             config.train.logprob_batch_size,
-            as_adapter_off=is_peft_model(policy),
+            as_adapter_off=policy.is_peft,
             precision=precision,
         )
-    info["model"] = "starting policy" + (" (LoRA adapter off)" if is_peft_model(policy) else "")
+    info["model"] = "starting policy" + (" (LoRA adapter off)" if policy.is_peft else "")
     return info
 
 

@@ -36,17 +36,14 @@ from spreadpref.data.tokenize import TokenizedPair, tokenize_pairs
 from spreadpref.dpo.checkpoints import last_checkpoint, save_outputs
 from spreadpref.dpo.display import LOG_FILE, TrainDisplay
 from spreadpref.dpo.held_out import HeldOutEvaluation, pair_loss, split_held_out, too_few_to_hold_out
-from spreadpref.dpo.logprobs import forward_precision, score_pairs, training_precision
+from spreadpref.dpo.logprobs import score_pairs, training_precision
 from spreadpref.dpo.model_card import record_adapter_base, write_model_card
+from spreadpref.dpo.policy import TrainingPolicy, load_training_policy
 from spreadpref.dpo.reference import compute_reference
 from spreadpref.dpo.refine import Refinement
 from spreadpref.dpo.trainer import PairCollator, SoftDPOTrainer, to_train_dataset
 from spreadpref.errors import SpreadprefError
 from spreadpref.models.loading import (
-    DTYPES,
-    disable_dropout,
-    keeps_float32_master_weights,
-    load_model,
     load_tokenizer,
     resolve_device,
 )
@@ -206,19 +203,17 @@ def train_on_pairs(
     Pairs without reference log-probs get them first (the starting policy is the reference).
     Resumes from the last Trainer checkpoint in ``out/checkpoints``.
     """
-    model = load_model(config.model, path=start_model, for_training=True)
-    if config.train.disable_dropout:
-        disable_dropout(model)
-    model.to(resolve_device(config.model.device))
-    mismatch = reference_mismatch(config, model, pairs, tokenizer.pad_token_id)
-    ref_info = compute_reference(config, model, pairs, tokenizer.pad_token_id)
+    policy = load_training_policy(config, start_model)
+    model = policy.model
+    mismatch = reference_mismatch(config, policy, pairs, tokenizer.pad_token_id)
+    ref_info = compute_reference(config, policy, pairs, tokenizer.pad_token_id)
     if mismatch is not None:
         ref_info["given_reference_mismatch"] = mismatch
     if on_reference is not None:
         on_reference(ref_info)
     if held_out:  # their reference is the same starting policy; copies, so the caller's pairs stay as they are
         held_out = [dataclasses.replace(pair) for pair in held_out]
-        compute_reference(config, model, held_out, tokenizer.pad_token_id)
+        compute_reference(config, policy, held_out, tokenizer.pad_token_id)
 
     trainer = build_trainer(
         config,
@@ -238,7 +233,7 @@ def train_on_pairs(
             config.train.beta,
             config.train.logprob_batch_size,
             config.train.eval_steps,
-            training_precision(config),
+            policy.precision,
         )
         evaluation.trainer = trainer
         trainer.add_callback(evaluation)
@@ -278,8 +273,8 @@ def train_on_pairs(
     if refinement is not None:
         counts = trainer.refine_counts
         metrics["smoothed_fraction"] = counts["smoothed"] / max(counts["pairs"], 1)
-    if keeps_float32_master_weights(config.model):
-        trainer.model.to(DTYPES[config.model.dtype])  # trained on float32 masters; saved as configured
+    if policy.float32_masters:
+        trainer.model.to(policy.saved_dtype)  # trained on float32 masters; saved as configured
     outputs = save_outputs(config, trainer, tokenizer, out, merge_lora=merge_lora)
     if distributed.is_main():
         if config.train.evaluate_after:
@@ -331,7 +326,7 @@ MISMATCH_NATS = 0.1  # median |log pi_start - given reference| above this: not t
 
 
 def reference_mismatch(
-    config: Config, model: torch.nn.Module, pairs: list[TokenizedPair], pad_token_id: int, sample: int = 16
+    config: Config, policy: TrainingPolicy, pairs: list[TokenizedPair], pad_token_id: int, sample: int = 16
 ) -> dict[str, float] | None:
     """When the data brings its own reference log-probs, compare a few with the starting policy's (the DPO
     reference when none is configured): they should agree, or the margins are not zero before any update."""
@@ -340,9 +335,13 @@ def reference_mismatch(
     given = [p for p in pairs if p.ref_chosen_logps is not None and p.ref_rejected_logps is not None][:sample]
     if not given:
         return None
-    with forward_precision(training_precision(config), next(model.parameters()).device):
+    with policy.autocast():
         scored = score_pairs(
-            model, given, pad_token_id, config.train.logprob_batch_size, description="Checking the given reference"
+            policy.model,
+            given,
+            pad_token_id,
+            config.train.logprob_batch_size,
+            description="Checking the given reference",
         )
     differences = sorted(
         abs(float(value) - ref)

@@ -61,6 +61,12 @@ def trl_dataset(pairs: list[dict[str, Any]]):
     )
 
 
+def one_epoch(config, learning_rate: float | None = None):
+    """``config`` training one epoch (at ``learning_rate`` if given), as every side of the benchmark does."""
+    update = {"num_epochs": 1.0, **({"learning_rate": learning_rate} if learning_rate is not None else {})}
+    return config.model_copy(update={"train": config.train.model_copy(update=update)})
+
+
 def trl_args(args, config, out_dir: str, precompute: bool):
     from trl import DPOConfig
 
@@ -244,7 +250,7 @@ def worker_check(args, inputs) -> dict[str, Any]:
             trl_loss = trl_trainer.compute_loss(trl_trainer.model, {k: v.to(args.device) for k, v in trl_batch.items()})
         del trl_trainer
         policy = perturbed(load_policy(args, config, inputs["pi0"]))
-        our_trainer = build_trainer(config, policy, tokenizer, first, Path(tmp) / "ours", num_epochs=1)
+        our_trainer = build_trainer(one_epoch(config), policy, tokenizer, first, Path(tmp) / "ours")
         batch = collate_pairs(first, tokenizer.pad_token_id)
         policy.train()
         with torch.no_grad():
@@ -293,13 +299,11 @@ def worker_train(side: str, args, inputs) -> dict[str, Any]:
                 r = config.refine
                 refinement = Refinement(r, lam=r.lam(1), reference=reference)
             trainer = build_trainer(
-                config,
+                one_epoch(config, config.loop.learning_rate),  # the round's rate, as TRL's side trains at
                 policy,
                 tokenizer,
                 pairs,
                 Path(tmp) / "checkpoints",
-                num_epochs=1,
-                learning_rate=config.loop.learning_rate,
                 refinement=refinement,
             )
         elif side in TRL_SIDES:

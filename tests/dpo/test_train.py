@@ -299,8 +299,9 @@ def test_round_training_with_self_refinement(tiny_model_dir, tmp_path, mode):
         reference=reference,
         measure_lam=0.5 if mode == "no-dnd-measuring-dnd" else 0.0,
     )
+    one_epoch = config.model_copy(update={"train": config.train.model_copy(update={"num_epochs": 1.0})})
     outputs, metrics = train_on_pairs(
-        config, tokenizer, pairs, tmp_path / "run", num_epochs=1, refinement=refinement, merge_lora=True
+        one_epoch, tokenizer, pairs, tmp_path / "run", refinement=refinement, merge_lora=True
     )
     logs = [row for row in json.loads((tmp_path / "run" / LOG_HISTORY_FILE).read_text()) if "loss" in row]
     # 8 steps, warm-up 25%: no smoothing in the first two, at least one pair of two in every later step.
@@ -349,7 +350,7 @@ def test_resumed_refinement_round_smooths_as_an_uninterrupted_one(tiny_model_dir
 
     def train(out):
         refinement = Refinement(RefineSettings(alpha=0.1, quantile=0.5, window=8, warmup_fraction=0.0), lam=0.0)
-        return train_on_pairs(config, tokenizer, copy.deepcopy(pairs), out, num_epochs=1, refinement=refinement)[1]
+        return train_on_pairs(one_epoch(config), tokenizer, copy.deepcopy(pairs), out, refinement=refinement)[1]
 
     def thresholds(out):
         rows = json.loads((out / LOG_HISTORY_FILE).read_text())
@@ -432,3 +433,7 @@ def test_a_stage_whose_only_step_is_warm_up_says_the_weights_did_not_change(
         )
     )
     assert "weights_unchanged" not in moved.metrics
+
+
+def one_epoch(config):
+    return config.model_copy(update={"train": config.train.model_copy(update={"num_epochs": 1.0})})

@@ -190,9 +190,6 @@ def train_on_pairs(
     out: Path,
     *,
     start_model: str | None = None,
-    num_epochs: float | None = None,
-    learning_rate: float | None = None,
-    group_by_length: bool | None = None,
     refinement: Refinement | None = None,
     merge_lora: bool | None = None,
     on_reference=None,
@@ -221,9 +218,6 @@ def train_on_pairs(
         tokenizer,
         pairs,
         out / CHECKPOINTS_DIRECTORY,
-        num_epochs=num_epochs,
-        learning_rate=learning_rate,
-        group_by_length=group_by_length,
         refinement=refinement,
     )
     if held_out:
@@ -254,9 +248,9 @@ def train_on_pairs(
         "global_steps": train_output.global_step,
         "train_seconds": round(train_seconds, 1),
     }
-    epochs = num_epochs if num_epochs is not None else config.train.num_epochs
+    epochs = config.train.num_epochs
     metrics["epochs"] = epochs
-    metrics["learning_rate"] = learning_rate if learning_rate is not None else config.train.learning_rate
+    metrics["learning_rate"] = config.train.learning_rate
     # The main process's view decides for all: a sharded process may hold no trainable weights to compare.
     if distributed.broadcast_object(before is not None and before == trainable_checksum(model)):
         metrics["weights_unchanged"] = True
@@ -394,10 +388,6 @@ def checkpointing_arguments(enabled: bool) -> dict[str, Any]:
     return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
 
 
-def _first(value: Any, default: Any) -> Any:
-    return default if value is None else value
-
-
 def trainable_checksum(model: torch.nn.Module) -> float | None:
     """A sum over the trainable weights this process holds: equal before and after training only when no step
     changed them. None when the process holds none (ZeRO-3 and FSDP shard them): then nothing is checked."""
@@ -414,12 +404,9 @@ def build_trainer(
     tokenizer: PreTrainedTokenizerBase,
     pairs: list[TokenizedPair],
     checkpoints: Path,
-    num_epochs: float | None = None,
-    learning_rate: float | None = None,
-    group_by_length: bool | None = None,
     refinement: Refinement | None = None,
 ):
-    """A SoftDPOTrainer for ``pairs``; the keyword arguments override ``config.train`` (a round's settings)."""
+    """A SoftDPOTrainer for ``pairs`` under ``config.train`` (a round passes its own: spa.train.round_config)."""
 
     train = config.train
     device = resolve_device(config.model.device)
@@ -427,9 +414,9 @@ def build_trainer(
         output_dir=str(checkpoints),
         per_device_train_batch_size=train.per_device_batch_size,
         gradient_accumulation_steps=train.gradient_accumulation_steps,
-        num_train_epochs=num_epochs if num_epochs is not None else train.num_epochs,
+        num_train_epochs=train.num_epochs,
         max_steps=train.max_steps,
-        learning_rate=learning_rate if learning_rate is not None else train.learning_rate,
+        learning_rate=train.learning_rate,
         lr_scheduler_type=train.lr_scheduler,
         # Not a slip: transformers 5 dropped warmup_ratio and reads a warmup_steps below 1 as a fraction of the
         # total steps (the old ratio), so the ratio goes here unchanged.
@@ -448,7 +435,7 @@ def build_trainer(
         seed=config.seed,
         use_cpu=device.type == "cpu",
         remove_unused_columns=False,
-        train_sampling_strategy="group_by_length" if _first(group_by_length, train.group_by_length) else "random",
+        train_sampling_strategy="group_by_length" if train.group_by_length else "random",
         length_column_name="length",
         **checkpointing_arguments(config.model.gradient_checkpointing),
         dataloader_pin_memory=device.type == "cuda",

@@ -12,9 +12,11 @@ import gc
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 from transformers import set_seed
 
+from spreadpref.config import Config
 from spreadpref.data.artifacts import GoldVerdict, Pair
 from spreadpref.data.tokenize import TokenizedPair
 from spreadpref.dpo.refine import Refinement
@@ -28,6 +30,18 @@ from spreadpref.runtime.progress import console
 from spreadpref.spa.context import StageContext
 
 OUTPUTS = (TRAIN_STAGE,)
+
+
+def round_config(config: Config) -> Config:
+    """The settings a round trains with: ``config.train`` with the round's epochs (``loop.epochs_per_round``),
+    and its learning rate and batching where ``loop`` sets them."""
+    loop = config.loop
+    update: dict[str, Any] = {"num_epochs": loop.epochs_per_round}
+    if loop.learning_rate is not None:
+        update["learning_rate"] = loop.learning_rate
+    if loop.group_by_length is not None:
+        update["group_by_length"] = loop.group_by_length
+    return config.model_copy(update={"train": config.train.model_copy(update=update)})
 
 
 def round_refinement(ctx: StageContext, start: str | Path) -> Refinement | None:
@@ -93,17 +107,9 @@ def train_stage(ctx: StageContext, start: str | Path, human: list[TokenizedPair]
     started = time.perf_counter()
     refinement = round_refinement(ctx, start)
     outputs, metrics = train_on_pairs(
-        config,
-        ctx.tokenizer,
-        pairs,
-        ctx.path(TRAIN_STAGE),
-        start_model=str(start),
-        num_epochs=config.loop.epochs_per_round,
-        learning_rate=config.loop.learning_rate,
-        group_by_length=config.loop.group_by_length,
-        refinement=refinement,
-        merge_lora=True,
-    )
+        round_config(config), ctx.tokenizer, pairs, ctx.path(TRAIN_STAGE), start_model=str(start),
+        refinement=refinement, merge_lora=True,
+    )  # fmt: skip
     del refinement
     gc.collect()
     if "refinement" in outputs and ctx.path(GoldVerdict.FILE).is_file():

@@ -410,6 +410,7 @@ def build_trainer(
 
     train = config.train
     device = resolve_device(config.model.device)
+    precision = training_precision(config)  # the same rule as the loaded policy's (dpo.policy)
     args = TrainingArguments(
         output_dir=str(checkpoints),
         per_device_train_batch_size=train.per_device_batch_size,
@@ -424,8 +425,8 @@ def build_trainer(
         weight_decay=train.weight_decay,
         max_grad_norm=train.max_grad_norm,
         optim=train.optimizer,
-        bf16=training_precision(config) == "bf16",
-        fp16=training_precision(config) == "fp16",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         logging_steps=train.logging_steps,
         logging_first_step=True,
         save_strategy=train.save_strategy,

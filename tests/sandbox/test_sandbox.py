@@ -57,3 +57,14 @@ def test_the_command_runs_a_config_beside_the_baselines_in_the_reduced_world(tmp
     assert len(seed["variants"]["custom"]) == 3  # three rounds, each with its gold reward
     assert "Your settings" in (out / "sandbox.md").read_text()
     assert "Your settings in the gold world: judge.length_penalty" in result.output
+
+
+def test_other_settings_run_beside_the_first_and_the_baselines_are_kept(tmp_path):
+    from spreadpref.sandbox.world import variant_directory
+
+    first, second = ["refine.alpha=0.2"], ["refine.alpha=0.3"]
+    assert variant_directory(tmp_path, "custom", first) != variant_directory(tmp_path, "custom", second)
+    assert variant_directory(tmp_path, "custom", first) == variant_directory(tmp_path, "custom", list(first))
+    assert (
+        variant_directory(tmp_path, "spa_dnd", first) == variant_directory(tmp_path, "spa_dnd") == tmp_path / "spa_dnd"
+    )

@@ -30,6 +30,7 @@ from spreadpref.runtime.layout import (
     TRAIN_STAGE,
     round_directory,
     round_training_directory,
+    training_directory,
 )
 from spreadpref.runtime.progress import console, format_cell
 
@@ -604,8 +605,9 @@ def write_report(run_dir: Path) -> Path:
                 f"{results.get('prompts')} held-out prompts.",
             )
         )
-    histories = [(SEED_STAGE, run_dir / SEED_STAGE / LOG_HISTORY_FILE)] + [
-        (f"round {i}", round_training_directory(run_dir, i) / LOG_HISTORY_FILE) for i in rounds
+    histories = [
+        (SEED_STAGE if i == 0 else f"round {i}", training_directory(run_dir, i) / LOG_HISTORY_FILE)
+        for i in [0, *rounds]
     ]
     figures.insert(0, ("Training", "training.png", lambda p: plot_training_curves(histories, p), _CURVES_CAPTION))
     for title, name, draw, caption in figures:

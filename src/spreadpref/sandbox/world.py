@@ -39,6 +39,7 @@ from spreadpref.dpo.logprobs import score_sequences
 from spreadpref.judges.base import Comparison, ExactScoreJudge
 from spreadpref.models.loading import quiet_transformers_bars
 from spreadpref.runtime.files import atomic_write_json, write_jsonl
+from spreadpref.runtime.fingerprint import fingerprint
 from spreadpref.runtime.layout import MODEL_DIRECTORY, round_directory, round_training_directory
 from spreadpref.spa.summary import label_measurements
 from spreadpref.testing import CHATML_TEMPLATE
@@ -691,17 +692,24 @@ def run_seed(
         )
         results["variants"]["offline_gold"] = [dict(evaluate(offline, "offline_gold"), round=0)]
     for name in (v for v in (*ROUND_VARIANTS, CUSTOM) if v in variants):
-        config = pipeline_config(world, sw.directory / name, variant_overrides(name, world, sw, seed_model, custom))
+        run_dir = variant_directory(sw.directory, name, custom)
+        config = pipeline_config(world, run_dir, variant_overrides(name, world, sw, seed_model, custom))
         summary = run(config).summary
         rows = (
             [dict(evaluate(sw.init if name == "no_seed" else seed_model, name), round=0)] if name == "no_seed" else []
         )
         for i in range(1, len(world.prompts_per_round) + 1):
-            model_dir = round_training_directory(sw.directory / name, i) / MODEL_DIRECTORY
+            model_dir = round_training_directory(run_dir, i) / MODEL_DIRECTORY
             rows.append(dict(evaluate(model_dir, name), round=i, **label_measurements(summary["rounds"][str(i)])))
         results["variants"][name] = rows
     results["seconds"] = round(time.perf_counter() - started + sw.info["seconds"], 1)
-    return add_length_skew(results, sw.directory)
+    return add_length_skew(results, sw.directory, custom)
+
+
+def variant_directory(seed_directory: Path, name: str, custom: Sequence[str] = ()) -> Path:
+    """Where a variant runs in a seed's world. The sandbox's own settings run in a folder named by them, so that
+    other settings in the same output directory are a new run beside the world and its baselines, which are kept."""
+    return seed_directory / (f"{CUSTOM}-{fingerprint(list(custom))[:10]}" if name == CUSTOM else name)
 
 
 def chosen_shorter(pairs_file: Path) -> float | None:
@@ -715,13 +723,15 @@ def chosen_shorter(pairs_file: Path) -> float | None:
     return sum(c < r for c, r in unequal) / len(unequal) if unequal else None
 
 
-def add_length_skew(result: dict[str, Any], seed_directory: Path) -> dict[str, Any]:
+def add_length_skew(result: dict[str, Any], seed_directory: Path, custom: Sequence[str] = ()) -> dict[str, Any]:
     """Fill in ``chosen_shorter`` for the seed pairs and every round of every variant, from the files on disk."""
     result["world"]["seed_pairs_chosen_shorter"] = chosen_shorter(seed_directory / "seed_pairs.jsonl")
     for name, rows in result["variants"].items():
         for row in rows:
             if row["round"] > 0:
-                share = chosen_shorter(round_directory(seed_directory / name, row["round"]) / Pair.FILE)
+                share = chosen_shorter(
+                    round_directory(variant_directory(seed_directory, name, custom), row["round"]) / Pair.FILE
+                )
                 row["chosen_shorter"] = share
                 # Direction-free: 0 when length does not predict the label, 1 when it always does.
                 row["length_skew"] = None if share is None else abs(2 * share - 1)

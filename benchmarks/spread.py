@@ -315,7 +315,7 @@ def verifier_pair(judge, record, group: list) -> dict[str, Any] | None:
 def share_stages(source: Path, target: Path, stages: list[str]) -> None:
     """Start ``target`` with ``source``'s finished ``stages`` (identical fingerprints: same config prefix)."""
     from spreadpref.runtime.manifest import Manifest
-    from spreadpref.spa.loop import ROUND_STAGES
+    from spreadpref.spa.loop import ROUND_OUTPUTS
 
     if (target / "manifest.json").is_file() or not (source / "manifest.json").is_file():
         return
@@ -328,7 +328,7 @@ def share_stages(source: Path, target: Path, stages: list[str]) -> None:
             shutil.copytree(source / "seed", target / "seed")
             continue
         round_name, step = stage.split("/")
-        files = ROUND_STAGES[step]  # the files each stage declares it writes
+        files = ROUND_OUTPUTS[step]  # the files each stage declares it writes
         (target / round_name).mkdir(exist_ok=True)
         for name in files:
             if (source / round_name / name).is_file():

@@ -814,8 +814,8 @@ def _describe_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def changed_keys(old: Config, new: Config) -> list[str]:
-    """The dotted keys whose values differ between two configurations (output_dir aside), for messages."""
+def flat_settings(config: Config) -> dict[str, Any]:
+    """Every setting of ``config`` by its dotted key (``train.beta``; a dict setting by its own keys), as JSON."""
 
     def flat(node: Any, prefix: str = "") -> dict[str, Any]:
         if isinstance(node, dict):
@@ -825,7 +825,12 @@ def changed_keys(old: Config, new: Config) -> list[str]:
             return out
         return {prefix[:-1]: node}
 
-    a, b = flat(old.model_dump(mode="json")), flat(new.model_dump(mode="json"))
+    return flat(config.model_dump(mode="json"))
+
+
+def changed_keys(old: Config, new: Config) -> list[str]:
+    """The dotted keys whose values differ between two configurations (output_dir aside), for messages."""
+    a, b = flat_settings(old), flat_settings(new)
     return [
         f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
         for k in sorted(set(a) | set(b))

@@ -6,8 +6,9 @@ import math
 from helpers import tiny_train_overrides
 
 from spreadpref.config import load_config
-from spreadpref.dpo.display import LOG_FILE, bar_text, log_record
+from spreadpref.dpo.display import bar_text, log_record
 from spreadpref.dpo.train import train_policy
+from spreadpref.runtime.layout import TRAIN_LOG_FILE
 
 
 def test_a_log_record_keeps_numbers_as_numbers_and_non_finite_as_null():
@@ -30,7 +31,7 @@ def test_a_training_stage_logs_to_its_file_and_prints_no_trainer_dicts(tiny_mode
     train_policy(load_config(None, tiny_train_overrides(tiny_model_dir, pairs_file, out, "train.logging_steps=1")))
     screen = capsys.readouterr()
     assert "{'loss'" not in screen.err + screen.out and "'grad_norm'" not in screen.err + screen.out
-    records = [json.loads(line) for line in (out / LOG_FILE).read_text().splitlines()]
+    records = [json.loads(line) for line in (out / TRAIN_LOG_FILE).read_text().splitlines()]
     steps = [r for r in records if "loss" in r]
     assert steps and all(isinstance(r["loss"], float) for r in steps)
     assert [r["step"] for r in steps] == sorted(r["step"] for r in steps)

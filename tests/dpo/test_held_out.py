@@ -29,14 +29,17 @@ def pair(i, label=1.0, ref=(-5.0, -5.0)):
 def test_the_split_is_seeded_keeps_order_and_follows_the_one_rule():
     """data.eval_fraction and data.seed_holdout share it: the fraction rounded up, at least 8, 8 left to train."""
     pairs = [pair(i) for i in range(50)]
-    trained, held = split_held_out(pairs, 0.2, salt="s")
-    again, held_again = split_held_out(pairs, 0.2, salt="s")
+    trained, held = split_held_out(pairs, 0.2, salt="s", setting="data.eval_fraction")
+    again, held_again = split_held_out(pairs, 0.2, salt="s", setting="data.eval_fraction")
     assert [p.id for p in held] == [p.id for p in held_again] and len(held) == 10 and len(trained) == 40
     assert [p.id for p in trained] == sorted((p.id for p in trained), key=lambda x: int(x[1:]))
-    assert split_held_out(pairs, 0.2, salt="other")[1] != held
-    assert split_held_out(pairs, 0.0, salt="s") == (pairs, [])
-    assert len(split_held_out(pairs[:20], 0.1, salt="s")[1]) == 8  # at least 8
-    assert split_held_out(pairs[:15], 0.5, salt="s") == (pairs[:15], [])  # fewer than 8 would be left
+    assert split_held_out(pairs, 0.2, salt="other", setting="data.eval_fraction")[1] != held
+    assert split_held_out(pairs, 0.0, salt="s", setting="data.eval_fraction") == (pairs, [])
+    assert len(split_held_out(pairs[:20], 0.1, salt="s", setting="data.eval_fraction")[1]) == 8  # at least 8
+    assert split_held_out(pairs[:15], 0.5, salt="s", setting="data.eval_fraction") == (
+        pairs[:15],
+        [],
+    )  # fewer than 8 would be left
 
 
 def test_the_metrics_are_the_soft_dpo_loss_and_reward_margins_by_hand(monkeypatch):

@@ -17,10 +17,8 @@ from typing import Any
 from rich.progress import Progress, TaskID, TextColumn
 from transformers import TrainerCallback
 
-from spreadpref.runtime.layout import TRAIN_LOG_FILE
 from spreadpref.runtime.progress import console, make_progress, progress_enabled, verbose
 
-LOG_FILE = TRAIN_LOG_FILE
 # Shown in the bar, in this order, when a logging step has them (TRL's names).
 SHOWN = (("loss", "loss", ".3f"), ("rewards/margins", "margin", ".2f"), ("rewards/accuracies", "acc", ".2f"))
 

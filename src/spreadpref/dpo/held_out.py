@@ -20,6 +20,7 @@ from transformers import TrainerCallback
 from spreadpref.data.tokenize import TokenizedPair
 from spreadpref.dpo.logprobs import PairLogps, forward_precision, score_pairs
 from spreadpref.dpo.loss import DPOOutput, soft_dpo_loss
+from spreadpref.runtime.progress import console
 
 
 def seeded_split(pairs: list[TokenizedPair], count: int, salt: str) -> tuple[list[TokenizedPair], list[TokenizedPair]]:
@@ -43,18 +44,17 @@ def held_out_count(total: int, fraction: float) -> int:
 
 
 def split_held_out(
-    pairs: list[TokenizedPair], fraction: float, salt: str
+    pairs: list[TokenizedPair], fraction: float, salt: str, setting: str
 ) -> tuple[list[TokenizedPair], list[TokenizedPair]]:
-    """(trained, held out): :func:`held_out_count` pairs drawn by a generator seeded with ``salt``; order kept."""
-    return seeded_split(pairs, held_out_count(len(pairs), fraction), salt)
-
-
-def too_few_to_hold_out(setting: str, fraction: float, total: int) -> str:
-    """What a split that held nothing out says."""
-    return (
-        f"{setting}={fraction}: {total} pairs are too few to hold {MIN_HELD_OUT} out and train on {MIN_HELD_OUT} "
-        "or more; training on all of them, with no held-out measurement."
-    )
+    """(trained, held out): :func:`held_out_count` pairs drawn by a generator seeded with ``salt``; order kept.
+    When ``setting`` (the key that set ``fraction``) asked for some and there are too few, it says so."""
+    held = held_out_count(len(pairs), fraction)
+    if fraction > 0 and not held:
+        console.print(
+            f"[yellow]{setting}={fraction}: {len(pairs)} pairs are too few to hold {MIN_HELD_OUT} out and train on "
+            f"{MIN_HELD_OUT} or more; training on all of them, with no held-out measurement.[/]"
+        )
+    return seeded_split(pairs, held, salt)
 
 
 @torch.no_grad()

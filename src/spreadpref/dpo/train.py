@@ -34,8 +34,8 @@ from spreadpref.data.loading import load_preferences, load_training_preferences
 from spreadpref.data.sanity import check_records
 from spreadpref.data.tokenize import TokenizedPair, tokenize_pairs
 from spreadpref.dpo.checkpoints import last_checkpoint, save_outputs
-from spreadpref.dpo.display import LOG_FILE, TrainDisplay
-from spreadpref.dpo.held_out import HeldOutEvaluation, pair_loss, split_held_out, too_few_to_hold_out
+from spreadpref.dpo.display import TrainDisplay
+from spreadpref.dpo.held_out import HeldOutEvaluation, pair_loss, split_held_out
 from spreadpref.dpo.logprobs import score_pairs, training_precision
 from spreadpref.dpo.model_card import record_adapter_base, write_model_card
 from spreadpref.dpo.policy import TrainingPolicy, load_training_policy
@@ -56,6 +56,7 @@ from spreadpref.runtime.layout import (
     LOG_HISTORY_FILE,
     MODEL_DIRECTORY,
     REFINEMENT_FILE,
+    TRAIN_LOG_FILE,
     TRAIN_STAGE,
 )
 from spreadpref.runtime.lock import directory_lock
@@ -368,10 +369,7 @@ def held_out_pairs(
         console.print(f"Held out: {report.summary()}")
         held_out, _ = tokenize_pairs(tokenizer, records, data.max_length, data.max_prompt_length, progress=False)
         return pairs, held_out
-    trained, held_out = split_held_out(pairs, data.eval_fraction, f"spreadpref-eval-{config.seed}")
-    if data.eval_fraction > 0 and not held_out:
-        console.print(f"[yellow]{too_few_to_hold_out('data.eval_fraction', data.eval_fraction, len(pairs))}[/]")
-    return trained, held_out
+    return split_held_out(pairs, data.eval_fraction, f"spreadpref-eval-{config.seed}", "data.eval_fraction")
 
 
 def checkpointing_arguments(enabled: bool) -> dict[str, Any]:
@@ -455,7 +453,7 @@ def build_trainer(
     )
     # disable_tqdm leaves the Trainer's printer of per-step dicts in place of its bar: ours replaces both.
     trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(TrainDisplay("Training", checkpoints.parent / LOG_FILE))
+    trainer.add_callback(TrainDisplay("Training", checkpoints.parent / TRAIN_LOG_FILE))
     return trainer
 
 

@@ -33,7 +33,8 @@ EVAL_DIRECTORY = "eval"
 EVAL_RESULTS_FILE = "eval.json"
 SEED_STAGE = "seed"
 TRAIN_STAGE = "train"  # a round's training, and the single stage of `spreadpref train`
-ROUND_STAGES = ("generate", "judge", TRAIN_STAGE)
+GENERATE_STAGE, JUDGE_STAGE = "generate", "judge"
+ROUND_STAGES = (GENERATE_STAGE, JUDGE_STAGE, TRAIN_STAGE)  # in the order they run
 
 _ROUND_NAME = re.compile(r"round-(\d+)")
 

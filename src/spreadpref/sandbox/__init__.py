@@ -23,7 +23,7 @@ from typing import Any
 
 from rich.table import Table
 
-from spreadpref.config import NAMED_JUDGE_POLICIES, Config
+from spreadpref.config import NAMED_JUDGE_POLICIES, Config, flat_settings
 from spreadpref.errors import ConfigError
 from spreadpref.runtime.files import atomic_write_json, atomic_write_text
 from spreadpref.runtime.progress import console, quiet_pipeline
@@ -62,16 +62,6 @@ COMPARISONS = (
 )
 
 
-def _changed(current: Any, default: Any, prefix: str) -> dict[str, Any]:
-    """Dotted keys whose value differs from the schema's default."""
-    if isinstance(current, dict) and isinstance(default, dict):
-        found: dict[str, Any] = {}
-        for key in current:
-            found.update(_changed(current[key], default.get(key), f"{prefix}.{key}"))
-        return found
-    return {} if current == default else {prefix: current}
-
-
 def method_overrides(config: Config) -> tuple[list[str], list[str]]:
     """(overrides for the world's pipeline, notes on what was left to the world): the config's method settings
     that differ from the schema's defaults. A model path in ``judge.base`` becomes the world's base model."""
@@ -80,13 +70,12 @@ def method_overrides(config: Config) -> tuple[list[str], list[str]]:
             f"judge.kind={config.judge.kind}: the sandbox measures the implicit judge's settings; the world has "
             "no place for another judge (its gold and random judges are its baselines)"
         )
-    current, default = config.model_dump(mode="json"), Config().model_dump(mode="json")
-    changed: dict[str, Any] = {}
-    for section in METHOD_SECTIONS:
-        changed.update(_changed(current[section], default[section], section))
-    for key in METHOD_KEYS:
-        section, name = key.split(".")
-        changed.update(_changed(current[section][name], default[section][name], key))
+    current, default = flat_settings(config), flat_settings(Config())
+    changed = {
+        key: value
+        for key, value in current.items()
+        if value != default.get(key) and (key.split(".")[0] in METHOD_SECTIONS or key in METHOD_KEYS)
+    }
     overrides, notes = [], []
     for key, value in changed.items():
         if key.split(".")[0] + "." + key.split(".")[1] in WORLD_OWNED:

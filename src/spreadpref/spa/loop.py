@@ -47,7 +47,10 @@ from spreadpref.runtime.layout import (
     CHECKPOINTS_DIRECTORY,
     CONFIG_FILE,
     EVAL_DIRECTORY,
+    GENERATE_STAGE,
+    JUDGE_STAGE,
     MODEL_DIRECTORY,
+    ROUND_STAGES,
     SEED_STAGE,
     TRAIN_STAGE,
     model_stage,
@@ -71,7 +74,7 @@ HUMAN_AGREEMENT_KEYS = (
     "seed_agreement_ci",
     "seed_pairs",
 )
-ROUND_STAGES = {"generate": generate.OUTPUTS, "judge": judge.OUTPUTS, TRAIN_STAGE: train.OUTPUTS}
+ROUND_OUTPUTS = dict(zip(ROUND_STAGES, (generate.OUTPUTS, judge.OUTPUTS, train.OUTPUTS)))  # the stages' files
 
 
 @dataclass
@@ -113,8 +116,8 @@ def stage_fingerprints(
         trained = fingerprint([judged, train_settings, refine, *round_training])
         prints.update(
             {
-                round_stage(i, "generate"): generated,
-                round_stage(i, "judge"): judged,
+                round_stage(i, GENERATE_STAGE): generated,
+                round_stage(i, JUDGE_STAGE): judged,
                 round_stage(i, TRAIN_STAGE): trained,
             }
         )
@@ -204,7 +207,7 @@ def _run_locked(config: Config, root: Path, force: bool) -> RunResult:
         for attempt in (1, 2):
             try:
                 samples = _generate(
-                    ctx, schedule[i - 1], models[i - 1], manifest, fingerprints[round_stage(i, "generate")], row
+                    ctx, schedule[i - 1], models[i - 1], manifest, fingerprints[round_stage(i, GENERATE_STAGE)], row
                 )
                 _judge(
                     ctx,
@@ -213,7 +216,7 @@ def _run_locked(config: Config, root: Path, force: bool) -> RunResult:
                     models,
                     seed_pairs,
                     manifest,
-                    fingerprints[round_stage(i, "judge")],
+                    fingerprints[round_stage(i, JUDGE_STAGE)],
                     row,
                 )
                 replay = seed_pairs.pairs if seed_pairs is not None else []
@@ -258,7 +261,7 @@ def _stage_paths(root: Path, name: str) -> list[Path]:
     if name == SEED_STAGE:
         return [root / SEED_STAGE]
     round_name, stage = name.split("/")
-    return stage_paths(root / round_name, ROUND_STAGES[stage])
+    return stage_paths(root / round_name, ROUND_OUTPUTS[stage])
 
 
 def _stale(manifest: Manifest, fingerprints: dict[str, str]) -> list[str]:
@@ -414,7 +417,7 @@ def _seed(
 def _generate(
     ctx: StageContext, prompts: list[PromptRecord], policy: Path, manifest: Manifest, fp: str, row: dict[str, Any]
 ) -> list[Sample]:
-    name = round_stage(ctx.round_index, "generate")
+    name = round_stage(ctx.round_index, GENERATE_STAGE)
     if _done(manifest, name, fp):
         return Sample.read(ctx.path(Sample.FILE))
     console.rule(
@@ -525,7 +528,7 @@ def _judge(
     fp: str,
     row: dict[str, Any],
 ) -> None:
-    name = round_stage(ctx.round_index, "judge")
+    name = round_stage(ctx.round_index, JUDGE_STAGE)
     if _done(manifest, name, fp):
         return
     kind = ctx.config.judge.kind
@@ -613,7 +616,7 @@ def _rebuild_damaged(root: Path, i: int, err: DataError, manifest: Manifest, fin
     alone, so it runs again. Every stage is seeded, so it writes the same file; stages after it that finished
     stay finished. False when the file is not a finished stage's output (then the error stands)."""
     damaged = Path(err.source).resolve()
-    for stage, outputs in ROUND_STAGES.items():
+    for stage, outputs in ROUND_OUTPUTS.items():
         name = round_stage(i, stage)
         if _done(manifest, name, fingerprints[name]) and damaged in {
             p.resolve() for p in stage_paths(round_directory(root, i), outputs)

@@ -18,9 +18,8 @@ from spreadpref.config import Config
 from spreadpref.data.loading import load_training_preferences
 from spreadpref.data.sanity import check_records
 from spreadpref.data.tokenize import TokenizedPair, tokenize_pairs
-from spreadpref.dpo.held_out import split_held_out, too_few_to_hold_out
+from spreadpref.dpo.held_out import split_held_out
 from spreadpref.dpo.train import TrainResult, train_on_pairs
-from spreadpref.runtime.progress import console
 from spreadpref.spa.context import StageContext
 
 
@@ -35,7 +34,7 @@ def split_seed_pairs(
     pairs: list[TokenizedPair], fraction: float, seed: int
 ) -> tuple[list[TokenizedPair], list[TokenizedPair]]:
     """(trained, held out): a seeded draw, the same for the same pairs, fraction and seed; order kept."""
-    return split_held_out(pairs, fraction, f"spreadpref-seed-holdout-{seed}")
+    return split_held_out(pairs, fraction, f"spreadpref-seed-holdout-{seed}", "data.seed_holdout")
 
 
 def load_seed_pairs(config: Config, tokenizer: PreTrainedTokenizerBase) -> SeedPairs:
@@ -43,8 +42,6 @@ def load_seed_pairs(config: Config, tokenizer: PreTrainedTokenizerBase) -> SeedP
     records, report = load_training_preferences(config.data)
     pairs, truncation = tokenize_pairs(tokenizer, records, config.data.max_length, config.data.max_prompt_length)
     trained, held_out = split_seed_pairs(pairs, config.data.seed_holdout, config.seed)
-    if config.data.seed_holdout > 0 and not held_out:
-        console.print(f"[yellow]{too_few_to_hold_out('data.seed_holdout', config.data.seed_holdout, len(pairs))}[/]")
     info = {
         "warnings": check_records(records, config.data.train),
         "pairs": len(trained),

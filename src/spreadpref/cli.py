@@ -15,6 +15,7 @@ import typer
 from rich.markup import escape
 
 from spreadpref.errors import SpreadprefError
+from spreadpref.runtime import preemption
 from spreadpref.runtime.layout import CONFIG_FILE, EVAL_DIRECTORY
 from spreadpref.runtime.progress import console, error_console, progress_enabled
 from spreadpref.runtime.progress import verbose as verbose_requested
@@ -106,6 +107,7 @@ def _run(action) -> None:
     Exit codes: 2 a problem in the input or settings (the message says what to fix), 3 a file that could
     not be read or written, 130 interrupted, 1 anything unexpected (a bug: the message says how to report it).
     """
+    preemption.handle_sigterm()  # a scheduler's SIGTERM ends the command as Ctrl-C does, checkpoint first
     if debug_requested():
         action()
         return
@@ -115,9 +117,10 @@ def _run(action) -> None:
         # soft_wrap: no hard line breaks inside paths, so the message can be copied as it is.
         error_console.print(f"[bold red]error:[/] {escape(bounded(redact(str(err))))}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_USER_ERROR) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
+        cause = "Stopped by SIGTERM." if isinstance(err, preemption.Terminated) else "Interrupted."
         console.print(
-            "[yellow]Interrupted.[/] Finished stages are saved: run the same command again to resume. The stage that "
+            f"[yellow]{cause}[/] Finished stages are saved: run the same command again to resume. The stage that "
             "was running starts again from its last Trainer checkpoint, or from its beginning when it saved none "
             "(train.save_strategy=no, as in the CPU profiles)."
         )
@@ -267,7 +270,7 @@ def judge(
         from spreadpref.data.loading import load_prompts
         from spreadpref.models.loading import load_tokenizer
         from spreadpref.spa.context import StageContext
-        from spreadpref.spa.judge import judge_stage
+        from spreadpref.spa.judge import check_judge_model, judge_stage
 
         cfg = _load(config, overrides)
         metadata = {}
@@ -279,8 +282,13 @@ def judge(
             raise SpreadprefError(f"generations file not found: {generations}")
         samples = Sample.read(generations)
         ref_name = reference or cfg.model.name_or_path
+        tokenizer = load_tokenizer(cfg.model)
+        # As `spreadpref run` does: every model that scores the token ids must share the tokenizer they came from.
+        for option, name in (("--policy", policy), ("--reference", reference)):
+            if name and name.lower() != "none":
+                check_judge_model(option, name, cfg, tokenizer)
         out.mkdir(parents=True, exist_ok=True)
-        ctx = StageContext(cfg, load_tokenizer(cfg.model), out)
+        ctx = StageContext(cfg, tokenizer, out)
         result = judge_stage(
             ctx,
             samples,

@@ -374,3 +374,23 @@ def test_the_implicit_score_by_hand():
     assert implicit_score(-10.0, -14.0, 4, mixed, base_logps=-6.0) == pytest.approx(0.0)  # ref term (-14 - 6) / 2
     with pytest.raises(JudgeError, match="non-finite judge score for reply 3"):
         implicit_score(float("nan"), -14.0, 4, plain, reply="reply 3")
+
+
+def test_the_judge_command_refuses_a_reference_with_another_tokenizer(tiny_model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from spreadpref.cli import app
+    from spreadpref.testing import make_tiny_model_dir, make_tiny_tokenizer
+
+    other = make_tiny_model_dir(tmp_path / "other")
+    make_tiny_tokenizer(vocab_size=300).save_pretrained(other)  # same family, other ids
+    generations = tmp_path / "generations.jsonl"
+    generations.write_text("")
+    out = tmp_path / "judged"
+    result = CliRunner().invoke(
+        app,
+        ["judge", str(generations), "--reference", str(other), "-o", str(out), f"model.name_or_path={tiny_model_dir}"],
+    )
+    assert result.exit_code == 2, result.output
+    assert "--reference" in result.output and "different tokenizer" in result.output
+    assert not out.exists()  # refused before anything was written

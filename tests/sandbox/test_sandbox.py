@@ -32,8 +32,34 @@ def test_models_outside_the_world_are_replaced_or_left_out_and_said(tmp_path):
     )
     overrides, notes = method_overrides(config)
     assert "judge.base={base}" in overrides and "judge.base_weight=0.5" in overrides  # the world's base model
-    assert not any(o.startswith(("judge.reference", "judge.policy")) for o in overrides)
-    assert any("judge.reference" in n for n in notes) and any("judge.policy=x/y" in n for n in notes)
+    # The README's headline setting, judge.reference=<the base model>, is the world's base model too.
+    assert "judge.reference={base}" in overrides
+    assert not any(o.startswith("judge.policy") for o in overrides)
+    assert any("judge.reference" in n and "pi_base" in n for n in notes) and any("judge.policy=x/y" in n for n in notes)
+
+
+def test_named_references_are_carried_as_they_are():
+    overrides, _ = method_overrides(load_config(None, ["judge.reference=previous", "loop.keep_models=3"]))
+    assert 'judge.reference="previous"' in overrides
+
+
+def test_a_users_own_sandbox_files_are_refused_not_overwritten(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "sandbox.md").write_text("my notes")
+    result = CliRunner().invoke(app, ["sandbox", "--reduced", "--seeds", "1", "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "did not write" in result.output and "sandbox.md" in result.output
+    assert (out / "sandbox.md").read_text() == "my notes" and sorted(p.name for p in out.iterdir()) == ["sandbox.md"]
+
+
+def test_a_sandbox_directory_in_use_is_refused(tmp_path):
+    from spreadpref.runtime.lock import directory_lock
+
+    out = tmp_path / "busy"
+    with directory_lock(out, "sandbox"):
+        result = CliRunner().invoke(app, ["sandbox", "--reduced", "--seeds", "1", "-o", str(out)])
+    assert result.exit_code != 0 and "in use by another spreadpref process" in result.output
 
 
 def test_another_judge_kind_is_refused():

@@ -41,13 +41,13 @@ from spreadpref.dpo.model_card import record_adapter_base, write_model_card
 from spreadpref.dpo.policy import TrainingPolicy, load_training_policy
 from spreadpref.dpo.reference import compute_reference
 from spreadpref.dpo.refine import Refinement
-from spreadpref.dpo.trainer import PairCollator, SoftDPOTrainer, to_train_dataset
+from spreadpref.dpo.trainer import PairCollator, SoftDPOTrainer, StopOnTermination, to_train_dataset
 from spreadpref.errors import SpreadprefError
 from spreadpref.models.loading import (
     load_tokenizer,
     resolve_device,
 )
-from spreadpref.runtime import distributed
+from spreadpref.runtime import distributed, preemption
 from spreadpref.runtime.files import atomic_write_json, remove_stale_temporaries, write_jsonl
 from spreadpref.runtime.fingerprint import fingerprint
 from spreadpref.runtime.layout import (
@@ -237,7 +237,9 @@ def train_on_pairs(
         console.print(f"Resuming training from {checkpoint}")
     before = None if checkpoint else trainable_checksum(model)
     started = time.perf_counter()
-    train_output = trainer.train(resume_from_checkpoint=checkpoint)
+    with preemption.training():
+        train_output = trainer.train(resume_from_checkpoint=checkpoint)
+    preemption.raise_if_requested(str(out))
     train_seconds = time.perf_counter() - started
     model = trainer.model
     if not all(torch.isfinite(p).all() for p in model.parameters() if p.requires_grad):
@@ -454,6 +456,7 @@ def build_trainer(
     # disable_tqdm leaves the Trainer's printer of per-step dicts in place of its bar: ours replaces both.
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(TrainDisplay("Training", checkpoints.parent / TRAIN_LOG_FILE))
+    trainer.add_callback(StopOnTermination())
     return trainer
 
 

@@ -38,6 +38,7 @@ from spreadpref.dpo.refine import (
     refine_targets,
 )
 from spreadpref.errors import TrainingError
+from spreadpref.runtime import preemption
 
 TRAIN_COLUMNS = (
     "id",
@@ -275,3 +276,14 @@ def to_train_dataset(pairs: Sequence[TokenizedPair]):
         for name in TRAIN_COLUMNS:
             rows[name].append(pair.length if name == "length" else getattr(pair, name))
     return datasets.Dataset.from_dict(rows)
+
+
+class StopOnTermination(TrainerCallback):
+    """A SIGTERM while the Trainer runs (runtime.preemption) becomes "save a checkpoint and stop" at the end of
+    the optimizer step under way, through the Trainer's own save path."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if preemption.requested():
+            control.should_save = True
+            control.should_training_stop = True
+        return control

@@ -116,8 +116,31 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "tekken.json")
+
+
+def check_model_source(path: str, key: str) -> None:
+    """Say what is wrong with a model source before transformers answers with the hub's repo-id rules or an
+    install hint: an empty name, a local directory that is not there, or a file where a directory belongs."""
+    if not path.strip():
+        raise ModelLoadError(f"{key} is empty: name a model directory, a hub id (org/name) or embedded")
+    if is_local_path(path):
+        local = Path(path).expanduser()
+        if not local.exists():
+            raise ModelLoadError(f"{key}={path}: no such model directory")
+        if not local.is_dir():
+            raise ModelLoadError(f"{key}={path} is a file; a model is a directory (save_pretrained's output)")
+
+
 def load_tokenizer(settings: ModelSettings) -> PreTrainedTokenizerBase:
+    key = "model.tokenizer" if settings.tokenizer else "model.name_or_path"
     path = resolve_model_path(settings.tokenizer or settings.name_or_path)
+    check_model_source(path, key)
+    if Path(path).expanduser().is_dir() and not any((Path(path).expanduser() / f).is_file() for f in TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"{key}={path} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...): save the tokenizer "
+            "beside the weights (tokenizer.save_pretrained(path)), or name one with model.tokenizer"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             path, revision=settings.revision, trust_remote_code=settings.trust_remote_code
@@ -133,8 +156,8 @@ def load_tokenizer(settings: ModelSettings) -> PreTrainedTokenizerBase:
         tokenizer.apply_chat_template = functools.partial(
             tokenizer.apply_chat_template, **settings.chat_template_kwargs
         )
-    if settings.tokenizer:  # the model's own tokenizer fits it; a separate one is checked against the model
-        check_tokenizer_fits_model(resolve_model_path(settings.name_or_path), tokenizer, settings)
+    # A separate tokenizer, and a model directory whose tokenizer was edited or replaced, must fit the embeddings.
+    check_tokenizer_fits_model(resolve_model_path(settings.name_or_path), tokenizer, settings)
     return tokenizer
 
 

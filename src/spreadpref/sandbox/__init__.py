@@ -23,9 +23,11 @@ from typing import Any
 
 from rich.table import Table
 
-from spreadpref.config import NAMED_JUDGE_POLICIES, Config, flat_settings
+from spreadpref.config import NAMED_JUDGE_POLICIES, NAMED_REFERENCES, Config, flat_settings
 from spreadpref.errors import ConfigError
 from spreadpref.runtime.files import atomic_write_json, atomic_write_text
+from spreadpref.runtime.lock import directory_lock
+from spreadpref.runtime.manifest import Manifest
 from spreadpref.runtime.progress import console, quiet_pipeline
 from spreadpref.sandbox import compare, world
 
@@ -43,7 +45,6 @@ METHOD_KEYS = (
 WORLD_OWNED = frozenset(
     {
         "judge.kind",  # the world's round judge is the implicit one; gold and random are its baselines
-        "judge.reference",  # pi_init of the world
         "judge.batch_size",
         "judge.seed_agreement",
         "judge.gold",
@@ -52,6 +53,7 @@ WORLD_OWNED = frozenset(
         "judge.custom",
     }
 )
+SANDBOX_STAGE = "sandbox"  # its entry in the directory's manifest.json
 BASELINES = ("spa_dnd", "iterative_gold")  # beside the config's settings ("custom") and seed-only DPO
 COMPARISONS = (
     ("custom", "seed_only"),
@@ -64,7 +66,8 @@ COMPARISONS = (
 
 def method_overrides(config: Config) -> tuple[list[str], list[str]]:
     """(overrides for the world's pipeline, notes on what was left to the world): the config's method settings
-    that differ from the schema's defaults. A model path in ``judge.base`` becomes the world's base model."""
+    that differ from the schema's defaults. A model named in ``judge.base`` or ``judge.reference`` (the README's
+    "judge against the base model") becomes the world's base model, pi_base."""
     if config.judge.kind != "implicit":
         raise ConfigError(
             f"judge.kind={config.judge.kind}: the sandbox measures the implicit judge's settings; the world has "
@@ -80,8 +83,9 @@ def method_overrides(config: Config) -> tuple[list[str], list[str]]:
     for key, value in changed.items():
         if key.split(".")[0] + "." + key.split(".")[1] in WORLD_OWNED:
             notes.append(f"{key} is the world's own")
-        elif key == "judge.base":
-            overrides.append("judge.base={base}")  # any base model: the world's
+        elif key == "judge.base" or (key == "judge.reference" and value not in NAMED_REFERENCES + ("none",)):
+            overrides.append(f"{key}={{base}}")  # any model named here is the base model: the world's pi_base
+            notes.append(f"{key}={value} is played by the world's base model (pi_base)")
         elif key == "judge.policy" and value not in NAMED_JUDGE_POLICIES:
             notes.append(f"judge.policy={value} names a model outside the world; the world's round model is used")
         else:
@@ -102,6 +106,28 @@ def run_sandbox(
     seed's world; writes ``sandbox.json`` and ``sandbox.md`` in ``directory`` and returns the summary."""
     settings = settings or world.WorldSettings()
     overrides, notes = method_overrides(config)
+    # The same directory rules as `spreadpref run`: one process at a time, and a user's own files (a
+    # sandbox.md of theirs) refused rather than overwritten; the manifest marks the directory as the sandbox's.
+    with directory_lock(directory, "sandbox", allow_existing=False):
+        manifest = Manifest(directory)
+        manifest.start(SANDBOX_STAGE, fingerprint=json.dumps({"overrides": overrides, "world": repr(settings)}))
+        document = _run_seeds(config, overrides, notes, seeds, directory, settings)
+        manifest.complete(
+            SANDBOX_STAGE,
+            seeds=list(seeds),
+            outputs={"json": str(directory / "sandbox.json"), "markdown": str(directory / "sandbox.md")},
+        )
+    return document
+
+
+def _run_seeds(
+    config: Config,
+    overrides: list[str],
+    notes: list[str],
+    seeds: Sequence[int],
+    directory: Path,
+    settings: world.WorldSettings,
+) -> dict[str, Any]:
     shown = [o.replace("{{", "{").replace("}}", "}") for o in overrides if "={" not in o]  # not the world's paths
     console.print(f"Your settings in the gold world: {', '.join(shown) or 'the schema defaults'}")
     for note in notes:

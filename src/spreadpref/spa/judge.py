@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from spreadpref.config import NAMED_JUDGE_POLICIES, JudgeSettings
+from spreadpref.config import NAMED_JUDGE_POLICIES, NAMED_REFERENCES, Config, JudgeSettings
 from spreadpref.data.artifacts import GoldVerdict, JudgedSample, Pair, Sample, Verdict
 from spreadpref.data.tokenize import TokenizedPair
 from spreadpref.dpo.logprobs import forward_precision, score_sequences, training_precision
+from spreadpref.errors import SpreadprefError
 from spreadpref.eval.labels import accuracy_by_margin, self_label_accuracy
 from spreadpref.eval.stats import proportion
 from spreadpref.judges import make_judge
@@ -39,9 +40,10 @@ from spreadpref.judges.implicit import (
     preference_probability,
     score_replies,
 )
-from spreadpref.models.loading import load_for_inference, resolve_model_path
+from spreadpref.models.loading import load_for_inference, load_tokenizer, resolve_model_path
 from spreadpref.runtime import distributed
-from spreadpref.runtime.files import atomic_write_json, write_jsonl
+from spreadpref.runtime.files import atomic_write_json, is_local_path, write_jsonl
+from spreadpref.runtime.progress import console
 from spreadpref.runtime.units import run_in_parts
 from spreadpref.spa.context import StageContext
 from spreadpref.spa.safeguards import (
@@ -564,3 +566,37 @@ def human_agreement(
             }
         )
     return figures
+
+
+def check_judge_reference(config: Config, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Every model the judge names by path (judge.reference, judge.base, judge.policy) must exist (when local)
+    and share the policy's tokenizer: the implicit reward compares the same token ids under every model."""
+    if config.judge.kind != "implicit":
+        return
+    named = {"judge.reference": (config.judge.reference, (*NAMED_REFERENCES, "none"))}
+    named["judge.policy"] = (config.judge.policy, NAMED_JUDGE_POLICIES)
+    if config.judge.base:
+        named["judge.base"] = (config.judge.base, ())
+    for key, (value, keywords) in named.items():
+        if value not in keywords:
+            check_judge_model(key, value, config, tokenizer)
+
+
+def check_judge_model(key: str, value: str, config: Config, tokenizer: PreTrainedTokenizerBase) -> None:
+    """``value`` (named by ``key``: a setting or a command-line option) exists when local and has the policy's
+    tokenizer; a different chat template is only said."""
+    path = resolve_model_path(value)
+    if is_local_path(path) and not Path(path).expanduser().is_dir():
+        raise SpreadprefError(f"{key}={value}: no such model directory")
+    other = load_tokenizer(config.model.model_copy(update={"name_or_path": path, "tokenizer": None}))
+    if other.get_vocab() != tokenizer.get_vocab():
+        raise SpreadprefError(
+            f"{key}={value} has a different tokenizer from the policy ({config.model.name_or_path}): "
+            "the implicit reward compares the same token ids under both models. Use the policy's base model, or a "
+            "model with the same tokenizer."
+        )
+    if other.chat_template != tokenizer.chat_template:
+        console.print(
+            f"[yellow]{key}={value} has a different chat template; the replies are scored with the "
+            "policy's template under every model.[/]"
+        )

@@ -28,7 +28,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from spreadpref.config import NAMED_JUDGE_POLICIES, NAMED_REFERENCES, Config, check_library_settings, describe_changes
+from spreadpref.config import NAMED_REFERENCES, Config, check_library_settings, describe_changes
 from spreadpref.data.artifacts import JudgedSample, Pair, Sample
 from spreadpref.data.identity import DATA_IDENTITIES, KEYED_BY_PATH, changed_sources, data_identities, data_only_change
 from spreadpref.data.loading import load_prompts
@@ -40,7 +40,7 @@ from spreadpref.eval.evaluate import evaluate
 from spreadpref.eval.report import interval_cell, report_or_warn
 from spreadpref.models.loading import load_tokenizer, resolve_model_path, weights_problem
 from spreadpref.runtime import distributed
-from spreadpref.runtime.files import is_local_path, read_jsonl_rows, remove_stale_temporaries
+from spreadpref.runtime.files import read_jsonl_rows, remove_stale_temporaries
 from spreadpref.runtime.fingerprint import fingerprint
 from spreadpref.runtime.layout import (
     ADAPTER_DIRECTORY,
@@ -173,7 +173,7 @@ def _run_locked(config: Config, root: Path, force: bool) -> RunResult:
         return RunResult(root, Path(summary.get("final_model", "")), summary, skipped=True)
 
     tokenizer = load_tokenizer(config.model)
-    check_judge_reference(config, tokenizer)  # before anything is written
+    judge.check_judge_reference(config, tokenizer)  # before anything is written
     started = time.perf_counter()
     root.mkdir(parents=True, exist_ok=True)
     if distributed.is_main():
@@ -484,38 +484,6 @@ def judge_models(config: Config, models: dict[int, Path], i: int) -> judge.Judge
         base=resolve_model_path(config.judge.base) if config.judge.base else None,
         previous=previous,
     )
-
-
-def check_judge_reference(config: Config, tokenizer: PreTrainedTokenizerBase) -> None:
-    """Every model the judge names by path (judge.reference, judge.base, judge.policy) must exist (when local)
-    and share the policy's tokenizer: the implicit reward compares the same token ids under every model."""
-    if config.judge.kind != "implicit":
-        return
-    named = {"judge.reference": (config.judge.reference, (*NAMED_REFERENCES, "none"))}
-    named["judge.policy"] = (config.judge.policy, NAMED_JUDGE_POLICIES)
-    if config.judge.base:
-        named["judge.base"] = (config.judge.base, ())
-    for key, (value, keywords) in named.items():
-        if value not in keywords:
-            _check_judge_model(key, value, config, tokenizer)
-
-
-def _check_judge_model(key: str, value: str, config: Config, tokenizer: PreTrainedTokenizerBase) -> None:
-    path = resolve_model_path(value)
-    if is_local_path(path) and not Path(path).expanduser().is_dir():
-        raise SpreadprefError(f"{key}={value}: no such model directory")
-    other = load_tokenizer(config.model.model_copy(update={"name_or_path": path, "tokenizer": None}))
-    if other.get_vocab() != tokenizer.get_vocab():
-        raise SpreadprefError(
-            f"{key}={value} has a different tokenizer from the policy ({config.model.name_or_path}): "
-            "the implicit reward compares the same token ids under both models. Use the policy's base model, or a "
-            "model with the same tokenizer."
-        )
-    if other.chat_template != tokenizer.chat_template:
-        console.print(
-            f"[yellow]{key}={value} has a different chat template; the replies are scored with the "
-            "policy's template under every model.[/]"
-        )
 
 
 def _judge(

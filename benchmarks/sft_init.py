@@ -8,15 +8,19 @@ plays pi_base here. Its demonstrations are made as demonstration sets often are,
 
 1. pi_base samples ``--samples`` replies (temperature 1.0, ``--max-new-tokens``) to every *round* task of
    ``builtin:ifeval_prompts`` (the training tasks outside benchmarks/spread.py's development split; never
-   an evaluation task of ``builtin:ifeval_eval``, never a seed task);
+   an evaluation task of ``builtin:ifeval_eval``, never a seed task), twice: as the task is, and with a
+   system prompt asking for brevity (BRIEF). Unprompted, the embedded model runs past 64 tokens in two
+   samples of three (605 of 884), so few tasks get a reply that meets its constraints and ends; the
+   brief pass is prompted rejection sampling, as demonstration sets are often made;
 2. the verifier keeps, per task, the first reply that meets every constraint and ended on its own (not
-   cut off); tasks with no such reply give no demonstration (counted);
-3. TRL's ``SFTTrainer`` fine-tunes pi_base on those prompt/reply pairs, the loss on the reply tokens only,
-   the token ids exactly as sampled (no re-tokenisation).
+   cut off), the unprompted pass first; tasks with no such reply give no demonstration (counted);
+3. TRL's ``SFTTrainer`` fine-tunes pi_base on those prompt/reply pairs, the prompt always *without* the
+   system prompt (as the rounds and the evaluation ask), the loss on the reply tokens only, the reply's
+   token ids exactly as sampled (no re-tokenisation).
 
-Everything lands in ``--work`` (default benchmarks/work/spread-sft): samples.jsonl (resumable),
-demonstrations.jsonl, pi_init/ (a save_pretrained checkpoint with the tokenizer) and pi_init.json (counts,
-settings, seconds). Each step is skipped when its output exists.
+Everything lands in ``--work`` (default benchmarks/work/spread-sft): samples.jsonl and samples_brief.jsonl
+(resumable), demonstrations.jsonl, pi_init/ (a save_pretrained checkpoint with the tokenizer) and
+pi_init.json (counts, settings, seconds). Each step is skipped when its output exists.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 DEFAULT_WORK = ROOT / "benchmarks" / "work" / "spread-sft"
 BASE_MODEL = "embedded:SmolLM2-135M-Instruct"
+BRIEF = "You are a helpful assistant. Reply in at most three sentences."  # the spa-cpu profile's system prompt
+PASSES = (("samples.jsonl", None), ("samples_brief.jsonl", BRIEF))  # (file, system prompt), in order of preference
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,24 +57,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def round_tasks(work: Path) -> list:
+def round_tasks(work: Path, system_prompt: str | None = None) -> list:
     """The rounds' training tasks (outside the development split), as PromptRecords."""
     import spread
 
     from spreadpref.data.loading import load_prompts
 
-    split_args = argparse.Namespace(work=work)
-    round_file, _ = spread.split_prompts(split_args)
-    prompts, _ = load_prompts(str(round_file))
+    round_file, _ = spread.split_prompts(argparse.Namespace(work=work))
+    prompts, _ = load_prompts(str(round_file), system_prompt=system_prompt)
     return prompts
 
 
-def sample_base(args: argparse.Namespace, prompts: list) -> list:
+def sampling_config(args: argparse.Namespace):
     from spreadpref.config import load_config
-    from spreadpref.models.loading import load_for_inference, load_tokenizer, resolve_model_path
-    from spreadpref.models.sampling import generate_samples
 
-    config = load_config(
+    return load_config(
         "spa-cpu-long",
         [
             f"model.name_or_path={args.base}",
@@ -80,41 +83,72 @@ def sample_base(args: argparse.Namespace, prompts: list) -> list:
             f"output_dir={args.work / 'sampling'}",
         ],
     )
+
+
+def sample_base(args: argparse.Namespace) -> list[list]:
+    """pi_base's samples of every pass (PASSES), each pass's file resumable."""
+    from spreadpref.models.loading import load_for_inference, load_tokenizer, resolve_model_path
+    from spreadpref.models.sampling import generate_samples
+
+    config = sampling_config(args)
     tokenizer = load_tokenizer(config.model)
     model = load_for_inference(config.model, resolve_model_path(args.base))
-    return generate_samples(
-        model, tokenizer, prompts, config.generation, config.data, args.seed, args.work / "samples.jsonl"
-    )
+    return [
+        generate_samples(
+            model,
+            tokenizer,
+            round_tasks(args.work, system),
+            config.generation,
+            config.data,
+            args.seed,
+            args.work / name,
+        )
+        for name, system in PASSES
+    ]
 
 
-def select_demonstrations(prompts: list, samples: list) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Per task, the first sample that meets every constraint and was not cut off."""
+def select_demonstrations(args: argparse.Namespace, passes: list[list]) -> tuple[list[dict[str, Any]], dict]:
+    """Per task, the first sample (unprompted pass first) that meets every constraint and was not cut off; its
+    prompt re-rendered without the system prompt."""
     from spreadpref.judges.base import Comparison
     from spreadpref.judges.verifier import VerifierJudge
+    from spreadpref.models.loading import load_tokenizer
+    from spreadpref.models.sampling import prepare_prompt_ids
 
-    by_prompt: dict[int, list] = {}
-    for sample in samples:
-        by_prompt.setdefault(sample.prompt_index, []).append(sample)
+    prompts = round_tasks(args.work)
+    config = sampling_config(args)
+    plain_ids = prepare_prompt_ids(load_tokenizer(config.model), prompts, config.data)
     judge = VerifierJudge()
-    rows, counts = [], {"tasks": len(prompts), "samples": len(samples), "cut_off": 0, "no_passing_reply": 0}
-    for index, group in sorted(by_prompt.items()):
-        record = prompts[index]
-        comparison = Comparison(record.prompt, [s.text for s in group], record.id, metadata=record.metadata)
-        scores = judge.judge([comparison])[0].scores
-        counts["cut_off"] += sum(s.cut_off for s in group)
-        passing = [s for s, score in zip(group, scores) if score == 1.0 and not s.cut_off]
-        if not passing:
+    counts: dict[str, Any] = {"tasks": len(prompts), "no_passing_reply": 0, "passes": {}}
+    chosen: dict[int, tuple[Any, float]] = {}
+    for (name, _), samples in zip(PASSES, passes):
+        by_prompt: dict[int, list] = {}
+        for sample in samples:
+            by_prompt.setdefault(sample.prompt_index, []).append(sample)
+        tally = {"samples": len(samples), "cut_off": sum(s.cut_off for s in samples), "tasks_passed": 0}
+        for index, group in sorted(by_prompt.items()):
+            record = prompts[index]
+            comparison = Comparison(record.prompt, [s.text for s in group], record.id, metadata=record.metadata)
+            scores = judge.judge([comparison])[0].scores
+            passing = [s for s, score in zip(group, scores) if score == 1.0 and not s.cut_off]
+            tally["tasks_passed"] += bool(passing)
+            if passing and index not in chosen:
+                chosen[index] = (passing[0], sum(score == 1.0 for score in scores) / len(scores))
+        counts["passes"][name] = tally
+    rows = []
+    for index, record in enumerate(prompts):
+        if index not in chosen:
             counts["no_passing_reply"] += 1
             continue
-        chosen = passing[0]
+        sample, pass_rate = chosen[index]
         rows.append(
             {
                 "id": record.id,
                 "prompt": record.prompt,
-                "reply": chosen.text,
-                "prompt_ids": chosen.prompt_ids,
-                "reply_ids": chosen.reply_ids,
-                "pass_rate": sum(score == 1.0 for score in scores) / len(scores),
+                "reply": sample.text,
+                "prompt_ids": plain_ids[index],
+                "reply_ids": sample.reply_ids,
+                "pass_rate": pass_rate,
             }
         )
     counts["demonstrations"] = len(rows)
@@ -150,7 +184,7 @@ def train_sft(args: argparse.Namespace, demonstrations: list[dict[str, Any]], ou
         learning_rate=args.learning_rate,
         per_device_train_batch_size=args.batch_size,
         lr_scheduler_type="cosine",
-        warmup_ratio=0.1,
+        warmup_steps=0.1,  # transformers 5 reads a value below 1 as a fraction of the steps (no warmup_ratio)
         completion_only_loss=True,
         max_length=256,
         logging_steps=5,
@@ -174,11 +208,9 @@ def build_pi_init(args: argparse.Namespace) -> Path:
         return out
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    prompts = round_tasks(args.work)
-    samples = sample_base(args, prompts)
-    demonstrations, counts = select_demonstrations(prompts, samples)
+    demonstrations, counts = select_demonstrations(args, sample_base(args))
     write_jsonl(args.work / "demonstrations.jsonl", demonstrations)
-    print(f"demonstrations: {counts['demonstrations']} of {counts['tasks']} tasks ({counts})")
+    print(f"demonstrations: {counts['demonstrations']} of {counts['tasks']} tasks ({counts})", flush=True)
     sampled = time.perf_counter()
     training = train_sft(args, demonstrations, out)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}

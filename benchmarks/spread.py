@@ -66,7 +66,20 @@ VARIANTS = {
         "loop.replay_fraction=0.25",
     ],
 }
+# The base -> SFT -> seed world (--init sft): {base} is pi_base, the model pi_init was fine-tuned from.
+VARIANTS |= {
+    "seed_base": [
+        "refine.enabled=true",
+        "refine.decoupled=true",
+        "judge.reference={base}",
+        "judge.length_penalty=fit",
+        "loop.replay_fraction=0.25",
+    ],
+    "no_seed": ["refine.enabled=true", "refine.decoupled=true", "loop.seed_stage=false", "judge.reference={base}"],
+}
 PAPER_VARIANTS = ("gold", "llm_judge", "spa_direct", "spa_refine", "spa_dnd")  # the default --variants
+SFT_ONLY = ("seed_base", "no_seed")
+SFT_VARIANTS = ("spa_dnd", "spa_length_replay", "seed_base", "no_seed", "gold")  # --init sft's default
 LABELS = {
     "sft": "SFT",
     "dpo_seed": "DPO on seed only",
@@ -78,6 +91,9 @@ LABELS = {
     "spa_length": "SPA + DND, length-regularised judge",
     "spa_replay": "SPA + DND, replay 25% seed pairs",
     "spa_length_replay": "SPA + DND, length-regularised + replay 25%",
+    "seed_base": "Seeded SPA vs pi_base + length-regularised + replay 25%",
+    "no_seed": "SPA without seed (pi_init start, reference pi_base)",
+    "base": "pi_base (before SFT)",
 }
 ANNOTATION_SAMPLES, ANNOTATION_MAX_NEW_TOKENS = 4, 64  # the seed "annotation" draws, fixed across settings
 # The seed "annotation" is the same for every profile: one set of verifier-labelled seed pairs.
@@ -95,6 +111,11 @@ PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
         "work": ROOT / "benchmarks" / "work" / "spread-long",
     },
 }
+# The base -> SFT -> seed world keeps its work and results apart from the published runs.
+SFT_DEFAULTS: dict[str, Any] = {
+    "out_dir": ROOT / "docs" / "results" / "embedded-sft",
+    "work": ROOT / "benchmarks" / "work" / "spread-sft",
+}
 DEV_ONE_IN = 4  # a task of builtin:ifeval_prompts is in the development split when its hash is 0 mod 4
 T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
@@ -102,6 +123,13 @@ T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="embedded", help="embedded, tiny (smoke test) or a model directory")
+    parser.add_argument(
+        "--init",
+        default="model",
+        choices=["model", "sft"],
+        help="pi_init: the model itself (the published runs), or sft: --model is pi_base and pi_init is it after "
+        "SFT on verifier-passing demonstrations (benchmarks/sft_init.py), the paper's base -> SFT -> seed",
+    )
     parser.add_argument(
         "--profile",
         default=DEFAULT_PROFILE,
@@ -123,7 +151,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed-pairs", type=int, default=64, help="verifier-labelled seed pairs (at most)")
     parser.add_argument("--eval-prompts", type=int, default=40)
     parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--variants", nargs="+", default=list(PAPER_VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS))
     parser.add_argument("--work", type=Path, default=None, help="default: benchmarks/work/spread[-long]")
     parser.add_argument(
         "--out-dir",
@@ -141,7 +169,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--rerun", action="store_true", help="run the seeds again even if their files exist")
     args = parser.parse_args(argv)
-    defaults = PROFILE_DEFAULTS[args.profile]
+    if args.init == "sft":
+        args.profile = "spa-cpu-long" if args.profile == DEFAULT_PROFILE else args.profile
+    defaults = PROFILE_DEFAULTS[args.profile] | (SFT_DEFAULTS if args.init == "sft" else {})
     if args.dev and args.profile == DEFAULT_PROFILE:
         parser.error("--dev needs a profile with a development split (--profile spa-cpu-long)")
     profile = None if args.profile == DEFAULT_PROFILE else load(list(args.set), args.profile)
@@ -152,6 +182,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.prompts_per_round is None and defaults["prompts_per_round"] is not None:
         args.prompts_per_round = defaults["prompts_per_round"]
     args.seeds = args.seeds or ([100, 101] if args.dev else [0, 1, 2])
+    args.variants = args.variants or list(SFT_VARIANTS if args.init == "sft" else PAPER_VARIANTS)
+    if args.init == "sft" and args.annotation_work == ANNOTATION_WORK:
+        args.annotation_work = args.work  # pi_init's own seed pairs, not the published runs' file
+    if args.init == "model" and any(v in SFT_ONLY for v in args.variants):
+        parser.error(f"variants {', '.join(SFT_ONLY)} need a base model: --init sft")
     args.eval_rounds = sorted(set(args.eval_rounds or range(1, args.rounds + 1)))
     return args
 
@@ -214,6 +249,16 @@ def eval_prompts(args: argparse.Namespace) -> str:
 
 
 def model_source(args: argparse.Namespace) -> str:
+    """pi_init's path or name; with --init sft, pi_init is built from --model (pi_base, args.base_model)."""
+    if args.init == "sft":
+        import sft_init
+
+        args.base_model = base_model_source(args)
+        return str(sft_init.build_pi_init(sft_init.parse_args(["--base", args.base_model, "--work", str(args.work)])))
+    return base_model_source(args)
+
+
+def base_model_source(args: argparse.Namespace) -> str:
     if args.model == "embedded":
         return "embedded:SmolLM2-135M-Instruct"
     if args.model == "tiny":
@@ -346,9 +391,12 @@ def run_variant(args, model: str, seed_file: Path, seed: int, variant: str) -> P
     from spreadpref.spa.loop import run
 
     out = args.work / f"seed-{seed}" / variant
-    # Every seed pair trains pi_0, as when the published seeds were run (before data.seed_holdout existed).
-    overrides = base_overrides(args, model, seed_file, seed, out) + VARIANTS[variant] + ["data.seed_holdout=0"]
-    if variant.startswith("spa_"):
+    overrides = base_overrides(args, model, seed_file, seed, out)
+    overrides += [o.format(base=getattr(args, "base_model", None)) for o in VARIANTS[variant]]
+    if args.init == "model":
+        # Every seed pair trains pi_0, as when the published seeds were run (before data.seed_holdout existed).
+        overrides.append("data.seed_holdout=0")  # --init sft keeps the default 20%: the guard's held-out pairs
+    if variant not in ("gold", "llm_judge"):
         overrides.append("judge.gold=verifier")  # measures the self-labels; the run trains on its own labels
     run(load(overrides, args.profile))
     return out
@@ -359,7 +407,7 @@ def run_seed(args, model: str, seed_file: Path, seed: int) -> dict[str, Path]:
     first = args.variants[0]
     for variant in args.variants:
         out = args.work / f"seed-{seed}" / variant
-        if variant != first:
+        if variant != first and variant != "no_seed":  # no_seed starts from pi_init: nothing to share
             # Seed stage and round-1 samples depend only on the seed; SPA variants also share round-1 judging.
             shared = ["seed", "round-1/generate"]
             source = dirs[first]
@@ -380,6 +428,8 @@ def evaluate_seed(args, model: str, seed_file: Path, seed: int, dirs: dict[str, 
         EvalModel("sft", resolve_model_path(model)),
         EvalModel(f"s{seed}/dpo_seed", str(first / "seed" / "model")),
     ]
+    if args.init == "sft":
+        models.insert(0, EvalModel("base", resolve_model_path(args.base_model)))
     for variant, directory in dirs.items():
         models += [
             EvalModel(f"s{seed}/{variant}/round-{i}", str(directory / f"round-{i}" / "train" / "model"))
@@ -412,6 +462,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
             if args.profile == DEFAULT_PROFILE
             else {"profile": args.profile, "dev": args.dev, "eval_rounds": args.eval_rounds, "set": list(args.set)}
         ),
+        **({"init": "sft"} if args.init == "sft" else {}),
     }
 
 
@@ -424,6 +475,14 @@ def round_figures(row: dict[str, Any]) -> dict[str, Any]:
         "seed_agreement": row.get("seed_agreement"),
         **{k: labels[k] for k in ("smoothed_fraction", "self_label_accuracy", "pairs")},
     }
+
+
+def guard_choice(summary: dict[str, Any], evaluated: list[int]) -> int:
+    """The round loop.final_model=best_held_out picks among the seed model (0) and the evaluated rounds."""
+    from spreadpref.spa.guard import agreements_of, choose_final_round
+
+    agreements = agreements_of(summary, max(evaluated))
+    return choose_final_round({k: v for k, v in agreements.items() if k == 0 or k in evaluated}, "best_held_out")
 
 
 def seed_path(args: argparse.Namespace, seed: int) -> Path:
@@ -440,18 +499,29 @@ def seed_record(
     """
     models = evaluated["models"]
     values = {
+        **({"base/0": {k: models["base"][k] for k in METRICS}} if "base" in models else {}),
         "sft/0": {**{k: models["sft"][k] for k in METRICS}, "win_rate": 0.5},
         "dpo_seed/0": {k: models[f"s{seed}/dpo_seed"][k] for k in METRICS},
     }
+    guard_rounds = {}
     for variant, directory in dirs.items():
-        rounds = json.loads((directory / "summary.json").read_text())["rounds"]
+        summary = json.loads((directory / "summary.json").read_text())
+        rounds = summary["rounds"]
         for i in range(1, args.rounds + 1):
             row = models.get(f"s{seed}/{variant}/round-{i}", {})  # rounds outside --eval-rounds: None
             values[f"{variant}/{i}"] = {**{k: row.get(k) for k in METRICS}, **round_figures(rounds[str(i)])}
+        if args.init == "sft":
+            # The guard's choice (loop.final_model=best_held_out) among the evaluated models, from the run's own
+            # held-out agreements: round 0 is the seed model (pi_init for no_seed, which holds nothing out).
+            chosen = guard_choice(summary, args.eval_rounds)
+            guard_rounds[variant] = chosen
+            start = "sft/0" if variant == "no_seed" else "dpo_seed/0"
+            values[f"{variant}/guard"] = dict(values[start] if chosen == 0 else values[f"{variant}/{chosen}"])
     return {
         "seed": seed,
         "settings": settings(args),
         "values": values,
+        "guard_rounds": guard_rounds,
         "seed_pairs": len(seed_file.read_text(encoding="utf-8").splitlines()),
         "eval_prompts": evaluated["prompts"],
         "seconds": round(seconds),
@@ -490,7 +560,7 @@ def aggregate(args: argparse.Namespace, records: list[dict[str, Any]]) -> dict[s
     table = []
     for key in records[0]["values"]:
         variant, round_index = key.split("/")
-        entry: dict[str, Any] = {"variant": variant, "round": int(round_index), "seeds": len(records)}
+        entry: dict[str, Any] = {"variant": variant, "round": round_label(round_index), "seeds": len(records)}
         for metric in records[0]["values"][key]:
             values = [r["values"][key][metric] for r in records]
             entry[metric], entry[f"{metric}_ci"] = mean_ci(values)
@@ -501,10 +571,17 @@ def aggregate(args: argparse.Namespace, records: list[dict[str, Any]]) -> dict[s
         "seeds": [r["seed"] for r in records],
         "rows": table,
         "paired": paired_differences(records),
+        # Against the ceiling: iterative DPO with the verifier as judge, its last round.
+        **({"paired_gold": paired_differences(records, f"gold/{args.rounds}")} if gold_run(args, records) else {}),
         "seed_pairs": records[0]["seed_pairs"],
         "eval_prompts": records[0]["eval_prompts"],
         "provenance": {str(r["seed"]): r["provenance"] for r in records},
     }
+
+
+def round_label(text: str) -> int | str:
+    """A round's number, or "guard" for the guard's choice."""
+    return int(text) if text.isdigit() else text
 
 
 def paired_differences(records: list[dict[str, Any]], base: str = "dpo_seed/0") -> list[dict[str, Any]]:
@@ -524,7 +601,7 @@ def paired_differences(records: list[dict[str, Any]], base: str = "dpo_seed/0") 
         rows.append(
             {
                 "variant": variant,
-                "round": int(round_index),
+                "round": round_label(round_index),
                 "mean": mean,
                 "ci": half,
                 "per_seed": diffs,
@@ -532,6 +609,11 @@ def paired_differences(records: list[dict[str, Any]], base: str = "dpo_seed/0") 
             }
         )
     return rows
+
+
+def gold_run(args: argparse.Namespace, records: list[dict[str, Any]]) -> bool:
+    key = f"gold/{args.rounds}"
+    return all(r["values"].get(key, {}).get("constraint_satisfaction") is not None for r in records)
 
 
 def write_outputs(args, aggregate: dict[str, Any]) -> None:
@@ -544,7 +626,8 @@ def write_outputs(args, aggregate: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "results.json", aggregate)
     rows = aggregate["rows"]
-    shown = ["sft", "dpo_seed", *args.variants]
+    present = {r["variant"] for r in rows}
+    shown = [v for v in ("base", "sft", "dpo_seed") if v in present] + list(args.variants)
     for metric, ylabel, name in (
         ("constraint_satisfaction", "held-out constraints met", "constraints.png"),
         ("win_rate", "gold win rate vs SFT", "win_rate.png"),
@@ -554,10 +637,11 @@ def write_outputs(args, aggregate: dict[str, Any]) -> None:
             points = sorted(
                 (r["round"], r[metric], r[f"{metric}_ci"])
                 for r in rows
-                if r["variant"] == variant and r[metric] is not None  # rounds outside --eval-rounds
+                # rounds outside --eval-rounds have no value; the guard's choice is a table row, not a round
+                if r["variant"] == variant and r[metric] is not None and isinstance(r["round"], int)
             )
-            if variant in VARIANTS:  # rounds start from the seed model
-                start = [r for r in rows if r["variant"] == "dpo_seed"]
+            if variant in VARIANTS:  # rounds start from the seed model (no_seed: from pi_init)
+                start = [r for r in rows if r["variant"] == ("sft" if variant == "no_seed" else "dpo_seed")]
                 points = [(0, start[0][metric], start[0][f"{metric}_ci"])] + points if start else points
             dodge = (k - (len(shown) - 1) / 2) * 0.03  # side by side, so that the intervals stay readable
             axis.errorbar(
@@ -576,20 +660,20 @@ def write_outputs(args, aggregate: dict[str, Any]) -> None:
         with atomic_path(out / name) as tmp:
             figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
         plt.close(figure)
+    ceiling = "paired_gold" in aggregate
     lines = [
-        "| variant | round | constraints met | − seed only (paired) | gold win rate vs SFT | words | pairs "
-        "| self-label accuracy | seed agreement | smoothed |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | round | constraints met | − seed only (paired) | "
+        + ("− verifier ceiling (paired) | " if ceiling else "")
+        + "gold win rate vs SFT | words | pairs | self-label accuracy | seed agreement | smoothed |",
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if ceiling else ""),
     ]
     order = {v: i for i, v in enumerate(shown)}
     paired = {(d["variant"], d["round"]): d for d in aggregate.get("paired", [])}
-    for r in sorted(rows, key=lambda r: (order[r["variant"]], r["round"])):
-        diff = paired.get((r["variant"], r["round"]))
-        diff_cell = (
-            "–"
-            if diff is None
-            else f"{diff['mean']:+.3f} ± {diff['ci']:.3f} ({diff['better']}/{len(diff['per_seed'])})"
-        )
+    paired_gold = {(d["variant"], d["round"]): d for d in aggregate.get("paired_gold", [])}
+    for r in sorted(rows, key=lambda r: (order[r["variant"]], r["round"] if isinstance(r["round"], int) else 99)):
+        diff_cell = _paired_cell(paired.get((r["variant"], r["round"])))
+        if ceiling:
+            diff_cell += " | " + _paired_cell(paired_gold.get((r["variant"], r["round"])))
         lines.append(
             f"| {LABELS[r['variant']]} | {r['round']} | {_cell(r, 'constraint_satisfaction')} | {diff_cell} | "
             f"{_cell(r, 'win_rate')} | {_cell(r, 'mean_words', '.1f')} | {_cell(r, 'pairs', '.0f')} | "
@@ -604,6 +688,14 @@ def write_outputs(args, aggregate: dict[str, Any]) -> None:
         ),
     )
     print("\n".join(lines))
+
+
+def _paired_cell(diff: dict[str, Any] | None) -> str:
+    """A paired difference as mean (95% interval), seeds better / seeds."""
+    if diff is None:
+        return "–"
+    low, high = diff["mean"] - diff["ci"], diff["mean"] + diff["ci"]
+    return f"{diff['mean']:+.3f} ({low:+.3f} to {high:+.3f}), {diff['better']}/{len(diff['per_seed'])}"
 
 
 def _cell(row: dict[str, Any], metric: str, spec: str = ".3f") -> str:

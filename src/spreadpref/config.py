@@ -353,6 +353,33 @@ class JudgeSettings(Section):
         """The gold judge's settings: its kind with this section's reward_model and llm settings."""
         return None if self.gold is None else self.model_copy(update={"kind": self.gold, "gold": None})
 
+    def describe(self, round_index: int) -> str:
+        """Which models judge round ``round_index``, in the paper's names, for the banner, the summary table,
+        report.md and the model card: "π_0 vs π_init", "π_1 vs base my/base", or the external judge's kind."""
+        if self.kind != "implicit":
+            return self.kind
+        i = round_index
+        policy = {"previous": f"π_{i - 1}", "seed": "π_0", "initial": "π_init"}.get(self.policy, _short(self.policy))
+        if self.reference == "none":
+            reference = "no reference"
+        elif self.reference == "previous" and i >= 2:
+            reference = f"π_{i - 2}"
+        elif self.reference in NAMED_REFERENCES:
+            reference = "π_init"
+        else:
+            reference = f"base {_short(self.reference)}"
+        if self.base and self.base_weight >= 1.0:
+            reference = f"base {_short(self.base)}"
+        elif self.base and self.base_weight > 0:
+            reference = f"{reference}^{1 - self.base_weight:g}·{_short(self.base)}^{self.base_weight:g}"
+        return f"{policy} vs {reference}"
+
+
+def _short(name: str) -> str:
+    """A model as a person reads it: a hub id as it is, a local path by its last two parts."""
+    parts = Path(name).expanduser().parts
+    return name if name.count("/") <= 1 and not name.startswith(("/", ".", "~")) else "/".join(parts[-2:])
+
 
 class RefineSettings(Section):
     """Self-refinement (confidence-based label smoothing) and decoupled noise detection (DND)."""

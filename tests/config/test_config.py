@@ -146,3 +146,22 @@ def test_every_list_key_parses_from_the_command_line(key, item, form):
 def test_one_value_for_a_list_key_is_a_list_of_one_and_a_string_stays_a_string_where_allowed():
     config = load_config(None, ["train.report_to=tensorboard", "model.lora.target_modules=all-linear"])
     assert config.train.report_to == ["tensorboard"] and config.model.lora.target_modules == "all-linear"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "round_index", "expected"),
+    [
+        ([], 1, "π_0 vs π_init"),
+        ([], 3, "π_2 vs π_init"),
+        (["judge.reference=previous", "loop.keep_models=3"], 3, "π_2 vs π_1"),
+        (["judge.reference=previous", "loop.keep_models=3"], 1, "π_0 vs π_init"),
+        (["judge.reference=my-org/base"], 2, "π_1 vs base my-org/base"),
+        (["judge.reference=/models/runs/base"], 1, "π_0 vs base runs/base"),
+        (["judge.policy=seed", "judge.reference=none"], 2, "π_0 vs no reference"),
+        (["judge.base=my-org/base", "judge.base_weight=0.5"], 1, "π_0 vs π_init^0.5·my-org/base^0.5"),
+        (["judge.base=my-org/base"], 1, "π_0 vs base my-org/base"),
+        (["judge.kind=verifier", "refine.enabled=false"], 1, "verifier"),
+    ],
+)
+def test_the_judge_is_described_in_the_papers_names(overrides, round_index, expected):
+    assert load_config(None, overrides).judge.describe(round_index) == expected

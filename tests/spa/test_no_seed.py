@@ -46,6 +46,11 @@ def test_a_no_seed_run_starts_from_the_model_judges_against_the_reference_and_re
     summary = json.loads((out / SUMMARY_FILE).read_text())
     assert summary["seed"] is None and summary["rounds"]["1"]["pairs"] > 0
     assert (out / REPORT_FILE).is_file()
+    # The base-model judge is named wherever a user looks: the summary row (the table), report.md, the card.
+    named = f"π_0 vs base {'/'.join(base_model_dir.parts[-2:])}"
+    assert summary["rounds"]["1"]["judge"] == named
+    assert named in (out / REPORT_FILE).read_text()
+    assert f"Judge: implicit reward, {named}" in (out / round_name(1) / "train" / "model" / "README.md").read_text()
     # Again: nothing to do; one more round: only round 2 runs.
     assert run(load_config(None, no_seed_overrides(tiny_model_dir, base_model_dir, prompts, out))).skipped
     attempts = manifest.stage(round_stage(1, "train"))["attempts"]

@@ -67,6 +67,7 @@ def model_card(config: Config, metrics: dict[str, Any], stage: str, start_model:
         ),
         "",
         f"- Data: `{config.data.train if not stage.startswith('round') else config.data.prompts}`",
+        *([f"- Judge: {judge_line(config, stage)}"] if stage.startswith("round") else []),
         f"- Settings: {json.dumps(settings)}",
         f"- Metrics: {json.dumps(shown) if shown else 'none recorded'}",
         "",
@@ -83,6 +84,14 @@ def model_card(config: Config, metrics: dict[str, Any], stage: str, start_model:
         "",
     ]
     return "\n".join(lines)
+
+
+def judge_line(config: Config, stage: str) -> str:
+    """Who labelled a round's pairs: the implicit reward's policy and reference (the base model, when the judge
+    is set against it), or the external judge."""
+    index = int(stage.removeprefix("round-")) if stage.removeprefix("round-").isdigit() else 1
+    judged_by = config.judge.describe(index)
+    return f"implicit reward, {judged_by}" if config.judge.kind == "implicit" else f"the {judged_by} judge"
 
 
 def write_model_card(

@@ -188,7 +188,7 @@ def round_table(summary: dict[str, Any], terminal: bool = False) -> tuple[list[s
     measured = any(r.get("model_held_out_agreement") is not None for r in [*rows, summary.get("seed") or {}])
     columns: list[tuple[str, Any, Any]] = [
         ("round", lambda s: "seed", lambda r: str(r["round"])),
-        ("judge", lambda s: "human", lambda r: r.get("judge_kind", "implicit")),
+        ("judge", lambda s: "human", lambda r: r.get("judge") or r.get("judge_kind", "implicit")),
         (
             "pairs",
             lambda s: format_cell(s.get("pairs")) + (f" (+{s['held_out']} held out)" if s.get("held_out") else ""),

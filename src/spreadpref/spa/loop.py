@@ -500,9 +500,10 @@ def _judge(
     if _done(manifest, name, fp):
         return
     kind = ctx.config.judge.kind
+    judged_by = ctx.config.judge.describe(ctx.round_index)
     console.rule(
         f"[bold]Round {ctx.round_index}: judge {len(samples)} samples "
-        f"({'by the implicit reward' if kind == 'implicit' else f'with the {kind} judge'})"
+        f"({f'implicit reward, {judged_by}' if kind == 'implicit' else f'with the {kind} judge'})"
     )
     manifest.start(name, fp)
     result = judge.judge_stage(
@@ -534,6 +535,7 @@ def _judge(
         judge_seconds=result.metrics["seconds"],
         judge_tokens_per_second=result.metrics["tokens_per_second"],
         judge_kind=kind,
+        judge=judged_by,
         safeguards=stats.safeguards(),
     )
     agreement = row.get("held_out_agreement")

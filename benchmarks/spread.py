@@ -112,10 +112,8 @@ PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 # The base -> SFT -> seed world keeps its work and results apart from the published runs.
-SFT_DEFAULTS: dict[str, Any] = {
-    "out_dir": ROOT / "docs" / "results" / "embedded-sft",
-    "work": ROOT / "benchmarks" / "work" / "spread-sft",
-}
+SFT_WORK = ROOT / "benchmarks" / "work" / "spread-sft"  # pi_init (benchmarks/sft_init.py) and its seed pairs
+SFT_DEFAULTS: dict[str, Any] = {"out_dir": ROOT / "docs" / "results" / "embedded-sft", "work": SFT_WORK}
 DEV_ONE_IN = 4  # a task of builtin:ifeval_prompts is in the development split when its hash is 0 mod 4
 T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
@@ -184,7 +182,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.seeds = args.seeds or ([100, 101] if args.dev else [0, 1, 2])
     args.variants = args.variants or list(SFT_VARIANTS if args.init == "sft" else PAPER_VARIANTS)
     if args.init == "sft" and args.annotation_work == ANNOTATION_WORK:
-        args.annotation_work = args.work  # pi_init's own seed pairs, not the published runs' file
+        args.annotation_work = SFT_WORK  # pi_init's own seed pairs, made once beside pi_init, for every --work
     if args.init == "model" and any(v in SFT_ONLY for v in args.variants):
         parser.error(f"variants {', '.join(SFT_ONLY)} need a base model: --init sft")
     args.eval_rounds = sorted(set(args.eval_rounds or range(1, args.rounds + 1)))
@@ -254,7 +252,7 @@ def model_source(args: argparse.Namespace) -> str:
         import sft_init
 
         args.base_model = base_model_source(args)
-        return str(sft_init.build_pi_init(sft_init.parse_args(["--base", args.base_model, "--work", str(args.work)])))
+        return str(sft_init.build_pi_init(sft_init.parse_args(["--base", args.base_model, "--work", str(SFT_WORK)])))
     return base_model_source(args)
 
 

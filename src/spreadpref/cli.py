@@ -6,6 +6,7 @@ Each command imports what it runs inside its own body, so that ``spreadpref --he
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -125,6 +126,17 @@ def _run(action) -> None:
             "(train.save_strategy=no, as in the CPU profiles)."
         )
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    except BrokenPipeError:
+        # The reader of our output went away (`spreadpref ... | head`): nothing more can be shown.
+        with contextlib.suppress(OSError, ValueError):  # no second error when Python flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        error_console.print(
+            "[bold red]error:[/] standard output was closed (the program reading it, e.g. `| head`, exited); the "
+            "command stopped there. Finished work is saved: run it again without the pipe, or redirect to a file.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_IO_ERROR) from None
     except OSError as err:
         # Disk full, read-only or vanished directory: every write is atomic, so nothing finished is lost.
         where = f" ({err.filename})" if getattr(err, "filename", None) else ""
@@ -145,6 +157,15 @@ def _run(action) -> None:
         )
         raise typer.Exit(EXIT_IO_ERROR) from None
     except Exception as err:  # noqa: BLE001 - the boundary: anything else is a bug, reported without a traceback
+        if _is_disk_write_failure(err):  # torch's and safetensors' writers say "disk full" in their own words
+            error_console.print(
+                f"[bold red]error:[/] a file could not be written ({escape(bounded(redact(str(err)), 300))}): the "
+                "disk is probably full. Files already written are intact; free space and run the same command "
+                "again to resume.",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(EXIT_IO_ERROR) from None
         where = _innermost_frame(err)
         error_console.print(
             f"[bold red]error:[/] unexpected {type(err).__name__}: {escape(bounded(redact(str(err)), 500))}{escape(where)}. "
@@ -154,6 +175,16 @@ def _run(action) -> None:
             soft_wrap=True,
         )
         raise typer.Exit(EXIT_UNEXPECTED) from None
+
+
+DISK_WRITE_FAILURES = ("no space left", "storagefull", "file write failed", "errno 28", "disk quota")
+
+
+def _is_disk_write_failure(err: BaseException) -> bool:
+    """torch.save's RuntimeError ("PytorchStreamWriter failed writing file ...: file write failed") and
+    safetensors' "IoError(... StorageFull ...)": an environment fault, not a bug."""
+    text = str(err).lower()
+    return any(marker in text for marker in DISK_WRITE_FAILURES)
 
 
 def _innermost_frame(err: BaseException) -> str:
@@ -212,7 +243,7 @@ def generate(
     model: Annotated[Optional[str], typer.Option(help="Policy to sample from (default: model.name_or_path).")] = None,
     prompts: Annotated[Optional[str], typer.Option(help="Prompt source (default: data.prompts).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Generations JSONL to write.")] = Path("generations.jsonl"),
-    limit: Annotated[Optional[int], typer.Option(help="Only the first N prompts.")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Only the first N prompts.")] = None,
 ) -> None:
     """Sample generation.num_samples replies per prompt (token ids, text, finish reason) into a JSONL file."""
 

@@ -244,6 +244,13 @@ FILE_CASES = [
         ("prompt,chosen,rejected\n" + "a,b,c\n" * 3000 + "Caf\u00e9?,Oui,Non\n").encode("latin-1"),
         ["line 3002", "not UTF-8", "CSV UTF-8", "iconv"],
     ),
+    ("nul-bytes-as-jsonl", "d.jsonl", b"\x00" * 100_000, ["line 1", "NUL bytes", "binary file"]),
+    (
+        "csv-cell-past-the-field-limit",
+        "d.csv",
+        'prompt,chosen,rejected\na,b,"' + "x" * (64 * 1024 * 1024 + 10) + '"\n',
+        ["line 2", "cannot be read as CSV", "field larger than field limit"],
+    ),
     ("tsv-in-latin-1", "d.tsv", "prompt\tchosen\trejected\n\u00e9\tb\tc\n".encode("latin-1"), ["line 2", "not UTF-8"]),
     (
         "jsonl-in-cp1252",
@@ -263,6 +270,34 @@ def test_bad_files(case, tiny_model_dir, tmp_path):
     message = " ".join(result.output.split())
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert str(path) in message and all(f in message for f in fragments), message
+
+
+def test_a_line_past_the_length_bound_is_refused_without_reading_the_rest(tiny_model_dir, tmp_path, monkeypatch):
+    from spreadpref.data import sources
+
+    monkeypatch.setattr(sources, "MAX_LINE_CHARS", 1000)
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n' + "x" * 5000 + "\n")
+    result = runner.invoke(app, ["inspect", f"model.name_or_path={tiny_model_dir}", f"data.train={path}"])
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2 and "line 2" in message and "without a line break" in message, message
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink-loop", "dev-null"])
+def test_data_that_is_not_a_regular_file_is_named_as_such(kind, tiny_model_dir, tmp_path):
+    import os
+
+    path = tmp_path / "d.jsonl"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "symlink-loop":
+        path.symlink_to(tmp_path / "d.jsonl")
+    else:
+        path = "/dev/null"
+    result = runner.invoke(app, ["inspect", f"model.name_or_path={tiny_model_dir}", f"data.train={path}"])
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2 and "no such file" not in message, message
+    assert ("symbolic link" if kind == "symlink-loop" else "not a regular file") in message
 
 
 def test_missing_data_file(tiny_model_dir, tmp_path):

@@ -119,6 +119,11 @@ def no_choices(connection, stop):
     connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
 
 
+def choices_not_a_list(connection, stop):
+    body = b'{"choices": "nope"}'
+    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
 def cut_short(connection, stop):
     connection.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n{"choices": [')
 
@@ -145,8 +150,13 @@ def test_an_endless_answer_is_cut_at_the_size_cap(raw):
 
 @pytest.mark.parametrize(
     ("respond", "message"),
-    [(not_json, "a reply that is not JSON"), (cut_short, r"after 2 tries"), (no_choices, "returned no choices")],
-    ids=["not-json", "cut-short", "no-choices"],
+    [
+        (not_json, "a reply that is not JSON"),
+        (cut_short, r"after 2 tries"),
+        (no_choices, "without a usable choice"),
+        (choices_not_a_list, "without a usable choice"),
+    ],
+    ids=["not-json", "cut-short", "no-choices", "choices-not-a-list"],
 )
 def test_malformed_answers_are_clear_errors(raw, respond, message):
     judge = HTTPLLMJudge(raw(respond).url, "m", max_retries=1, timeout=5, sleep=lambda s: None)

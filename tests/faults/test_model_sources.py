@@ -51,3 +51,55 @@ def test_an_empty_model_name_is_named():
     result = runner.invoke(app, ["inspect", "model.name_or_path=", "data.train=builtin:seed_pairs"])
     assert result.exit_code == 2, result.output
     assert "model.name_or_path" in result.output and "unexpected" not in result.output
+
+
+class NotATensor:
+    """A pickled object weights_only refuses: loading it would run this module's code."""
+
+
+def test_pickled_weights_that_weights_only_refuses_are_named_and_never_run(tiny_model_dir, tmp_path):
+    import torch
+
+    copy = tmp_path / "pickled"
+    shutil.copytree(tiny_model_dir, copy)
+    (copy / "model.safetensors").unlink()
+    torch.save({"model.embed_tokens.weight": NotATensor()}, copy / "pytorch_model.bin")
+    result = runner.invoke(
+        app, ["train", "-o", str(tmp_path / "out"), f"model.name_or_path={copy}", "data.train=builtin:seed_pairs"]
+    )
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2, said
+    assert "weights_only=True" in said and "Nothing in it was run" in said and "safetensors" in said
+
+
+def test_an_output_path_that_is_a_file_is_named(tiny_model_dir, tmp_path):
+    target = tmp_path / "out"
+    target.write_text("mine")
+    result = runner.invoke(app, ["train", "-o", str(target), f"model.name_or_path={tiny_model_dir}"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "is a file, not a directory" in said, said
+    assert target.read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    ("error", "fragment"),
+    [
+        (RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed"), "disk is probably full"),
+        (RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })"), "disk is probably full"),
+        (BrokenPipeError(32, "Broken pipe"), "standard output was closed"),
+    ],
+    ids=["torch-save-disk-full", "safetensors-disk-full", "closed-stdout"],
+)
+def test_environment_faults_are_exit_3_not_a_bug(error, fragment, capsys):
+    import typer
+
+    from spreadpref import cli
+
+    def action():
+        raise error
+
+    with pytest.raises(typer.Exit) as exit_info:
+        cli._run(action)
+    assert exit_info.value.exit_code == cli.EXIT_IO_ERROR
+    said = " ".join(capsys.readouterr().err.split())
+    assert fragment in said and "unexpected" not in said

@@ -8,6 +8,7 @@ UTF-8, not the format its suffix says, JSON too deep). What a row means is :mod:
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -52,10 +53,19 @@ def iter_rows(source: str, *, split: str = "train", subset: str | None = None) -
             yield from _iter_files(_shards(path, split), source)
     elif path.is_file():
         yield from _iter_file(path)
+    elif os.path.lexists(path):
+        raise DataError(source, None, None, _not_a_data_file(path))
     elif _looks_like_local_path(source):
         raise DataError(source, None, None, "no such file or directory")
     else:
         yield from _iter_hub(source, split, subset)
+
+
+def _not_a_data_file(path: Path) -> str:
+    """What is at ``path`` when it exists but is neither a file nor a directory to read."""
+    if path.is_symlink():
+        return "is a symbolic link that loops or points to nothing (ls -l it); point it at a data file"
+    return "is not a regular file (a pipe, a socket or a device such as /dev/null): save the data to a file first"
 
 
 # Data file types by their (last, or last two) suffixes; compressed JSON Lines as a hub download ships it.
@@ -120,13 +130,37 @@ def _shards(directory: Path, split: str) -> list[Path]:
     return of_split or files
 
 
+MAX_LINE_CHARS = 64 * 1024 * 1024  # one record; a longer line is refused before it fills memory
+
+
+def _bounded_lines(handle, path: Path) -> Iterator[str]:
+    """The lines of ``handle``, none read past MAX_LINE_CHARS: a binary file or a runaway line is an error
+    naming the line, with memory bounded by the limit rather than by the file."""
+    number = 0
+    while line := handle.readline(MAX_LINE_CHARS + 1):
+        number += 1
+        if "\x00" in line[:4096]:
+            raise DataError(
+                str(path), f"line {number}", None, "holds NUL bytes: this looks like a binary file, not text data"
+            )
+        if len(line) > MAX_LINE_CHARS:
+            raise DataError(
+                str(path),
+                f"line {number}",
+                None,
+                f"is longer than {MAX_LINE_CHARS // (1024 * 1024)} MiB characters without a line break: one record "
+                "per line is expected (JSON Lines); is this the right file?",
+            )
+        yield line
+
+
 def _numbered_lines(handle, path: Path) -> Iterator[tuple[int, str]]:
     """(number, line); a compressed file that is damaged or not what its suffix says is a DataError."""
     import lzma  # noqa: PLC0415
 
     number = 0
     try:
-        for number, line in enumerate(handle, start=1):  # noqa: B007 - the count names the failing line
+        for number, line in enumerate(_bounded_lines(handle, path), start=1):  # noqa: B007 - names the failing line
             yield number, line
     except UnicodeDecodeError:
         raise not_utf8(path) from None
@@ -191,10 +225,19 @@ def _iter_csv(path: Path, delimiter: str) -> Iterator[tuple[str, Any]]:
 
     csv.field_size_limit(64 * 1024 * 1024)  # long replies; the default 128 kB would stop at the first long cell
     with open(path, encoding="utf-8-sig", newline="") as handle:
+        reader = csv.DictReader(handle, delimiter=delimiter)
         try:
-            yield from _csv_rows(csv.DictReader(handle, delimiter=delimiter))
+            yield from _csv_rows(reader)
         except UnicodeDecodeError:
             raise not_utf8(path) from None
+        except csv.Error as err:
+            raise DataError(
+                str(path),
+                f"line {reader.line_num + 1}",  # the record that failed starts after the lines read so far
+                None,
+                f"cannot be read as {path.suffix.lstrip('.').upper()} ({err}); a cell over 64 MiB, or a quote "
+                "that is never closed, runs to the end of the file",
+            ) from None
 
 
 def _csv_rows(reader: Any) -> Iterator[tuple[str, Any]]:

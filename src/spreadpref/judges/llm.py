@@ -239,10 +239,13 @@ class HTTPLLMJudge(PairwiseJudge):
         )
 
     def _answer_probability(self, response: dict[str, Any]) -> float:
-        try:
-            choice = response["choices"][0]
-        except (KeyError, IndexError, TypeError):
-            raise JudgeError(f"the judge endpoint {self.url} returned no choices: {str(response)[:200]}") from None
+        choices = response.get("choices") if isinstance(response, dict) else None
+        choice = choices[0] if isinstance(choices, list) and choices else None
+        if not isinstance(choice, dict):  # e.g. {"choices": "nope"}: not an OpenAI-compatible chat answer
+            raise JudgeError(
+                f"the judge endpoint {self.url} answered without a usable choice (OpenAI chat format: "
+                f'{{"choices": [{{"message": ...}}]}}): {redact(str(response))[:200]}'
+            )
         letters = _letter_logprobs(choice)
         if letters is None:  # a log-prob that is NaN, +inf or not a number: a failed comparison, not a label
             self.unparsed += 1

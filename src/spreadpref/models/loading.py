@@ -15,6 +15,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -242,6 +243,13 @@ def load_model(settings: ModelSettings, path: str | None = None, for_training: b
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"could not load a causal language model from {path!r}: {err}") from None
+    except pickle.UnpicklingError as err:
+        raise ModelLoadError(
+            f"{path}: its weights are a pickle (.bin) that torch.load(weights_only=True) refuses ({str(err)[:160]}). "
+            "Nothing in it was run. Pickles can execute code when loaded, so spreadpref loads only plain tensors: "
+            "convert the weights to safetensors where you trust the file (model.save_pretrained(path, "
+            "safe_serialization=True)), or use a model saved as safetensors."
+        ) from None
     _drop_gguf_quantizer(model)
     if for_training and settings.lora.enabled:
         model = attach_lora(model, settings)

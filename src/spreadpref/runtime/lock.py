@@ -107,6 +107,11 @@ def _is_own_name(entry: str) -> bool:
 def check_output_directory(directory: Path, allow_existing: bool) -> None:
     """Refuse to write into a directory that holds files spreadpref did not write, unless allowed; even when
     allowed, refuse if one of them has a name spreadpref would write (it would be overwritten)."""
+    if Path(directory).exists() and not Path(directory).is_dir():
+        raise ForeignFilesError(
+            f"{directory} is a file, not a directory: the output goes into a directory. Choose another output "
+            "directory (output_dir, or -o), or move the file away."
+        )
     found = foreign_entries(Path(directory))
     if found and not allow_existing:
         raise ForeignFilesError(

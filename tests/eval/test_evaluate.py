@@ -147,3 +147,46 @@ def test_held_out_agreement_uses_each_models_implicit_reward(eval_setup, tmp_pat
     results = evaluate_models(config, [EvalModel("other", str(other))], tmp_path / "eval")
     assert 0.0 <= results["models"]["other"]["held_out_agreement"] <= 1.0
     assert results["labelled_pairs"] == 16
+
+
+def test_the_baseline_model_answers_once(eval_setup, tmp_path, tiny_model_dir, monkeypatch):
+    import spreadpref.eval.evaluate as evaluate_module
+
+    config, _ = eval_setup
+    calls = []
+    real = evaluate_module.generate_samples
+    monkeypatch.setattr(evaluate_module, "generate_samples", lambda *a, **k: calls.append(a[-2]) or real(*a, **k))
+    out = tmp_path / "eval-once"
+    results = evaluate(config, [str(tiny_model_dir)], out)  # the target is the SFT model: the baseline
+    assert len(calls) == 1  # only the baseline generated
+    assert (out / "answers" / "model.jsonl").read_bytes() == (out / "answers" / "baseline.jsonl").read_bytes()
+    assert results["models"]["model"]["win_rate"] == pytest.approx(0.5)
+
+
+def test_a_missing_target_is_named_before_anything_is_answered(eval_setup, tmp_path, monkeypatch):
+    import spreadpref.eval.evaluate as evaluate_module
+
+    config, other = eval_setup
+    monkeypatch.setattr(evaluate_module, "generate_samples", lambda *a, **k: pytest.fail("something answered"))
+    with pytest.raises(SpreadprefError, match="does not exist; nothing was answered"):
+        evaluate(config, [str(other), str(tmp_path / "no-such-model")], tmp_path / "eval-missing")
+
+
+def test_a_verifier_eval_without_the_extra_stops_before_any_answer(eval_setup, tmp_path, monkeypatch):
+    import spreadpref.eval.evaluate as evaluate_module
+    from spreadpref.judges import verifier
+
+    config, other = eval_setup
+    config = config.model_copy(
+        update={
+            "eval": config.eval.model_copy(update={"judge": config.eval.judge.model_copy(update={"kind": "verifier"})})
+        }
+    )
+
+    def missing():
+        raise verifier.JudgeError("the verifier needs the 'verify' extra, which is not installed")
+
+    monkeypatch.setattr(verifier, "_instruction_registry", missing)
+    monkeypatch.setattr(evaluate_module, "generate_samples", lambda *a, **k: pytest.fail("something answered"))
+    with pytest.raises(SpreadprefError, match="'verify' extra"):
+        evaluate(config, [str(other)], tmp_path / "eval-verifier")

@@ -82,6 +82,13 @@ DATA_CASES = [
     ),
     ("empty-file", [], [], 2, ["no usable records"]),
     (
+        "replies-in-two-formats",
+        [row(chosen=[{"role": "assistant", "content": "Blue."}])],
+        [],
+        2,
+        ["line 1", "'chosen' is a list of messages but 'rejected' is a string", "one format"],
+    ),
+    (
         "implicit-two-replies",
         [
             {

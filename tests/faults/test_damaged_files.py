@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from spreadpref.dpo.checkpoints import FILE_LIST, checkpoint_damage, last_checkpoint
+from spreadpref.dpo.checkpoints import FILE_LIST, LISTED_MARKER, checkpoint_damage, last_checkpoint
 from spreadpref.dpo.reference import read_cache_entry
 from spreadpref.runtime.fingerprint import file_digest
 from spreadpref.runtime.layout import MANIFEST_FILE, round_name, round_stage
@@ -47,6 +47,17 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, da
     assert reason in checkpoint_damage(newest)
     assert last_checkpoint(tmp_path) == str(older)
     assert not newest.exists() and older.exists() and checkpoint_damage(older) is None
+
+
+def test_a_checkpoint_cut_off_before_its_file_list_is_not_trusted(tmp_path):
+    files = {"optimizer.pt": b"x" * 1000}
+    older = make_checkpoint(tmp_path, 10, files)
+    newest = make_checkpoint(tmp_path, 20, files)
+    (newest / FILE_LIST).unlink()  # a Ctrl-C after the Trainer's save, before RecordCheckpointFiles ran
+    assert checkpoint_damage(newest) is None  # without the marker: an older version's checkpoint, trusted
+    (tmp_path / LISTED_MARKER).write_text("{}")  # this version lists every checkpoint it saves
+    assert "before spreadpref-files.json recorded its files" in checkpoint_damage(newest)
+    assert last_checkpoint(tmp_path) == str(older)
 
 
 def test_a_size_only_list_from_an_older_version_still_finds_a_truncated_file(tmp_path):

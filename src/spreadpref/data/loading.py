@@ -203,6 +203,17 @@ def parse_prompt(
 
 
 def _split_conversations(prompt_raw, chosen_raw, rejected_raw, columns: ColumnMap, fail):
+    kinds = {
+        name: type(value).__name__ for name, value in ((columns.chosen, chosen_raw), (columns.rejected, rejected_raw))
+    }
+    if sorted(kinds.values()) == ["list", "str"]:  # each is valid alone; together they are two formats
+        as_list = next(name for name, kind in kinds.items() if kind == "list")
+        as_text = next(name for name, kind in kinds.items() if kind == "str")
+        raise fail(
+            f"{columns.chosen}/{columns.rejected}",
+            f"'{as_list}' is a list of messages but '{as_text}' is a string: give both replies in one format, "
+            "both strings or both message lists",
+        )
     chosen_msgs = _messages(chosen_raw, columns.chosen, fail)
     rejected_msgs = _messages(rejected_raw, columns.rejected, fail)
     shared = 0

@@ -20,12 +20,19 @@ from spreadpref.runtime.layout import ADAPTER_DIRECTORY, MODEL_DIRECTORY
 from spreadpref.runtime.progress import console
 
 FILE_LIST = "spreadpref-files.json"  # in each checkpoint: every file's size and hash, written once it is complete
+# Beside the checkpoints: this spreadpref writes a FILE_LIST into every checkpoint it saves, so one without it was
+# cut off between the Trainer's save and the list (a Ctrl-C, a kill), not made by an older version.
+LISTED_MARKER = "spreadpref-checkpoints.json"
 
 
 class RecordCheckpointFiles(TrainerCallback):
     """After Trainer saved a checkpoint, record each file's size and content hash, so that a truncated, missing
     or replaced file (a disk that filled, a copy that stopped, a file from another run) is found before resuming
     from it. Hashing reads the checkpoint once more: about a second per GB."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            atomic_write_json(Path(args.output_dir) / LISTED_MARKER, {"file_lists": FILE_LIST})
 
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
@@ -48,6 +55,8 @@ def checkpoint_damage(checkpoint: Path) -> str | None:
         return "it was interrupted while being saved"
     listing = checkpoint / FILE_LIST
     if not listing.is_file():
+        if (checkpoint.parent / LISTED_MARKER).is_file():
+            return f"it was interrupted after the Trainer saved it but before {FILE_LIST} recorded its files"
         return None  # written by an older spreadpref, or by Trainer alone: the state file is all we can check
     try:
         recorded_files = json.loads(listing.read_text())

@@ -40,9 +40,10 @@ from spreadpref.models.loading import (
     load_for_inference,
     load_tokenizer,
     resolve_model_path,
+    weights_problem,
 )
 from spreadpref.models.sampling import generate_samples
-from spreadpref.runtime.files import atomic_write_json, atomic_write_text
+from spreadpref.runtime.files import atomic_write_json, atomic_write_text, is_local_path
 from spreadpref.runtime.fingerprint import fingerprint
 from spreadpref.runtime.layout import (
     CONFIG_FILE,
@@ -310,12 +311,23 @@ def _evaluate_locked(config: Config, models: list[EvalModel], out_dir: Path, for
             shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
     elif previous and (out_dir / EVAL_RESULTS_FILE).is_file():
         results["models"] = json.loads((out_dir / EVAL_RESULTS_FILE).read_text()).get("models", {})
-    manifest.start("eval", expected)
-    tokenizer = load_tokenizer(config.model)
+    # Everything that can fail without answering is checked before the first answer: the judge (and the extra
+    # it needs), the prompts it needs, and every model to answer with.
     _check_eval_judge(config)
-    baseline_answers = _baseline_answers(config, tokenizer, prompts, out_dir)
+    _check_models(config, models)
+    tokenizer = load_tokenizer(config.model)
     judge = make_judge(config.eval.judge, config.model, beta=config.train.beta, tokenizer=tokenizer)
+    if config.eval.judge.kind == "verifier" and (
+        bare := [p.id for p in prompts if "instruction_id_list" not in p.metadata]
+    ):
+        raise SpreadprefError(
+            f"eval.judge.kind=verifier needs verifiable constraints (instruction_id_list, kwargs) on every evaluation "
+            f"prompt; {len(bare)} of {len(prompts)} in {config.eval.prompts} have none (first: {bare[0]})"
+        )
+    manifest.start("eval", expected)
+    baseline_answers = _baseline_answers(config, tokenizer, prompts, out_dir)
     for model in models:
+        _reuse_baseline_answers(config, model, out_dir)
         answers = generate_answers(config, own_tokenizer(config, model.path, tokenizer), model, prompts, out_dir)
         write_official_formats(out_dir, model.name, prompts, [a.text for a in answers])
         results["models"][model.name] = _score_model(config, judge, model, prompts, answers, baseline_answers, out_dir)
@@ -327,6 +339,43 @@ def _evaluate_locked(config: Config, models: list[EvalModel], out_dir: Path, for
     manifest.complete("eval", outputs={"results": str(out_dir / EVAL_RESULTS_FILE)})
     print_eval_table(results)
     return results
+
+
+def _baseline_model(config: Config) -> str | None:
+    """The model that answers as the baseline, or None when the baseline is a file of answers."""
+    baseline = config.eval.baseline
+    if baseline.endswith(".json") and Path(baseline).is_file():
+        return None
+    return config.model.name_or_path if baseline == "initial" else baseline
+
+
+def _check_models(config: Config, models: list[EvalModel]) -> None:
+    """Every local model to answer with (and the baseline) is a loadable directory, before any answers."""
+    named = [(m.name, m.path) for m in models]
+    if (baseline := _baseline_model(config)) is not None:
+        named.append((f"the baseline (eval.baseline={config.eval.baseline})", baseline))
+    for name, path in named:
+        if problem := weights_problem(resolve_model_path(path)):
+            raise SpreadprefError(f"{name}: {problem}; nothing was answered")
+
+
+def _reuse_baseline_answers(config: Config, model: EvalModel, out_dir: Path) -> None:
+    """A model that is the baseline itself (often the SFT model of a run) answers once: its file is the
+    baseline's, copied, instead of the same greedy answers generated twice."""
+    baseline = _baseline_model(config)
+    source = out_dir / "answers" / f"{_file_name(BASELINE)}.jsonl"
+    target = out_dir / "answers" / f"{_file_name(model.name)}.jsonl"
+    if baseline is None or target.is_file() or not source.is_file():
+        return
+    if _same_model(resolve_model_path(baseline), resolve_model_path(model.path)):
+        console.print(f"{model.name} is the baseline model: its answers are the baseline's")
+        shutil.copyfile(source, target)
+
+
+def _same_model(a: str, b: str) -> bool:
+    if is_local_path(a) and is_local_path(b):
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    return a == b
 
 
 def _check_eval_judge(config: Config) -> None:

@@ -202,6 +202,9 @@ class VerifierJudge(ExactScoreJudge):
 
     name = "verifier"
 
+    def __init__(self) -> None:
+        _instruction_registry()  # the 'verify' extra, checked when the judge is made: before any model answers
+
     def scores(self, comparison: Comparison) -> list[float]:
         if "instruction_id_list" not in comparison.metadata:
             raise JudgeError(

@@ -429,9 +429,12 @@ def evaluate_seed(args, model: str, seed_file: Path, seed: int, dirs: dict[str, 
     if args.init == "sft":
         models.insert(0, EvalModel("base", resolve_model_path(args.base_model)))
     for variant, directory in dirs.items():
+        rounds = set(args.eval_rounds)
+        if args.init == "sft":  # the guard's choice is evaluated too, whichever round it is
+            rounds.add(guard_choice(json.loads((directory / "summary.json").read_text()), args.rounds))
         models += [
             EvalModel(f"s{seed}/{variant}/round-{i}", str(directory / f"round-{i}" / "train" / "model"))
-            for i in args.eval_rounds
+            for i in sorted(rounds - {0})
         ]
     # One evaluation directory per seed, so that seeds can run as parallel processes (--seeds 0, --seeds 1, ...).
     config = load(base_overrides(args, model, seed_file, seed, first), args.profile)
@@ -475,12 +478,11 @@ def round_figures(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def guard_choice(summary: dict[str, Any], evaluated: list[int]) -> int:
-    """The round loop.final_model=best_held_out picks among the seed model (0) and the evaluated rounds."""
+def guard_choice(summary: dict[str, Any], rounds: int) -> int:
+    """The round loop.final_model=best_held_out picks among the seed model (0) and rounds 1..``rounds``."""
     from spreadpref.spa.guard import agreements_of, choose_final_round
 
-    agreements = agreements_of(summary, max(evaluated))
-    return choose_final_round({k: v for k, v in agreements.items() if k == 0 or k in evaluated}, "best_held_out")
+    return choose_final_round(agreements_of(summary, rounds), "best_held_out")
 
 
 def seed_path(args: argparse.Namespace, seed: int) -> Path:
@@ -508,13 +510,16 @@ def seed_record(
         for i in range(1, args.rounds + 1):
             row = models.get(f"s{seed}/{variant}/round-{i}", {})  # rounds outside --eval-rounds: None
             values[f"{variant}/{i}"] = {**{k: row.get(k) for k in METRICS}, **round_figures(rounds[str(i)])}
+            if args.init == "sft" and i not in args.eval_rounds:
+                values[f"{variant}/{i}"].update(dict.fromkeys(METRICS))  # evaluated only as the guard's choice
         if args.init == "sft":
             # The guard's choice (loop.final_model=best_held_out) among the evaluated models, from the run's own
             # held-out agreements: round 0 is the seed model (pi_init for no_seed, which holds nothing out).
-            chosen = guard_choice(summary, args.eval_rounds)
+            chosen = guard_choice(summary, args.rounds)
             guard_rounds[variant] = chosen
             start = "sft/0" if variant == "no_seed" else "dpo_seed/0"
-            values[f"{variant}/guard"] = dict(values[start] if chosen == 0 else values[f"{variant}/{chosen}"])
+            row = models.get(f"s{seed}/{variant}/round-{chosen}", {})
+            values[f"{variant}/guard"] = dict(values[start]) if chosen == 0 else {k: row.get(k) for k in METRICS}
     return {
         "seed": seed,
         "settings": settings(args),

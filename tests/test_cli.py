@@ -259,3 +259,13 @@ def test_a_refused_rerun_names_the_keys_that_changed(tiny_model_dir, pairs_file,
     again = runner.invoke(app, [*args, "train.beta=0.2"])
     message = " ".join(again.output.split())
     assert again.exit_code == 2 and "train.beta: 0.1 -> 0.2" in message and "output_dir" not in message
+
+
+def test_version_prints_the_package_and_library_versions():
+    from typer.testing import CliRunner
+
+    from spreadpref import __version__
+    from spreadpref.cli import app
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.startswith(f"spreadpref {__version__} (torch ")

@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
+from spreadpref.config import TRL_KEYS
 from spreadpref.errors import SpreadprefError
 from spreadpref.runtime import preemption
 from spreadpref.runtime.layout import CONFIG_FILE, EVAL_DIRECTORY
@@ -75,8 +76,28 @@ def bounded(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     return f"{text[: limit // 2]} [... {len(text) - limit} characters left out ...] {text[-limit // 2 :]}"
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        import platform  # noqa: PLC0415
+
+        import torch  # noqa: PLC0415
+        import transformers  # noqa: PLC0415
+
+        from spreadpref import __version__  # noqa: PLC0415
+
+        print(  # stdout, for scripts: `spreadpref --version | cut -d' ' -f2`
+            f"spreadpref {__version__} (torch {torch.__version__}, transformers {transformers.__version__}, "
+            f"Python {platform.python_version()})"
+        )
+        raise typer.Exit()
+
+
 @app.callback()
 def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
     debug: Annotated[
         bool, typer.Option("--debug", help="Show the full traceback of an error (or set SPREADPREF_DEBUG=1).")
     ] = False,
@@ -487,27 +508,15 @@ def env() -> None:
         typer.echo(f"{key + ':':<24} {value}")
 
 
-# Flags of TRL's and transformers' scripts that users type by habit, and spreadpref's key for each.
+# Flags of TRL's and transformers' scripts that users type by habit, and spreadpref's key for each
+# (config.TRL_KEYS, which also answers the same names as flat YAML keys).
 HABIT_FLAGS = {
-    "--model_name_or_path": "model.name_or_path=...",
-    "--dataset_name": "data.train=...",
-    "--dataset_config": "data.subset=...",
-    "--learning_rate": "train.learning_rate=...",
-    "--num_train_epochs": "train.num_epochs=...",
-    "--max_steps": "train.max_steps=...",
-    "--per_device_train_batch_size": "train.per_device_batch_size=...",
-    "--gradient_accumulation_steps": "train.gradient_accumulation_steps=...",
-    "--beta": "train.beta=...",
-    "--max_length": "data.max_length=...",
-    "--max_prompt_length": "data.max_prompt_length=...",
-    "--bf16": "model.dtype=bfloat16 train.mixed_precision=bf16",
-    "--report_to": "train.report_to=...",
-    "--lr_scheduler_type": "train.lr_scheduler=...",
-    "--warmup_ratio": "train.warmup_ratio=...",
-    "--gradient_checkpointing": "model.gradient_checkpointing=true",
-    "--use_peft": "model.lora.enabled=true",
-    "--lora_r": "model.lora.r=...",
-    "--seed": "seed=...",
+    f"--{name}": "model.dtype=bfloat16 train.mixed_precision=bf16"
+    if name == "bf16"
+    else f"{key}=true"
+    if name in ("gradient_checkpointing", "use_peft")
+    else f"{key}=..."
+    for name, key in TRL_KEYS.items()
 }
 
 

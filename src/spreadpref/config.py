@@ -811,11 +811,47 @@ def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
+# TRL's and transformers' argument names that users bring by habit (flat YAML keys, script flags), and
+# spreadpref's key for each; the command line's flag hints are built from the same table.
+TRL_KEYS = {
+    "model_name_or_path": "model.name_or_path",
+    "dataset_name": "data.train",
+    "dataset_config": "data.subset",
+    "learning_rate": "train.learning_rate",
+    "num_train_epochs": "train.num_epochs",
+    "max_steps": "train.max_steps",
+    "per_device_train_batch_size": "train.per_device_batch_size",
+    "gradient_accumulation_steps": "train.gradient_accumulation_steps",
+    "beta": "train.beta",
+    "label_smoothing": "train.label_smoothing",
+    "max_length": "data.max_length",
+    "max_prompt_length": "data.max_prompt_length",
+    "bf16": "model.dtype",
+    "report_to": "train.report_to",
+    "lr_scheduler_type": "train.lr_scheduler",
+    "warmup_ratio": "train.warmup_ratio",
+    "gradient_checkpointing": "model.gradient_checkpointing",
+    "use_peft": "model.lora.enabled",
+    "lora_r": "model.lora.r",
+    "lora_alpha": "model.lora.alpha",
+    "output_dir": "output_dir",
+    "seed": "seed",
+}
+
+
 def check_unknown_keys(raw: Any, model: type[BaseModel], prefix: str = "") -> None:
-    """Reject keys the schema does not know, naming the closest valid one."""
+    """Reject keys the schema does not know, naming the closest valid one (or the spreadpref key of a TRL one)."""
     if not isinstance(raw, dict):
         return
     fields = model.model_fields
+    trl_keys = [str(key) for key in raw if not prefix and key not in fields and key in TRL_KEYS]
+    if trl_keys:
+        mapped = "; ".join(f"{key} -> {TRL_KEYS[key]}" for key in trl_keys)
+        raise ConfigError(
+            f"{', '.join(repr(k) for k in trl_keys)} {'is a TRL key' if len(trl_keys) == 1 else 'are TRL keys'}: "
+            f"spreadpref's config is nested by section ({mapped}). For example, `learning_rate: 5e-7` at the "
+            "top becomes `train:\n  learning_rate: 5e-7` (`spreadpref config --reference` lists every key)."
+        )
     for key, value in raw.items():
         dotted = f"{prefix}{key}"
         if key not in fields:

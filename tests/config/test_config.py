@@ -165,3 +165,20 @@ def test_one_value_for_a_list_key_is_a_list_of_one_and_a_string_stays_a_string_w
 )
 def test_the_judge_is_described_in_the_papers_names(overrides, round_index, expected):
     assert load_config(None, overrides).judge.describe(round_index) == expected
+
+
+def test_a_flat_trl_style_yaml_is_answered_with_the_spreadpref_keys(tmp_path):
+    path = tmp_path / "trl.yaml"
+    path.write_text("model_name_or_path: my/model\nlearning_rate: 5.0e-7\nbeta: 0.1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert "TRL keys" in message and "learning_rate -> train.learning_rate" in message
+    assert "beta -> train.beta" in message and "model_name_or_path -> model.name_or_path" in message
+
+
+def test_every_trl_key_maps_to_a_real_setting():
+    from spreadpref.config import TRL_KEYS, flat_settings
+
+    keys = set(flat_settings(Config()))
+    assert {target for target in TRL_KEYS.values()} <= keys

@@ -17,7 +17,7 @@ from spreadpref.runtime.layout import LOG_HISTORY_FILE, MANIFEST_FILE
 def pair(i, label=1.0, ref=(-5.0, -5.0)):
     return TokenizedPair(
         id=f"p{i}",
-        prompt_ids=[1, 5, 6],
+        prompt_ids=[1, 5, 6, 100 + i],
         chosen_ids=[7, 8, 2],
         rejected_ids=[9, 10, 2],
         label=label,
@@ -40,6 +40,16 @@ def test_the_split_is_seeded_keeps_order_and_follows_the_one_rule():
         pairs[:15],
         [],
     )  # fewer than 8 would be left
+
+
+def test_each_pair_keeps_its_draw_when_pairs_are_added_or_reordered():
+    pairs = [pair(i) for i in range(42)]
+    _, held = split_held_out(pairs, 0.2, salt="s", setting="data.seed_holdout")
+    grown = [*reversed(pairs), pair(42)]  # one pair appended, the file reordered
+    _, held_grown = split_held_out(grown, 0.2, salt="s", setting="data.seed_holdout")
+    before, after = {p.id for p in held}, {p.id for p in held_grown}
+    assert len(before) == len(after) == 9
+    assert len(before - after) <= 1 and after - before <= {"p42"}  # at most the boundary pair moves
 
 
 def test_the_metrics_are_the_soft_dpo_loss_and_reward_margins_by_hand(monkeypatch):

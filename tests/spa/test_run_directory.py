@@ -115,3 +115,49 @@ def test_replaced_weights_of_a_finished_stage_are_refused_then_trained_again_und
     run(load_config(None, overrides), force=True)  # a second edit: the newer one is kept, over the older
     kept = load_file(str(out / "seed" / "model.edited" / "model.safetensors"))
     assert all(kept[name].equal(tensor * 0.25) for name, tensor in tensors.items())
+
+
+def test_seed_prompts_in_the_pool_are_left_out_of_the_rounds(tiny_model_dir, tmp_path, capsys):
+    from helpers import arithmetic_pairs, loop_overrides, write_jsonl
+
+    from spreadpref.config import load_config
+    from spreadpref.runtime.files import read_jsonl
+    from spreadpref.spa.loop import run
+
+    seed = write_jsonl(tmp_path / "seed.jsonl", arithmetic_pairs(16))
+    shared = [{"id": f"s{i}", "prompt": f"What is {i} plus {i}?"} for i in range(10)]  # seed prompts, 10 of 16
+    fresh = [{"id": f"q{i}", "prompt": f"Tell me about the number {i}."} for i in range(12)]
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", shared + fresh)
+    out = tmp_path / "run"
+    overrides = loop_overrides(tiny_model_dir, seed, prompts, out) + ["loop.rounds=1", "loop.prompts_per_round=[12]"]
+    run(load_config(None, overrides))
+    captured = capsys.readouterr()
+    said = " ".join((captured.out + captured.err).split())
+    assert "10 prompts of" in said and "left out of the rounds" in said
+    used = {row["id"] for row in read_jsonl(out / "round-1" / "prompts.jsonl")}
+    assert used == {f"q{i}" for i in range(12)}  # none of the seed pairs' prompts
+
+
+def test_the_held_out_pairs_are_written_and_a_change_is_said(tiny_model_dir, tmp_path, capsys):
+    from helpers import arithmetic_pairs, loop_overrides, write_jsonl
+
+    from spreadpref.runtime.files import read_jsonl
+    from spreadpref.runtime.layout import HELD_OUT_FILE
+
+    pairs = arithmetic_pairs(17)
+    seed = write_jsonl(tmp_path / "seed.jsonl", pairs)
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"id": f"q{i}", "prompt": f"Number {i}?"} for i in range(8)])
+    out = tmp_path / "run"
+    overrides = loop_overrides(tiny_model_dir, seed, prompts, out) + ["loop.rounds=1", "loop.prompts_per_round=[4]"]
+    run(load_config(None, overrides))
+    held = read_jsonl(out / HELD_OUT_FILE)
+    assert len(held) == 8 and {r["id"] for r in held} <= {p["id"] for p in pairs}
+    said = " ".join(capsys.readouterr().err.split())
+    assert "17 of 17 records kept" in said  # the seed pairs' own line
+    # A held-out pair removed from the file: the held-out set changes, and the run says so.
+    write_jsonl(seed, [p for p in pairs if p["id"] != held[0]["id"]])
+    run(load_config(None, overrides))
+    held_after = read_jsonl(out / HELD_OUT_FILE)
+    assert len(held_after) == 8 and held[0]["id"] not in {r["id"] for r in held_after}
+    said = " ".join(capsys.readouterr().err.split())
+    assert "held-out seed pairs changed since the last run (1 left the held-out set, 1 joined it" in said

@@ -10,8 +10,9 @@ the report's curves. Held-out pairs come from ``data.eval`` (a file) or ``data.e
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-import random
 from collections.abc import Sequence
 
 import torch
@@ -23,10 +24,19 @@ from spreadpref.dpo.loss import DPOOutput, soft_dpo_loss
 from spreadpref.runtime.progress import console
 
 
+def content_rank(pair: TokenizedPair, salt: str) -> str:
+    """A pair's place in the held-out draw: a hash of ``salt`` and its content (token ids and label), not of its
+    position, so that each pair keeps its draw when other pairs are added, removed, edited or reordered."""
+    content = json.dumps([salt, pair.prompt_ids, pair.chosen_ids, pair.rejected_ids, pair.label])
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
 def seeded_split(pairs: list[TokenizedPair], count: int, salt: str) -> tuple[list[TokenizedPair], list[TokenizedPair]]:
-    """(kept, held out): ``count`` pairs drawn by a generator seeded with ``salt``, the same every time; order kept."""
-    order = list(range(len(pairs)))
-    random.Random(salt).shuffle(order)
+    """(kept, held out): the ``count`` pairs of lowest :func:`content_rank`, the same every time; order kept.
+
+    Adding a pair to the file changes the held-out set by at most the new pair and the one it displaces at the
+    boundary (and one more pair when the held-out count itself grows)."""
+    order = sorted(range(len(pairs)), key=lambda i: (content_rank(pairs[i], salt), i))
     held = set(order[:count])
     return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]
 

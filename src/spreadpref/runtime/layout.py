@@ -25,6 +25,7 @@ REPORT_FILE = "report.md"
 LOG_HISTORY_FILE = "log_history.json"  # the Trainer's log history, as it keeps it
 TRAIN_LOG_FILE = "train_log.jsonl"  # the per-step figures the terminal leaves out
 REFINEMENT_FILE = "refinement.jsonl"  # self-refinement's decisions, one row per pair
+HELD_OUT_FILE = "held_out.jsonl"  # which seed pairs a run holds out (never trained on), by id and content
 MODEL_DIRECTORY = "model"
 ADAPTER_DIRECTORY = "adapter"
 CHECKPOINTS_DIRECTORY = "checkpoints"

@@ -27,6 +27,7 @@ from spreadpref.runtime.layout import (
     CHECKPOINTS_DIRECTORY,
     CONFIG_FILE,
     EVAL_DIRECTORY,
+    HELD_OUT_FILE,
     LOCK_FILE,
     LOG_HISTORY_FILE,
     MANIFEST_FILE,
@@ -94,6 +95,7 @@ def _own_config(path: Path, directory: Path) -> bool:
 OWN_NAMES = frozenset(
     {
         *(CONFIG_FILE, MANIFEST_FILE, SUMMARY_FILE, REPORT_FILE, LOG_HISTORY_FILE, TRAIN_LOG_FILE, REFINEMENT_FILE),
+        HELD_OUT_FILE,
         *(f"{folder}/" for folder in (PLOTS_DIRECTORY, SEED_STAGE, EVAL_DIRECTORY, MODEL_DIRECTORY)),
         *(f"{folder}/" for folder in (ADAPTER_DIRECTORY, CHECKPOINTS_DIRECTORY)),
     }

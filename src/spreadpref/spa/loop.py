@@ -147,6 +147,13 @@ def _run_locked(config: Config, root: Path, force: bool) -> RunResult:
         skip_invalid=config.data.skip_invalid,
         system_prompt=config.data.system_prompt,
     )
+    if config.loop.seed_stage or config.loop.replay_fraction > 0:  # the runs that read data.train
+        pool, shared = seed.without_seed_prompts(config, pool)
+        if shared:
+            console.print(
+                f"[yellow]{shared} prompts of {config.data.prompts} are prompts of the seed pairs ({config.data.train}):"
+                " left out of the rounds, so that no round trains on a human pair's prompt, held-out ones above all.[/]"
+            )
     sizes = round_sizes(len(pool), config.loop.rounds, config.loop.prompts_per_round)
     identities = data_identities(config.data)
     fingerprints = stage_fingerprints(config, sizes, identities)
@@ -187,6 +194,11 @@ def _run_locked(config: Config, root: Path, force: bool) -> RunResult:
     summary["schedule"] = sizes
     if config.loop.seed_stage:
         seed_pairs = seed.load_seed_pairs(config, tokenizer)
+        console.print(seed_pairs.info["loaded"])
+        if distributed.is_main() and seed_pairs.held_out:
+            # At the top of the run directory: a changed data.train redoes seed/, and the file must outlive that.
+            if changed := seed.record_held_out(root, seed_pairs, seed.holdout_salt(config.seed)):
+                console.print(f"[yellow]{changed}[/]")
         models = {0: _seed(config, tokenizer, seed_pairs, manifest, fingerprints[SEED_STAGE], summary)}
     else:  # experience replay still reads the seed pairs (data.train), when the user gives them
         seed_pairs = seed.load_seed_pairs(config, tokenizer) if config.loop.replay_fraction > 0 else None

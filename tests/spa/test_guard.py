@@ -2,6 +2,7 @@
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -98,7 +99,9 @@ def test_the_choice_skips_pruned_models_and_without_held_out_pairs_takes_the_las
     )
     # Chosen again (another rule): the old warning is replaced, not repeated.
     assert _choose_final(load_config(None, []), summary, models) == models[2]
-    assert summary["warnings"].count(choice["warning"]) == 1 and summary["final_choice"]["rule"] == "last"
+    new_warning = summary["final_choice"]["warning"]  # the same figures, without "(set)": the rule changed
+    assert summary["warnings"].count(new_warning) == 1 and choice["warning"] not in summary["warnings"]
+    assert summary["final_choice"]["rule"] == "last"
     # No held-out pairs: nothing measured, the last model, and the note says why.
     bare = {"seed": {}, "rounds": {}}
     assert _choose_final(config, bare, models, has_held_out=False) == models[2]
@@ -245,7 +248,7 @@ def test_best_held_out_hands_back_the_best_model_keeps_it_and_warns_below_the_se
         1,
         {"0": 0.72, "1": 0.80, "2": 0.61},
     )
-    warning = guard.below_seed_warning({0: 0.72, 1: 0.80, 2: 0.61})
+    warning = guard.below_seed_warning({0: 0.72, 1: 0.80, 2: 0.61}, rule="best_held_out")
     assert "(0.61 against 0.72)" in warning and summary["warnings"] == [warning]
     headers, rows = round_table(summary)
     marked = [row[0] for row in rows if row[headers.index(MODEL_COLUMN)].endswith(FINAL_MARK)]
@@ -259,7 +262,8 @@ def test_best_held_out_hands_back_the_best_model_keeps_it_and_warns_below_the_se
     assert again.skipped and again.final_model == out / round_name(2) / "train" / "model"
     assert len(calls) == 3
     summary = json.loads((out / SUMMARY_FILE).read_text())
-    assert summary["final_choice"]["round"] == 2 and summary["warnings"] == [warning]
+    assert summary["final_choice"]["round"] == 2
+    assert summary["warnings"] == [guard.below_seed_warning({0: 0.72, 1: 0.80, 2: 0.61})]  # the old one replaced
     assert "(loop.final_model=last: round 2)" in (out / REPORT_FILE).read_text()
 
 
@@ -273,11 +277,23 @@ def test_a_round_verdict_is_better_or_worse_only_when_the_paired_interval_exclud
     assert guard.round_verdict(2, [0.0] * 8, seed).startswith("Round 2: worse than the seed model")
     # One pair better, one worse: mean 0, the interval contains 0.
     same = guard.round_verdict(3, [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0], seed)
-    assert same.startswith("Round 3: the same as the seed model on held-out agreement within the interval (0.50")
+    assert same.startswith("Round 3: not distinguishable from the seed model with 8 held-out human pairs (0.50")
+    # 8 pairs tell apart 0.50 at the least: 3 of 8 changing one way give mean 0.375, half-width 0.43.
+    assert same.endswith("8 pairs can tell apart a difference of 0.50 at the least).")
     # A single pair better out of eight: the interval reaches below 0, so no claim is made.
-    assert "the same as" in guard.round_verdict(4, [1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0], seed)
+    assert "not distinguishable" in guard.round_verdict(4, [1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0], seed)
     assert guard.round_verdict(5, None, seed) is None
     assert guard.round_verdict(6, [1.0] * 7, seed) is None  # not the same pairs
+
+
+def test_the_smallest_detectable_difference_by_hand():
+    # 13 pairs: k = 4 changing one way is the least whose interval excludes 0 (k = 3: mean 0.231, half 0.265;
+    # k = 4: mean 0.308, sd sqrt(36/156), half 2.179 * 0.480 / sqrt(13) = 0.290).
+    assert guard.smallest_detectable_difference(13) == pytest.approx(4 / 13)
+    k3 = [1.0] * 3 + [0.0] * 10
+    assert 3 / 13 - 2.179 * statistics.stdev(k3) / math.sqrt(13) < 0
+    assert guard.smallest_detectable_difference(8) == pytest.approx(4 / 8)
+    assert guard.smallest_detectable_difference(1) is None
 
 
 def test_round_verdicts_follow_the_summary_in_round_order():
@@ -304,6 +320,15 @@ def test_within_noise_is_the_verdicts_interval_containing_zero():
         "rounds": {"1": {guard.OUTCOMES_KEY: [1.0] * 8}, "2": {guard.OUTCOMES_KEY: [1.0, *seed[1:]]}, "3": {}},
     }
     assert not guard.within_noise(summary, 1)  # "better than"
-    assert guard.within_noise(summary, 2)  # one pair better: "the same as"
+    assert guard.within_noise(summary, 2)  # one pair better: not distinguishable
     assert not guard.within_noise(summary, 3)  # not measured
-    assert "the same as" in guard.round_verdict(2, [1.0, *seed[1:]], seed)
+    assert "not distinguishable" in guard.round_verdict(2, [1.0, *seed[1:]], seed)
+
+
+def test_the_warning_does_not_advise_the_rule_already_set_and_the_pick_is_called_optimistic():
+    set_already = guard.below_seed_warning({0: 0.77, 1: 0.85, 2: 0.69}, rule="best_held_out")
+    assert "best_held_out (set) hands back" in set_already
+    assert "(set)" not in guard.below_seed_warning({0: 0.77, 1: 0.85, 2: 0.69})
+    note = guard.selection_note({0: 0.77, 1: 0.85, 2: 0.69}, 1)
+    assert "best of 3 held-out figures" in note and "0.85 is optimistic" in note
+    assert guard.selection_note({0: 0.77, 1: None}, 0) is None  # nothing to pick from

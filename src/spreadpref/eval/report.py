@@ -550,6 +550,7 @@ def write_report(run_dir: Path) -> Path:
         f"guard's measure; {FINAL_MARK} marks the run's final model (loop.final_model).",
         "",
         *_verdicts_section(summary.get("verdicts") or []),
+        *[f"{note}" for note in ((summary.get("final_choice") or {}).get("notes") or [])],
     ]
     figures = [
         (

@@ -53,10 +53,14 @@ def choose_final_round(agreements: Mapping[int, float | None], rule: str) -> int
     return max(measured, key=lambda item: (item[1], -item[0]))[0]
 
 
-def below_seed_warning(agreements: Mapping[int, float | None], within_noise: bool = False) -> str | None:
+def below_seed_warning(
+    agreements: Mapping[int, float | None], within_noise: bool = False, rule: str = "last"
+) -> str | None:
     """One sentence when the last model agrees with the held-out human labels strictly less often than the seed
     model pi_0 (both measured); otherwise None. ``within_noise``: the last round's paired verdict found the
-    difference inside its interval (:func:`round_verdict`), which the sentence then says."""
+    difference inside its interval (:func:`round_verdict`), which the sentence then says. ``rule``: the run's
+    loop.final_model; with best_held_out already set, the sentence says what it handed back instead of advising
+    it."""
     if not agreements or 0 not in agreements:
         return None
     seed, last = agreements[0], agreements[max(agreements)]
@@ -65,17 +69,34 @@ def below_seed_warning(agreements: Mapping[int, float | None], within_noise: boo
     digits = 2
     while f"{last:.{digits}f}" == f"{seed:.{digits}f}" and digits < 6:
         digits += 1  # never "0.61 against 0.61"
+    advice = (
+        "loop.final_model=best_held_out (set) hands back the model that agrees most"
+        if rule == "best_held_out"
+        else "loop.final_model=best_held_out hands back the model that agrees most"
+    )
     if within_noise:
         return (
             f"The last round's model agrees with the held-out human labels less often than the seed model "
             f"({last:.{digits}f} against {seed:.{digits}f}), by less than these held-out pairs can tell apart "
-            "(see its verdict): the rounds did not make it measurably better on the one signal without a gold "
-            "judge; loop.final_model=best_held_out hands back the model that agrees most."
+            f"(see its verdict): the rounds did not make it measurably better on the one signal without a gold "
+            f"judge; {advice}."
         )
     return (
         f"The last round's model agrees with the held-out human labels less often than the seed model "
         f"({last:.{digits}f} against {seed:.{digits}f}): the rounds made it worse on the one signal without a gold "
-        "judge; loop.final_model=best_held_out hands back the better model."
+        f"judge; {advice}."
+    )
+
+
+def selection_note(agreements: Mapping[int, float | None], chosen: int) -> str | None:
+    """Under best_held_out, when a model was picked from several: its held-out figure is the best of several
+    noisy ones, so it overstates how the model does on pairs it was not picked on."""
+    measured = [v for v in agreements.values() if v is not None]
+    if len(measured) < 2 or agreements.get(chosen) is None:
+        return None
+    return (
+        f"Picked as the best of {len(measured)} held-out figures, its {agreements[chosen]:.2f} is optimistic: the "
+        "maximum of noisy figures overstates the model's agreement on pairs it was not chosen on."
     )
 
 
@@ -133,20 +154,39 @@ def paired_difference(
     )
 
 
+def smallest_detectable_difference(n: int) -> float | None:
+    """The smallest difference in held-out agreement that ``n`` paired held-out pairs can ever tell from none:
+    k/n for the least k such that k pairs changing, all the same way and none the other, gives a 95% t-interval
+    that excludes 0. None when even all n changing cannot (n < 2)."""
+    for k in range(1, n + 1):
+        differences = [1.0] * k + [0.0] * (n - k)
+        interval = t_interval(differences)
+        if k == n or interval["mean"] - interval["half_width"] > 0:
+            return k / n if n >= 2 else None
+    return None
+
+
 def round_verdict(index: int, outcomes: list[float] | None, seed_outcomes: list[float] | None) -> str | None:
-    """One plain sentence: round ``index``'s model better, the same or worse than the seed model pi_0 on held-out
-    agreement, from :func:`paired_difference`: better or worse only when the interval excludes 0. None when
-    either model was not measured on the same pairs."""
+    """One plain sentence: round ``index``'s model better or worse than the seed model pi_0 on held-out agreement
+    when the paired interval (:func:`paired_difference`) excludes 0; otherwise "not distinguishable with N pairs",
+    with the smallest difference N pairs could tell apart. None when either model was not measured on the same
+    pairs."""
     if (paired := paired_difference(outcomes, seed_outcomes)) is None:
         return None
     mean, low, high = paired
     n = len(outcomes)
-    word = "better than" if low > 0 else "worse than" if high < 0 else "the same as"
-    within = " within the interval" if word == "the same as" else ""
-    return (
-        f"Round {index}: {word} the seed model on held-out agreement{within} ({sum(outcomes) / n:.2f} against "
-        f"{sum(seed_outcomes) / n:.2f}; difference {mean:+.2f}, 95% CI {low:+.2f} to {high:+.2f}, {n} human pairs)."
+    figures = (
+        f"{sum(outcomes) / n:.2f} against {sum(seed_outcomes) / n:.2f}; difference {mean:+.2f}, 95% CI {low:+.2f} "
+        f"to {high:+.2f}"
     )
+    if low > 0 or high < 0:
+        word = "better than" if low > 0 else "worse than"
+        return f"Round {index}: {word} the seed model on held-out agreement ({figures}, {n} human pairs)."
+    detectable = smallest_detectable_difference(n)
+    limit = (
+        f"; {n} pairs can tell apart a difference of {detectable:.2f} at the least" if detectable is not None else ""
+    )
+    return f"Round {index}: not distinguishable from the seed model with {n} held-out human pairs ({figures}{limit})."
 
 
 def within_noise(summary: Mapping[str, Any], index: int) -> bool:

@@ -691,7 +691,9 @@ def _choose_final(config: Config, summary: dict[str, Any], models: dict[int, Pat
         notes.append(
             f"Round {best}'s model is the best by held-out agreement but no longer on disk (loop.keep_models)."
         )
-    warning = guard.below_seed_warning(agreements, within_noise=guard.within_noise(summary, last))
+    warning = guard.below_seed_warning(agreements, within_noise=guard.within_noise(summary, last), rule=rule)
+    if rule == "best_held_out" and (note := guard.selection_note(agreements, chosen)):
+        notes.append(note)
     previous = (summary.get("final_choice") or {}).get("warning")
     if previous and previous in summary.get("warnings", []):
         summary["warnings"].remove(previous)  # the last choice's warning, replaced by this one's

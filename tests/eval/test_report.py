@@ -244,3 +244,20 @@ def test_a_round_that_left_the_weights_unchanged_is_marked_and_warned(tmp_path):
     warnings = training_warnings(tmp_path, summary, [])
     assert any(w.startswith("Round 1: training left the weights exactly as they were") for w in warnings)
     assert not any(w.startswith("Round 2") for w in warnings)
+
+
+def test_label_quality_plots_each_figure_at_the_model_it_measures(tmp_path, monkeypatch):
+    from spreadpref.eval import report
+
+    drawn = []
+    monkeypatch.setattr(report, "_errorbar", lambda axis, x, y, ci, style, label: drawn.append((label, x, y)))
+    rows = [
+        {"round": 1, "held_out_agreement": 0.7, "model_held_out_agreement": 0.8},
+        {"round": 2, "held_out_agreement": 0.75, "model_held_out_agreement": 0.6},
+    ]
+    summary = {"seed": {"model_held_out_agreement": 0.7}, "final_choice": {"round": 1}}
+    assert report.plot_label_quality(rows, tmp_path / "q.png", summary)
+    series = {label: (x, y) for label, x, y in drawn}
+    # Round i's judge is pi_{i-1}: its agreement sits at model i-1, beside that model's own figure.
+    assert series["held-out agreement as judge of round k+1"] == ([0, 1], [0.7, 0.75])
+    assert series["its own held-out agreement (the guard's)"] == ([0, 1, 2], [0.7, 0.8, 0.6])

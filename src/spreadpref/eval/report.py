@@ -276,38 +276,63 @@ def _markdown_table(headers: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
-def plot_label_quality(rows: list[dict[str, Any]], out: Path) -> bool:
-    """Held-out agreement, seed agreement and (with a gold judge) self-label accuracy per round, with intervals."""
+def plot_label_quality(rows: list[dict[str, Any]], out: Path, summary: dict[str, Any] | None = None) -> bool:
+    """Per model pi_k (k = 0: the seed model), the figures that measure it: as the judge of round k + 1 (its
+    held-out and seed agreement, and with a gold judge the accuracy of the labels it gave), and its own held-out
+    agreement (the guard's measure, against pi_init), the final model starred; 95% intervals."""
+    summary = summary or {}
+    as_judge = [dict(r, model=r["round"] - 1) for r in rows]  # round i is judged by pi_{i-1}
     series = [
-        ("held-out agreement", "held_out_agreement", lambda r: r.get("held_out_agreement_ci"), "o-"),
-        ("seed agreement (trained on)", "seed_agreement", lambda r: r.get("seed_agreement_ci"), "s:"),
+        (
+            "held-out agreement as judge of round k+1",
+            "held_out_agreement",
+            lambda r: r.get("held_out_agreement_ci"),
+            "o-",
+        ),
+        ("seed agreement as judge (trained on)", "seed_agreement", lambda r: r.get("seed_agreement_ci"), "s:"),
     ]
-    gold = [(r["round"], r["gold_labels"]) for r in rows if (r.get("gold_labels") or {}).get("rate") is not None]
-    points = [(r["round"], r.get(key)) for _, key, _, _ in series for r in rows if r.get(key) is not None]
-    if not points and not gold:
+    gold = [(r["model"], r["gold_labels"]) for r in as_judge if (r.get("gold_labels") or {}).get("rate") is not None]
+    own = [(0, summary.get("seed") or {})] + [(r["round"], r) for r in rows]
+    own = [(k, r) for k, r in own if r.get("model_held_out_agreement") is not None]
+    points = [r.get(key) for _, key, _, _ in series for r in as_judge if r.get(key) is not None]
+    if not points and not gold and not own:
         return False
-    figure, axis = _figure((4.8, 2.8))
+    figure, axis = _figure((5.2, 3.0))
     for label, key, interval, style in series:
-        kept = [r for r in rows if r.get(key) is not None]
+        kept = [r for r in as_judge if r.get(key) is not None]
         if kept:
             _errorbar(
-                axis, [r["round"] for r in kept], [r[key] for r in kept], [interval(r) for r in kept], style, label
+                axis, [r["model"] for r in kept], [r[key] for r in kept], [interval(r) for r in kept], style, label
             )
     if gold:
         _errorbar(
             axis,
-            [i for i, _ in gold],
+            [k for k, _ in gold],
             [g["rate"] for _, g in gold],
             [(g["ci_low"], g["ci_high"]) for _, g in gold],
             "D-",
-            "self-label accuracy (gold)",
+            "accuracy of its labels (gold judge)",
         )
+    if own:
+        _errorbar(
+            axis,
+            [k for k, _ in own],
+            [r["model_held_out_agreement"] for _, r in own],
+            [r.get("model_held_out_agreement_ci") for _, r in own],
+            "^--",
+            "its own held-out agreement (the guard's)",
+        )
+        final = (summary.get("final_choice") or {}).get("round")
+        chosen = [r for k, r in own if k == final]
+        if chosen:
+            axis.plot([final], [chosen[0]["model_held_out_agreement"]], "*", ms=14, color="gold", mec="black",
+                      label="final model", zorder=5)  # fmt: skip
     axis.axhline(0.5, color="grey", lw=0.8, ls=":")
-    axis.set_xlabel("round")
+    axis.set_xlabel("model π_k (0: the seed model π_0)")
     axis.set_ylabel("share (95% CI)")
     axis.set_ylim(0, 1.05)
-    axis.set_xticks(sorted({r["round"] for r in rows}))
-    axis.legend(fontsize=7)
+    axis.set_xticks(sorted({0, *(r["round"] for r in rows)}))
+    axis.legend(fontsize=6)
     _save(figure, out)
     return True
 
@@ -568,10 +593,12 @@ def write_report(run_dir: Path) -> Path:
         (
             "Label quality",
             "label_quality.png",
-            lambda p: plot_label_quality(rows, p),
-            "How often pi_{i-1}'s implicit reward agrees with the human labels of the held-out seed pairs (the "
-            "signal without a gold judge) and of the seed pairs pi_0 was trained on, and, with a gold judge, the "
-            "share of the round's self-labels it confirms; 95% intervals.",
+            lambda p: plot_label_quality(rows, p, summary),
+            "Per model pi_k (0: the seed model): as the judge of round k+1, how often its implicit reward agrees "
+            "with the human labels of the held-out seed pairs (the signal without a gold judge) and of the seed "
+            "pairs pi_0 was trained on, and, with a gold judge, the share of its self-labels the gold judge "
+            "confirms; dashed, its own held-out agreement against pi_init (the guard's measure), the final model "
+            "starred; 95% intervals.",
         ),
         (
             "Noise detection",

@@ -37,3 +37,17 @@ def test_a_round_card_states_the_epochs_and_learning_rate_the_round_trained_with
     card = model_card(config, {"epochs": 1.0, "learning_rate": 2e-6}, round_name(1), "runs/spa/seed/model")
     assert '"epochs": 1.0' in card and '"learning_rate": 2e-06' in card
     assert '"epochs": 3' not in card
+
+
+def test_a_round_card_names_its_replayed_pairs_judge_system_prompt_and_batch(monkeypatch):
+    from spreadpref.runtime import distributed
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    config = load_config(  # the default CPU profile: a system prompt, replay, the implicit judge against pi_init
+        "spa-cpu", ["train.per_device_batch_size=2", "train.gradient_accumulation_steps=4"]
+    )
+    card = model_card(config, {}, round_name(2), "runs/spa/round-1/train/model")
+    assert "seed pairs of `builtin:seed_pairs` replayed (loop.replay_fraction=0.25)" in card
+    assert "Judge: implicit reward, π_1 vs π_init" in card
+    assert '"effective batch (per device x accumulation x processes)": 16' in card and '"processes": 2' in card
+    assert '{"role": "system", "content": "You are a helpful assistant. Reply in at most three sentences."}' in card

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from spreadpref.config import EMBEDDED_MODEL, Config
+from spreadpref.runtime import distributed
 from spreadpref.runtime.files import atomic_write_text, is_local_path
 
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the embedded GGUF was converted from
@@ -47,8 +48,10 @@ def model_card(config: Config, metrics: dict[str, Any], stage: str, start_model:
         "beta": config.train.beta,
         "learning_rate": metrics.get("learning_rate", config.train.learning_rate),  # a round's own, if it has one
         "epochs": metrics.get("epochs", config.train.num_epochs),
-        "effective batch (per device x accumulation)": config.train.per_device_batch_size
-        * config.train.gradient_accumulation_steps,
+        "effective batch (per device x accumulation x processes)": config.train.per_device_batch_size
+        * config.train.gradient_accumulation_steps
+        * distributed.world_size(),
+        "processes": distributed.world_size(),
         "label_smoothing": config.train.label_smoothing,
         "lora": config.model.lora.enabled,
         "dtype": config.model.dtype,
@@ -66,7 +69,7 @@ def model_card(config: Config, metrics: dict[str, Any], stage: str, start_model:
             else "DPO on labelled preference pairs."
         ),
         "",
-        f"- Data: `{config.data.train if not stage.startswith('round') else config.data.prompts}`",
+        f"- Data: {data_line(config, stage)}",
         *([f"- Judge: {judge_line(config, stage)}"] if stage.startswith("round") else []),
         f"- Settings: {json.dumps(settings)}",
         f"- Metrics: {json.dumps(shown) if shown else 'none recorded'}",
@@ -77,13 +80,31 @@ def model_card(config: Config, metrics: dict[str, Any], stage: str, start_model:
         'path = "<this directory or its hub id>"',
         "tokenizer = AutoTokenizer.from_pretrained(path)",
         "model = AutoModelForCausalLM.from_pretrained(path)",
-        'messages = [{"role": "user", "content": "Hello!"}]',
+        f"messages = {usage_messages(config)}",
         "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors='pt', return_dict=True)",
         "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=64)[0]))",
         "```",
         "",
     ]
     return "\n".join(lines)
+
+
+def data_line(config: Config, stage: str) -> str:
+    """What the stage trained on: the seed pairs, or a round's prompts and the seed pairs it replayed."""
+    if not stage.startswith("round"):
+        return f"`{config.data.train}` (labelled pairs)"
+    line = f"self-labelled pairs on prompts of `{config.data.prompts}`"
+    if config.loop.replay_fraction > 0:
+        line += f", with seed pairs of `{config.data.train}` replayed (loop.replay_fraction={config.loop.replay_fraction:g})"
+    return line
+
+
+def usage_messages(config: Config) -> str:
+    """The usage snippet's messages: with the system prompt the model was trained with, when there is one."""
+    messages = [{"role": "user", "content": "Hello!"}]
+    if config.data.system_prompt:
+        messages.insert(0, {"role": "system", "content": config.data.system_prompt})
+    return json.dumps(messages, ensure_ascii=False)
 
 
 def judge_line(config: Config, stage: str) -> str:

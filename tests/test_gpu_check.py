@@ -45,3 +45,22 @@ def test_shapes_are_the_real_models_shapes():
     tokenizer = make_sized_tokenizer(1024)
     assert len(tokenizer) == 1024
     assert tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False).startswith("<|im_start|>")
+
+
+def test_without_trl_the_comparison_is_skipped_and_said_not_a_failure(gpu_check, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "trl" else real(name, *a))
+    result = gpu_check.trl_benchmark(gpu_check.parse_args(["--device", "cpu"]), "tiny", deadline=0.0)
+    assert "TRL is not installed" in result["skipped"] and "passed" not in result
+    report = {
+        "environment": {"device": "cpu", "torch": "t", "transformers": "x"},
+        "shapes": {"tiny": {"passed": True, "stages": {}, "peak_gpu_memory_gb": 0, "model_seconds": 1}},
+        "trl": result,
+        "passed": True,
+    }
+    text = gpu_check.markdown(report)
+    assert "passed" in text.splitlines()[0] and "TRL is not installed" in text
+    failed = dict(report, passed=False, shapes={"tiny": {**report["shapes"]["tiny"], "passed": False}})
+    assert "FAILED: checks failed for tiny" in gpu_check.markdown(failed).splitlines()[0]

@@ -291,7 +291,8 @@ class JudgeSettings(Section):
     length_penalty: Literal["none", "fit"] | float = Field(
         "none",
         description="Length-regularised score s - alpha * reply tokens (DICE): `fit` fits alpha per round so that the "
-        "round's chosen replies are as often shorter as longer; a number fixes alpha; `none` is the paper. The "
+        "round's chosen replies are as often shorter as longer (negative when the labels favour short replies; 0 "
+        "when no alpha balances better); a number >= 0 fixes alpha; `none` is the paper. The "
         "implicit judge only (with judge.kind set to an external judge it does nothing, as judge.consistency).",
     )
     min_reply_tokens: int = Field(
@@ -549,6 +550,12 @@ class Config(Section):
             raise ValueError(f"{keys} choose the implicit judge's models; judge.kind={judge.kind} has its own judge")
         if isinstance(judge.length_penalty, float) and not math.isfinite(judge.length_penalty):
             raise ValueError("judge.length_penalty must be none, fit or a finite number")
+        if isinstance(judge.length_penalty, float) and judge.length_penalty < 0:
+            raise ValueError(
+                f"judge.length_penalty={judge.length_penalty:g} would reward longer replies (the score is s - alpha * "
+                "tokens): give alpha >= 0, or fit, which may choose a negative alpha when the labels favour short "
+                "replies"
+            )
         if judge.consistency != "none" and self.loop.keep_models < 2:
             raise ValueError("judge.consistency needs loop.keep_models >= 2 (it scores with pi_{i-2})")
         # pi_init against itself (or pi_0 against itself without a seed stage): every score would be 0.

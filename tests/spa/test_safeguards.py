@@ -303,3 +303,22 @@ def test_an_external_judge_keeps_its_own_score_but_not_its_empty_replies():
     assert (rules.length_penalty, rules.consistency, rules.min_reply_tokens) == ("none", "none", 1)
     implicit = PairingRules.from_settings(config_with("judge.length_penalty=fit").judge, 0.1)
     assert implicit.length_penalty == "fit" and implicit.soft_label == pytest.approx(0.9)
+
+
+def test_fitted_alpha_is_zero_whenever_zero_balances_as_well():
+    """The independent re-check's case: where no alpha balances better than none, fit returns 0 (216 random
+    rounds; before the fix 28 of them got another alpha with the same imbalance)."""
+    rng = random.Random(2024)
+    for _ in range(216):
+        groups = [[(rng.gauss(0, 3), rng.randint(1, 12)) for _ in range(rng.choice([2, 3, 4]))] for _ in range(15)]
+        alpha = fit_length_alpha(groups)
+        if abs(length_imbalance(groups, 0.0)) <= abs(length_imbalance(groups, alpha)):
+            assert alpha == 0.0
+
+
+def test_a_negative_fixed_length_penalty_is_refused():
+    from spreadpref.config import load_config
+    from spreadpref.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="would reward longer replies"):
+        load_config(None, ["judge.length_penalty=-1"])

@@ -70,7 +70,9 @@ def fit_length_alpha(groups: Sequence[Sequence[Candidate]]) -> float:
 
     The imbalance is a step function of alpha, constant between the breakpoints where two samples of a prompt
     swap order, so the candidates are one point inside each step; a binary search finds where it crosses 0,
-    and the step nearer to balance wins (the smaller |alpha| on a tie). 0 when the labels are balanced already.
+    and of the two steps beside the crossing and the step holding 0, the one nearest balance wins (the smaller
+    |alpha| on a tie, so 0 whenever no alpha balances better). The result is negative when the labels favour
+    short replies (it then rewards length, to balance them). 0 when the labels are balanced already.
     """
     if length_imbalance(groups, 0.0) == 0:
         return 0.0
@@ -91,7 +93,9 @@ def fit_length_alpha(groups: Sequence[Sequence[Candidate]]) -> float:
 
     # The first step whose imbalance is <= 0 (it exists: at the last candidate the shortest reply always wins).
     first = bisect.bisect_left(range(len(candidates)), True, key=lambda i: at(i) <= 0)
-    options = [i for i in (first - 1, first) if 0 <= i < len(candidates)]
+    options = [
+        i for i in (first - 1, first, candidates.index(0.0) if 0.0 in candidates else -1) if 0 <= i < len(candidates)
+    ]
     best = min(options, key=lambda i: (abs(at(i)), abs(candidates[i])))
     return candidates[best]
 

@@ -166,6 +166,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(default: benchmarks/work/spread for the embedded model, else --work)",
     )
     parser.add_argument("--rerun", action="store_true", help="run the seeds again even if their files exist")
+    parser.add_argument(
+        "--prepare-shared-eval",
+        action="store_true",
+        help="--init sft: answer with pi_base and pi_init once, for every seed's evaluation to copy, and exit",
+    )
     args = parser.parse_args(argv)
     if args.init == "sft":
         args.profile = "spa-cpu-long" if args.profile == DEFAULT_PROFILE else args.profile
@@ -438,7 +443,33 @@ def evaluate_seed(args, model: str, seed_file: Path, seed: int, dirs: dict[str, 
         ]
     # One evaluation directory per seed, so that seeds can run as parallel processes (--seeds 0, --seeds 1, ...).
     config = load(base_overrides(args, model, seed_file, seed, first), args.profile)
-    return evaluate_models(config, models, args.work / f"eval-{'dev-' if args.dev else ''}s{seed}")
+    out = args.work / f"eval-{'dev-' if args.dev else ''}s{seed}"
+    if args.init == "sft":
+        reuse_shared_answers(args, out)
+    return evaluate_models(config, models, out)
+
+
+def shared_eval_dir(args: argparse.Namespace) -> Path:
+    return args.work / f"eval-{'dev-' if args.dev else ''}shared"
+
+
+def prepare_shared_eval(args: argparse.Namespace, model: str, seed_file: Path) -> None:
+    """pi_base's and pi_init's answers, the same greedy answers for every seed, made once (--prepare-shared-eval)
+    and copied into each seed's evaluation directory."""
+    from spreadpref.eval.evaluate import EvalModel, evaluate_models
+    from spreadpref.models.loading import resolve_model_path
+
+    models = [EvalModel("base", resolve_model_path(args.base_model)), EvalModel("sft", resolve_model_path(model))]
+    config = load(base_overrides(args, model, seed_file, 0, args.work / "shared"), args.profile)
+    evaluate_models(config, models, shared_eval_dir(args))
+
+
+def reuse_shared_answers(args: argparse.Namespace, out: Path) -> None:
+    answers = shared_eval_dir(args) / "answers"
+    for name in ("base.jsonl", "sft.jsonl", "baseline.jsonl"):
+        if (answers / name).is_file() and not (out / "answers" / name).is_file():
+            (out / "answers").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(answers / name, out / "answers" / name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -712,6 +743,10 @@ def _cell(row: dict[str, Any], metric: str, spec: str = ".3f") -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.prepare_shared_eval:
+        model = model_source(args)
+        prepare_shared_eval(args, model, make_seed_pairs(args, model))
+        return 0
     model = seed_file = None
     records = []
     for seed in args.seeds:

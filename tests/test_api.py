@@ -65,3 +65,17 @@ def test_data_in_memory_as_a_list_or_a_dataset(tiny_model_dir, tmp_path):
     # Other rows are edited data (stages are keyed by their data's content): trained again on them.
     other = spreadpref.train_policy(config, train=rows[:4])
     assert not other.skipped and other.model_dir == first.model_dir
+
+
+def test_in_memory_prompts_may_be_plain_strings_and_a_bad_item_is_named(tmp_path, monkeypatch):
+    import spreadpref
+    from spreadpref.errors import DataError
+    from spreadpref.runtime.files import read_jsonl
+
+    monkeypatch.setenv("SPREADPREF_CACHE", str(tmp_path / "cache"))
+    config = spreadpref.with_data(spreadpref.load_config(None), "prompts", ["What is 2+2?", {"prompt": "Hi"}])
+    assert read_jsonl(config.data.prompts) == [{"prompt": "What is 2+2?"}, {"prompt": "Hi"}]
+    with pytest.raises(DataError, match="item 1: is a int; expected a dict with prompt, chosen, rejected"):
+        spreadpref.with_data(
+            spreadpref.load_config(None), "train", [{"prompt": "a", "chosen": "b", "rejected": "c"}, 5]
+        )

@@ -6,7 +6,7 @@ and :class:`Config`, and :func:`soft_dpo_loss`. The layers are described in docs
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from spreadpref.config import Config, load_config
@@ -24,11 +24,27 @@ def with_data(config: Config, field: str, rows: Rows) -> Config:
     from spreadpref.models.loading import cache_root  # noqa: PLC0415 - torch loads with it
     from spreadpref.runtime.files import atomic_write_text  # noqa: PLC0415
 
-    text = "".join(json.dumps(dict(row), ensure_ascii=False, default=str) + "\n" for row in rows)
+    text = "".join(
+        json.dumps(_as_row(row, field, i), ensure_ascii=False, default=str) + "\n" for i, row in enumerate(rows)
+    )
     path = cache_root() / "inline-data" / f"{field}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.jsonl"
     if not path.is_file():
         atomic_write_text(path, text)
     return config.model_copy(update={"data": config.data.model_copy(update={field: str(path)})})
+
+
+def _as_row(row: Any, field: str, index: int) -> dict[str, Any]:
+    """One in-memory record as a dict: a prompt may be a plain string; anything else must be a mapping."""
+    if isinstance(row, str) and field == "prompts":
+        return {"prompt": row}
+    if isinstance(row, Mapping):
+        return dict(row)
+    from spreadpref.errors import DataError  # noqa: PLC0415
+
+    expected = "a string or a dict with a 'prompt'" if field == "prompts" else "a dict with prompt, chosen, rejected"
+    raise DataError(
+        f"{field}=[...] (in memory)", f"item {index}", None, f"is a {type(row).__name__}; expected {expected}"
+    )
 
 
 def train_policy(config: Config, force: bool = False, *, train: Rows | None = None):
@@ -46,7 +62,8 @@ def run(config: Config, force: bool = False, *, train: Rows | None = None, promp
     """Run SPA end to end: seed DPO, then ``config.loop.rounds`` rounds; see :mod:`spreadpref.spa.loop`.
 
     ``train`` (seed pairs) and ``prompts`` may be given in memory, as a list of dicts or a ``datasets.Dataset``
-    in any format ``data.train`` / ``data.prompts`` accept; they replace those settings.
+    in any format ``data.train`` / ``data.prompts`` accept (prompts also as plain strings); they replace those
+    settings.
     """
     from spreadpref.spa.loop import run as _run  # noqa: PLC0415 - deferred, as above
 

@@ -104,7 +104,8 @@ class DataSettings(Section):
     )
     limit: int | None = Field(None, gt=0, description="Use only the first N records.")
     eval: str | None = Field(
-        None, description="Held-out labelled pairs (any format of data.train), scored while training: eval/ metrics."
+        None,
+        description="Held-out labelled pairs (any format of data.train), scored while training: eval_ metrics (TRL's names).",
     )
     eval_fraction: float = Field(
         0.0,

@@ -1,4 +1,4 @@
-"""Held-out evaluation while training: eval/ metrics on pairs never trained on, by hand and in a real stage."""
+"""Held-out evaluation while training: eval_ metrics on pairs never trained on, by hand and in a real stage."""
 
 import json
 import math
@@ -67,14 +67,14 @@ def test_the_metrics_are_the_soft_dpo_loss_and_reward_margins_by_hand(monkeypatc
     log_sig = -math.log1p(math.exp(-margin))
     log_sig_neg = -math.log1p(math.exp(margin))
     expected = (-(log_sig) + -(0.75 * log_sig + 0.25 * log_sig_neg)) / 2
-    assert metrics["eval/loss"] == pytest.approx(expected)
-    assert metrics["eval/rewards/margins"] == pytest.approx(1.0) and metrics["eval/rewards/accuracies"] == 1.0
-    assert metrics["eval/rewards/chosen"] == pytest.approx(0.5) and metrics["eval/rewards/rejected"] == pytest.approx(
+    assert metrics["eval_loss"] == pytest.approx(expected)
+    assert metrics["eval_rewards/margins"] == pytest.approx(1.0) and metrics["eval_rewards/accuracies"] == 1.0
+    assert metrics["eval_rewards/chosen"] == pytest.approx(0.5) and metrics["eval_rewards/rejected"] == pytest.approx(
         -0.5
     )
 
 
-def test_a_train_stage_logs_held_out_metrics_on_pairs_it_never_trains_on(tiny_model_dir, pairs_file, tmp_path):
+def test_a_train_stage_logs_held_out_metrics_on_pairs_it_never_trains_on(tiny_model_dir, pairs_file, tmp_path, capsys):
     out = tmp_path / "trained"
     config = load_config(
         None,
@@ -92,9 +92,14 @@ def test_a_train_stage_logs_held_out_metrics_on_pairs_it_never_trains_on(tiny_mo
     )
     train_policy(config)
     logs = json.loads((out / LOG_HISTORY_FILE).read_text())
-    evals = [row for row in logs if "eval/rewards/accuracies" in row]
+    evals = [row for row in logs if "eval_rewards/accuracies" in row]
     assert [row["step"] for row in evals] == [2, 4]
     assert [row["step"] for row in logs if "loss" in row] == [1, 2, 3, 4]  # the training log is still there
-    assert all(row["eval/pairs"] == 8 for row in evals)  # a quarter of 16 is 4: at least 8 are held out
+    assert all(row["eval_pairs"] == 8 for row in evals)  # a quarter of 16 is 4: at least 8 are held out
     data = json.loads((out / MANIFEST_FILE).read_text())["stages"]["train"]["data"]
     assert data["pairs"] == 8 and data["held_out"] == 8
+    # The final held-out figures are printed with the stage's summary and kept in its metrics.
+    metrics = json.loads((out / MANIFEST_FILE).read_text())["stages"]["train"]["metrics"]
+    assert metrics["eval_loss"] == evals[-1]["eval_loss"]
+    said = " ".join(capsys.readouterr().err.split())
+    assert "held out (8" in said and f"{metrics['eval_loss']:.4f} /" in said  # the table wraps at 80 columns

@@ -1,9 +1,10 @@
 """Held-out evaluation while training: the over-fitting signal when labels are few.
 
 Every ``train.eval_steps`` optimizer steps (default: ten times a stage) the policy scores the held-out
-pairs, never trained on, and the Trainer log gets TRL's names under ``eval/``: ``eval/loss`` (the same
-soft-label DPO loss), ``eval/rewards/accuracies``, ``eval/rewards/margins``, ``eval/rewards/chosen`` and
-``eval/rewards/rejected``. They reach TensorBoard or W&B with the training scalars, log_history.json, and
+pairs, never trained on, and the Trainer log gets TRL's names for them: ``eval_loss`` (the same soft-label
+DPO loss), ``eval_rewards/accuracies``, ``eval_rewards/margins``, ``eval_rewards/chosen`` and
+``eval_rewards/rejected``, which TensorBoard and W&B file under ``eval/`` (transformers' ``rewrite_logs``,
+as for TRL's evaluation), beside the ``train/`` scalars. They reach log_history.json and
 the report's curves. Held-out pairs come from ``data.eval`` (a file) or ``data.eval_fraction`` of
 ``data.train`` (``spreadpref train``); in ``spreadpref run`` the seed pairs held out by ``data.seed_holdout``.
 """
@@ -88,12 +89,12 @@ def held_out_metrics(
     out = pair_loss(scored, pairs, beta)
     margins = out.chosen_rewards - out.rejected_rewards
     return {
-        "eval/loss": float(out.loss),
-        "eval/rewards/accuracies": float((margins > 0).double().mean()),
-        "eval/rewards/margins": float(margins.mean()),
-        "eval/rewards/chosen": float(out.chosen_rewards.mean()),
-        "eval/rewards/rejected": float(out.rejected_rewards.mean()),
-        "eval/pairs": float(len(pairs)),
+        "eval_loss": float(out.loss),
+        "eval_rewards/accuracies": float((margins > 0).double().mean()),
+        "eval_rewards/margins": float(margins.mean()),
+        "eval_rewards/chosen": float(out.chosen_rewards.mean()),
+        "eval_rewards/rejected": float(out.rejected_rewards.mean()),
+        "eval_pairs": float(len(pairs)),
     }
 
 

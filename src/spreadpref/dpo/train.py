@@ -184,6 +184,9 @@ def _train_policy_locked(config: Config, out: Path, force: bool) -> TrainResult:
     return TrainResult(out, Path(outputs["model"]), metrics=metrics, outputs=outputs)
 
 
+HELD_OUT_SUMMARY = ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "eval_pairs")
+
+
 def train_on_pairs(
     config: Config,
     tokenizer: PreTrainedTokenizerBase,
@@ -251,6 +254,10 @@ def train_on_pairs(
         "global_steps": train_output.global_step,
         "train_seconds": round(train_seconds, 1),
     }
+    # The held-out figures at the end of training (the last eval_ row of the log), for the summary and the card.
+    last_eval = next((row for row in reversed(trainer.state.log_history) if "eval_loss" in row), None)
+    if last_eval is not None:
+        metrics.update({key: last_eval[key] for key in HELD_OUT_SUMMARY if key in last_eval})
     epochs = config.train.num_epochs
     metrics["epochs"] = epochs
     metrics["learning_rate"] = config.train.learning_rate
@@ -497,6 +504,14 @@ def print_summary(data_info: dict[str, Any], metrics: dict[str, Any], outputs: d
         ("optimizer steps", metrics["global_steps"]),
         ("mean train loss", f"{metrics['train_loss']:.4f}"),
     ]
+    if "eval_loss" in metrics:
+        rows += [
+            (
+                f"held out ({metrics.get('eval_pairs', 0):.0f} pairs): loss / accuracy / margin",
+                f"{metrics['eval_loss']:.4f} / {metrics['eval_rewards/accuracies']:.3f} / "
+                f"{metrics['eval_rewards/margins']:.4f}",
+            )
+        ]
     if "final/rewards_accuracy" in metrics:
         rows += [
             ("reward accuracy on the training pairs", f"{metrics['final/rewards_accuracy']:.3f}"),

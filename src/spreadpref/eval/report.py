@@ -395,10 +395,15 @@ def plot_accuracy_by_margin(rows: list[dict[str, Any]], out: Path) -> bool:
 
 
 CURVES = (
-    ("loss", "loss", "eval/loss"),
-    ("reward margin", "rewards/margins", "eval/rewards/margins"),
-    ("reward accuracy", "rewards/accuracies", "eval/rewards/accuracies"),
+    ("loss", "loss", "loss"),
+    ("reward margin", "rewards/margins", "rewards/margins"),
+    ("reward accuracy", "rewards/accuracies", "rewards/accuracies"),
 )
+
+
+def held_out_value(row: dict[str, Any], name: str) -> float | None:
+    """A held-out metric of a log row: TRL's ``eval_<name>``, or ``eval/<name>`` as runs before 0.2 logged it."""
+    return row.get(f"eval_{name}", row.get(f"eval/{name}"))
 
 
 def plot_training_curves(stages: list[tuple[str, Path]], out: Path) -> bool:
@@ -411,7 +416,11 @@ def plot_training_curves(stages: list[tuple[str, Path]], out: Path) -> bool:
     for axis, (title, train_key, eval_key) in zip(axes, CURVES):
         for name, history in histories:
             train = [(row["step"], row[train_key]) for row in history if train_key in row and "step" in row]
-            held = [(row["step"], row[eval_key]) for row in history if eval_key in row and "step" in row]
+            held = [
+                (row["step"], held_out_value(row, eval_key))
+                for row in history
+                if held_out_value(row, eval_key) is not None and "step" in row
+            ]
             if train:
                 lines = axis.plot(*zip(*train), label=f"{name} (train)", alpha=0.8)
                 if held:
@@ -445,7 +454,8 @@ def training_warnings(run_dir: Path, summary: dict[str, Any] | None, histories: 
                 "0: fewer steps than the warm-up); more prompts per round, more epochs or a lower train.warmup_ratio."
             )
     for name, path in histories:
-        held = [row["eval/rewards/accuracies"] for row in _load_json(path) or [] if "eval/rewards/accuracies" in row]
+        rows = _load_json(path) or []
+        held = [v for row in rows if (v := held_out_value(row, "rewards/accuracies")) is not None]
         if len(held) >= 3 and held[-1] < max(held) - 0.1:
             warnings.append(
                 f"{name}: held-out reward accuracy fell from {max(held):.2f} to {held[-1]:.2f} while training went "

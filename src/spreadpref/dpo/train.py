@@ -21,7 +21,7 @@ import torch
 from rich.table import Table
 from transformers import PreTrainedTokenizerBase, PrinterCallback, TrainingArguments, set_seed
 
-from spreadpref.config import Config, check_library_settings, describe_changes
+from spreadpref.config import Config, check_library_settings, describe_changes, flat_settings
 from spreadpref.data.identity import (
     DATA_IDENTITIES,
     EDITED,
@@ -41,13 +41,13 @@ from spreadpref.dpo.model_card import record_adapter_base, write_model_card
 from spreadpref.dpo.policy import TrainingPolicy, load_training_policy
 from spreadpref.dpo.reference import compute_reference
 from spreadpref.dpo.refine import Refinement
-from spreadpref.dpo.trainer import PairCollator, SoftDPOTrainer, StopOnTermination, to_train_dataset
+from spreadpref.dpo.trainer import PairCollator, SoftDPOTrainer, StopOnTermination, TrackerConfig, to_train_dataset
 from spreadpref.errors import SpreadprefError
 from spreadpref.models.loading import (
     load_tokenizer,
     resolve_device,
 )
-from spreadpref.runtime import distributed, preemption
+from spreadpref.runtime import distributed, preemption, tracking
 from spreadpref.runtime.files import atomic_write_json, remove_stale_temporaries, write_jsonl
 from spreadpref.runtime.fingerprint import fingerprint
 from spreadpref.runtime.layout import (
@@ -216,32 +216,36 @@ def train_on_pairs(
         held_out = [dataclasses.replace(pair) for pair in held_out]
         compute_reference(config, policy, held_out, tokenizer.pad_token_id)
 
-    trainer = build_trainer(
-        config,
-        model,
-        tokenizer,
-        pairs,
-        out / CHECKPOINTS_DIRECTORY,
-        refinement=refinement,
-    )
-    if held_out:
-        evaluation = HeldOutEvaluation(
-            held_out,
-            tokenizer.pad_token_id,
-            config.train.beta,
-            config.train.logprob_batch_size,
-            config.train.eval_steps,
-            policy.precision,
+    # The trackers' per-stage settings must be in place when the Trainer makes its callbacks (TensorBoard reads
+    # its directory then) and until training ends (the stage's W&B run is finished after it).
+    with tracking.stage_tracking(config.train.report_to, out):
+        trainer = build_trainer(
+            config,
+            model,
+            tokenizer,
+            pairs,
+            out / CHECKPOINTS_DIRECTORY,
+            refinement=refinement,
         )
-        evaluation.trainer = trainer
-        trainer.add_callback(evaluation)
-    checkpoint = last_checkpoint(out / CHECKPOINTS_DIRECTORY)
-    if checkpoint:
-        console.print(f"Resuming training from {checkpoint}")
-    before = None if checkpoint else trainable_checksum(model)
-    started = time.perf_counter()
-    with preemption.training():
-        train_output = trainer.train(resume_from_checkpoint=checkpoint)
+        if held_out:
+            evaluation = HeldOutEvaluation(
+                held_out,
+                tokenizer.pad_token_id,
+                config.train.beta,
+                config.train.logprob_batch_size,
+                config.train.eval_steps,
+                policy.precision,
+            )
+            evaluation.trainer = trainer
+            trainer.add_callback(evaluation)
+        checkpoint = last_checkpoint(out / CHECKPOINTS_DIRECTORY)
+        if checkpoint:
+            console.print(f"Resuming training from {checkpoint}")
+        before = None if checkpoint else trainable_checksum(model)
+        started = time.perf_counter()
+        trainer.add_callback(TrackerConfig(flat_settings(config)))
+        with preemption.training():
+            train_output = trainer.train(resume_from_checkpoint=checkpoint)
     preemption.raise_if_requested(str(out))
     train_seconds = time.perf_counter() - started
     model = trainer.model
@@ -440,6 +444,7 @@ def build_trainer(
         save_steps=train.save_steps,
         save_total_limit=train.save_total_limit,
         report_to=train.report_to,
+        run_name=tracking.run_name(checkpoints.parent),  # <run>/<stage>: one tracker run per stage, grouped
         seed=config.seed,
         use_cpu=device.type == "cpu",
         remove_unused_columns=False,

@@ -38,7 +38,7 @@ from spreadpref.dpo.refine import (
     refine_targets,
 )
 from spreadpref.errors import TrainingError
-from spreadpref.runtime import preemption
+from spreadpref.runtime import preemption, tracking
 
 TRAIN_COLUMNS = (
     "id",
@@ -287,3 +287,14 @@ class StopOnTermination(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
         return control
+
+
+class TrackerConfig(TrainerCallback):
+    """The full spreadpref configuration into the stage's W&B run, once the Trainer's W&B callback opened it."""
+
+    def __init__(self, settings: dict[str, Any]):
+        self.settings = settings
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            tracking.log_config_to_wandb(self.settings)

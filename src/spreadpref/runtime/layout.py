@@ -30,6 +30,7 @@ MODEL_DIRECTORY = "model"
 ADAPTER_DIRECTORY = "adapter"
 CHECKPOINTS_DIRECTORY = "checkpoints"
 PLOTS_DIRECTORY = "plots"
+TENSORBOARD_DIRECTORY = "tensorboard"  # one folder per training stage (runtime/tracking.py)
 EVAL_DIRECTORY = "eval"
 EVAL_RESULTS_FILE = "eval.json"
 SEED_STAGE = "seed"

@@ -37,6 +37,7 @@ from spreadpref.runtime.layout import (
     REPORT_FILE,
     SEED_STAGE,
     SUMMARY_FILE,
+    TENSORBOARD_DIRECTORY,
     TRAIN_LOG_FILE,
     round_number,
 )
@@ -97,6 +98,7 @@ OWN_NAMES = frozenset(
         *(CONFIG_FILE, MANIFEST_FILE, SUMMARY_FILE, REPORT_FILE, LOG_HISTORY_FILE, TRAIN_LOG_FILE, REFINEMENT_FILE),
         HELD_OUT_FILE,
         *(f"{folder}/" for folder in (PLOTS_DIRECTORY, SEED_STAGE, EVAL_DIRECTORY, MODEL_DIRECTORY)),
+        f"{TENSORBOARD_DIRECTORY}/",
         *(f"{folder}/" for folder in (ADAPTER_DIRECTORY, CHECKPOINTS_DIRECTORY)),
     }
 )

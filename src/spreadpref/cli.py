@@ -437,7 +437,9 @@ def report(
 def sandbox(
     config: ConfigOption = None,
     overrides: Overrides = None,
-    seeds: Annotated[int, typer.Option(min=1, help="How many seeds (worlds) to run.")] = 3,
+    seeds: Annotated[
+        int, typer.Option(min=1, help="How many seeds (worlds) to run; the run says what difference they can detect.")
+    ] = 5,
     first_seed: Annotated[int, typer.Option(min=0, help="The first seed; the others follow it.")] = FIRST_SEED,
     output: Annotated[Path, typer.Option("--output", "-o", help="Where the worlds and the tables go.")] = Path(
         "runs/sandbox"
@@ -448,12 +450,14 @@ def sandbox(
     seed-only DPO, the paper's SPA and iterative DPO on gold labels (minutes on a laptop CPU)."""
 
     def action() -> None:
-        from spreadpref.sandbox import differences_table, run_sandbox, world
+        from spreadpref.sandbox import differences_table, power_note, run_sandbox, world
 
         settings = world.REDUCED_WORLD if reduced else world.WorldSettings()
         seed_list = list(range(first_seed, first_seed + seeds))
         document = run_sandbox(_load(config, overrides), seed_list, output, settings)
         console.print(differences_table(document))
+        if note := power_note(document):
+            console.print(note)
         console.print(f"Per variant and round: {output / 'sandbox.md'}; per seed: {output}/seed-N.json")
 
     _run(action)

@@ -22,7 +22,9 @@ def test_the_default_profile_brings_its_safeguards_and_replays_the_worlds_seed_p
     assert not any(
         o.startswith(("model.", "data.prompts", "loop.rounds", "generation.max_new_tokens")) for o in overrides
     )
-    assert notes == []
+    # What it does not carry is said, in one note: the profile's model, data and budget stay the world's.
+    assert len(notes) == 1 and "the world keeps its own model, data and budget" in notes[0]
+    assert all(key in notes[0] for key in ("loop.rounds", "train.learning_rate", "data.system_prompt"))
 
 
 def test_models_outside_the_world_are_replaced_or_left_out_and_said(tmp_path):
@@ -94,3 +96,17 @@ def test_other_settings_run_beside_the_first_and_the_baselines_are_kept(tmp_path
     assert (
         variant_directory(tmp_path, "spa_dnd", first) == variant_directory(tmp_path, "spa_dnd") == tmp_path / "spa_dnd"
     )
+
+
+def test_the_power_note_says_what_the_seeds_can_tell_apart():
+    from spreadpref.sandbox import power_note, seeds_needed
+
+    # 3 seeds, half-width 0.6: sd = 0.6 * sqrt(3) / 4.303 = 0.2415; 0.05 needs t * sd / sqrt(k) < 0.05.
+    needed = seeds_needed(0.6, 3, 0.05)
+    sd = 0.6 * 3**0.5 / 4.303
+    assert 1.96 * sd / needed**0.5 < 0.05 <= 1.96 * sd / (needed - 1) ** 0.5 + 0.002
+    document = {"differences": [{"a": "custom", "b": "seed_only", "mean": 0.1, "half_width": 0.6, "n": 3, "wins": 2}]}
+    note = power_note(document)
+    assert "With 3 seeds" in note and "±0.600" in note and f"about {needed} seeds" in note
+    single = {"differences": [{"a": "custom", "b": "seed_only", "mean": 0.1, "half_width": 0.0, "n": 1, "wins": 1}]}
+    assert "One seed gives no interval" in power_note(single)

@@ -17,6 +17,7 @@ the world is 85k parameters and a made-up task. Seeds start at 1000 by default, 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from rich.table import Table
 
 from spreadpref.config import NAMED_JUDGE_POLICIES, NAMED_REFERENCES, Config, flat_settings
 from spreadpref.errors import ConfigError
+from spreadpref.eval.stats import T_975
 from spreadpref.runtime.files import atomic_write_json, atomic_write_text
 from spreadpref.runtime.lock import directory_lock
 from spreadpref.runtime.manifest import Manifest
@@ -64,6 +66,10 @@ COMPARISONS = (
 )
 
 
+# Settings that do not change what the world computes (where files go, how much is printed).
+SILENT_KEYS = frozenset({"output_dir", "allow_existing_files"})
+
+
 def method_overrides(config: Config) -> tuple[list[str], list[str]]:
     """(overrides for the world's pipeline, notes on what was left to the world): the config's method settings
     that differ from the schema's defaults. A model named in ``judge.base`` or ``judge.reference`` (the README's
@@ -74,12 +80,17 @@ def method_overrides(config: Config) -> tuple[list[str], list[str]]:
             "no place for another judge (its gold and random judges are its baselines)"
         )
     current, default = flat_settings(config), flat_settings(Config())
+    differs = {key: value for key, value in current.items() if value != default.get(key)}
     changed = {
-        key: value
-        for key, value in current.items()
-        if value != default.get(key) and (key.split(".")[0] in METHOD_SECTIONS or key in METHOD_KEYS)
+        key: value for key, value in differs.items() if key.split(".")[0] in METHOD_SECTIONS or key in METHOD_KEYS
     }
     overrides, notes = [], []
+    # Everything else the config changes is the world's own (its model, data, budget): said, not dropped silently.
+    if kept_by_world := [key for key in differs if key not in changed and key not in SILENT_KEYS]:
+        notes.append(
+            f"{', '.join(kept_by_world)}: the world keeps its own model, data and budget for these "
+            f"({len(kept_by_world)} setting{'s' if len(kept_by_world) > 1 else ''} of the config not carried)"
+        )
     for key, value in changed.items():
         if key.split(".")[0] + "." + key.split(".")[1] in WORLD_OWNED:
             notes.append(f"{key} is the world's own")
@@ -151,6 +162,31 @@ def _run_seeds(
     seconds = sum(r["seconds"] for r in results)
     atomic_write_text(directory / "sandbox.md", compare.markdown(summary, list(seeds), seconds))
     return document
+
+
+def seeds_needed(half_width: float, n: int, difference: float, most: int = 200) -> int | None:
+    """How many seeds a paired difference of ``difference`` needs for its 95% interval to exclude 0, at the
+    spread these ``n`` seeds showed (sd from their half-width); None past ``most`` or without a spread."""
+    if n < 2 or not math.isfinite(half_width) or half_width <= 0:
+        return None
+    sd = half_width * math.sqrt(n) / T_975.get(n - 1, 1.96)
+    return next((k for k in range(2, most + 1) if T_975.get(k - 1, 1.96) * sd / math.sqrt(k) < abs(difference)), None)
+
+
+def power_note(document: dict[str, Any], difference: float = 0.05) -> str | None:
+    """One sentence on what these seeds can tell apart: the widest interval of "your settings" against seed-only
+    DPO, and how many seeds a difference of ``difference`` gold reward would need at that spread."""
+    rows = [d for d in document["differences"] if (d["a"], d["b"]) == ("custom", "seed_only")]
+    if not rows or rows[0]["n"] < 2:
+        return "One seed gives no interval: run --seeds 5 or more to tell a difference from noise."
+    row = rows[0]
+    needed = seeds_needed(row["half_width"], row["n"], difference)
+    more = f"about {needed} seeds" if needed else "more than 200 seeds"
+    return (
+        f"With {row['n']} seeds, your settings against seed-only DPO are told apart only by a difference beyond "
+        f"±{row['half_width']:.3f} gold reward; at the spread these seeds showed, a difference of {difference} would "
+        f"need {more} (--seeds)."
+    )
 
 
 def differences_table(document: dict[str, Any]) -> Table:

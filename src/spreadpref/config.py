@@ -489,6 +489,23 @@ class EvalSettings(Section):
     )
 
 
+class HubSettings(Section):
+    """Upload of the final model, with its model card, to the Hugging Face Hub (TRL's push_to_hub / hub_model_id).
+
+    The token comes from the environment (HF_TOKEN) or `hf auth login`, never from the config."""
+
+    push: bool = Field(False, description="Upload the run's final model (or the train stage's model) when it ends.")
+    model_id: str | None = Field(None, description="The repo to upload to, `org/name` (created if missing).")
+    private: bool = Field(True, description="Create the repo private (an existing repo keeps its visibility).")
+    revision: str | None = Field(None, description="Branch to upload to (default: the repo's main branch).")
+
+    @model_validator(mode="after")
+    def _push_names_a_repo(self) -> HubSettings:
+        if self.push and not (self.model_id and self.model_id.count("/") == 1 and all(self.model_id.split("/"))):
+            raise ValueError(f"hub.push=true needs hub.model_id=org/name (got {self.model_id!r})")
+        return self
+
+
 class Config(Section):
     output_dir: str = Field("runs/spreadpref", description="Where every output of the run goes.")
     allow_existing_files: bool = Field(
@@ -510,6 +527,7 @@ class Config(Section):
     refine: RefineSettings = RefineSettings()
     loop: LoopSettings = LoopSettings()
     eval: EvalSettings = EvalSettings()
+    hub: HubSettings = HubSettings()
 
     @model_validator(mode="after")
     def _previous_judge_needs_two_models(self) -> Config:
@@ -844,6 +862,9 @@ TRL_KEYS = {
     "lora_alpha": "model.lora.alpha",
     "output_dir": "output_dir",
     "seed": "seed",
+    "push_to_hub": "hub.push",
+    "hub_model_id": "hub.model_id",
+    "hub_private_repo": "hub.private",
 }
 
 

@@ -50,6 +50,7 @@ from spreadpref.models.loading import (
 from spreadpref.runtime import distributed, preemption, tracking
 from spreadpref.runtime.files import atomic_write_json, remove_stale_temporaries, write_jsonl
 from spreadpref.runtime.fingerprint import fingerprint
+from spreadpref.runtime.hub import push_folder
 from spreadpref.runtime.layout import (
     CHECKPOINTS_DIRECTORY,
     CONFIG_FILE,
@@ -181,7 +182,19 @@ def _train_policy_locked(config: Config, out: Path, force: bool) -> TrainResult:
     metrics["peak_rss_gb"] = round(peak_rss_gb(), 2)
     manifest.complete(TRAIN_STAGE, outputs=outputs, metrics=metrics)
     print_summary(data_info, metrics, outputs)
+    push_to_hub(config, Path(outputs["model"]), f"spreadpref train {out.name}")
     return TrainResult(out, Path(outputs["model"]), metrics=metrics, outputs=outputs)
+
+
+def push_to_hub(config: Config, model_dir: Path, message: str) -> None:
+    """With hub.push: the finished model directory, card included, to hub.model_id (main process only)."""
+    if not config.hub.push or not distributed.is_main():
+        return
+    console.print(f"Uploading {model_dir} to the hub repo {config.hub.model_id} ...")
+    url = push_folder(
+        model_dir, config.hub.model_id, private=config.hub.private, revision=config.hub.revision, message=message
+    )
+    console.print(f"Uploaded: {url}")
 
 
 HELD_OUT_SUMMARY = ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "eval_pairs")

@@ -34,7 +34,7 @@ from spreadpref.data.identity import DATA_IDENTITIES, KEYED_BY_PATH, changed_sou
 from spreadpref.data.loading import load_prompts
 from spreadpref.data.records import PromptRecord
 from spreadpref.data.tokenize import TokenizedPair
-from spreadpref.dpo.train import COSMETIC_TRAIN_KEYS, peak_gpu_memory_gb, peak_rss_gb, train_fingerprint
+from spreadpref.dpo.train import COSMETIC_TRAIN_KEYS, peak_gpu_memory_gb, peak_rss_gb, push_to_hub, train_fingerprint
 from spreadpref.errors import DataError, SpreadprefError
 from spreadpref.eval.evaluate import evaluate
 from spreadpref.eval.report import interval_cell, report_or_warn
@@ -177,6 +177,7 @@ def _run_locked(config: Config, root: Path, force: bool) -> RunResult:
             _write_report(root)
         print_round_table(summary)
         _print_final(summary)
+        push_to_hub(config, Path(summary.get("final_model", "")), f"spreadpref run {root.name}: final model")
         return RunResult(root, Path(summary.get("final_model", "")), summary, skipped=True)
 
     tokenizer = load_tokenizer(config.model)
@@ -256,6 +257,7 @@ def _run_locked(config: Config, root: Path, force: bool) -> RunResult:
     if config.eval.after_run:
         evaluate(config, [str(root)], root / EVAL_DIRECTORY)
     _write_report(root)
+    push_to_hub(config, final_model, f"spreadpref run {root.name}: final model")
     return RunResult(root, final_model, summary)
 
 

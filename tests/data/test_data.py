@@ -271,3 +271,11 @@ def test_bundled_verifiable_sets_are_what_the_script_makes():
     for name, rows in module.build_sets().items():
         bundled = resources.files("spreadpref.resources").joinpath(name).read_text(encoding="utf-8")
         assert [json.loads(line) for line in bundled.splitlines()] == rows, name
+
+
+def test_a_prompt_files_extra_columns_are_said_to_be_kept_for_the_judges():
+    from spreadpref.data.loading import load_prompts
+
+    _, report = load_prompts("builtin:ifeval_eval")
+    assert "columns kept for the judges (e.g. the verifier): instruction_id_list, kwargs" in report.summary()
+    assert "not used" not in report.summary()

@@ -100,8 +100,11 @@ def test_held_out_share_has_a_floor_and_leaves_enough_to_train(total, fraction, 
 
 
 def test_the_held_out_split_is_seeded_disjoint_and_keeps_order():
-    pairs = list(range(40))
+    from spreadpref.data.tokenize import TokenizedPair
+
+    pairs = [TokenizedPair(id=f"p{i:02d}", prompt_ids=[1, i], chosen_ids=[2], rejected_ids=[3]) for i in range(40)]
     trained, held = split_seed_pairs(pairs, 0.2, seed=7)
-    assert len(held) == 8 and sorted(trained + held) == pairs and trained == sorted(trained)
+    ids = sorted(p.id for p in trained + held)
+    assert len(held) == 8 and ids == [p.id for p in pairs] and [p.id for p in trained] == sorted(p.id for p in trained)
     assert split_seed_pairs(pairs, 0.2, seed=7) == (trained, held)
     assert split_seed_pairs(pairs, 0.2, seed=8)[1] != held

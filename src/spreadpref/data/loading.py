@@ -444,7 +444,7 @@ def load_prompts(
     """Prompt records (chat messages and metadata) from ``source``: JSONL, JSON, CSV, Parquet, a .txt file
     with one prompt per line, and so on; extra columns become each prompt's metadata (for the verifier)."""
     columns = columns or ColumnMap()
-    return _load(
+    records, report = _load(
         source,
         split,
         subset,
@@ -453,6 +453,9 @@ def load_prompts(
         {columns.prompt, columns.id, "messages"},
         lambda row, loc: parse_prompt(row, columns, source, loc, system_prompt),
     )
+    # A prompt's extra columns are its metadata (the verifier's constraints): kept, not "not used".
+    report.metadata_columns, report.ignored_columns = report.ignored_columns, []
+    return records, report
 
 
 def _load(source, split, subset, skip_invalid, limit, used_columns, parse):

@@ -53,6 +53,7 @@ class LoadReport:
     skip_reasons: list[str] = field(default_factory=list)
     score_ties_dropped: int = 0  # data.scores=drop_ties: rows whose two scores were equal
     ignored_columns: list[str] = field(default_factory=list)
+    metadata_columns: list[str] = field(default_factory=list)  # prompts: extra columns kept for the judges
 
     def summary(self) -> str:
         text = f"{self.source}: {self.kept} of {self.rows_read} records kept"
@@ -62,4 +63,6 @@ class LoadReport:
             text += f", {self.score_ties_dropped} dropped as score ties (data.scores=drop_ties)"
         if self.ignored_columns:
             text += f"; columns not used: {', '.join(self.ignored_columns)}"
+        if self.metadata_columns:
+            text += f"; columns kept for the judges (e.g. the verifier): {', '.join(self.metadata_columns)}"
         return text

@@ -411,10 +411,15 @@ def evaluate(
             f"Results: {destination / 'eval.md'}; AlpacaEval outputs in {destination / 'alpaca_eval'}, "
             f"MT-Bench answers in {destination / 'mt_bench'}"
         )
-        if run_config.is_file():
+        if run_config.is_file() and destination.resolve() == (first / EVAL_DIRECTORY).resolve():
             from spreadpref.eval.report import write_report
 
-            console.print(f"Report: {write_report(first)}")
+            console.print(f"Report: {write_report(first)} (with this evaluation)")
+        elif run_config.is_file():
+            console.print(
+                f"The run's report ({first / 'report.md'}) shows the evaluation in {first / EVAL_DIRECTORY} only; "
+                f"this one (-o {destination}) is in its own eval.md."
+            )
 
     _run(action)
 

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -190,3 +191,26 @@ def test_a_verifier_eval_without_the_extra_stops_before_any_answer(eval_setup, t
     monkeypatch.setattr(evaluate_module, "generate_samples", lambda *a, **k: pytest.fail("something answered"))
     with pytest.raises(SpreadprefError, match="'verify' extra"):
         evaluate(config, [str(other)], tmp_path / "eval-verifier")
+
+
+def test_a_judge_that_ties_every_answer_says_so(eval_setup, tmp_path, capsys, monkeypatch):
+    import spreadpref.eval.evaluate as evaluate_module
+    from spreadpref.judges.base import Judgement
+
+    class AlwaysTie:
+        def judge(self, comparisons):
+            return [Judgement(scores=[0.0, 0.0], prefer=[[0.5, 0.5], [0.5, 0.5]]) for _ in comparisons]
+
+    monkeypatch.setattr(evaluate_module, "make_judge", lambda *a, **k: AlwaysTie())
+    real_answers = evaluate_module.generate_answers
+
+    def different_answers(config, tokenizer, model, prompts, out_dir):
+        rows = real_answers(config, tokenizer, model, prompts, out_dir)
+        return rows if model.name == "baseline" else [dataclasses.replace(row, text=row.text + " x") for row in rows]
+
+    monkeypatch.setattr(evaluate_module, "generate_answers", different_answers)
+    config, other = eval_setup
+    results = evaluate(config, [str(other)], tmp_path / "eval-ties")
+    assert results["models"]["other"]["win_rate"] == pytest.approx(0.5)
+    assert results["models"]["other"]["ties"] == 6
+    assert "tied every answer with the baseline's" in " ".join(capsys.readouterr().err.split())

@@ -455,6 +455,16 @@ def _score_model(
     baseline_words = np.array([len(b.split()) for b in baseline], dtype=np.float64)
     result = win_rate_with_ci(p, config.eval.bootstrap, config.seed)
     result["lc_win_rate"] = length_controlled_win_rate(p, words - baseline_words)
+    identical = sum(a.text == b for a, b in zip(answers, baseline))
+    result["ties"] = int(np.sum(p == 0.5))
+    if len(p) and result["ties"] == len(p) and identical < len(p):
+        # 0.500 from a judge that told no answer from the baseline's is no evidence of "as good as" (answers that
+        # are the baseline's own, as the SFT model's, tie rightly and are not warned about).
+        console.print(
+            f"[yellow]{model.name}: the {config.eval.judge.kind} judge tied every answer with the baseline's "
+            f"({len(p)} of {len(p)}, {len(p) - identical} of them different), so its win rate of 0.500 says "
+            "nothing: use a judge that can tell these answers apart.[/]"
+        )
     result.update(
         mean_words=float(words.mean()),
         baseline_mean_words=float(baseline_words.mean()),

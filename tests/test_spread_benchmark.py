@@ -140,3 +140,36 @@ def test_paired_differences_are_seed_by_seed_against_the_seed_only_model(spread)
     assert gold["per_seed"] == [pytest.approx(0.05), pytest.approx(0.15)] and gold["better"] == 2
     assert gold["mean"] == pytest.approx(0.10) and gold["ci"] == pytest.approx(12.706 * 0.05)
     assert rows[("sft", 0)]["mean"] == pytest.approx(-0.1)
+
+
+def test_the_sft_world_pairs_against_seed_only_and_the_verifier_ceiling_and_keeps_the_guards_choice(spread, tmp_path):
+    args = spread.parse_args(["--init", "sft", "--seeds", "0", "1", "2", "--rounds", "1", "--out-dir", str(tmp_path)])
+    assert args.profile == "spa-cpu-long" and args.variants == list(spread.SFT_VARIANTS)
+    assert spread.settings(args)["init"] == "sft"
+    records = []
+    for seed, offset in enumerate((0.0, 0.05, 0.1)):
+        record = fake_record(spread, args, seed, offset)
+        record["values"]["gold/1"]["constraint_satisfaction"] = 0.5 + offset  # the ceiling, 0.1 above
+        record["values"]["seed_base/guard"] = dict(record["values"]["dpo_seed/0"])  # the guard kept pi_0
+        records.append(record)
+    result = spread.aggregate(args, records)
+    seed_only = {(d["variant"], d["round"]): d for d in result["paired"]}
+    ceiling = {(d["variant"], d["round"]): d for d in result["paired_gold"]}
+    assert seed_only[("seed_base", 1)]["mean"] == pytest.approx(0.05)  # 0.40 - 0.35 in every seed
+    assert seed_only[("seed_base", "guard")]["mean"] == pytest.approx(0.0)
+    assert ceiling[("seed_base", 1)]["mean"] == pytest.approx(-0.1)
+    cell = spread._paired_cell(seed_only[("seed_base", 1)])
+    assert cell.startswith("+0.050 (+0.050 to +0.050), 3/3")
+    spread.write_outputs(args, result)  # the table with both paired columns and the guard's rows
+    table = (tmp_path / "table.md").read_text()
+    assert "− verifier ceiling (paired)" in table and "| guard |" in table
+
+
+def test_the_guards_choice_is_the_best_held_out_model():
+    spread = load_script(SPREAD, "spread_benchmark")
+    summary = {
+        "seed": {"model_held_out_agreement": 0.7},
+        "rounds": {"1": {"model_held_out_agreement": 0.8}, "2": {"model_held_out_agreement": 0.6}},
+    }
+    assert spread.guard_choice(summary, 2) == 1
+    assert spread.guard_choice({"seed": None, "rounds": {"1": {}}}, 1) == 1  # nothing measured: the last

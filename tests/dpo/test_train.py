@@ -437,3 +437,18 @@ def test_a_stage_whose_only_step_is_warm_up_says_the_weights_did_not_change(
 
 def one_epoch(config):
     return config.model_copy(update={"train": config.train.model_copy(update={"num_epochs": 1.0})})
+
+
+def test_the_trainer_tells_ddp_every_weight_is_used_and_names_the_stage_for_trackers(
+    tiny_model_dir, pairs_file, tmp_path
+):
+    from spreadpref.dpo.train import build_trainer, prepare_pairs
+    from spreadpref.models.loading import load_model, load_tokenizer
+
+    config = tiny_config(tiny_model_dir, pairs_file, tmp_path / "run" / "seed")
+    tokenizer = load_tokenizer(config.model)
+    pairs, _ = prepare_pairs(config, tokenizer)
+    model = load_model(config.model, for_training=True)
+    trainer = build_trainer(config, model, tokenizer, pairs, tmp_path / "run" / "seed" / "checkpoints")
+    assert trainer.args.ddp_find_unused_parameters is False  # no DDP search, no warning on the screen
+    assert trainer.args.run_name == "run/seed"  # one tracker run per stage, named by the run

@@ -461,6 +461,9 @@ def build_trainer(
         seed=config.seed,
         use_cpu=device.type == "cpu",
         remove_unused_columns=False,
+        # Every trainable weight gets a gradient (full model or LoRA adapters): DDP need not search for unused
+        # ones, and its "found no unused parameters" warning stays off the 2-process screen.
+        ddp_find_unused_parameters=False,
         train_sampling_strategy="group_by_length" if train.group_by_length else "random",
         length_column_name="length",
         **checkpointing_arguments(config.model.gradient_checkpointing),

@@ -261,3 +261,10 @@ def test_label_quality_plots_each_figure_at_the_model_it_measures(tmp_path, monk
     # Round i's judge is pi_{i-1}: its agreement sits at model i-1, beside that model's own figure.
     assert series["held-out agreement as judge of round k+1"] == ([0, 1], [0.7, 0.75])
     assert series["its own held-out agreement (the guard's)"] == ([0, 1, 2], [0.7, 0.8, 0.6])
+
+
+def test_the_report_names_the_process_count(tmp_path):
+    from spreadpref.eval.report import write_report
+
+    (tmp_path / "summary.json").write_text(json.dumps({"rounds": {}, "processes": 2, "peak_rss_gb": 1.0}))
+    assert "2 processes." in write_report(tmp_path).read_text()

@@ -572,7 +572,8 @@ def write_report(run_dir: Path) -> Path:
         f"# spreadpref run report: `{run_dir.name}`",
         "",
         f"Final model{_final_rule(summary)}: `{summary.get('final_model', '–')}`; wall time of the last invocation "
-        f"{format_cell(summary.get('seconds_this_invocation'), '.0f')} s, peak RSS {format_cell(summary.get('peak_rss_gb'), '.2f')} GB.",
+        f"{format_cell(summary.get('seconds_this_invocation'), '.0f')} s, peak RSS {format_cell(summary.get('peak_rss_gb'), '.2f')} GB"
+        + (f", {summary['processes']} processes." if summary.get("processes", 1) > 1 else ", 1 process."),
         "",
         "## Per round",
         "",

@@ -249,6 +249,7 @@ def _run_locked(config: Config, root: Path, force: bool) -> RunResult:
     final_model = _choose_final(config, summary, models, has_held_out=bool(held_out))
     summary["seconds_this_invocation"] = round(time.perf_counter() - started, 1)
     summary["peak_rss_gb"] = round(peak_rss_gb(), 2)
+    summary["processes"] = distributed.world_size()  # the effective batch is per device x accumulation x this
     if (gpu := peak_gpu_memory_gb()) is not None:
         summary["peak_gpu_memory_gb"] = round(gpu, 2)  # this process: judging and training (vLLM runs apart)
     write_summary(root, summary)

@@ -27,6 +27,7 @@ from rich.table import Table
 from spreadpref.config import NAMED_JUDGE_POLICIES, NAMED_REFERENCES, Config, flat_settings
 from spreadpref.errors import ConfigError
 from spreadpref.eval.stats import T_975
+from spreadpref.models.loading import quiet_transformers_bars
 from spreadpref.runtime.files import atomic_write_json, atomic_write_text
 from spreadpref.runtime.lock import directory_lock
 from spreadpref.runtime.manifest import Manifest
@@ -116,6 +117,7 @@ def run_sandbox(
     """The config's settings ("custom") beside seed-only DPO, the paper's SPA and iterative gold DPO, on each
     seed's world; writes ``sandbox.json`` and ``sandbox.md`` in ``directory`` and returns the summary."""
     settings = settings or world.WorldSettings()
+    quiet_transformers_bars()  # the world saves its models itself: no "Writing model shards" bars in its output
     overrides, notes = method_overrides(config)
     # The same directory rules as `spreadpref run`: one process at a time, and a user's own files (a
     # sandbox.md of theirs) refused rather than overwritten; the manifest marks the directory as the sandbox's.

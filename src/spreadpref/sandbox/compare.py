@@ -182,7 +182,18 @@ def markdown(summary: dict, seeds: list[int], seconds: float) -> str:
             f"{g['n']} | {g['best_round_picked']} of {g['n']} | {g.get('warned', '–')} "
             f"({g.get('warned_and_below', '–')}) |"
         )
-    lines += ["", f"Cost: {seconds / 60:.1f} min of seed processes (sum over seeds, one thread each)."]
+    lines += [
+        "",
+        "Columns: *n*, how many held-out human pairs the guard measured each model on; *rule*, `last` (the paper: "
+        "the last round's model) or `best_held_out` (the model that agrees most with those pairs); *chosen − seed "
+        "only*, the chosen model's gold reward minus the seed-only model's, mean over seeds with its paired 95% "
+        "t-interval; *seeds below seed only*, seeds where the chosen model's gold reward is below the seed-only "
+        "model's; *best round picked*, seeds where the rule picked the model with the highest gold reward; "
+        "*warned*, seeds where the run warned that its last round agrees less than the seed model, and in "
+        "brackets how many of those warnings were right (the last round's gold reward truly below).",
+        "",
+        f"Cost: {seconds / 60:.1f} min of seed processes (sum over seeds, one thread each).",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -16,7 +16,7 @@ import typer
 from rich.markup import escape
 
 from spreadpref.config import TRL_KEYS
-from spreadpref.errors import SpreadprefError
+from spreadpref.errors import DataError, SpreadprefError
 from spreadpref.runtime import preemption
 from spreadpref.runtime.layout import CONFIG_FILE, EVAL_DIRECTORY
 from spreadpref.runtime.progress import console, error_console, progress_enabled
@@ -335,6 +335,17 @@ def judge(
         samples = Sample.read(generations)
         ref_name = reference or cfg.model.name_or_path
         tokenizer = load_tokenizer(cfg.model)
+        for number, sample in enumerate(samples, start=1):  # ids from another tokenizer would index past the model
+            if (
+                bad := next((t for t in sample.prompt_ids + sample.reply_ids if not 0 <= t < len(tokenizer)), None)
+            ) is not None:
+                raise DataError(
+                    str(generations),
+                    f"row {number}",
+                    "prompt_ids" if bad in sample.prompt_ids else "reply_ids",
+                    f"holds token id {bad}, outside the tokenizer's vocabulary of {len(tokenizer)}: the generations "
+                    f"were made with another model's tokenizer than {cfg.model.name_or_path}",
+                )
         # As `spreadpref run` does: every model that scores the token ids must share the tokenizer they came from.
         for option, name in (("--policy", policy), ("--reference", reference)):
             if name and name.lower() != "none":

@@ -394,3 +394,31 @@ def test_the_judge_command_refuses_a_reference_with_another_tokenizer(tiny_model
     assert result.exit_code == 2, result.output
     assert "--reference" in result.output and "different tokenizer" in result.output
     assert not out.exists()  # refused before anything was written
+
+
+def test_the_judge_command_refuses_generations_with_ids_past_the_vocabulary(tiny_model_dir, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from spreadpref.cli import app
+
+    row = {
+        "prompt_id": "p0",
+        "prompt_index": 0,
+        "sample": 0,
+        "prompt": [{"role": "user", "content": "Hi"}],
+        "prompt_ids": [1, 2, 3],
+        "reply_ids": [5, 99999],
+        "text": "x",
+        "num_tokens": 2,
+        "finish_reason": "stop",
+    }
+    generations = tmp_path / "generations.jsonl"
+    generations.write_text(json.dumps(row) + "\n")
+    result = CliRunner().invoke(
+        app, ["judge", str(generations), "-o", str(tmp_path / "judged"), f"model.name_or_path={tiny_model_dir}"]
+    )
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2, said
+    assert "row 1" in said and "'reply_ids'" in said and "token id 99999" in said and "unexpected" not in said

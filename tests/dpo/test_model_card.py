@@ -51,3 +51,18 @@ def test_a_round_card_names_its_replayed_pairs_judge_system_prompt_and_batch(mon
     assert "Judge: implicit reward, π_1 vs π_init" in card
     assert '"effective batch (per device x accumulation x processes)": 16' in card and '"processes": 2' in card
     assert '{"role": "system", "content": "You are a helpful assistant. Reply in at most three sentences."}' in card
+
+
+def test_the_held_out_figure_is_added_to_a_card_once(tmp_path):
+    from spreadpref.dpo.model_card import add_held_out_figure
+
+    config = load_config(None)
+    (tmp_path / "README.md").write_text(model_card(config, {}, round_name(1), "runs/spa/seed/model"))
+    add_held_out_figure(tmp_path, "0.77 (0.50–0.92)", 13)
+    add_held_out_figure(tmp_path, "0.69 (0.42–0.87)", 13)  # measured again: replaced, not repeated
+    card = (tmp_path / "README.md").read_text()
+    assert card.count("- Held-out agreement") == 1 and "13 seed pairs held out" in card and "0.69 (0.42–0.87)" in card
+    lines = card.splitlines()
+    assert lines.index(next(line for line in lines if line.startswith("- Held-out"))) == 1 + lines.index(
+        next(line for line in lines if line.startswith("- Metrics:"))
+    )

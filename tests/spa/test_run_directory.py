@@ -154,6 +154,8 @@ def test_the_held_out_pairs_are_written_and_a_change_is_said(tiny_model_dir, tmp
     assert len(held) == 8 and {r["id"] for r in held} <= {p["id"] for p in pairs}
     said = " ".join(capsys.readouterr().err.split())
     assert "17 of 17 records kept" in said  # the seed pairs' own line
+    card = (out / "round-1" / "train" / "model" / "README.md").read_text()
+    assert "- Held-out agreement (its implicit reward against π_init preferring" in card  # measured after training
     # A held-out pair removed from the file: the held-out set changes, and the run says so.
     write_jsonl(seed, [p for p in pairs if p["id"] != held[0]["id"]])
     run(load_config(None, overrides))
@@ -161,3 +163,21 @@ def test_the_held_out_pairs_are_written_and_a_change_is_said(tiny_model_dir, tmp
     assert len(held_after) == 8 and held[0]["id"] not in {r["id"] for r in held_after}
     said = " ".join(capsys.readouterr().err.split())
     assert "held-out seed pairs changed since the last run (1 left the held-out set, 1 joined it" in said
+
+
+def test_skipped_seed_pairs_are_counted_and_named(tiny_model_dir, tmp_path, capsys):
+    from helpers import arithmetic_pairs, loop_overrides, write_jsonl
+
+    seed = write_jsonl(tmp_path / "seed.jsonl", arithmetic_pairs(8))
+    with open(seed, "a") as handle:
+        handle.write('{"prompt": "broken", "chosen": 5, "rejected": "x"}\n')
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"id": f"q{i}", "prompt": f"Number {i}?"} for i in range(4)])
+    overrides = loop_overrides(tiny_model_dir, seed, prompts, tmp_path / "run") + [
+        "loop.rounds=1",
+        "loop.prompts_per_round=[4]",
+        "data.skip_invalid=true",
+    ]
+    run(load_config(None, overrides))
+    said = " ".join(capsys.readouterr().err.split())
+    assert "8 of 9 records kept, 1 skipped as invalid" in said
+    assert "skipped:" in said and "line 9" in said and "'chosen'" in said

@@ -115,6 +115,23 @@ def judge_line(config: Config, stage: str) -> str:
     return f"implicit reward, {judged_by}" if config.judge.kind == "implicit" else f"the {judged_by} judge"
 
 
+HELD_OUT_LINE = "- Held-out agreement"
+
+
+def add_held_out_figure(directory: Path, figure: str, pairs: int) -> None:
+    """Add (or replace) the model's held-out agreement in its card, once the run measured it (after training)."""
+    card = Path(directory) / "README.md"
+    if not card.is_file():
+        return
+    line = (
+        f"{HELD_OUT_LINE} (its implicit reward against π_init preferring the human-chosen reply of {pairs} seed "
+        f"pairs held out from training, 95% interval): {figure}"
+    )
+    lines = [existing for existing in card.read_text().splitlines() if not existing.startswith(HELD_OUT_LINE)]
+    at = next((i + 1 for i, existing in enumerate(lines) if existing.startswith("- Metrics:")), len(lines))
+    atomic_write_text(card, "\n".join([*lines[:at], line, *lines[at:]]) + "\n")
+
+
 def write_model_card(
     directory: Path, config: Config, metrics: dict[str, Any], stage: str, start_model: str | None = None
 ) -> None:

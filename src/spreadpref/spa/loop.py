@@ -34,6 +34,7 @@ from spreadpref.data.identity import DATA_IDENTITIES, KEYED_BY_PATH, changed_sou
 from spreadpref.data.loading import load_prompts
 from spreadpref.data.records import PromptRecord
 from spreadpref.data.tokenize import TokenizedPair
+from spreadpref.dpo.model_card import add_held_out_figure
 from spreadpref.dpo.train import COSMETIC_TRAIN_KEYS, peak_gpu_memory_gb, peak_rss_gb, push_to_hub, train_fingerprint
 from spreadpref.errors import DataError, SpreadprefError
 from spreadpref.eval.evaluate import evaluate
@@ -196,6 +197,8 @@ def _run_locked(config: Config, root: Path, force: bool) -> RunResult:
     if config.loop.seed_stage:
         seed_pairs = seed.load_seed_pairs(config, tokenizer)
         console.print(seed_pairs.info["loaded"])
+        for reason in seed_pairs.info["skip_reasons"]:
+            console.print(f"  skipped: {reason}")
         if distributed.is_main() and seed_pairs.held_out:
             # At the top of the run directory: a changed data.train redoes seed/, and the file must outlive that.
             if changed := seed.record_held_out(root, seed_pairs, seed.holdout_salt(config.seed)):
@@ -649,6 +652,8 @@ def _measure_model(
     row.update(guard.measure_held_out_agreement(config, tokenizer, model, held_out))
     figure = interval_cell(row[guard.AGREEMENT_KEY], row[guard.INTERVAL_KEY])
     console.print(f"  Held-out agreement of this model (against pi_init, {len(held_out)} human pairs): {figure}")
+    if distributed.is_main():
+        add_held_out_figure(model, figure, len(held_out))
     write_summary(root, summary)
 
 

@@ -67,6 +67,7 @@ def load_seed_pairs(config: Config, tokenizer: PreTrainedTokenizerBase) -> SeedP
     trained, held_out = split_seed_pairs(pairs, config.data.seed_holdout, config.seed)
     info = {
         "loaded": report.summary(),
+        "skip_reasons": report.skip_reasons[:3],  # data.skip_invalid: the first reasons, as `train` prints them
         "warnings": check_records(records, config.data.train),
         "pairs": len(trained),
         "held_out": len(held_out),

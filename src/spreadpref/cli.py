@@ -18,7 +18,7 @@ from rich.markup import escape
 from spreadpref.config import TRL_KEYS
 from spreadpref.errors import DataError, SpreadprefError
 from spreadpref.runtime import preemption
-from spreadpref.runtime.layout import CONFIG_FILE, EVAL_DIRECTORY
+from spreadpref.runtime.layout import CONFIG_FILE, EVAL_DIRECTORY, REPORT_FILE
 from spreadpref.runtime.progress import console, error_console, progress_enabled
 from spreadpref.runtime.progress import verbose as verbose_requested
 from spreadpref.runtime.secrets import redact
@@ -428,7 +428,7 @@ def evaluate(
             console.print(f"Report: {write_report(first)} (with this evaluation)")
         elif run_config.is_file():
             console.print(
-                f"The run's report ({first / 'report.md'}) shows the evaluation in {first / EVAL_DIRECTORY} only; "
+                f"The run's report ({first / REPORT_FILE}) shows the evaluation in {first / EVAL_DIRECTORY} only; "
                 f"this one (-o {destination}) is in its own eval.md."
             )
 

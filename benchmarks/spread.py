@@ -363,7 +363,7 @@ def verifier_pair(judge, record, group: list) -> dict[str, Any] | None:
 def share_stages(source: Path, target: Path, stages: list[str]) -> None:
     """Start ``target`` with ``source``'s finished ``stages`` (identical fingerprints: same config prefix)."""
     from spreadpref.runtime.manifest import Manifest
-    from spreadpref.spa.loop import ROUND_OUTPUTS
+    from spreadpref.spa.plan import ROUND_OUTPUTS
 
     if (target / "manifest.json").is_file() or not (source / "manifest.json").is_file():
         return

@@ -14,8 +14,9 @@ from spreadpref.eval.report import FINAL_MARK, MODEL_COLUMN, round_table, write_
 from spreadpref.models.loading import load_for_inference, load_tokenizer
 from spreadpref.runtime.layout import REPORT_FILE, SUMMARY_FILE, round_name
 from spreadpref.spa import guard, seed
+from spreadpref.spa.final import choose_final
 from spreadpref.spa.judge import label_agreement
-from spreadpref.spa.loop import _choose_final, run
+from spreadpref.spa.loop import run
 
 # ---------------------------------------------------------------------------------------------
 # The pure rules
@@ -91,20 +92,20 @@ def test_the_choice_skips_pruned_models_and_without_held_out_pairs_takes_the_las
         "warnings": ["an earlier warning"],
     }
     config = load_config(None, ["loop.final_model=best_held_out"])
-    assert _choose_final(config, summary, models) == models[0]
+    assert choose_final(config, summary, models) == models[0]
     choice = summary["final_choice"]
     assert choice["round"] == 0 and "Round 1's model is the best" in choice["notes"][0]
     assert (
         summary["warnings"] == [choice["warning"], "an earlier warning"] and "(0.40 against 0.50)" in choice["warning"]
     )
     # Chosen again (another rule): the old warning is replaced, not repeated.
-    assert _choose_final(load_config(None, []), summary, models) == models[2]
+    assert choose_final(load_config(None, []), summary, models) == models[2]
     new_warning = summary["final_choice"]["warning"]  # the same figures, without "(set)": the rule changed
     assert summary["warnings"].count(new_warning) == 1 and choice["warning"] not in summary["warnings"]
     assert summary["final_choice"]["rule"] == "last"
     # No held-out pairs: nothing measured, the last model, and the note says why.
     bare = {"seed": {}, "rounds": {}}
-    assert _choose_final(config, bare, models, has_held_out=False) == models[2]
+    assert choose_final(config, bare, models, has_held_out=False) == models[2]
     assert bare["final_choice"]["notes"] == [guard.NO_HELD_OUT] and bare["final_choice"]["warning"] is None
     assert "warnings" not in bare
 

@@ -28,21 +28,20 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from spreadpref.config import NAMED_REFERENCES, Config, check_library_settings, describe_changes
+from spreadpref.config import NAMED_REFERENCES, Config, check_library_settings
 from spreadpref.data.artifacts import JudgedSample, Pair, Sample
-from spreadpref.data.identity import DATA_IDENTITIES, KEYED_BY_PATH, changed_sources, data_identities, data_only_change
+from spreadpref.data.identity import DATA_IDENTITIES, data_identities
 from spreadpref.data.loading import load_prompts
 from spreadpref.data.records import PromptRecord
 from spreadpref.data.tokenize import TokenizedPair
 from spreadpref.dpo.model_card import add_held_out_figure
-from spreadpref.dpo.train import COSMETIC_TRAIN_KEYS, peak_gpu_memory_gb, peak_rss_gb, push_to_hub, train_fingerprint
+from spreadpref.dpo.train import peak_gpu_memory_gb, peak_rss_gb, push_to_hub
 from spreadpref.errors import DataError, SpreadprefError
 from spreadpref.eval.evaluate import evaluate
 from spreadpref.eval.report import interval_cell, report_or_warn
-from spreadpref.models.loading import load_tokenizer, resolve_model_path, weights_problem
+from spreadpref.models.loading import load_tokenizer, resolve_model_path
 from spreadpref.runtime import distributed
-from spreadpref.runtime.files import read_jsonl_rows, remove_stale_temporaries
-from spreadpref.runtime.fingerprint import fingerprint
+from spreadpref.runtime.files import remove_stale_temporaries
 from spreadpref.runtime.layout import (
     ADAPTER_DIRECTORY,
     CHECKPOINTS_DIRECTORY,
@@ -51,10 +50,8 @@ from spreadpref.runtime.layout import (
     GENERATE_STAGE,
     JUDGE_STAGE,
     MODEL_DIRECTORY,
-    ROUND_STAGES,
     SEED_STAGE,
     TRAIN_STAGE,
-    model_stage,
     round_directory,
     round_stage,
     round_training_directory,
@@ -64,6 +61,15 @@ from spreadpref.runtime.manifest import Manifest
 from spreadpref.runtime.progress import console, format_cell
 from spreadpref.spa import generate, guard, judge, seed, train
 from spreadpref.spa.context import StageContext, stage_paths
+from spreadpref.spa.final import choose_final, finished_models, print_final, rebuild_hollow_final
+from spreadpref.spa.plan import (
+    ROUND_OUTPUTS,
+    check_edited_outputs,
+    check_plan,
+    follow_data_edits,
+    stage_done,
+    stage_fingerprints,
+)
 from spreadpref.spa.schedule import round_sizes, schedule_prompts
 from spreadpref.spa.summary import print_round_table, read_summary, write_summary
 
@@ -75,7 +81,6 @@ HUMAN_AGREEMENT_KEYS = (
     "seed_agreement_ci",
     "seed_pairs",
 )
-ROUND_OUTPUTS = dict(zip(ROUND_STAGES, (generate.OUTPUTS, judge.OUTPUTS, train.OUTPUTS)))  # the stages' files
 
 
 @dataclass
@@ -84,46 +89,6 @@ class RunResult:
     final_model: Path
     summary: dict[str, Any] = field(default_factory=dict)
     skipped: bool = False
-
-
-def stage_fingerprints(
-    config: Config, sizes: list[int], identities: dict[str, str | None] | None = None
-) -> dict[str, str]:
-    """One fingerprint per stage, in order; each includes the one before it. Data files count by their content
-    (``identities``, computed when not given), not by their path."""
-    identities = identities if identities is not None else data_identities(config.data)
-    dump = config.model_dump(mode="json")
-    train_settings = {k: v for k, v in dump["train"].items() if k not in COSMETIC_TRAIN_KEYS}
-    if config.loop.seed_stage:
-        prints = {SEED_STAGE: train_fingerprint(config, identities)}
-        previous = prints[SEED_STAGE]
-    else:  # pi_0 is the starting model itself
-        prints = {}
-        previous = fingerprint(["no seed stage", config.model.name_or_path, config.model.revision])
-    loop = dump["loop"]
-    generation = dict(dump["generation"])
-    if config.generation.batch_size != "auto":  # it shapes no batch then (and older runs keep their fingerprints)
-        del generation["batch_memory_gb"]
-    for i in range(1, len(sizes) + 1):
-        generated = fingerprint([previous, generation, identities["prompts"], sizes[:i], dump["data"]["max_length"]])
-        judge_inputs = [generated, dump["judge"], dump["train"]["beta"]]
-        if config.judge.consistency == "soften":  # the softened pairs' label is 1 - refine.alpha
-            judge_inputs.append(dump["refine"]["alpha"])
-        judged = fingerprint(judge_inputs)
-        refine = dict(dump["refine"], lam=config.refine.lam(i))
-        round_training = [loop["epochs_per_round"], loop["learning_rate"], loop["group_by_length"]]
-        if config.loop.replay_fraction > 0:  # keyed only when on, so that runs from before the key still resume
-            round_training += [loop["replay_fraction"], identities["train"], dump["data"]["seed_holdout"]]
-        trained = fingerprint([judged, train_settings, refine, *round_training])
-        prints.update(
-            {
-                round_stage(i, GENERATE_STAGE): generated,
-                round_stage(i, JUDGE_STAGE): judged,
-                round_stage(i, TRAIN_STAGE): trained,
-            }
-        )
-        previous = trained
-    return prints
 
 
 def run(config: Config, force: bool = False) -> RunResult:
@@ -158,26 +123,26 @@ def _run_locked(config: Config, root: Path, force: bool) -> RunResult:
     sizes = round_sizes(len(pool), config.loop.rounds, config.loop.prompts_per_round)
     identities = data_identities(config.data)
     fingerprints = stage_fingerprints(config, sizes, identities)
-    _follow_data_edits(root, manifest, config, sizes, fingerprints, identities)
+    follow_data_edits(root, manifest, config, sizes, fingerprints, identities)
     # Edits first: under --force an edited stage is redone alone, and the edit kept, before a finished run's
     # --force would discard every stage (and the edit with it).
-    _check_edited_outputs(manifest, fingerprints, force)
-    _check_plan(root, manifest, fingerprints, force, config)
+    check_edited_outputs(manifest, fingerprints, force)
+    check_plan(root, manifest, fingerprints, force, config)
     manifest.data[DATA_IDENTITIES] = identities
     manifest.save()
-    if all(_done(manifest, name, fp) for name, fp in fingerprints.items()) and not _rebuild_hollow_final(
+    if all(stage_done(manifest, name, fp) for name, fp in fingerprints.items()) and not rebuild_hollow_final(
         config, manifest, len(sizes)
     ):
         console.print(f"[green]The run in {root} is already complete[/]; nothing to do (--force redoes it).")
         summary = read_summary(root)
-        models = _finished_models(config, manifest, len(sizes))
+        models = finished_models(config, manifest, len(sizes))
         previous = (summary.get("final_choice") or {}).get("rule", "last"), summary.get("final_model")
-        _choose_final(config, summary, models)  # figures: in the summary; paths: this directory's (a copied run)
+        choose_final(config, summary, models)  # figures: in the summary; paths: this directory's (a copied run)
         if previous != (config.loop.final_model, summary["final_model"]):
             write_summary(root, summary)
             _write_report(root)
         print_round_table(summary)
-        _print_final(summary)
+        print_final(summary)
         push_to_hub(config, Path(summary.get("final_model", "")), f"spreadpref run {root.name}: final model")
         return RunResult(root, Path(summary.get("final_model", "")), summary, skipped=True)
 
@@ -217,7 +182,7 @@ def _run_locked(config: Config, root: Path, force: bool) -> RunResult:
     for i in range(1, len(sizes) + 1):
         ctx = StageContext(config, tokenizer, round_directory(root, i), i)
         row = summary["rounds"].setdefault(str(i), {"round": i})
-        if not _done(manifest, round_stage(i, TRAIN_STAGE), fingerprints[round_stage(i, TRAIN_STAGE)]):
+        if not stage_done(manifest, round_stage(i, TRAIN_STAGE), fingerprints[round_stage(i, TRAIN_STAGE)]):
             for key in guard.MODEL_KEYS:  # a figure of a model about to be trained again
                 row.pop(key, None)
         for attempt in (1, 2):
@@ -249,7 +214,7 @@ def _run_locked(config: Config, root: Path, force: bool) -> RunResult:
         _prune_models(root, i, config.loop.keep_models, protect)
         summary["final_model"] = str(models[i])
         write_summary(root, summary)
-    final_model = _choose_final(config, summary, models, has_held_out=bool(held_out))
+    final_model = choose_final(config, summary, models, has_held_out=bool(held_out))
     summary["seconds_this_invocation"] = round(time.perf_counter() - started, 1)
     summary["peak_rss_gb"] = round(peak_rss_gb(), 2)
     summary["processes"] = distributed.world_size()  # the effective batch is per device x accumulation x this
@@ -257,147 +222,12 @@ def _run_locked(config: Config, root: Path, force: bool) -> RunResult:
         summary["peak_gpu_memory_gb"] = round(gpu, 2)  # this process: judging and training (vLLM runs apart)
     write_summary(root, summary)
     print_round_table(summary)
-    _print_final(summary)
+    print_final(summary)
     if config.eval.after_run:
         evaluate(config, [str(root)], root / EVAL_DIRECTORY)
     _write_report(root)
     push_to_hub(config, final_model, f"spreadpref run {root.name}: final model")
     return RunResult(root, final_model, summary)
-
-
-# ---------------------------------------------------------------------------------------------
-# Plan: what is done, what is stale
-
-
-def _done(manifest: Manifest, name: str, fingerprint: str) -> bool:
-    entry = manifest.stage(name)
-    return bool(entry) and entry.get("status") == "complete" and entry.get("fingerprint") == fingerprint
-
-
-def _stage_paths(root: Path, name: str) -> list[Path]:
-    """The files and directories stage ``name`` owns, as the stage modules declare them."""
-    if name == SEED_STAGE:
-        return [root / SEED_STAGE]
-    round_name, stage = name.split("/")
-    return stage_paths(root / round_name, ROUND_OUTPUTS[stage])
-
-
-def _stale(manifest: Manifest, fingerprints: dict[str, str]) -> list[str]:
-    """Stages recorded with another fingerprint than they would have now, in order."""
-    return [n for n in fingerprints if manifest.stage(n) and manifest.stage(n).get("fingerprint") != fingerprints[n]]
-
-
-def _follow_data_edits(
-    root: Path,
-    manifest: Manifest,
-    config: Config,
-    sizes: list[int],
-    fingerprints: dict[str, str],
-    identities: dict[str, str | None],
-) -> None:
-    """Stages that differ only by the content of their data: an edited file reruns exactly the stages it feeds
-    (the first such stage and every one after it), and says so; stages from before content fingerprints, keyed
-    by the data's path, are taken as they are and re-keyed. Any other difference is _check_plan's to refuse."""
-    stale = _stale(manifest, fingerprints)
-    if not stale:
-        return
-    recorded = manifest.data.get(DATA_IDENTITIES)
-
-    def matches(ids: dict[str, str | None]) -> bool:
-        before = stage_fingerprints(config, sizes, ids)
-        return all(manifest.stage(n).get("fingerprint") == before[n] for n in stale)
-
-    change = data_only_change(config.data, recorded, matches)
-    if change is None:
-        return  # the settings changed too: _check_plan's to refuse
-    if change == KEYED_BY_PATH:
-        for name in stale:
-            manifest.update(name, fingerprint=fingerprints[name])
-        return
-    edited = ", ".join(changed_sources(config.data, recorded, identities))
-    console.print(f"[yellow]{edited} changed since {stale[0]} ran: running it and every stage after it again.[/]")
-    _discard_from(root, manifest, list(fingerprints), stale[0])
-
-
-def _check_edited_outputs(manifest: Manifest, fingerprints: dict[str, str], force: bool) -> None:
-    """A finished stage's file or model edited after the stage wrote it (a hand-edited pairs.jsonl, weights
-    replaced) is never used without notice: refused, naming it; with --force the stage writes it again (seeded:
-    as it first did), and the edit is kept beside it as <file>.edited (replacing an older one)."""
-    for name, fp in fingerprints.items():
-        if not _done(manifest, name, fp):
-            continue
-        # A file that no longer parses is damaged, not edited: _rebuild_damaged writes it again when it is read.
-        if not (edited := [path for path in manifest.edited_outputs(name) if _parses(path)]):
-            continue
-        shown = ", ".join(str(path) for path in edited)
-        if not force:
-            raise SpreadprefError(
-                f"{shown} changed after {name} wrote it; the stages after it would use your edit without knowing "
-                f"it. Restore it, or run again with --force to write it again (your version is kept as "
-                f"{edited[0].name}.edited)."
-            )
-        if distributed.is_main():
-            for path in edited:
-                kept = path.with_name(path.name + ".edited")
-                if kept.is_dir():  # a directory is not replaced by a rename onto it, as a file is
-                    shutil.rmtree(kept)
-                path.replace(kept)
-        distributed.barrier()
-        manifest.reset(name)
-        console.print(f"[yellow]--force:[/] {shown} changed after {name} wrote it; kept as .edited, writing it again.")
-
-
-def _parses(path: Path) -> bool:
-    """Whether a stage's JSON-lines file still reads as JSON, line by line; a model directory, whether it still
-    holds a config and weights (one that lost them is damaged: the final one is rebuilt, see _rebuild_hollow_final)."""
-    if path.is_dir():
-        return weights_problem(path) is None
-    try:
-        for _ in read_jsonl_rows(path):
-            pass
-    except (DataError, UnicodeDecodeError):
-        return False
-    return True
-
-
-def _check_plan(root: Path, manifest: Manifest, fingerprints: dict[str, str], force: bool, config: Config) -> None:
-    names = list(fingerprints)
-    stale = _stale(manifest, fingerprints)
-    if stale and not force:
-        raise SpreadprefError(
-            f"{root} holds stages made with a different configuration: {', '.join(stale)}."
-            f"{describe_changes(root / CONFIG_FILE, config)} Re-running would mix the two. Use another output "
-            f"directory, or --force to discard {stale[0]} and everything after it."
-        )
-    if not force:
-        return
-    complete = all(_done(manifest, n, fp) for n, fp in fingerprints.items())
-    first = stale[0] if stale else (names[0] if complete else None)
-    if first is None:
-        return
-    _discard_from(root, manifest, names, first)
-    console.print(f"[yellow]--force:[/] discarded {first} and every stage after it.")
-
-
-def _discard_from(root: Path, manifest: Manifest, names: list[str], first: str) -> None:
-    """Delete the outputs of stage ``first`` and every stage after it, and forget them in the manifest."""
-    if not distributed.is_main():
-        distributed.barrier()  # the main process deletes; the others only forget
-        for name in names[names.index(first) :]:
-            manifest.data["stages"].pop(name, None)
-        return
-    for name in names[names.index(first) :]:
-        for path in _stage_paths(root, name):
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            elif path.exists():
-                path.unlink()
-        manifest.reset(name)
-    distributed.barrier()
-
-
-# ---------------------------------------------------------------------------------------------
-# Each stage: skip it when done, else record it in the manifest and the summary around the stage's function
 
 
 def _seed(
@@ -408,7 +238,7 @@ def _seed(
     fp: str,
     summary: dict[str, Any],
 ) -> Path:
-    if _done(manifest, SEED_STAGE, fp):
+    if stage_done(manifest, SEED_STAGE, fp):
         return manifest.output(SEED_STAGE, MODEL_DIRECTORY)
     console.rule("[bold]Seed stage: DPO of the initial model on the seed pairs")
     manifest.start(SEED_STAGE, fp, data=seed_pairs.info)
@@ -436,7 +266,7 @@ def _generate(
     ctx: StageContext, prompts: list[PromptRecord], policy: Path, manifest: Manifest, fp: str, row: dict[str, Any]
 ) -> list[Sample]:
     name = round_stage(ctx.round_index, GENERATE_STAGE)
-    if _done(manifest, name, fp):
+    if stage_done(manifest, name, fp):
         return Sample.read(ctx.path(Sample.FILE))
     console.rule(
         f"[bold]Round {ctx.round_index}: generate {ctx.config.generation.num_samples} replies for "
@@ -515,7 +345,7 @@ def _judge(
     row: dict[str, Any],
 ) -> None:
     name = round_stage(ctx.round_index, JUDGE_STAGE)
-    if _done(manifest, name, fp):
+    if stage_done(manifest, name, fp):
         return
     kind = ctx.config.judge.kind
     judged_by = ctx.config.judge.describe(ctx.round_index)
@@ -568,7 +398,7 @@ def _train(
     ctx: StageContext, start: Path, manifest: Manifest, fp: str, row: dict[str, Any], replay: list | None = None
 ) -> Path:
     name = round_stage(ctx.round_index, TRAIN_STAGE)
-    if _done(manifest, name, fp):
+    if stage_done(manifest, name, fp):
         return manifest.output(name, MODEL_DIRECTORY)
     manifest.start(name, fp)
     result = train.train_stage(ctx, start, replay or [])
@@ -606,7 +436,7 @@ def _rebuild_damaged(root: Path, i: int, err: DataError, manifest: Manifest, fin
     damaged = Path(err.source).resolve()
     for stage, outputs in ROUND_OUTPUTS.items():
         name = round_stage(i, stage)
-        if _done(manifest, name, fingerprints[name]) and damaged in {
+        if stage_done(manifest, name, fingerprints[name]) and damaged in {
             p.resolve() for p in stage_paths(round_directory(root, i), outputs)
         }:
             kept = damaged.with_name(damaged.name + ".damaged")
@@ -655,86 +485,6 @@ def _measure_model(
     if distributed.is_main():
         add_held_out_figure(model, figure, len(held_out))
     write_summary(root, summary)
-
-
-def _rebuild_hollow_final(config: Config, manifest: Manifest, rounds: int) -> bool:
-    """A finished run whose final model lost its weights (deleted, a disk fault): forget the stage that made it,
-    so that it runs again (seeded: the same model). True when there was one."""
-    summary = read_summary(Path(config.output_dir))
-    chosen = (summary.get("final_choice") or {}).get("round", rounds)
-    if chosen == 0 and not config.loop.seed_stage:
-        return False  # pi_init itself: not this run's to rebuild
-    stage = model_stage(chosen)
-    problem = weights_problem(manifest.output(stage, MODEL_DIRECTORY))
-    if problem is None:
-        return False
-    console.print(f"[yellow]The run's final model is damaged ({problem}): running {stage} again.[/]")
-    manifest.reset(stage)
-    return True
-
-
-def _finished_models(config: Config, manifest: Manifest, rounds: int) -> dict[int, Path]:
-    """Every model of a finished run, from its manifest: {0: pi_0, 1: pi_1, ...}."""
-    if config.loop.seed_stage:
-        models = {0: manifest.output(SEED_STAGE, MODEL_DIRECTORY)}
-    else:
-        models = {0: Path(resolve_model_path(config.model.name_or_path))}
-    for i in range(1, rounds + 1):
-        models[i] = manifest.output(round_stage(i, TRAIN_STAGE), MODEL_DIRECTORY)
-    return models
-
-
-def _choose_final(config: Config, summary: dict[str, Any], models: dict[int, Path], has_held_out: bool = True) -> Path:
-    """Choose the final model by ``loop.final_model`` among the models still on disk; record the choice, its
-    figures and the below-seed warning in the summary (summary["final_model"], ["final_choice"], ["warnings"])."""
-    rule = config.loop.final_model
-    last = max(models)
-    agreements = guard.agreements_of(summary, last) if has_held_out else dict.fromkeys(models)
-    on_disk = {k: v for k, v in agreements.items() if k in (0, last) or models[k].is_dir()}
-    chosen = guard.choose_final_round(on_disk, rule)
-    notes = []
-    if not any(v is not None for v in agreements.values()):
-        notes.append(guard.NO_HELD_OUT)
-    elif rule == "best_held_out" and (best := guard.choose_final_round(agreements, rule)) != chosen:
-        notes.append(
-            f"Round {best}'s model is the best by held-out agreement but no longer on disk (loop.keep_models)."
-        )
-    warning = guard.below_seed_warning(agreements, within_noise=guard.within_noise(summary, last), rule=rule)
-    if rule == "best_held_out" and (note := guard.selection_note(agreements, chosen)):
-        notes.append(note)
-    previous = (summary.get("final_choice") or {}).get("warning")
-    if previous and previous in summary.get("warnings", []):
-        summary["warnings"].remove(previous)  # the last choice's warning, replaced by this one's
-    if warning:
-        summary.setdefault("warnings", []).insert(0, warning)
-    summary["verdicts"] = guard.round_verdicts(summary, last)
-    summary["final_model"] = str(models[chosen])
-    summary["final_choice"] = {
-        "rule": rule,
-        "round": chosen,
-        "agreements": {str(k): v for k, v in agreements.items()},
-        "warning": warning,
-        "notes": notes,
-    }
-    return models[chosen]
-
-
-def _print_final(summary: dict[str, Any]) -> None:
-    """The guard's warning (yellow), its notes and the final model, at the end of a run."""
-    choice = summary.get("final_choice") or {}
-    for verdict in summary.get("verdicts", []):
-        console.print(verdict)
-    for note in choice.get("notes", []):
-        console.print(note)
-    if choice.get("warning"):
-        console.print(f"[yellow]{choice['warning']}[/]")
-    which = ""
-    if choice:
-        chosen = choice["round"]
-        figure = choice["agreements"].get(str(chosen))
-        which = f" (loop.final_model={choice['rule']}: {'the seed model' if chosen == 0 else f'round {chosen}'}"
-        which += f", held-out agreement {figure:.2f})" if figure is not None else ")"
-    console.print(f"Final model{which}: {summary.get('final_model', '–')}")
 
 
 def _write_report(root: Path) -> None:

@@ -247,7 +247,7 @@ def test_a_round_that_left_the_weights_unchanged_is_marked_and_warned(tmp_path):
 
 
 def test_label_quality_plots_each_figure_at_the_model_it_measures(tmp_path, monkeypatch):
-    from spreadpref.eval import report
+    from spreadpref.eval import plots as report
 
     drawn = []
     monkeypatch.setattr(report, "_errorbar", lambda axis, x, y, ci, style, label: drawn.append((label, x, y)))

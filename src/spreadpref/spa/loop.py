@@ -38,7 +38,8 @@ from spreadpref.dpo.model_card import add_held_out_figure
 from spreadpref.dpo.train import peak_gpu_memory_gb, peak_rss_gb, push_to_hub
 from spreadpref.errors import DataError, SpreadprefError
 from spreadpref.eval.evaluate import evaluate
-from spreadpref.eval.report import interval_cell, report_or_warn
+from spreadpref.eval.report import report_or_warn
+from spreadpref.eval.tables import interval_cell
 from spreadpref.models.loading import load_tokenizer, resolve_model_path
 from spreadpref.runtime import distributed
 from spreadpref.runtime.files import remove_stale_temporaries

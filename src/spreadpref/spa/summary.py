@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from spreadpref.eval.report import round_table
+from spreadpref.eval.tables import round_table
 from spreadpref.runtime import distributed
 from spreadpref.runtime.files import atomic_write_json, read_own_json
 from spreadpref.runtime.layout import SUMMARY_FILE

@@ -442,7 +442,9 @@ def evaluate_seed(args, model: str, seed_file: Path, seed: int, dirs: dict[str, 
             for i in sorted(rounds - {0})
         ]
     # One evaluation directory per seed, so that seeds can run as parallel processes (--seeds 0, --seeds 1, ...).
-    config = load(base_overrides(args, model, seed_file, seed, first), args.profile)
+    # The shared answers copied in first make the directory hold files the evaluation did not write: allowed here.
+    shared = ["allow_existing_files=true"] if args.init == "sft" else []
+    config = load(base_overrides(args, model, seed_file, seed, first) + shared, args.profile)
     out = args.work / f"eval-{'dev-' if args.dev else ''}s{seed}"
     if args.init == "sft":
         reuse_shared_answers(args, out)

@@ -110,3 +110,12 @@ def test_the_power_note_says_what_the_seeds_can_tell_apart():
     assert "With 3 seeds" in note and "±0.600" in note and f"about {needed} seeds" in note
     single = {"differences": [{"a": "custom", "b": "seed_only", "mean": 0.1, "half_width": 0.0, "n": 1, "wins": 1}]}
     assert "One seed gives no interval" in power_note(single)
+
+
+def test_a_run_directory_is_not_a_sandbox_directory(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "manifest.json").write_text(json.dumps({"stages": {"seed": {"status": "complete"}}}))
+    result = CliRunner().invoke(app, ["sandbox", "--reduced", "--seeds", "1", "-o", str(out)])
+    assert result.exit_code == 2 and "holds a spreadpref run or train result (seed)" in " ".join(result.output.split())
+    assert json.loads((out / "manifest.json").read_text()) == {"stages": {"seed": {"status": "complete"}}}

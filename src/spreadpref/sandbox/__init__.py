@@ -123,6 +123,11 @@ def run_sandbox(
     # sandbox.md of theirs) refused rather than overwritten; the manifest marks the directory as the sandbox's.
     with directory_lock(directory, "sandbox", allow_existing=False):
         manifest = Manifest(directory)
+        if others := sorted(set(manifest.data["stages"]) - {SANDBOX_STAGE}):
+            raise ConfigError(
+                f"{directory} holds a spreadpref run or train result ({', '.join(others[:3])}): the sandbox writes "
+                "its worlds and tables in a directory of its own; use another -o"
+            )
         manifest.start(SANDBOX_STAGE, fingerprint=json.dumps({"overrides": overrides, "world": repr(settings)}))
         document = _run_seeds(config, overrides, notes, seeds, directory, settings)
         manifest.complete(

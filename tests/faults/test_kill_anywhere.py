@@ -95,18 +95,33 @@ def test_kill_anywhere_full(reference_run, tiny_model_dir, tmp_path):
     assert len(set(counts) & set(STAGES)) >= 5, counts
 
 
-def test_sigint_stops_cleanly_and_says_how_to_resume(reference_run, tiny_model_dir, tmp_path):
-    out = tmp_path / "interrupted"
-    args = overrides(tiny_model_dir, reference_run["seed"], reference_run["prompts"], out)
+def interrupt_during_generation(reference, model_dir, out, delay: str):
+    """Start a run, wait for its first round-1 generation part, send SIGINT; None if the run ended first (the
+    window was missed: a timing miss of the test, not a result), else the finished process and its output."""
+    args = overrides(model_dir, reference["seed"], reference["prompts"], out)
     process = subprocess.Popen(
-        command(args), env=env(SPREADPREF_UNIT_DELAY="0.3"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command(args), env=env(SPREADPREF_UNIT_DELAY=delay), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     parts = out / round_name(1) / ".generations.jsonl.parts"
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None and not (parts.is_dir() and any(parts.iterdir())):
-        time.sleep(0.05)
+        time.sleep(0.01)
+    if process.poll() is not None:
+        process.communicate()
+        return None
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
+    return args, process, stdout, stderr
+
+
+def test_sigint_stops_cleanly_and_says_how_to_resume(reference_run, tiny_model_dir, tmp_path):
+    for attempt, delay in enumerate(("0.3", "1.0", "2.0")):
+        out = tmp_path / f"interrupted-{attempt}"
+        if (landed := interrupt_during_generation(reference_run, tiny_model_dir, out, delay)) is not None:
+            break
+    else:
+        raise AssertionError("the run ended before its round-1 generation could be interrupted, three times")
+    args, process, stdout, stderr = landed
     assert process.returncode == 130
     message = " ".join((stdout + stderr).split())
     assert "Interrupted" in message and "run the same command again to resume" in message

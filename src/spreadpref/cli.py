@@ -10,7 +10,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 from rich.markup import escape
@@ -136,9 +136,7 @@ def _run(action) -> None:
     try:
         action()
     except SpreadprefError as err:
-        # soft_wrap: no hard line breaks inside paths, so the message can be copied as it is.
-        error_console.print(f"[bold red]error:[/] {escape(bounded(redact(str(err))))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_USER_ERROR) from None
+        _fail(escape(bounded(redact(str(err)))), EXIT_USER_ERROR)
     except KeyboardInterrupt as err:
         cause = "Stopped by SIGTERM." if isinstance(err, preemption.Terminated) else "Interrupted."
         console.print(
@@ -151,51 +149,45 @@ def _run(action) -> None:
         # The reader of our output went away (`spreadpref ... | head`): nothing more can be shown.
         with contextlib.suppress(OSError, ValueError):  # no second error when Python flushes stdout at exit
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        error_console.print(
-            "[bold red]error:[/] standard output was closed (the program reading it, e.g. `| head`, exited); the "
-            "command stopped there. Finished work is saved: run it again without the pipe, or redirect to a file.",
-            highlight=False,
-            soft_wrap=True,
+        _fail(
+            "standard output was closed (the program reading it, e.g. `| head`, exited); the command stopped "
+            "there. Finished work is saved: run it again without the pipe, or redirect to a file.",
+            EXIT_IO_ERROR,
         )
-        raise typer.Exit(EXIT_IO_ERROR) from None
     except OSError as err:
         # Disk full, read-only or vanished directory: every write is atomic, so nothing finished is lost.
         where = f" ({err.filename})" if getattr(err, "filename", None) else ""
-        error_console.print(
-            f"[bold red]error:[/] could not read or write a file{escape(where)}: "
-            f"{escape(bounded(redact(str(err.strerror or err))))}. Files already written are intact; fix the "
-            "cause and run the same command again to resume.",
-            highlight=False,
-            soft_wrap=True,
+        _fail(
+            f"could not read or write a file{escape(where)}: {escape(bounded(redact(str(err.strerror or err))))}. "
+            "Files already written are intact; fix the cause and run the same command again to resume.",
+            EXIT_IO_ERROR,
         )
-        raise typer.Exit(EXIT_IO_ERROR) from None
     except MemoryError:
-        error_console.print(
-            "[bold red]error:[/] out of memory. Finished work is saved; lower the batch sizes "
-            "(train.per_device_batch_size, generation.batch_size, judge.batch_size) and run the same command again.",
-            highlight=False,
-            soft_wrap=True,
+        _fail(
+            "out of memory. Finished work is saved; lower the batch sizes (train.per_device_batch_size, "
+            "generation.batch_size, judge.batch_size) and run the same command again.",
+            EXIT_IO_ERROR,
         )
-        raise typer.Exit(EXIT_IO_ERROR) from None
     except Exception as err:  # noqa: BLE001 - the boundary: anything else is a bug, reported without a traceback
         if _is_disk_write_failure(err):  # torch's and safetensors' writers say "disk full" in their own words
-            error_console.print(
-                f"[bold red]error:[/] a file could not be written ({escape(bounded(redact(str(err)), 300))}): the "
-                "disk is probably full. Files already written are intact; free space and run the same command "
-                "again to resume.",
-                highlight=False,
-                soft_wrap=True,
+            _fail(
+                f"a file could not be written ({escape(bounded(redact(str(err)), 300))}): the disk is probably full. "
+                "Files already written are intact; free space and run the same command again to resume.",
+                EXIT_IO_ERROR,
             )
-            raise typer.Exit(EXIT_IO_ERROR) from None
-        where = _innermost_frame(err)
-        error_console.print(
-            f"[bold red]error:[/] unexpected {type(err).__name__}: {escape(bounded(redact(str(err)), 500))}{escape(where)}. "
+        _fail(
+            f"unexpected {type(err).__name__}: {escape(bounded(redact(str(err)), 500))}{escape(_innermost_frame(err))}. "
             "Finished work is saved. This is a bug in spreadpref or a case it does not check yet: run the same "
             "command with --debug (or SPREADPREF_DEBUG=1) for the traceback and report it.",
-            highlight=False,
-            soft_wrap=True,
+            EXIT_UNEXPECTED,
         )
-        raise typer.Exit(EXIT_UNEXPECTED) from None
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    """One error line on stderr and the exit code. soft_wrap: no hard line breaks inside paths, so the message
+    can be copied as it is."""
+    error_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code) from None
 
 
 DISK_WRITE_FAILURES = ("no space left", "storagefull", "file write failed", "errno 28", "disk quota")

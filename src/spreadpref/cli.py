@@ -312,6 +312,7 @@ def judge(
     def action() -> None:
         from spreadpref.data.artifacts import Pair, Sample
         from spreadpref.data.loading import load_prompts
+        from spreadpref.data.tokenize import out_of_vocabulary
         from spreadpref.models.loading import load_tokenizer
         from spreadpref.spa.context import StageContext
         from spreadpref.spa.judge import check_judge_model, judge_stage
@@ -328,16 +329,15 @@ def judge(
         ref_name = reference or cfg.model.name_or_path
         tokenizer = load_tokenizer(cfg.model)
         for number, sample in enumerate(samples, start=1):  # ids from another tokenizer would index past the model
-            if (
-                bad := next((t for t in sample.prompt_ids + sample.reply_ids if not 0 <= t < len(tokenizer)), None)
-            ) is not None:
-                raise DataError(
-                    str(generations),
-                    f"row {number}",
-                    "prompt_ids" if bad in sample.prompt_ids else "reply_ids",
-                    f"holds token id {bad}, outside the tokenizer's vocabulary of {len(tokenizer)}: the generations "
-                    f"were made with another model's tokenizer than {cfg.model.name_or_path}",
-                )
+            for column in ("prompt_ids", "reply_ids"):
+                if (bad := out_of_vocabulary(getattr(sample, column), tokenizer)) is not None:
+                    raise DataError(
+                        str(generations),
+                        f"row {number}",
+                        column,
+                        f"holds token id {bad}, outside the tokenizer's vocabulary of {len(tokenizer)}: the "
+                        f"generations were made with another model's tokenizer than {cfg.model.name_or_path}",
+                    )
         # As `spreadpref run` does: every model that scores the token ids must share the tokenizer they came from.
         for option, name in (("--policy", policy), ("--reference", reference)):
             if name and name.lower() != "none":

@@ -195,12 +195,17 @@ def truncate_pair(
     return prompt_ids, chosen[:budget], rejected[:budget], prompt_cut, len(chosen) > budget, len(rejected) > budget
 
 
+def out_of_vocabulary(ids: list[int], tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The first id of ``ids`` outside the tokenizer's vocabulary (made with another tokenizer), or None."""
+    return next((t for t in ids if not 0 <= t < len(tokenizer)), None)
+
+
 def tokenize_pair(
     tokenizer: PreTrainedTokenizerBase, record: PreferenceRecord, max_length: int, max_prompt_length: int
 ) -> TokenizedPair:
     if record.token_ids is not None:  # made in token space (generation): keep the exact ids
         for column, ids in record.token_ids.items():
-            if (bad := next((t for t in ids if t >= len(tokenizer)), None)) is not None:
+            if (bad := out_of_vocabulary(ids, tokenizer)) is not None:
                 raise TokenizationError(
                     f"record {record.id}: {column} holds token id {bad}, outside the tokenizer's vocabulary of "
                     f"{len(tokenizer)}: the ids were made with another tokenizer"

@@ -42,6 +42,7 @@ import hashlib
 import json
 import math
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -562,7 +563,19 @@ def seed_record(
         "eval_prompts": evaluated["prompts"],
         "seconds": round(seconds),
         "provenance": f"python benchmarks/spread.py --seeds {seed}, {time.strftime('%Y-%m-%d')}",
+        "commit": source_commit(),
     }
+
+
+def source_commit() -> str | None:
+    """The commit the seed ran from: a report whose seeds span sessions says which code made each."""
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return done.stdout.strip()
 
 
 def read_seed_record(args: argparse.Namespace, seed: int) -> dict[str, Any] | None:

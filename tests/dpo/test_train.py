@@ -14,6 +14,7 @@ from spreadpref.dpo import trainer as trainer_module
 from spreadpref.dpo.train import train_policy
 from spreadpref.errors import SpreadprefError, TrainingError
 from spreadpref.eval.labels import replay_smoothing
+from spreadpref.models.loading import weights_problem
 from spreadpref.runtime.files import read_jsonl
 from spreadpref.runtime.layout import CONFIG_FILE, LOG_HISTORY_FILE, REFINEMENT_FILE
 from spreadpref.runtime.manifest import Manifest
@@ -300,16 +301,14 @@ def test_round_training_with_self_refinement(tiny_model_dir, tmp_path, mode):
         measure_lam=0.5 if mode == "no-dnd-measuring-dnd" else 0.0,
     )
     one_epoch = config.model_copy(update={"train": config.train.model_copy(update={"num_epochs": 1.0})})
-    outputs, metrics = train_on_pairs(
-        one_epoch, tokenizer, pairs, tmp_path / "run", refinement=refinement, merge_lora=True
-    )
+    outputs, metrics = train_on_pairs(one_epoch, tokenizer, pairs, tmp_path / "run", refinement=refinement)
     logs = [row for row in json.loads((tmp_path / "run" / LOG_HISTORY_FILE).read_text()) if "loss" in row]
     # 8 steps, warm-up 25%: no smoothing in the first two, at least one pair of two in every later step.
     assert [row["refine/smoothed_fraction"] for row in logs[:2]] == [0.0, 0.0]
     assert all(row["refine/smoothed_fraction"] >= 0.5 for row in logs[2:])
     assert all(row["labels/mean"] >= 0.9 for row in logs)
     assert 0.0 < metrics["smoothed_fraction"] < 1.0
-    assert (tmp_path / "run" / "model" / "config.json").is_file()
+    assert weights_problem(outputs["model"]) is None  # the model, or with LoRA its adapter
     # One decision record per pair, in training order; the driving detector's flags are the smoothing.
     decisions = read_jsonl(Path(outputs["refinement"]))
     assert len(decisions) == 16 and {d["id"] for d in decisions} == {p.id for p in pairs}

@@ -97,25 +97,27 @@ def last_checkpoint(directory: Path) -> str | None:
     return None
 
 
-def save_outputs(
-    config: Config, trainer: Trainer, tokenizer: PreTrainedTokenizerBase, out: Path, merge_lora: bool | None = None
-) -> dict[str, str]:
+def save_outputs(config: Config, trainer: Trainer, tokenizer: PreTrainedTokenizerBase, out: Path) -> dict[str, str]:
     """Write the trained model as ``save_pretrained`` directories, each replaced in one rename.
+
+    ``model`` names the policy the next stage continues from: the full model, or with LoRA the adapter
+    (``adapter/``; pi_init plus this adapter is the policy, so no full copy is needed). ``merged`` is the full
+    model with the adapter folded in, written only with ``model.lora.merge_on_save``.
 
     Every process takes part in ``trainer.save_model`` (ZeRO-3 and FSDP gather the weights there);
     only the main process writes files.
     """
-    merge = config.model.lora.merge_on_save if merge_lora is None else merge_lora
     model = trainer.model
     if not is_peft_model(model):
         return {"model": save_with_trainer(trainer, tokenizer, out / MODEL_DIRECTORY)}
     outputs = {"adapter": save_with_trainer(trainer, tokenizer, out / ADAPTER_DIRECTORY)}
     outputs["model"] = outputs["adapter"]
-    if merge:
+    if config.model.lora.merge_on_save:
         if distributed.is_main():
+            # In place (no second copy in memory): the adapter is saved already, and the stage is over.
             save_pretrained_atomically(model.merge_and_unload(), tokenizer, out / MODEL_DIRECTORY)
         distributed.barrier()
-        outputs["model"] = str(out / MODEL_DIRECTORY)
+        outputs["merged"] = str(out / MODEL_DIRECTORY)
     return outputs
 
 

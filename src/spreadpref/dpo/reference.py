@@ -21,6 +21,7 @@ from spreadpref.dpo.policy import TrainingPolicy
 from spreadpref.models.loading import (
     cache_root,
     load_for_inference,
+    lora_is_identity,
     model_fingerprint,
 )
 from spreadpref.runtime.files import atomic_path
@@ -44,7 +45,10 @@ def compute_reference(
         del reference
         info["model"] = config.train.reference_model
         return info
-    # The starting policy is the reference (pi_init in the seed stage): no second copy is loaded.
+    # The starting policy is the reference (pi_init in the seed stage): no second copy is loaded. A fresh LoRA
+    # adapter adds nothing yet, so the reference is its base (adapter off, the same numbers); an adapter carried
+    # on from the previous stage is part of the reference (pi_{i-1} = pi_init + that adapter).
+    adapter_off = policy.is_peft and lora_is_identity(policy.model)
     with policy.autocast():
         info = fill_reference_logps(
             pairs,
@@ -52,10 +56,11 @@ def compute_reference(
             pad_token_id,
             cache_dir,
             config.train.logprob_batch_size,
-            as_adapter_off=policy.is_peft,
+            as_adapter_off=adapter_off,
             precision=precision,
         )
-    info["model"] = "starting policy" + (" (LoRA adapter off)" if policy.is_peft else "")
+    kind = " (LoRA adapter off)" if adapter_off else " (with its LoRA adapter)" if policy.is_peft else ""
+    info["model"] = "starting policy" + kind
     return info
 
 

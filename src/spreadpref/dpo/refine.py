@@ -40,7 +40,7 @@ class Refinement:
 
     settings: RefineSettings = field(default_factory=RefineSettings)
     lam: float = 0.0
-    # For DND with full fine-tuning: a frozen copy of the reference. With LoRA, None: the adapter is switched off.
+    # For DND: a frozen copy of the reference; None for a fresh LoRA adapter (switched off, it is the reference).
     reference: torch.nn.Module | None = None
     measure_lam: float = 0.0
 

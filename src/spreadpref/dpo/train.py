@@ -2,7 +2,8 @@
 
 config -> records -> token pairs -> reference log-probs -> Trainer -> ``save_pretrained`` directory.
 Outputs in ``output_dir``: ``config.yaml`` (resolved), ``manifest.json``, ``checkpoints/`` (for
-resume), ``model/`` (full model, or merged LoRA) and ``adapter/`` (LoRA only).
+resume), ``model/`` (the full model; with LoRA, the merged model when model.lora.merge_on_save) and
+``adapter/`` (LoRA only).
 """
 
 from __future__ import annotations
@@ -208,7 +209,6 @@ def train_on_pairs(
     *,
     start_model: str | None = None,
     refinement: Refinement | None = None,
-    merge_lora: bool | None = None,
     on_reference=None,
     held_out: list[TokenizedPair] | None = None,
 ) -> tuple[dict[str, str], dict[str, Any]]:
@@ -296,7 +296,7 @@ def train_on_pairs(
         metrics["smoothed_fraction"] = counts["smoothed"] / max(counts["pairs"], 1)
     if policy.float32_masters:
         trainer.model.to(policy.saved_dtype)  # trained on float32 masters; saved as configured
-    outputs = save_outputs(config, trainer, tokenizer, out, merge_lora=merge_lora)
+    outputs = save_outputs(config, trainer, tokenizer, out)
     if distributed.is_main():
         if config.train.evaluate_after:
             # The main process's replica (DDP); under ZeRO-3 / FSDP set train.evaluate_after=false.
@@ -310,7 +310,7 @@ def train_on_pairs(
             for checkpoint in (out / CHECKPOINTS_DIRECTORY).glob("checkpoint-*"):
                 shutil.rmtree(checkpoint, ignore_errors=True)
         stage = out.name if out.name != TRAIN_STAGE else out.parent.name
-        for saved in {outputs.get("model"), outputs.get("adapter")} - {None}:
+        for saved in {outputs.get("model"), outputs.get("adapter"), outputs.get("merged")} - {None}:
             record_adapter_base(Path(saved), config, start_model)
             write_model_card(Path(saved), config, metrics, stage, start_model)
     if refinement is not None:
@@ -542,6 +542,7 @@ def print_summary(data_info: dict[str, Any], metrics: dict[str, Any], outputs: d
         ("wall time", f"{metrics['seconds']:.0f} s"),
         ("peak memory (RSS)", f"{metrics['peak_rss_gb']:.2f} GB"),
         ("model", outputs["model"]),
+        *([("merged model (model.lora.merge_on_save)", outputs["merged"])] if "merged" in outputs else []),
     ]
     for name, value in rows:
         if isinstance(value, float) and math.isnan(value):

@@ -195,7 +195,7 @@ class SoftDPOTrainer(Trainer):
     def _reference_reply_logits(self, model, inputs) -> torch.Tensor:
         batch = (inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"])
         reference = self.refinement.reference
-        if reference is None:  # LoRA: the reference is the policy with its adapter off
+        if reference is None:  # a fresh LoRA adapter: the reference is the policy with its adapter off
             core = self.accelerator.unwrap_model(model)
             if not hasattr(core, "disable_adapter"):
                 raise TrainingError("decoupled noise detection needs a reference model or a LoRA policy")

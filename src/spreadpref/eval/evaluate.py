@@ -89,7 +89,7 @@ def run_models(run_dir: Path, config: Config) -> list[EvalModel]:
     )
     for index in rounds:
         path = manifest.output(round_stage(index, TRAIN_STAGE), MODEL_DIRECTORY)
-        if (path / "config.json").is_file():
+        if weights_problem(path) is None:  # a full model, or a LoRA run's adapter
             models.append(EvalModel(round_name(index), str(path)))
         else:
             console.print(f"[yellow]{round_name(index)}'s model was pruned (loop.keep_models); not evaluated.[/]")
@@ -177,7 +177,7 @@ def generate_answers(
     out = out_dir / "answers" / f"{_file_name(model.name)}.jsonl"
     if out.is_file():
         return Sample.read(out)
-    policy = load_for_inference(config.model, model.path)
+    policy = load_for_inference(config.model, model.path, merge_adapter=True)
     console.print(f"Answering {len(prompts)} evaluation prompts with {model.name}")
     rows = generate_samples(
         policy, tokenizer, prompts, answer_settings(config), config.data, config.seed, out, round_index=0

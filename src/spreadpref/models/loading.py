@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 from huggingface_hub.utils import enable_progress_bars
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
@@ -230,6 +230,8 @@ def load_model(settings: ModelSettings, path: str | None = None, for_training: b
     quiet_transformers_bars()
     path = resolve_model_path(path or settings.name_or_path)
     _check_weights_present(path)
+    if is_adapter_directory(path):
+        return load_adapter_model(settings, path, for_training)
     dtype = torch.float32 if for_training and keeps_float32_master_weights(settings) else DTYPES[settings.dtype]
     kwargs: dict[str, Any] = {
         "dtype": dtype,
@@ -256,12 +258,52 @@ def load_model(settings: ModelSettings, path: str | None = None, for_training: b
     return model
 
 
-def load_for_inference(settings: ModelSettings, path: str | Path | None = None) -> torch.nn.Module:
-    """A model for generating and scoring: no LoRA attached, eval mode, on the configured device."""
+def load_for_inference(
+    settings: ModelSettings, path: str | Path | None = None, merge_adapter: bool = False
+) -> torch.nn.Module:
+    """A model for generating and scoring, in eval mode on the configured device. A LoRA adapter directory
+    loads as its base with the adapter on; ``merge_adapter`` folds it into the weights (faster to sample
+    from, but not bit-for-bit the numerics a training pass over the adapter has: scoring keeps it apart)."""
     model = load_model(settings, path=str(path) if path else None)
+    if merge_adapter and is_peft_model(model):
+        model = model.merge_and_unload()
     model.to(resolve_device(settings.device))
     model.eval()
     return model
+
+
+def is_adapter_directory(path: str | Path) -> bool:
+    """A saved peft adapter (adapter_config.json), as LoRA runs save every stage's policy."""
+    return is_local_path(str(path)) and (Path(path) / "adapter_config.json").is_file()
+
+
+def load_adapter_model(settings: ModelSettings, path: str, for_training: bool) -> torch.nn.Module:
+    """A LoRA adapter of the run on its base, ``model.name_or_path`` (pi_init): every stage of a LoRA run
+    trains the one adapter further, so pi_i is pi_init with round i's adapter and no full copy is written.
+    For training the adapter stays trainable (the next round continues it); otherwise it is frozen."""
+    if is_adapter_directory(resolve_model_path(settings.name_or_path)):
+        raise ModelLoadError(
+            f"model.name_or_path={settings.name_or_path} is a LoRA adapter; it must name a full model, the base "
+            f"LoRA stages train on (the adapter's own base is base_model_name_or_path in its adapter_config.json)"
+        )
+    base = load_model(settings.model_copy(update={"lora": settings.lora.model_copy(update={"enabled": False})}))
+    try:
+        model = PeftModel.from_pretrained(base, path, is_trainable=for_training)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise ModelLoadError(
+            f"{path} is a LoRA adapter that does not load on model.name_or_path={settings.name_or_path}, the base "
+            f"every adapter of a run sits on: {str(err)[:300]}"
+        ) from None
+    if for_training and settings.gradient_checkpointing:
+        model.enable_input_require_grads()  # checkpointed LoRA needs a grad path through frozen embeddings
+    return model
+
+
+def lora_is_identity(model: torch.nn.Module) -> bool:
+    """Whether a LoRA policy's adapter adds exactly nothing yet (every B matrix 0, as peft initialises it): then
+    the policy with its adapter on and off are the same model, bit for bit."""
+    lora_b = [p for name, p in model.named_parameters() if "lora_B" in name]
+    return bool(lora_b) and all(not p.detach().any() for p in lora_b)
 
 
 def weights_problem(path: str | Path) -> str | None:
@@ -272,6 +314,8 @@ def weights_problem(path: str | Path) -> str | None:
     if not directory.is_dir():
         return f"{directory} does not exist"
     weights = [*directory.glob("*.safetensors"), *directory.glob("*.bin"), *directory.glob("*.safetensors.index.json")]
+    if (directory / "adapter_config.json").is_file():  # a LoRA adapter: its base is named by the run's config
+        return None if weights else f"{directory} has an adapter_config.json but no adapter weights"
     if not (directory / "config.json").is_file():
         return f"{directory} has no config.json: not a Hugging Face model directory"
     if not weights:

@@ -6,21 +6,26 @@ batch by batch; see :mod:`spreadpref.models.sampling` for seeding and cut-off re
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib.util
+import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from spreadpref.config import GenerationSettings
+from transformers import AutoTokenizer
+
+from spreadpref.config import GenerationSettings, ModelSettings
 from spreadpref.data.artifacts import Sample
 from spreadpref.data.records import PromptRecord
-from spreadpref.models.loading import load_for_inference, resolve_model_path
+from spreadpref.models.loading import is_adapter_directory, load_for_inference, resolve_model_path
 from spreadpref.models.sampling import generate_samples, generate_samples_vllm
 from spreadpref.models.vllm_backend import VLLM_LOG
 from spreadpref.runtime import distributed
-from spreadpref.runtime.files import write_jsonl
+from spreadpref.runtime.files import temporary_name, write_jsonl
 from spreadpref.runtime.progress import console
 from spreadpref.spa.context import StageContext
 
@@ -51,6 +56,32 @@ def choose_backend(settings: GenerationSettings, prompts: int) -> BackendChoice:
     return BackendChoice("vllm", f"auto: vLLM is installed and the round has {prompts} prompts (>= {least})")
 
 
+@contextlib.contextmanager
+def full_model_directory(settings: ModelSettings, policy: str | Path, scratch: Path) -> Iterator[str]:
+    """A directory vLLM can load for ``policy``: the model itself, or for a LoRA adapter a temporary merged copy
+    in ``scratch`` (removed afterwards, and by the next run if this one is killed), so a LoRA run keeps no full
+    copy of any round's model."""
+    path = resolve_model_path(str(policy))
+    if not is_adapter_directory(path):
+        yield path
+        return
+    merged = Path(scratch) / temporary_name("policy", "merged")
+    shutil.rmtree(merged, ignore_errors=True)
+    try:
+        if distributed.is_main():
+            model = load_for_inference(settings, path, merge_adapter=True)
+            model.save_pretrained(merged)
+            AutoTokenizer.from_pretrained(path).save_pretrained(merged)
+            del model
+            gc.collect()
+        distributed.barrier()
+        yield str(merged)
+    finally:
+        distributed.barrier()
+        if distributed.is_main():
+            shutil.rmtree(merged, ignore_errors=True)
+
+
 def generate_stage(
     ctx: StageContext,
     prompts: list[PromptRecord],
@@ -75,19 +106,21 @@ def generate_stage(
         console.print(f"Generating with the {chosen} backend ({reason}).")
     started = time.perf_counter()
     if chosen == "vllm":
-        samples = generate_samples_vllm(
-            resolve_model_path(str(policy)),
-            ctx.tokenizer,
-            prompts,
-            config.generation,
-            config.data,
-            config.seed,
-            out,
-            ctx.round_index,
-            dtype=config.model.dtype,
-        )
+        with full_model_directory(config.model, policy, out.parent) as model_path:
+            samples = generate_samples_vllm(
+                model_path,
+                ctx.tokenizer,
+                prompts,
+                config.generation,
+                config.data,
+                config.seed,
+                out,
+                ctx.round_index,
+                dtype=config.model.dtype,
+            )
     else:
-        model = load_for_inference(config.model, policy)
+        # A LoRA policy is sampled with its adapter folded in: the same model, without the adapter's extra products.
+        model = load_for_inference(config.model, policy, merge_adapter=True)
         samples = generate_samples(
             model, ctx.tokenizer, prompts, config.generation, config.data, config.seed, out, ctx.round_index
         )

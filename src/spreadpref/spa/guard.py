@@ -21,7 +21,7 @@ from spreadpref.config import Config, JudgeSettings
 from spreadpref.data.tokenize import TokenizedPair
 from spreadpref.dpo.logprobs import forward_precision, training_precision
 from spreadpref.eval.stats import proportion, t_interval
-from spreadpref.models.loading import load_for_inference, resolve_model_path
+from spreadpref.models.loading import is_peft_model, load_for_inference
 from spreadpref.runtime import distributed
 from spreadpref.spa.judge import pair_outcomes
 
@@ -123,11 +123,12 @@ def measure_held_out_agreement(
     figures: dict[str, Any] = dict.fromkeys(MODEL_KEYS)
     if distributed.is_main() and held_out and Path(model).is_dir():
         policy = load_for_inference(config.model, model)
-        reference = load_for_inference(config.model, resolve_model_path(config.model.name_or_path))
+        adapter_off = is_peft_model(policy)  # a LoRA run's model is pi_init with an adapter: off, it is pi_init
+        reference = None if adapter_off else load_for_inference(config.model, config.model.name_or_path)
         # The same measurement whatever the judge: plain sums of log-probs, the judge's batch size only.
         settings = JudgeSettings(batch_size=config.judge.batch_size)
         with forward_precision(training_precision(config), next(policy.parameters()).device):
-            outcomes = pair_outcomes(policy, reference, held_out, settings, tokenizer.pad_token_id)
+            outcomes = pair_outcomes(policy, reference, held_out, settings, tokenizer.pad_token_id, adapter_off)
         agreement = proportion(sum(outcomes), len(outcomes))
         figures = {
             AGREEMENT_KEY: agreement["rate"],

@@ -40,7 +40,7 @@ from spreadpref.judges.implicit import (
     preference_probability,
     score_replies,
 )
-from spreadpref.models.loading import load_for_inference, load_tokenizer, resolve_model_path
+from spreadpref.models.loading import is_peft_model, load_for_inference, load_tokenizer, resolve_model_path
 from spreadpref.runtime import distributed
 from spreadpref.runtime.files import atomic_write_json, is_local_path, write_jsonl
 from spreadpref.runtime.progress import console
@@ -150,11 +150,15 @@ def judge_stage(
     started = time.perf_counter()
     policy = load_for_inference(config.model, paths.policy)
     needs_reference = paths.reference is not None and (kind == "implicit" or human is not None)
-    reference = load_for_inference(config.model, paths.reference) if needs_reference else None
+    # A LoRA pi_{i-1} is pi_init with an adapter: against pi_init, the reference is the same weights, adapter off.
+    adapter_off = needs_reference and is_peft_model(policy) and is_starting_model(config, paths.reference)
+    reference = load_for_inference(config.model, paths.reference) if needs_reference and not adapter_off else None
     extra = load_extra_models(config, paths, reference) if kind == "implicit" else ExtraModels()
     # pi_{i-1}'s log-probs become the round's DPO reference: computed under the training forward's precision.
     with forward_precision(training_precision(config), next(policy.parameters()).device):
-        judged = judge_samples(policy, reference if kind == "implicit" else None, samples, ctx, metadata, extra)
+        judged = judge_samples(
+            policy, reference if kind == "implicit" else None, samples, ctx, metadata, extra, adapter_off
+        )
     rules = PairingRules.from_settings(config.judge, config.refine.alpha)
     pairs, stats = pair_samples(samples, judged, config.train.beta, ctx.round_index, rules)
     if distributed.is_main():
@@ -163,7 +167,7 @@ def judge_stage(
     judge_seconds = time.perf_counter() - started
     metrics: dict[str, Any] = dict(vars(stats), judge_kind=kind)
     if human is not None and distributed.is_main():  # a few dozen pairs: not worth sharding
-        agreement = human_agreement(policy, reference, human, config.judge, ctx.tokenizer.pad_token_id)
+        agreement = human_agreement(policy, reference, human, config.judge, ctx.tokenizer.pad_token_id, adapter_off)
         atomic_write_json(ctx.path(SEED_AGREEMENT_FILE), agreement)
         metrics.update(agreement)
     del policy, reference, extra
@@ -180,6 +184,11 @@ def judge_stage(
         tokens_per_second=round(scored_tokens / max(judge_seconds, 1e-9), 1),
     )
     return JudgeResult(pairs, stats, metrics)
+
+
+def is_starting_model(config: Config, path: str | Path | None) -> bool:
+    """Whether ``path`` is the run's starting model, ``model.name_or_path`` (pi_init), the base of its adapters."""
+    return path is not None and str(path) == resolve_model_path(config.model.name_or_path)
 
 
 def standalone_models(config, policy: str | Path, reference: str | None) -> JudgeModels:
@@ -344,12 +353,14 @@ def judge_samples(
     ctx: StageContext,
     metadata: dict[str, dict[str, Any]] | None = None,
     extra: ExtraModels | None = None,
+    reference_is_adapter_off: bool = False,
 ) -> list[JudgedSample]:
     """judged.jsonl for ``config.judge.kind``: pi_{i-1} log-probs (the training reference) and the score."""
     config, pad = ctx.config, ctx.tokenizer.pad_token_id
     if config.judge.kind == "implicit":
+        out = ctx.path(JudgedSample.FILE)
         return score_samples(
-            policy, reference, samples, config.judge, pad, ctx.path(JudgedSample.FILE), ctx.round_index, extra=extra
+            policy, reference, samples, config.judge, pad, out, ctx.round_index, reference_is_adapter_off, extra
         )
     logps = score_samples(policy, None, samples, config.judge, pad, ctx.path(POLICY_LOGPS_FILE), ctx.round_index)
     judge = make_judge(config.judge, config.model, beta=config.train.beta, policy=policy, tokenizer=ctx.tokenizer)
@@ -549,6 +560,7 @@ def human_agreement(
     human: HumanLabels,
     settings: JudgeSettings,
     pad_token_id: int,
+    reference_is_adapter_off: bool = False,
 ) -> dict[str, Any]:
     """The self-judge against the human labels: on the seed pairs trained on, and on those held out."""
     figures: dict[str, Any] = {}
@@ -556,7 +568,7 @@ def human_agreement(
         if not pairs:
             figures.update({f"{name}_agreement": None, f"{name}_pairs": 0})
             continue
-        agreement = label_agreement(policy, reference, pairs, settings, pad_token_id)
+        agreement = label_agreement(policy, reference, pairs, settings, pad_token_id, reference_is_adapter_off)
         figures.update(
             {
                 f"{name}_agreement": agreement["rate"],

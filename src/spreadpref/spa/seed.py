@@ -103,7 +103,7 @@ def seed_stage(ctx: StageContext, seed: SeedPairs, on_reference=None) -> TrainRe
     # Copies: the reference log-probs get filled in on these pairs, not on the caller's.
     pairs = [dataclasses.replace(pair) for pair in seed.pairs]
     outputs, metrics = train_on_pairs(
-        config, ctx.tokenizer, pairs, ctx.directory, merge_lora=True, on_reference=on_reference, held_out=seed.held_out
+        config, ctx.tokenizer, pairs, ctx.directory, on_reference=on_reference, held_out=seed.held_out
     )
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     return TrainResult(ctx.directory, Path(outputs["model"]), metrics=metrics, outputs=outputs)

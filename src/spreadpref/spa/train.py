@@ -23,7 +23,7 @@ from spreadpref.dpo.refine import Refinement
 from spreadpref.dpo.train import TrainResult, train_on_pairs
 from spreadpref.errors import SpreadprefError
 from spreadpref.eval.labels import refinement_quality
-from spreadpref.models.loading import keeps_float32_master_weights, load_for_inference
+from spreadpref.models.loading import is_adapter_directory, keeps_float32_master_weights, load_for_inference
 from spreadpref.runtime.files import read_jsonl
 from spreadpref.runtime.layout import TRAIN_STAGE
 from spreadpref.runtime.progress import console
@@ -54,8 +54,10 @@ def round_refinement(ctx: StageContext, start: str | Path) -> Refinement | None:
     # drives, so both detectors are measured on the same pairs.
     measure_lam = config.refine.scheduled_lam(ctx.round_index) if config.judge.gold and lam == 0 else 0.0
     reference = None
-    if max(lam, measure_lam) > 0 and not config.model.lora.enabled:
-        # DND needs the reference's full logits: a frozen copy of pi_{i-1} (with LoRA, the adapter is switched off).
+    # DND needs the reference's full logits: a frozen copy of pi_{i-1}. A fresh LoRA adapter on pi_{i-1} adds
+    # nothing yet, so switching it off gives pi_{i-1} without a copy; an adapter carried on from the previous
+    # stage is part of pi_{i-1}, so the copy is pi_init with that adapter, frozen.
+    if max(lam, measure_lam) > 0 and (not config.model.lora.enabled or is_adapter_directory(start)):
         reference = load_for_inference(config.model, start)
         reference.requires_grad_(False)
     return Refinement(config.refine, lam=lam, reference=reference, measure_lam=measure_lam)
@@ -108,7 +110,7 @@ def train_stage(ctx: StageContext, start: str | Path, human: list[TokenizedPair]
     refinement = round_refinement(ctx, start)
     outputs, metrics = train_on_pairs(
         round_config(config), ctx.tokenizer, pairs, ctx.path(TRAIN_STAGE), start_model=str(start),
-        refinement=refinement, merge_lora=True,
+        refinement=refinement,
     )  # fmt: skip
     del refinement
     gc.collect()

@@ -7,7 +7,12 @@ from transformers import AutoModelForCausalLM
 from spreadpref.config import load_config
 from spreadpref.data.records import PromptRecord
 from spreadpref.models.loading import load_tokenizer
-from spreadpref.models.sampling import generate_samples, generation_batch_size, kv_bytes_per_token
+from spreadpref.models.sampling import (
+    batch_memory_bytes,
+    generate_samples,
+    generation_batch_size,
+    kv_bytes_per_token,
+)
 from spreadpref.runtime.layout import round_stage
 from spreadpref.spa.loop import stage_fingerprints
 
@@ -65,3 +70,42 @@ def test_the_memory_budget_shapes_the_generate_fingerprint_only_under_auto(tiny_
     assert generate_print("generation.batch_memory_gb=1") == generate_print("generation.batch_memory_gb=3")
     auto = "generation.batch_size=auto"
     assert generate_print(auto, "generation.batch_memory_gb=1") != generate_print(auto, "generation.batch_memory_gb=3")
+
+
+def test_on_a_gpu_auto_takes_half_of_the_memory_left_under_the_utilisation_cap(monkeypatch, tiny_model_dir):
+    gib = 2**30
+    # 80 GiB in all, 30 GiB in use (weights, other processes): under a 0.85 cap 38 GiB are left, half for batches.
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (50 * gib, 80 * gib))
+    config = settings(tiny_model_dir, "generation.batch_size=auto")
+    assert batch_memory_bytes(config.generation, torch.device("cuda")) == int(0.5 * (0.85 * 80 - 30) * gib)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (5 * gib, 80 * gib))  # past the cap
+    assert batch_memory_bytes(config.generation, torch.device("cuda")) == 0
+    # Nothing left still generates, one prompt at a time; a CPU keeps generation.batch_memory_gb.
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert generation_batch_size(config.generation, model.config, model.dtype, [[5] * 10] * 4, 96, 0) == 1
+    assert batch_memory_bytes(config.generation, torch.device("cpu")) == 2 * gib
+
+
+def test_a_given_batch_size_is_used_and_a_chosen_one_reported_before_generating(tiny_model_dir, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    config = settings(tiny_model_dir, "generation.batch_size=auto")
+    tokenizer = load_tokenizer(config.model)
+    prompts = [PromptRecord(id=f"p{i}", prompt=[{"role": "user", "content": "x " * (i + 1)}]) for i in range(6)]
+    reported = []
+    chosen = generate_samples(
+        model,
+        tokenizer,
+        prompts,
+        config.generation,
+        config.data,
+        1,
+        tmp_path / "a.jsonl",
+        on_batch_size=reported.append,
+    )
+    assert reported == [6]
+    given = generate_samples(
+        model, tokenizer, prompts, config.generation, config.data, 1, tmp_path / "b.jsonl", batch_size=2
+    )
+    fixed = settings(tiny_model_dir, "generation.batch_size=2")
+    two = generate_samples(model, tokenizer, prompts, fixed.generation, fixed.data, 1, tmp_path / "c.jsonl")
+    assert [s.reply_ids for s in given] == [s.reply_ids for s in two] != [s.reply_ids for s in chosen]

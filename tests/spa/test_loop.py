@@ -180,3 +180,32 @@ def test_llm_as_judge_baseline_runs_a_round_with_the_policy_as_judge(tiny_model_
     assert pairs and all(p["p"] >= 0.5 for p in pairs)
     summary = json.loads((out / SUMMARY_FILE).read_text())
     assert summary["rounds"]["1"]["judge_kind"] == "llm" and summary["rounds"]["1"]["seed_agreement"] is None
+
+
+def test_a_resumed_generate_stage_keeps_the_batch_size_it_started_with(tiny_model_dir, tmp_path):
+    from spreadpref.data.records import PromptRecord
+    from spreadpref.models.loading import load_tokenizer
+    from spreadpref.spa import loop
+    from spreadpref.spa.context import StageContext
+
+    config = load_config(None, [f"model.name_or_path={tiny_model_dir}", "generation.batch_size=auto"])
+    config = config.model_copy(update={"generation": config.generation.model_copy(update={"max_new_tokens": 12})})
+    tokenizer = load_tokenizer(config.model)
+    prompts = [PromptRecord(id=f"p{i}", prompt=[{"role": "user", "content": "x " * (i + 1)}]) for i in range(6)]
+    name = round_stage(1, "generate")
+
+    def generate(directory, fp, recorded=None):
+        manifest = Manifest(directory)
+        if recorded is not None:  # a stage that started with this size and was killed
+            manifest.start(name, fp)
+            manifest.update(name, generation_batch_size=recorded)
+        ctx = StageContext(config, tokenizer, directory / round_name(1), 1)
+        samples = loop._generate(ctx, prompts, tiny_model_dir, manifest, fp, {})
+        return [s.reply_ids for s in samples], Manifest(directory).stage(name)["generation_batch_size"]
+
+    fresh, size = generate(tmp_path / "a", "fp")
+    assert size == 6  # all six prompts fit the CPU budget: recorded before generating
+    resumed, kept = generate(tmp_path / "b", "fp", recorded=2)
+    assert kept == 2 and resumed != fresh  # the recorded size decides the batches, and so their seeds
+    again, _ = generate(tmp_path / "c", "fp", recorded=2)
+    assert again == resumed

@@ -182,11 +182,13 @@ class GenerationSettings(Section):
     batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(
         8,
         description="Prompts per generation batch (x num_samples sequences). auto: as many as a KV cache of "
-        "generation.batch_memory_gb holds (reckoned from the model's shape, so every machine and every resume "
-        "draws the same batches); all of the round's prompts when they fit.",
+        "generation.batch_memory_gb holds on a CPU (reckoned from the model's shape, so every machine draws the "
+        "same batches), and on a GPU of half the memory left free under generation.gpu_memory_utilization once "
+        "the model is loaded; all of the round's prompts when they fit. A resumed stage keeps the size it "
+        "started with (the manifest records it).",
     )
     batch_memory_gb: float = Field(
-        2.0, gt=0, description="With batch_size=auto: the memory a batch's KV cache and logits may take."
+        2.0, gt=0, description="With batch_size=auto on a CPU: the memory a batch's KV cache and logits may take."
     )
     backend: Literal["hf", "vllm", "auto"] = Field(
         "hf",
@@ -200,4 +202,9 @@ class GenerationSettings(Section):
         "docs/performance.md).",
     )
     tensor_parallel_size: int = Field(1, gt=0, description="vllm backend: GPUs per model copy.")
-    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0, description="vllm backend: share of GPU memory.")
+    gpu_memory_utilization: float = Field(
+        0.85,
+        gt=0.0,
+        le=1.0,
+        description="Share of the GPU's memory generation may use: vLLM's engine, or batch_size=auto (hf).",
+    )

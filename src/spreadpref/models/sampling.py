@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from spreadpref.models.vllm_backend import (
     prompt_seeds,
     run_vllm,
 )
+from spreadpref.runtime import distributed
 from spreadpref.runtime.units import run_in_parts
 
 
@@ -118,19 +120,41 @@ def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
     return 2 * config.num_hidden_layers * kv_heads * head_dim * dtype.itemsize
 
 
+# On a GPU, the share of the memory left free (under generation.gpu_memory_utilization) that a batch's KV cache
+# and logits may take with batch_size=auto; the rest is for the prefill's activations and fragmentation.
+GPU_BATCH_SHARE = 0.5
+
+
+def batch_memory_bytes(settings: GenerationSettings, device: torch.device) -> int:
+    """What a generation batch may take with ``batch_size=auto``: ``generation.batch_memory_gb`` on a CPU (the
+    machine's memory is not the limit there, speed is); on a GPU, half of what is still free once the model is
+    loaded, under ``generation.gpu_memory_utilization`` of the whole."""
+    if device.type != "cuda":
+        return int(settings.batch_memory_gb * 2**30)
+    free, total = torch.cuda.mem_get_info(device)
+    headroom = settings.gpu_memory_utilization * total - (total - free)
+    return max(int(GPU_BATCH_SHARE * headroom), 0)
+
+
 def generation_batch_size(
-    settings: GenerationSettings, model_config: Any, dtype: torch.dtype, prompt_ids: list[list[int]], max_length: int
+    settings: GenerationSettings,
+    model_config: Any,
+    dtype: torch.dtype,
+    prompt_ids: list[list[int]],
+    max_length: int,
+    memory_bytes: int | None = None,
 ) -> int:
     """``generation.batch_size``, or with ``auto`` the most prompts whose sequences' KV cache and logits fit in
-    ``generation.batch_memory_gb``, in batches of even size. Reckoned from the model's shape and the
-    configuration alone (never from the memory free at the time), so that a resumed round cuts the same
-    batches as the run it resumes."""
+    ``memory_bytes`` (default ``generation.batch_memory_gb``), in batches of even size (at least one prompt).
+    The caller records the size a stage started with, so that a resumed stage cuts the same batches whatever
+    memory is free then."""
     if settings.batch_size != "auto":
         return settings.batch_size
+    budget = int(settings.batch_memory_gb * 2**30) if memory_bytes is None else memory_bytes
     config = model_config.get_text_config()
     longest = min(max(len(ids) for ids in prompt_ids) + settings.max_new_tokens, max_length)
     per_sequence = kv_bytes_per_token(config, dtype) * longest + 3 * 4 * config.vocab_size  # + float32 logits
-    fitting = max(1, int(settings.batch_memory_gb * 2**30 // (per_sequence * settings.num_samples)))
+    fitting = max(1, int(budget // (per_sequence * settings.num_samples)))
     batches = math.ceil(len(prompt_ids) / fitting)
     return math.ceil(len(prompt_ids) / batches)  # batches of even size: no short last batch
 
@@ -173,15 +197,24 @@ def generate_samples(
     seed: int,
     out_file: Path,
     round_index: int = 0,
+    batch_size: int | None = None,
+    on_batch_size: Callable[[int], None] | None = None,
 ) -> list[Sample]:
-    """Sample ``settings.num_samples`` replies per prompt with ``model.generate``; samples in prompt order."""
+    """Sample ``settings.num_samples`` replies per prompt with ``model.generate``; samples in prompt order.
+
+    ``batch_size``: the prompts per batch a resumed stage started with (it decides the batches, and so each
+    batch's seed); without it the size is chosen here and handed to ``on_batch_size`` before any batch runs."""
     prompt_ids = prepare_prompt_ids(tokenizer, prompts, data)
     weights = next(model.parameters())
-    batches = prompt_batches(
-        prompt_ids, generation_batch_size(settings, model.config, weights.dtype, prompt_ids, data.max_length)
-    )
-    stops = stop_token_ids(tokenizer, model.generation_config)
     device = weights.device
+    if batch_size is None:
+        memory = batch_memory_bytes(settings, device)
+        size = generation_batch_size(settings, model.config, weights.dtype, prompt_ids, data.max_length, memory)
+        batch_size = distributed.broadcast_object(size)  # free memory differs per GPU; the batches must not
+        if on_batch_size is not None:
+            on_batch_size(batch_size)
+    batches = prompt_batches(prompt_ids, batch_size)
+    stops = stop_token_ids(tokenizer, model.generation_config)
     pad = tokenizer.pad_token_id
 
     def process(batch_index: int, indices: list[int]) -> list[Sample]:

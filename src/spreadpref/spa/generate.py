@@ -11,7 +11,7 @@ import gc
 import importlib.util
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -89,12 +89,16 @@ def generate_stage(
     out_file: Path | None = None,
     write_prompts: bool = True,
     backend: BackendChoice | None = None,
+    batch_size: int | None = None,
+    on_batch_size: Callable[[int], None] | None = None,
 ) -> GenerateResult:
     """Sample ``generation.num_samples`` replies per prompt from ``policy`` into ``out_file``.
 
     ``out_file`` defaults to the context's generations.jsonl; ``write_prompts`` also records the
     prompts beside it (the loop does, to show what each round saw). ``backend`` is the choice the
     caller already made (a resumed stage keeps the backend it started with); by default it is made here.
+    ``batch_size`` and ``on_batch_size``: the prompts per batch a resumed stage started with, and where a new
+    stage reports the size it chose (see :func:`~spreadpref.models.sampling.generate_samples`).
     """
     config = ctx.config
     out = out_file or ctx.path(Sample.FILE)
@@ -122,7 +126,16 @@ def generate_stage(
         # A LoRA policy is sampled with its adapter folded in: the same model, without the adapter's extra products.
         model = load_for_inference(config.model, policy, merge_adapter=True)
         samples = generate_samples(
-            model, ctx.tokenizer, prompts, config.generation, config.data, config.seed, out, ctx.round_index
+            model,
+            ctx.tokenizer,
+            prompts,
+            config.generation,
+            config.data,
+            config.seed,
+            out,
+            ctx.round_index,
+            batch_size=batch_size,
+            on_batch_size=on_batch_size,
         )
         del model
         gc.collect()

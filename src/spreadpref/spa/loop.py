@@ -74,6 +74,7 @@ from spreadpref.spa.plan import (
 from spreadpref.spa.schedule import round_sizes, schedule_prompts
 from spreadpref.spa.summary import print_round_table, read_summary, write_summary
 
+BATCH_SIZE_KEY = "generation_batch_size"  # in a generate stage's manifest entry: the prompts per batch it drew
 HUMAN_AGREEMENT_KEYS = (
     "held_out_agreement",
     "held_out_agreement_ci",
@@ -280,7 +281,16 @@ def _generate(
     else:
         backend = generate.choose_backend(ctx.config.generation, len(prompts))
     manifest.start(name, fp, backend=backend.name, backend_reason=backend.reason)
-    result = generate.generate_stage(ctx, prompts, policy, backend=backend)
+    # batch_size=auto on a GPU follows the memory free at the start: a resumed stage keeps the size it started
+    # with, since the batches decide each batch's seed.
+    result = generate.generate_stage(
+        ctx,
+        prompts,
+        policy,
+        backend=backend,
+        batch_size=(manifest.stage(name) or {}).get(BATCH_SIZE_KEY),
+        on_batch_size=lambda size: manifest.update(name, **{BATCH_SIZE_KEY: size}),
+    )
     manifest.complete(name, outputs={"generations": str(ctx.path(Sample.FILE))}, metrics=result.metrics)
     row.update(
         generate_backend=result.metrics["backend"],

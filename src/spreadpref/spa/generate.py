@@ -109,34 +109,15 @@ def generate_stage(
     if config.generation.backend == "auto":
         console.print(f"Generating with the {chosen} backend ({reason}).")
     started = time.perf_counter()
+    # What both engines are given besides the model: the prompts, the settings, the seed and where parts go.
+    task = (ctx.tokenizer, prompts, config.generation, config.data, config.seed, out, ctx.round_index)
     if chosen == "vllm":
         with full_model_directory(config.model, policy, out.parent) as model_path:
-            samples = generate_samples_vllm(
-                model_path,
-                ctx.tokenizer,
-                prompts,
-                config.generation,
-                config.data,
-                config.seed,
-                out,
-                ctx.round_index,
-                dtype=config.model.dtype,
-            )
+            samples = generate_samples_vllm(model_path, *task, dtype=config.model.dtype)
     else:
         # A LoRA policy is sampled with its adapter folded in: the same model, without the adapter's extra products.
         model = load_for_inference(config.model, policy, merge_adapter=True)
-        samples = generate_samples(
-            model,
-            ctx.tokenizer,
-            prompts,
-            config.generation,
-            config.data,
-            config.seed,
-            out,
-            ctx.round_index,
-            batch_size=batch_size,
-            on_batch_size=on_batch_size,
-        )
+        samples = generate_samples(model, *task, batch_size=batch_size, on_batch_size=on_batch_size)
         del model
         gc.collect()
     seconds = time.perf_counter() - started

@@ -10,7 +10,11 @@ with LoRA, SmolLM2-1.7B; random weights initialised on the GPU, a BPE tokenizer 
 size trained in seconds) it runs the default `spreadpref run` (seed stage + 2 rounds of 32 prompts) in
 bf16 weights with bf16 autocast, and records each stage's seconds and tokens/s, the peak GPU memory,
 and two checks: every stage completes with finite losses, and the first step of each training stage has
-margin 0 and loss ln 2 (the stage's reference is its starting policy). Then benchmarks/bench_train.py
+margin 0 and loss ln 2 (the stage's reference is its starting policy). Each generate stage's tokens/s is put
+beside the memory-bandwidth bound of its decode step (scripts/decode_bound.py: weights + KV cache read once
+per step, at the bandwidth measured on the device), and on the first shape transformers' `generate` runs with
+a dynamic cache, a static cache and a static cache with a compiled step (CUDA graphs) side by side. Then
+benchmarks/bench_train.py
 times one epoch of the first shape's round-1 pairs against TRL's DPOTrainer (default and precomputed
 reference). Shapes that would start after ``--budget-minutes`` are skipped and said so. Writes
 gpu_check.json and gpu_check.md to ``--out-dir`` after every shape; exit 1 if a check failed.
@@ -28,6 +32,11 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import decode_bound  # noqa: E402 - scripts/ is not a package
+
+from spreadpref.config import load_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE_RUNS = {  # shape name -> (model shape, extra overrides)
@@ -51,6 +60,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget-minutes", type=float, default=8.0, help="no shape starts after this")
     parser.add_argument("--trl-reps", type=int, default=2, help="repetitions of each side against TRL (0: none)")
     parser.add_argument("--keep-models", action="store_true", help="keep the random models (a 7B one is 13 GB)")
+    parser.add_argument(
+        "--no-cache-engines",
+        dest="cache_engines",
+        action="store_false",
+        help="skip generate's dynamic / static / compiled-static cache side by side on the first shape",
+    )
     args = parser.parse_args(argv)
     args.shapes = args.shapes or (["135m", "7b-lora", "1.7b"] if args.device == "cuda" else ["tiny"])
     return args
@@ -148,7 +163,11 @@ def check_shape(args: argparse.Namespace, name: str, deadline: float) -> dict[st
     }
     if done.returncode != 0:
         return {**result, "passed": False, "error": f"exit {done.returncode}: {done.stderr[-2000:]}"}
-    return {**result, "parameters": parameter_count(model_dir), **run_figures(out)}
+    figures = {**result, "parameters": parameter_count(model_dir), **run_figures(out)}
+    if args.bandwidth:
+        samples = load_config(str(out / "config.yaml")).generation.num_samples
+        figures["decode"] = decode_bound.bound_rows(out, model_dir, samples, args.bandwidth)
+    return figures
 
 
 def parameter_count(model_dir: Path) -> int:
@@ -248,12 +267,48 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {name} | | peak GPU memory {shape['peak_gpu_memory_gb']} GB; model built in {shape['model_seconds']} s; "
             f"checks {'passed' if shape['passed'] else 'FAILED'} | | |"
         )
+    lines += decode_lines(report)
     trl = report.get("trl")
     if trl and trl.get("markdown"):
         lines += ["", trl["markdown"]]
     elif trl:
         lines += ["", f"TRL benchmark: {trl.get('error', trl.get('skipped'))}"]
     return "\n".join(lines) + "\n"
+
+
+def _share(value: float | None) -> str:
+    return "" if value is None else f"{value:.1%}"
+
+
+def decode_lines(report: dict[str, Any]) -> list[str]:
+    """Generation against the decode step's memory-bandwidth bound, and generate's KV-cache engines."""
+    bandwidth = report["environment"].get("bandwidth_gb_s")
+    rows = [(name, row) for name, shape in report["shapes"].items() for row in shape.get("decode", [])]
+    lines = []
+    if rows:
+        lines += [
+            "",
+            f"Generation against the decode step's bound (weights + KV cache read once per step at the measured "
+            f"{bandwidth} GB/s):",
+            "",
+            "| shape | stage | sequences per step | mean context | tokens/s | bound tokens/s | share |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {name} | {r['stage']} | {r['rows_per_step']} | {r['mean_context']} | {r['tokens_per_second']} | "
+            f"{r['bound_tokens_per_second']:,.0f} | {_share(r['share_of_bound'])} |"
+            for name, r in rows
+        ]
+    engines = report.get("cache_engines")
+    if engines:
+        lines += ["", f"`generate`'s KV-cache engines on {engines['shape']} (32 prompts x 64 greedy tokens):", ""]
+        lines += ["| engine | tokens/s |", "|---|---|"]
+        lines += [
+            f"| {side} | {row.get('tokens_per_second', row.get('error'))} |"
+            for side, row in engines.items()
+            if side != "shape"
+        ]
+    return lines
 
 
 def failure_reasons(report: dict[str, Any]) -> str:
@@ -282,7 +337,11 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu-check: torch sees no CUDA device; install the CUDA build of torch for your driver first.")
         return 2
     deadline = time.time() + args.budget_minutes * 60
-    report: dict[str, Any] = {"environment": environment(args), "shapes": {}}
+    args.bandwidth = decode_bound.measured_bandwidth(torch.device(args.device))
+    report: dict[str, Any] = {
+        "environment": {**environment(args), "bandwidth_gb_s": round(args.bandwidth / 1e9, 1)},
+        "shapes": {},
+    }
     for position, name in enumerate(args.shapes):
         if time.time() > deadline:
             report["shapes"][name] = {"skipped": f"not started: past --budget-minutes {args.budget_minutes}"}
@@ -290,6 +349,14 @@ def main(argv: list[str] | None = None) -> int:
             report["shapes"][name] = check_shape(args, name, deadline)
             print(json.dumps({name: report["shapes"][name]}, indent=1)[:3000], flush=True)
         write(args, report)
+        if position == 0 and "stages" in report["shapes"][name] and args.cache_engines:
+            dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+            model_dir = args.out_dir / "models" / SHAPE_RUNS[name][0]
+            report["cache_engines"] = {
+                "shape": name,
+                **decode_bound.cache_engines(model_dir, torch.device(args.device), dtype),
+            }
+            write(args, report)
         if position == 0 and args.trl_reps > 0:
             first = report["shapes"][name]
             report["trl"] = (

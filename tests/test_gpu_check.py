@@ -26,6 +26,13 @@ def test_the_cpu_path_runs_every_stage_checks_the_first_steps_and_compares_with_
     assert set(tiny["training_checks"]) == {"seed", round_stage(1, "train"), round_stage(2, "train")}
     assert report["trl"]["check"]["passed"] and set(report["trl"]["speedup"]) == {"trl-default", "trl-precompute"}
     assert "| tiny |" in (out / "gpu_check.md").read_text()
+    # Generation beside the decode step's bandwidth bound, per generate stage; generate's cache engines side by side.
+    assert report["environment"]["bandwidth_gb_s"] > 0
+    assert [row["stage"] for row in tiny["decode"]] == [round_stage(r, "generate") for r in (1, 2)]
+    assert all(0 < row["share_of_bound"] < 1 and row["rows_per_step"] == 4 * 2 for row in tiny["decode"])
+    engines = report["cache_engines"]
+    assert set(engines) == {"shape", "dynamic cache", "static cache", "static cache, compiled step"}
+    assert all("tokens_per_second" in row or "error" in row for side, row in engines.items() if side != "shape")
     assert not (out / "models" / "tiny").exists()  # the random model is removed unless --keep-models
 
 
@@ -64,3 +71,13 @@ def test_without_trl_the_comparison_is_skipped_and_said_not_a_failure(gpu_check,
     assert "passed" in text.splitlines()[0] and "TRL is not installed" in text
     failed = dict(report, passed=False, shapes={"tiny": {**report["shapes"]["tiny"], "passed": False}})
     assert "FAILED: checks failed for tiny" in gpu_check.markdown(failed).splitlines()[0]
+
+
+def test_the_decode_bound_by_hand():
+    decode_bound = load_script(SCRIPTS / "decode_bound.py", "decode_bound")
+
+    # 1 GB of weights, 100 KB of KV cache per token, 10 sequences at context 100, 1 TB/s:
+    # a step reads 1e9 + 10 x 100 x 1e5 = 1.1e9 bytes for 10 tokens.
+    assert decode_bound.decode_bound(10**9, 10**5, 10, 100, 10**12) == pytest.approx(10 * 10**12 / 1.1e9)
+    # One sequence with no cache to read: the weights alone, bandwidth / weight bytes steps a second.
+    assert decode_bound.decode_bound(10**9, 10**5, 1, 0, 10**12) == pytest.approx(1000)

@@ -209,3 +209,15 @@ def test_a_resumed_generate_stage_keeps_the_batch_size_it_started_with(tiny_mode
     assert kept == 2 and resumed != fresh  # the recorded size decides the batches, and so their seeds
     again, _ = generate(tmp_path / "c", "fp", recorded=2)
     assert again == resumed
+
+
+def test_a_run_reads_the_seed_pairs_once(tiny_model_dir, loop_data, tmp_path, monkeypatch):
+    from spreadpref.spa import seed as seed_module
+
+    calls = []
+    real = seed_module.load_training_preferences
+    monkeypatch.setattr(seed_module, "load_training_preferences", lambda data: calls.append(1) or real(data))
+    seed, prompts = loop_data
+    overrides = loop_overrides(tiny_model_dir, seed, prompts, tmp_path / "run") + ["loop.rounds=1"]
+    run(load_config(None, overrides + ["loop.prompts_per_round=[4]", "generation.max_new_tokens=4"]))
+    assert len(calls) == 1  # the pool's filter and the seed stage share one read of data.train

@@ -115,8 +115,11 @@ def _run_locked(config: Config, root: Path, force: bool) -> RunResult:
         skip_invalid=config.data.skip_invalid,
         system_prompt=config.data.system_prompt,
     )
+    # data.train is read once, for the pool's filter and for the seed pairs.
+    seed_records = None
     if config.loop.seed_stage or config.loop.replay_fraction > 0:  # the runs that read data.train
-        pool, shared = seed.without_seed_prompts(config, pool)
+        seed_records = seed.read_seed_records(config)
+        pool, shared = seed.without_seed_prompts(seed_records[0], pool)
         if shared:
             console.print(
                 f"[yellow]{shared} prompts of {config.data.prompts} are prompts of the seed pairs ({config.data.train}):"
@@ -162,7 +165,7 @@ def _run_locked(config: Config, root: Path, force: bool) -> RunResult:
     summary = read_summary(root) or {"rounds": {}}
     summary["schedule"] = sizes
     if config.loop.seed_stage:
-        seed_pairs = seed.load_seed_pairs(config, tokenizer)
+        seed_pairs = seed.load_seed_pairs(config, tokenizer, seed_records)
         console.print(seed_pairs.info["loaded"])
         for reason in seed_pairs.info["skip_reasons"]:
             console.print(f"  skipped: {reason}")
@@ -172,7 +175,7 @@ def _run_locked(config: Config, root: Path, force: bool) -> RunResult:
                 console.print(f"[yellow]{changed}[/]")
         models = {0: _seed(config, tokenizer, seed_pairs, manifest, fingerprints[SEED_STAGE], summary)}
     else:  # experience replay still reads the seed pairs (data.train), when the user gives them
-        seed_pairs = seed.load_seed_pairs(config, tokenizer) if config.loop.replay_fraction > 0 else None
+        seed_pairs = seed.load_seed_pairs(config, tokenizer, seed_records) if config.loop.replay_fraction > 0 else None
         models = {0: Path(resolve_model_path(config.model.name_or_path))}
         summary["seed"] = None
         console.print(f"No seed stage (loop.seed_stage=false): pi_0 is {config.model.name_or_path}.")

@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerBase, set_seed
 
 from spreadpref.config import Config
 from spreadpref.data.loading import load_training_preferences
-from spreadpref.data.records import PromptRecord
+from spreadpref.data.records import LoadReport, PreferenceRecord, PromptRecord
 from spreadpref.data.sanity import check_records
 from spreadpref.data.tokenize import TokenizedPair, tokenize_pairs
 from spreadpref.dpo.held_out import content_rank, split_held_out
@@ -51,18 +51,30 @@ def prompt_key(messages: list[dict[str, str]]) -> str:
     return json.dumps([[m["role"], m["content"].strip()] for m in messages])
 
 
-def without_seed_prompts(config: Config, pool: list[PromptRecord]) -> tuple[list[PromptRecord], int]:
+def read_seed_records(config: Config) -> tuple[list[PreferenceRecord], LoadReport]:
+    """The records of ``data.train`` and what loading them kept and skipped: read once per run, for the prompt
+    pool's filter and for the seed pairs."""
+    return load_training_preferences(config.data)
+
+
+def without_seed_prompts(
+    seed_records: list[PreferenceRecord], pool: list[PromptRecord]
+) -> tuple[list[PromptRecord], int]:
     """(pool, how many were dropped): the prompt pool without the seed pairs' prompts, so that no round samples,
     judges and trains on the prompt of a human pair, above all a held-out one."""
-    records, _ = load_training_preferences(config.data)
-    seed_prompts = {prompt_key(record.prompt) for record in records}
+    seed_prompts = {prompt_key(record.prompt) for record in seed_records}
     kept = [record for record in pool if prompt_key(record.prompt) not in seed_prompts]
     return kept, len(pool) - len(kept)
 
 
-def load_seed_pairs(config: Config, tokenizer: PreTrainedTokenizerBase) -> SeedPairs:
-    """The seed pairs of ``data.train``, tokenised, and split into trained and held out."""
-    records, report = load_training_preferences(config.data)
+def load_seed_pairs(
+    config: Config,
+    tokenizer: PreTrainedTokenizerBase,
+    loaded: tuple[list[PreferenceRecord], LoadReport] | None = None,
+) -> SeedPairs:
+    """The seed pairs of ``data.train`` (or of ``loaded``, its records as :func:`read_seed_records` read them),
+    tokenised, and split into trained and held out."""
+    records, report = loaded or read_seed_records(config)
     pairs, truncation = tokenize_pairs(tokenizer, records, config.data.max_length, config.data.max_prompt_length)
     trained, held_out = split_seed_pairs(pairs, config.data.seed_holdout, config.seed)
     info = {

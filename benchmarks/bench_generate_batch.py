@@ -17,7 +17,6 @@ import hashlib
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 
 SIDES = ["batch-8", "auto"]
-
-
-def matmul_flops_per_second(size: int = 2048, repeats: int = 10) -> float:
-    """What the threads compute at best: a large float32 matrix product, after a warm-up."""
-    import torch
-
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    for _ in range(2):
-        a @ b
-    started = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * size**3 * repeats / (time.perf_counter() - started)
 
 
 def worker(side: str, args) -> dict[str, Any]:
@@ -55,7 +41,7 @@ def worker(side: str, args) -> dict[str, Any]:
     model = common.load_eval(config.model.name_or_path, args)
     prompt_ids = prepare_prompt_ids(tokenizer, prompts, config.data)
     size = generation_batch_size(config.generation, model.config, model.dtype, prompt_ids, config.data.max_length)
-    peak = matmul_flops_per_second() if args.device == "cpu" else None
+    peak = common.matmul_flops_per_second() if args.device == "cpu" else None
     with tempfile.TemporaryDirectory() as tmp, common.Timer(args.device) as timer:
         samples = generate_samples(
             model, tokenizer, prompts, config.generation, config.data, config.seed, Path(tmp) / "samples.jsonl", 1

@@ -347,6 +347,19 @@ def run_benchmark(
     return 0
 
 
+def matmul_flops_per_second(size: int = 2048, repeats: int = 10) -> float:
+    """What the threads compute at best: a large float32 matrix product, after a warm-up (the compute limit)."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(2):
+        a @ b
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - started)
+
+
 def summary(values: Sequence[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 

@@ -406,18 +406,24 @@ def run_variant(args, model: str, seed_file: Path, seed: int, variant: str) -> P
     return out
 
 
+def judge_overrides(variant: str) -> list[str]:
+    """A variant's settings of the judge stage: variants that share them can share its output."""
+    return sorted(o for o in VARIANTS[variant] if o.startswith("judge."))
+
+
 def run_seed(args, model: str, seed_file: Path, seed: int) -> dict[str, Path]:
     dirs: dict[str, Path] = {}
     first = args.variants[0]
     for variant in args.variants:
         out = args.work / f"seed-{seed}" / variant
         if variant != first and variant != "no_seed":  # no_seed starts from pi_init: nothing to share
-            # Seed stage and round-1 samples depend only on the seed; SPA variants also share round-1 judging.
+            # Seed stage and round-1 samples depend only on the seed; SPA variants with the same judge settings
+            # also share round-1 judging (spa_length_replay's length penalty pairs differently: it judges anew).
             shared = ["seed", "round-1/generate"]
             source = dirs[first]
-            spa = [v for v in dirs if v.startswith("spa_")]
-            if variant.startswith("spa_") and spa:
-                shared, source = shared + ["round-1/judge"], dirs[spa[0]]
+            same_judge = [v for v in dirs if v.startswith("spa_") and judge_overrides(v) == judge_overrides(variant)]
+            if variant.startswith("spa_") and same_judge:
+                shared, source = shared + ["round-1/judge"], dirs[same_judge[0]]
             share_stages(source, out, shared)
         dirs[variant] = run_variant(args, model, seed_file, seed, variant)
     return dirs

@@ -173,3 +173,16 @@ def test_the_guards_choice_is_the_best_held_out_model():
     }
     assert spread.guard_choice(summary, 2) == 1
     assert spread.guard_choice({"seed": None, "rounds": {"1": {}}}, 1) == 1  # nothing measured: the last
+
+
+def test_only_variants_with_the_same_judge_settings_share_round_one_judging(spread, monkeypatch, tmp_path):
+    args = spread.parse_args(["--init", "sft", "--seeds", "0", "--rounds", "1", "--work", str(tmp_path)])
+    args.variants = ["spa_dnd", "spa_length_replay", "spa_direct"]
+    shared = {}
+    monkeypatch.setattr(
+        spread, "share_stages", lambda source, target, stages: shared.update({target.name: (source.name, stages)})
+    )
+    monkeypatch.setattr(spread, "run_variant", lambda args, model, seed_file, seed, variant: tmp_path / variant)
+    spread.run_seed(args, "model", tmp_path / "seed.jsonl", 0)
+    assert shared["spa_length_replay"] == ("spa_dnd", ["seed", "round-1/generate"])  # its length penalty pairs anew
+    assert shared["spa_direct"] == ("spa_dnd", ["seed", "round-1/generate", "round-1/judge"])

@@ -269,3 +269,19 @@ def test_version_prints_the_package_and_library_versions():
 
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.startswith(f"spreadpref {__version__} (torch ")
+
+
+def test_eval_elsewhere_says_the_run_report_keeps_its_own_evaluation(tmp_path, monkeypatch):
+    from spreadpref.eval import evaluate as evaluate_module
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    load_config(None, []).save(run_dir / CONFIG_FILE)
+    answered = []
+    monkeypatch.setattr(evaluate_module, "evaluate", lambda cfg, targets, out, force=False: answered.append(out))
+    result = runner.invoke(app, ["eval", str(run_dir), "-o", str(tmp_path / "other")], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    assert answered == [tmp_path / "other"]
+    text = " ".join(result.output.split())
+    assert "shows the evaluation in" in text and "is in its own eval.md" in text
+    assert not (run_dir / "report.md").exists()  # the run's report is not rewritten for an evaluation elsewhere

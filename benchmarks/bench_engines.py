@@ -1,4 +1,6 @@
-"""Generation engines on the CPU: today's ``generate_samples`` against other engines, side by side (issue 38).
+"""Generation engines on the CPU: today's ``generate_samples`` (``hf``: spreadpref's own decode loop) against
+transformers' ``generate`` (``hf-generate``, the engine before; with a static cache; compiled) and other
+engines, side by side (issue 38).
 
 Every side draws K=2 replies (temperature 0.7, full vocabulary, at most 128 new tokens) for the same first
 ``--prompts`` bundled prompts, as token ids rendered exactly as ``spreadpref.models.sampling.prepare_prompt_ids``
@@ -76,10 +78,12 @@ def convert_openvino_genai(python: str, hf_dir: str, out: Path) -> list[str]:
 
 
 HF_SAMPLER = "exact: temperature over the full vocabulary, torch.multinomial (top_k unset, top_p 1.0)"
+DECODE_SAMPLER = "exact: temperature over the full vocabulary, one uniform draw per row and step (inverse CDF)"
 SIDES = {
     side.name: side
     for side in [
-        Side("hf", "transformers", None, (), HF_SAMPLER),
+        Side("hf", "transformers", None, (), DECODE_SAMPLER),
+        Side("hf-generate", "transformers", None, (), HF_SAMPLER),
         Side("hf-static", "transformers", None, (), HF_SAMPLER),
         Side("hf-static-compile", "transformers", None, (), HF_SAMPLER),
         Side(
@@ -128,53 +132,62 @@ def cut_reply(tokens: list[int], stops: set[int]) -> list[int]:
     return tokens
 
 
-def generate_hf(job: dict, model_dir: str, static: bool = False, compile_: bool = False):
-    """Today's engine: ``generate_samples`` itself (batch size ``auto``: 32 prompts in one batch);
-    ``static`` patches the static KV cache into its ``model.generate`` keyword arguments."""
+def generate_hf(job: dict, model_dir: str, engine: str = "spreadpref", static: bool = False, compile_: bool = False):
+    """``spreadpref``: today's engine, ``generate_samples`` itself (its own decode loop; batch size ``auto``:
+    32 prompts in one batch). ``generate``: transformers' ``model.generate`` over the same batches with the
+    same seeds (the engine before), optionally with the static KV cache and a compiled decode step."""
+    import tempfile
+
     import torch
+    from transformers import AutoModelForCausalLM
 
     from spreadpref.config import load_config
     from spreadpref.data.loading import load_prompts
     from spreadpref.models import sampling
     from spreadpref.models.loading import load_tokenizer
 
+    sys.path.insert(0, str(BENCH_DIR))
+    import common
+
     torch.set_num_threads(job["threads"])
     config = load_config(job["profile"], [f"model.name_or_path={model_dir}"])
     prompts = load_prompts(config.data.prompts)[0][: job["prompts"]]
     tokenizer = load_tokenizer(config.model)
     started = time.perf_counter()
-    from transformers import AutoModelForCausalLM
-
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     load_seconds = time.perf_counter() - started
-    if sampling.prepare_prompt_ids(tokenizer, prompts, config.data) != job["prompt_ids"]:
+    prompt_ids = sampling.prepare_prompt_ids(tokenizer, prompts, config.data)
+    if prompt_ids != job["prompt_ids"]:
         raise SystemExit("hf worker: prompt ids differ from the job's")
-    if static:
-        original = sampling.sampling_kwargs
+    replies: list[list[list[int]]] = [[] for _ in prompts]
+    started = time.perf_counter()
+    if engine == "spreadpref":
+        with tempfile.TemporaryDirectory() as tmp:
+            samples = sampling.generate_samples(
+                model, tokenizer, prompts, config.generation, config.data, job["seed"], Path(tmp) / "s.jsonl", 1
+            )
+        for sample in sorted(samples, key=lambda s: (s.prompt_index, s.sample)):
+            replies[sample.prompt_index].append(sample.reply_ids)
+    else:
+        extra: dict[str, Any] = {"cache_implementation": "static"} if static else {}
+        if compile_:
+            from transformers import CompileConfig
 
-        def static_kwargs(*args, **kwargs):
-            extra: dict[str, Any] = {"cache_implementation": "static"}
-            if compile_:
-                from transformers import CompileConfig
-
-                # transformers compiles the decode step only on GPUs unless told to on every device
-                compile_config = CompileConfig(mode="default")
-                compile_config._compile_all_devices = True
-                extra["compile_config"] = compile_config
-            return {**original(*args, **kwargs), **extra}
-
-        sampling.sampling_kwargs = static_kwargs
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        started = time.perf_counter()
-        samples = sampling.generate_samples(
-            model, tokenizer, prompts, config.generation, config.data, job["seed"], Path(tmp) / "s.jsonl", 1
+            # transformers compiles the decode step only on GPUs unless told to on every device
+            compile_config = CompileConfig(mode="default")
+            compile_config._compile_all_devices = True
+            extra["compile_config"] = compile_config
+        size = sampling.generation_batch_size(
+            config.generation, model.config, model.dtype, prompt_ids, config.data.max_length
         )
-        seconds = time.perf_counter() - started
-    replies = [[] for _ in prompts]
-    for sample in sorted(samples, key=lambda s: (s.prompt_index, s.sample)):
-        replies[sample.prompt_index].append(sample.reply_ids)
+        batches = sampling.prompt_batches(prompt_ids, size)
+        seeds = [sampling.unit_seed(job["seed"], "generate", 1, b) for b in range(len(batches))]
+        drawn = common.bare_generate(
+            model, tokenizer, prompt_ids, batches, config.generation, config.data, seeds, **extra
+        )
+        for index, group in drawn.items():
+            replies[index] = group
+    seconds = time.perf_counter() - started
     return replies, load_seconds, seconds, {"torch": torch.__version__}
 
 
@@ -305,8 +318,11 @@ def generate_openvino_genai(job: dict, model_dir: str):
 
 GENERATORS: dict[str, Callable] = {
     "hf": generate_hf,
-    "hf-static": lambda job, model_dir: generate_hf(job, model_dir, static=True),
-    "hf-static-compile": lambda job, model_dir: generate_hf(job, model_dir, static=True, compile_=True),
+    "hf-generate": lambda job, model_dir: generate_hf(job, model_dir, engine="generate"),
+    "hf-static": lambda job, model_dir: generate_hf(job, model_dir, engine="generate", static=True),
+    "hf-static-compile": lambda job, model_dir: generate_hf(
+        job, model_dir, engine="generate", static=True, compile_=True
+    ),
     "ctranslate2": generate_ctranslate2,
     "onnxruntime-genai": generate_onnxruntime_genai,
     "openvino-genai": generate_openvino_genai,

@@ -4,9 +4,10 @@ All sides sample K replies per prompt from pi_0 for the round's prompts, with th
 (temperature, top_p, max_new_tokens, K) and the same prompt token ids.
 
 - ``spreadpref``: ``spreadpref.models.sampling.generate_samples`` (length-sorted batches, seeded per batch,
-  replies cut at the stop token, decoded, written as resumable parts).
-- ``batched-sorted``: bare ``model.generate`` over the same batches with the same seeds (the same
-  tokens come out): the floor.
+  its own decode loop that drops finished rows, replies cut at the stop token, decoded, written as resumable
+  parts).
+- ``batched-sorted``: bare ``model.generate`` over the same batches with the same seeds (what the engine did
+  before its own decode loop; other tokens come out, from the same distribution): the floor.
 - ``batched``: bare ``model.generate`` at the same batch size, prompts in their given order.
 - ``loop``: one ``model.generate`` call per prompt (K samples each).
 
@@ -28,44 +29,6 @@ import common
 
 SIDES = ["spreadpref", "batched-sorted", "batched", "loop"]
 FLOORS = ("batched-sorted", "batched")
-
-
-def bare_generate(
-    model,
-    tokenizer,
-    prompt_ids: list[list[int]],
-    batches: list[list[int]],
-    settings,
-    data,
-    seeds: list[int],
-    device: str,
-) -> int:
-    """``model.generate`` over the batches; returns the number of reply tokens produced."""
-    import torch
-
-    from spreadpref.models.sampling import (
-        left_padded,
-        sampling_kwargs,
-        split_reply,
-        stop_token_ids,
-    )
-
-    stops = stop_token_ids(tokenizer, model.generation_config)
-    pad = tokenizer.pad_token_id
-    tokens = 0
-    with torch.no_grad():
-        for indices, seed in zip(batches, seeds):
-            torch.manual_seed(seed)
-            input_ids, attention = left_padded([prompt_ids[i] for i in indices], pad)
-            width = input_ids.shape[1]
-            budget = min(settings.max_new_tokens, data.max_length - width)
-            output = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention.to(device),
-                **sampling_kwargs(settings, stops, pad, budget),
-            )
-            tokens += sum(len(split_reply(seq, set(stops), pad)[0]) for seq in output[:, width:].tolist())
-    return tokens
 
 
 def floor_batches(side: str, prompt_ids: list[list[int]], batch_size: int, seed: int, round_index: int = 1):
@@ -112,9 +75,8 @@ def worker(side: str, args, inputs) -> dict[str, Any]:
                 config.generation, model.config, model.dtype, prompt_ids, config.data.max_length
             )
             batches, seeds = floor_batches(side, prompt_ids, size, config.seed)
-            tokens = bare_generate(
-                model, tokenizer, prompt_ids, batches, config.generation, config.data, seeds, args.device
-            )
+            replies = common.bare_generate(model, tokenizer, prompt_ids, batches, config.generation, config.data, seeds)
+            tokens = sum(len(reply) for group in replies.values() for reply in group)
     return {
         "seconds": timer.seconds,
         "tokens": tokens,

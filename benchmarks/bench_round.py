@@ -4,7 +4,8 @@
 seed stage (so only the round runs: generate, judge with seed agreement, DPO with DND, save).
 ``floors`` measures, in one process and on the same tokens, the floor of each stage's compute:
 
-- generate: bare batched ``model.generate`` with the round's batches and seeds (the same tokens);
+- generate: bare batched ``model.generate`` with the round's batches and seeds (transformers' engine, not the built-in
+  decode loop: other draws from the same distribution);
 - judge: bare forward passes of pi_0 and pi_init over the round's samples and the seed pairs
   (the seed-agreement check), in the judge's batches;
 - train: one epoch of plain PyTorch DPO (full logits, AdamW) over the round's pairs, plus the
@@ -70,7 +71,7 @@ def worker_round(args, inputs) -> dict[str, Any]:
 
 def worker_floors(args, inputs) -> dict[str, Any]:
     import torch
-    from bench_generate import bare_generate, floor_batches
+    from bench_generate import floor_batches
     from bench_judge import bare_forwards, judge_batches
     from bench_train import floor_epoch
 
@@ -92,9 +93,8 @@ def worker_floors(args, inputs) -> dict[str, Any]:
     size = generation_batch_size(config.generation, pi0.config, pi0.dtype, prompt_ids, config.data.max_length)
     batches, seeds = floor_batches("batched-sorted", prompt_ids, size, config.seed)
     with common.Timer(args.device) as timer:
-        out["generated_tokens"] = bare_generate(
-            pi0, tokenizer, prompt_ids, batches, config.generation, config.data, seeds, args.device
-        )
+        replies = common.bare_generate(pi0, tokenizer, prompt_ids, batches, config.generation, config.data, seeds)
+        out["generated_tokens"] = sum(len(reply) for group in replies.values() for reply in group)
     out["generate_seconds"] = timer.seconds
 
     samples = common.read_jsonl(inputs["generations"])

@@ -347,6 +347,53 @@ def run_benchmark(
     return 0
 
 
+def generate_kwargs(settings, stops: list[int], pad_token_id: int, max_new_tokens: int) -> dict[str, Any]:
+    """``model.generate`` keyword arguments for the configured sampling: what the built-in engine called before
+    its own decode loop (spreadpref.models.decode), kept here as the side it is measured against."""
+    sampling = settings.temperature > 0
+    return {
+        "do_sample": sampling,
+        "temperature": settings.temperature if sampling else None,
+        "top_p": settings.top_p if sampling else None,
+        "top_k": None,
+        "max_new_tokens": max(max_new_tokens, 1),
+        "num_return_sequences": settings.num_samples,
+        "eos_token_id": stops,
+        "pad_token_id": pad_token_id,
+    }
+
+
+def bare_generate(
+    model, tokenizer, prompt_ids: list[list[int]], batches: list[list[int]], settings, data, seeds: list[int], **extra
+) -> dict[int, list[list[int]]]:
+    """``model.generate`` over ``batches`` of prompt indices, each batch seeded from ``seeds`` (as the built-in
+    engine seeds them): the K replies of every prompt, cut at the stop token (kept)."""
+    import torch
+
+    from spreadpref.models.sampling import left_padded, split_reply, stop_token_ids
+
+    stops = stop_token_ids(tokenizer, model.generation_config)
+    pad = tokenizer.pad_token_id
+    device = next(model.parameters()).device
+    replies: dict[int, list[list[int]]] = {}
+    with torch.no_grad():
+        for indices, seed in zip(batches, seeds):
+            torch.manual_seed(seed)
+            input_ids, attention = left_padded([prompt_ids[i] for i in indices], pad)
+            width = input_ids.shape[1]
+            budget = min(settings.max_new_tokens, data.max_length - width)
+            output = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention.to(device),
+                **generate_kwargs(settings, stops, pad, budget),
+                **extra,
+            )
+            for row, sequence in enumerate(output[:, width:].tolist()):
+                reply, _ = split_reply(sequence, set(stops), pad)
+                replies.setdefault(indices[row // settings.num_samples], []).append(reply)
+    return replies
+
+
 def matmul_flops_per_second(size: int = 2048, repeats: int = 10) -> float:
     """What the threads compute at best: a large float32 matrix product, after a warm-up (the compute limit)."""
     import torch

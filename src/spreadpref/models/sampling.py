@@ -26,6 +26,7 @@ from spreadpref.data.tokenize import (
     require_chat_template,
     truncate_pair,
 )
+from spreadpref.models.decode import decode
 from spreadpref.models.vllm_backend import (
     VLLM_LOG,
     build_request,
@@ -170,23 +171,6 @@ def left_padded(rows: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor,
     return input_ids, attention
 
 
-def sampling_kwargs(
-    settings: GenerationSettings, stops: list[int], pad_token_id: int, max_new_tokens: int
-) -> dict[str, Any]:
-    """``model.generate`` keyword arguments for the configured sampling."""
-    sampling = settings.temperature > 0
-    return {
-        "do_sample": sampling,
-        "temperature": settings.temperature if sampling else None,
-        "top_p": settings.top_p if sampling else None,
-        "top_k": None,
-        "max_new_tokens": max(max_new_tokens, 1),
-        "num_return_sequences": settings.num_samples,
-        "eos_token_id": stops,
-        "pad_token_id": pad_token_id,
-    }
-
-
 @torch.no_grad()
 def generate_samples(
     model: PreTrainedModel,
@@ -200,7 +184,8 @@ def generate_samples(
     batch_size: int | None = None,
     on_batch_size: Callable[[int], None] | None = None,
 ) -> list[Sample]:
-    """Sample ``settings.num_samples`` replies per prompt with ``model.generate``; samples in prompt order.
+    """Sample ``settings.num_samples`` replies per prompt (:func:`~spreadpref.models.decode.decode`, finished
+    rows dropped as they stop); samples in prompt order.
 
     ``batch_size``: the prompts per batch a resumed stage started with (it decides the batches, and so each
     batch's seed); without it the size is chosen here and handed to ``on_batch_size`` before any batch runs."""
@@ -218,17 +203,22 @@ def generate_samples(
     pad = tokenizer.pad_token_id
 
     def process(batch_index: int, indices: list[int]) -> list[Sample]:
-        torch.manual_seed(unit_seed(seed, "generate", round_index, batch_index))
-        input_ids, attention = left_padded([prompt_ids[i] for i in indices], pad)
-        width = input_ids.shape[1]
-        budget = min(settings.max_new_tokens, data.max_length - width)
-        output = model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=attention.to(device),
-            **sampling_kwargs(settings, stops, pad, budget),
+        generator = torch.Generator(device=device).manual_seed(unit_seed(seed, "generate", round_index, batch_index))
+        rows = [prompt_ids[i] for i in indices for _ in range(settings.num_samples)]
+        input_ids, attention = left_padded(rows, pad)
+        budget = max(min(settings.max_new_tokens, data.max_length - input_ids.shape[1]), 1)
+        replies = decode(
+            model,
+            input_ids.to(device),
+            attention.to(device),
+            budget,
+            stops,
+            settings.temperature,
+            settings.top_p,
+            generator,
         )
         samples = []
-        for row, sequence in enumerate(output[:, width:].tolist()):
+        for row, sequence in enumerate(replies):
             i = indices[row // settings.num_samples]
             reply, finish = split_reply(sequence, set(stops), pad)
             samples.append(make_sample(prompts, i, row % settings.num_samples, prompt_ids[i], reply, finish, tokenizer))

@@ -76,3 +76,10 @@ def test_sampled_rows_are_the_same_for_a_seed_and_stop_at_their_stop_token(tiny_
     assert first == draw(5) and first != draw(6)
     assert all(len(r) == 20 or r[-1] in (2, 17) for r in first)
     assert all(token not in (2, 17) for r in first for token in r[:-1])
+
+
+def test_without_stop_tokens_every_row_runs_to_the_budget(tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    input_ids, attention = left_padded([[5, 9, 11], [7, 3]], pad_token_id=0)
+    replies = decode(model, input_ids, attention, 7, [], temperature=0.0)
+    assert [len(r) for r in replies] == [7, 7]

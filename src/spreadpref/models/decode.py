@@ -82,7 +82,7 @@ def decode(
     ).logits[:, -1]
     rows = torch.arange(input_ids.shape[0], device=device)  # which of the batch's rows are still writing
     next_position = positions[:, -1] + 1
-    stops = torch.tensor(stop_ids, device=device)
+    stops = torch.tensor(stop_ids, dtype=torch.long, device=device)
     replies: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
     for step in range(max_new_tokens):
         tokens = sample_next(logits, temperature, top_p, generator)

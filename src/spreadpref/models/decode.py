@@ -4,10 +4,11 @@ transformers' ``generate`` keeps every row of a batch in every step until the la
 general machinery (logits processors, stopping criteria) around each step. Here a row leaves the batch, and
 its KV cache with it, the step it draws a stop token, so the steps that remain compute only for rows still
 writing: on the embedded model's default round (32 prompts x 2 replies, one CPU thread) it drew 1.27x the
-tokens/s of ``generate`` (benchmarks/bench_engines.py; docs/performance.md). The samples follow the same distribution as ``generate`` with the same temperature
-and top-p (full vocabulary, no top-k), drawn with one uniform number per row and step (inverse CDF) from a
-generator the caller seeds: the same seed and batch draw the same tokens, run after run. They are not the
-tokens ``generate`` draws for that seed (another use of the random numbers).
+tokens/s of ``generate`` (benchmarks/bench_engines.py; docs/performance.md). The samples follow the same
+distribution as ``generate`` with the same temperature and top-p (full vocabulary, no top-k), drawn with one
+uniform number per row and step (inverse CDF) from a generator the caller seeds: the same seed and batch draw
+the same tokens, run after run. They are not the tokens ``generate`` draws for that seed (another use of the
+random numbers).
 """
 
 from __future__ import annotations

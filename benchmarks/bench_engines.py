@@ -41,7 +41,9 @@ from pathlib import Path
 from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
-ENGINES_PYTHON = "/work/engines-venv/bin/python"
+# The engines' own environment (CTranslate2, ONNX Runtime GenAI, OpenVINO GenAI: kept out of the project's);
+# --python SIDE=PATH overrides it per side. Where it does not exist, those sides report "not installed".
+ENGINES_PYTHON = os.environ.get("SPREADPREF_ENGINES_PYTHON", "/work/engines-venv/bin/python")
 ORT_GENAI_MAX_BATCH = 32  # sequences
 
 

@@ -12,7 +12,13 @@ from helpers import loop_overrides
 from safetensors.torch import load_file
 
 from spreadpref.config import load_config
-from spreadpref.models.loading import is_adapter_directory, is_peft_model, load_for_inference, load_model
+from spreadpref.models.loading import (
+    is_adapter_directory,
+    is_peft_model,
+    load_for_inference,
+    load_model,
+    reference_adapter_active,
+)
 from spreadpref.runtime.layout import LOG_HISTORY_FILE, round_name, round_stage
 from spreadpref.runtime.manifest import Manifest
 from spreadpref.spa.loop import run
@@ -44,6 +50,7 @@ def test_every_stage_writes_an_adapter_and_no_full_model(lora_run, tiny_model_di
     for stage in stages:
         assert is_adapter_directory(stage / "adapter"), stage
         assert not (stage / "model").exists(), f"{stage} wrote a full model"
+        assert not (stage / "adapter" / "reference").exists()  # the frozen reference adapter is not saved
         # Each adapter names pi_init as its base: any one of them is usable on the SFT model alone.
         base = json.loads((stage / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
         assert base == str(tiny_model_dir)
@@ -115,3 +122,23 @@ def test_vllm_gets_a_temporary_merged_copy_of_an_adapter_policy(lora_run, tmp_pa
     assert list(scratch.iterdir()) == []  # nothing of the copy is left
     with full_model_directory(config.model, config.model.name_or_path, scratch) as path:
         assert path == config.model.name_or_path  # a full model is used where it is
+
+
+def test_a_continued_adapter_brings_its_frozen_copy_as_dnds_reference(lora_run):
+    config, _, out = lora_run
+    start = out / "seed" / "adapter"
+    policy = load_model(config.model, path=str(start), for_training=True).eval()
+    frozen = load_for_inference(config.model, start)
+    trainable = {name for name, p in policy.named_parameters() if p.requires_grad}
+    assert trainable and all(".default." in name for name in trainable)  # only the adapter being trained
+    ids = torch.tensor([[1, 5, 9, 13, 17]])
+    with torch.no_grad():
+        for name, parameter in policy.named_parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.05)  # as if an optimizer step had moved the trained adapter
+        with reference_adapter_active(policy):
+            reference = policy(ids).logits
+        # The reference is still pi_{i-1} = pi_init + the starting adapter, not the moved policy.
+        torch.testing.assert_close(reference, frozen(ids).logits)
+        assert not torch.allclose(policy(ids).logits, reference)
+    assert {name for name, p in policy.named_parameters() if p.requires_grad} == trainable

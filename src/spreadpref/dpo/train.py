@@ -45,6 +45,7 @@ from spreadpref.dpo.refine import Refinement
 from spreadpref.dpo.trainer import PairCollator, SoftDPOTrainer, StopOnTermination, TrackerConfig, to_train_dataset
 from spreadpref.errors import SpreadprefError
 from spreadpref.models.loading import (
+    drop_reference_adapter,
     load_tokenizer,
     resolve_device,
 )
@@ -296,6 +297,7 @@ def train_on_pairs(
         metrics["smoothed_fraction"] = counts["smoothed"] / max(counts["pairs"], 1)
     if policy.float32_masters:
         trainer.model.to(policy.saved_dtype)  # trained on float32 masters; saved as configured
+    drop_reference_adapter(model)  # the stage's output is the trained adapter alone
     outputs = save_outputs(config, trainer, tokenizer, out)
     if distributed.is_main():
         if config.train.evaluate_after:

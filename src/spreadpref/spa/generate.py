@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from transformers import AutoTokenizer
+from transformers import PreTrainedTokenizerBase
 
 from spreadpref.config import GenerationSettings, ModelSettings
 from spreadpref.data.artifacts import Sample
 from spreadpref.data.records import PromptRecord
+from spreadpref.dpo.checkpoints import save_pretrained_atomically
 from spreadpref.models.loading import is_adapter_directory, load_for_inference, resolve_model_path
 from spreadpref.models.sampling import generate_samples, generate_samples_vllm
 from spreadpref.models.vllm_backend import VLLM_LOG
@@ -57,10 +58,12 @@ def choose_backend(settings: GenerationSettings, prompts: int) -> BackendChoice:
 
 
 @contextlib.contextmanager
-def full_model_directory(settings: ModelSettings, policy: str | Path, scratch: Path) -> Iterator[str]:
+def full_model_directory(
+    settings: ModelSettings, tokenizer: PreTrainedTokenizerBase, policy: str | Path, scratch: Path
+) -> Iterator[str]:
     """A directory vLLM can load for ``policy``: the model itself, or for a LoRA adapter a temporary merged copy
-    in ``scratch`` (removed afterwards, and by the next run if this one is killed), so a LoRA run keeps no full
-    copy of any round's model."""
+    (with ``tokenizer``) in ``scratch`` (removed afterwards, and by the next run if this one is killed), so a
+    LoRA run keeps no full copy of any round's model."""
     path = resolve_model_path(str(policy))
     if not is_adapter_directory(path):
         yield path
@@ -70,8 +73,7 @@ def full_model_directory(settings: ModelSettings, policy: str | Path, scratch: P
     try:
         if distributed.is_main():
             model = load_for_inference(settings, path, merge_adapter=True)
-            model.save_pretrained(merged)
-            AutoTokenizer.from_pretrained(path).save_pretrained(merged)
+            save_pretrained_atomically(model, tokenizer, merged)
             del model
             gc.collect()
         distributed.barrier()
@@ -112,7 +114,7 @@ def generate_stage(
     # What both engines are given besides the model: the prompts, the settings, the seed and where parts go.
     task = (ctx.tokenizer, prompts, config.generation, config.data, config.seed, out, ctx.round_index)
     if chosen == "vllm":
-        with full_model_directory(config.model, policy, out.parent) as model_path:
+        with full_model_directory(config.model, ctx.tokenizer, policy, out.parent) as model_path:
             samples = generate_samples_vllm(model_path, *task, dtype=config.model.dtype)
     else:
         # A LoRA policy is sampled with its adapter folded in: the same model, without the adapter's extra products.

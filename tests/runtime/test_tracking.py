@@ -1,8 +1,13 @@
 """Experiment tracking over a run's stages: one tracker run per stage, grouped by the run, read back from
-TensorBoard's own event files."""
+TensorBoard's own event files and from W&B's offline run files."""
 
+import json
+import struct
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import pytest
 from helpers import arithmetic_pairs, loop_overrides, write_jsonl
 
 from spreadpref.config import load_config
@@ -18,18 +23,19 @@ def scalar_tags(directory: Path) -> set[str]:
     return set(accumulator.Tags()["scalars"])
 
 
-def test_each_stage_is_its_own_tensorboard_run_under_the_run(tiny_model_dir, tmp_path):
+def run_seed_and_one_round(model: Path, out: Path, *overrides: str) -> Path:
+    """A tiny `spreadpref run`: a seed stage with 8 held-out pairs (so it logs eval_ metrics), then one round."""
     from spreadpref.spa.loop import run
 
-    seed = write_jsonl(tmp_path / "seed.jsonl", arithmetic_pairs(17))  # 8 held out: the seed stage logs eval_
-    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"id": f"q{i}", "prompt": f"Number {i}?"} for i in range(8)])
-    out = tmp_path / "run"
-    overrides = loop_overrides(tiny_model_dir, seed, prompts, out) + [
-        "loop.rounds=1",
-        "loop.prompts_per_round=[4]",
-        "train.report_to=[tensorboard]",
-    ]
-    run(load_config(None, overrides))
+    seed = write_jsonl(out.parent / "seed.jsonl", arithmetic_pairs(17))
+    prompts = write_jsonl(out.parent / "prompts.jsonl", [{"id": f"q{i}", "prompt": f"Number {i}?"} for i in range(8)])
+    base = loop_overrides(model, seed, prompts, out) + ["loop.rounds=1", "loop.prompts_per_round=[4]"]
+    run(load_config(None, base + list(overrides)))
+    return out
+
+
+def test_each_stage_is_its_own_tensorboard_run_under_the_run(tiny_model_dir, tmp_path):
+    out = run_seed_and_one_round(tiny_model_dir, tmp_path / "run", "train.report_to=[tensorboard]")
     stages = sorted(p.name for p in (out / TENSORBOARD_DIRECTORY).iterdir())
     assert stages == ["round-1", "seed"]
     seed_tags = scalar_tags(out / TENSORBOARD_DIRECTORY / "seed")
@@ -65,3 +71,60 @@ def test_a_finished_stage_finishes_its_wandb_run_and_the_next_gets_its_own_group
         tracking.log_config_to_wandb({"train.beta": 0.1})
     assert finished == [True] and "WANDB_RUN_GROUP" not in os.environ
     assert updates == [{"spreadpref": {"train.beta": 0.1}}]
+
+
+def wandb_records(log: Path) -> Iterator[Any]:
+    """The records of an offline run's ``run-*.wandb`` file (what `wandb sync` uploads): W&B's LevelDB-style
+    log, 32 KiB blocks of chunks each with a 7-byte header (CRC, length, type: 1 whole, 2-4 first/middle/last),
+    after a 7-byte file header. wandb 0.2x+ ships no Python reader, so the test reads it itself."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, block = log.read_bytes(), 32 * 1024
+    assert data[:4] == b":W&B", f"{log} is not a W&B transaction log"
+    position, parts = 7, b""
+    while position + 7 <= len(data):
+        room = block - position % block
+        _crc, length, kind = struct.unpack_from("<IHB", data, position)
+        if room < 7 or (kind == 0 and length == 0):  # a block's padding
+            position += room
+            continue
+        parts += data[position + 7 : position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(parts)
+            parts = b""
+            yield record
+
+
+def wandb_offline_runs(directory: Path) -> dict[str, dict[str, Any]]:
+    """Each offline W&B run under `directory` by its name: its group, config keys and logged metric names."""
+    runs = {}
+    for log in sorted(directory.glob("wandb/offline-run-*/run-*.wandb")):
+        name, group, config, metrics = None, None, {}, set()
+        for record in wandb_records(log):
+            kind = record.WhichOneof("record_type")
+            if kind == "run":
+                name, group = record.run.display_name, record.run.run_group
+            elif kind == "config":
+                config.update({item.key: item.value_json for item in record.config.update})
+            elif kind == "history":
+                metrics |= {item.key or "/".join(item.nested_key) for item in record.history.item}
+        runs[name] = {"group": group, "config": config, "metrics": metrics}
+    return runs
+
+
+def test_each_stage_is_its_own_wandb_run_in_the_runs_group_offline(tiny_model_dir, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")  # in the dev extra; a bare install skips
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_RUN_GROUP", raising=False)
+    run_seed_and_one_round(tiny_model_dir, tmp_path / "myrun", "train.report_to=[wandb]", "train.beta=0.2")
+    runs = wandb_offline_runs(tmp_path)
+    assert sorted(runs) == ["myrun/round-1", "myrun/seed"]
+    for stage in runs.values():
+        assert stage["group"] == "myrun"
+        assert json.loads(stage["config"]["spreadpref"])["train.beta"] == 0.2  # the full spreadpref config
+        assert {"train/loss", "train/rewards/margins"} <= stage["metrics"]
+    assert {"eval/loss", "eval/rewards/accuracies"} <= runs["myrun/seed"]["metrics"]  # 8 held-out pairs

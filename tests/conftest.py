@@ -13,6 +13,16 @@ def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SPREADPREF_NO_PROGRESS", "1")
 
 
+@pytest.fixture(autouse=True)
+def _fresh_score_memo():
+    # Scores remembered in one test must not answer another's (one that breaks a model on purpose, say).
+    from spreadpref.dpo.logprobs import clear_score_memo
+
+    clear_score_memo()
+    yield
+    clear_score_memo()
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model")

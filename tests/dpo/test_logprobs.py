@@ -111,3 +111,57 @@ def test_length_batches_group_similar_lengths():
     batches = length_batches([5, 50, 6, 49, 7], batch_size=2)
     assert batches == [[1, 3], [4, 2], [0]]
     assert sorted(i for b in batches for i in b) == [0, 1, 2, 3, 4]
+
+
+def counted_forwards(model) -> list[int]:
+    calls: list[int] = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+def score_all(model, pairs, batch_size=2):
+    prompts = [p.prompt_ids for p in pairs] * 2
+    replies = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
+    return logprobs.score_sequences(model, prompts, replies, pad_token_id=0, batch_size=batch_size)
+
+
+def test_frozen_weights_from_disk_score_the_same_sequences_once(tiny_model_dir, pairs):
+    from spreadpref.config import ModelSettings
+    from spreadpref.models.loading import load_for_inference
+
+    settings = ModelSettings(name_or_path=str(tiny_model_dir))
+    first_model = load_for_inference(settings)
+    first = score_all(first_model, pairs)
+    again = load_for_inference(settings)  # a new object on the same weights: the next round's judge, say
+    forwards = counted_forwards(again)
+    remembered = score_all(again, pairs)
+    assert forwards == [] and torch.equal(remembered[0], first[0]) and torch.equal(remembered[1], first[1])
+    remembered[0].add_(1.0)  # a caller's in-place change does not reach the remembered copy
+    assert torch.equal(score_all(again, pairs)[0], first[0])
+    score_all(again, pairs, batch_size=3)  # other batches pad otherwise: computed, not remembered
+    assert forwards != []
+    # Without the memo the same batches give bit-identical numbers: what makes remembering them safe.
+    logprobs.clear_score_memo()
+    assert torch.equal(score_all(load_for_inference(settings), pairs)[0], first[0])
+
+
+def test_weights_saved_again_or_not_loaded_from_disk_are_scored_afresh(tiny_model_dir, pairs, tmp_path):
+    from spreadpref.config import ModelSettings
+    from spreadpref.models.loading import load_for_inference
+
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()  # as a trainer holds its model
+    score_all(plain, pairs)
+    forwards = counted_forwards(plain)
+    score_all(plain, pairs)
+    assert forwards != []  # never remembered: its weights may have changed since
+    directory = tmp_path / "model"
+    plain.save_pretrained(directory)
+    settings = ModelSettings(name_or_path=str(directory))
+    before = score_all(load_for_inference(settings), pairs)
+    with torch.no_grad():
+        plain.lm_head.weight.mul_(2.0)
+    plain.save_pretrained(directory)  # the same path, other weights
+    changed = load_for_inference(settings)
+    forwards = counted_forwards(changed)
+    after = score_all(changed, pairs)
+    assert forwards != [] and not torch.equal(after[0], before[0])

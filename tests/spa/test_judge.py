@@ -165,3 +165,41 @@ def test_the_judge_stage_hands_prompt_metadata_to_an_external_judge(tiny_model_d
     result = judge_stage(StageContext(config, tiny_tokenizer, tmp_path, 1), rows, tiny_model_dir, None, metadata)
     (pair,) = result.pairs
     assert pair.chosen == "this reply is all lowercase." and pair.p == 1.0
+
+
+def test_a_run_scores_each_frozen_model_on_the_human_pairs_once_with_the_same_figures(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """pi_init on the seed pairs in every round's judge and every guard, pi_{i-1} by the guard and then by the
+    next judge: remembered, not recomputed, and every figure equal to a run that recomputes them."""
+    import json
+
+    from helpers import arithmetic_pairs, loop_overrides, write_jsonl
+
+    from spreadpref.config import load_config
+    from spreadpref.dpo import logprobs
+    from spreadpref.runtime.layout import SUMMARY_FILE
+    from spreadpref.spa.loop import run
+
+    seed = write_jsonl(tmp_path / "seed.jsonl", arithmetic_pairs(17))  # 8 held out
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"id": f"q{i}", "prompt": f"Number {i}?"} for i in range(8)])
+    passes: list[int] = []
+    counted = logprobs._score_sequences
+    monkeypatch.setattr(logprobs, "_score_sequences", lambda *a, **k: passes.append(1) or counted(*a, **k))
+
+    def figures(out, entries):
+        monkeypatch.setattr(logprobs, "SCORE_MEMO_ENTRIES", entries)
+        logprobs.clear_score_memo()
+        passes.clear()
+        run(load_config(None, loop_overrides(tiny_model_dir, seed, prompts, out) + ["loop.prompts_per_round=[4, 4]"]))
+        summary = json.loads((out / SUMMARY_FILE).read_text())
+        rounds = [summary["seed"]] + [summary["rounds"][str(i)] for i in (1, 2)]
+        keys = ("seed_agreement", "held_out_agreement", "model_held_out_agreement", "model_held_out_outcomes")
+        pairs = [(out / f"round-{i}" / "pairs.jsonl").read_text() for i in (1, 2)]
+        return [{key: row.get(key) for key in keys} for row in rounds], pairs, len(passes)
+
+    remembered, remembered_pairs, fewer = figures(tmp_path / "remembered", logprobs.SCORE_MEMO_ENTRIES)
+    recomputed, recomputed_pairs, more = figures(tmp_path / "recomputed", 0)
+    assert remembered == recomputed and remembered_pairs == recomputed_pairs
+    assert remembered[1]["seed_agreement"] is not None and remembered[2]["model_held_out_outcomes"]
+    assert fewer < more

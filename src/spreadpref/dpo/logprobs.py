@@ -8,7 +8,9 @@ log-softmax is taken in chunks of positions: no float32 ``[batch, length, vocab]
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import inspect
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -16,7 +18,7 @@ import torch
 
 from spreadpref.config import Config
 from spreadpref.data.tokenize import TokenizedPair
-from spreadpref.models.loading import keeps_float32_master_weights
+from spreadpref.models.loading import BASE_IDENTITY, WEIGHTS_IDENTITY, keeps_float32_master_weights
 from spreadpref.runtime.progress import track
 
 LOGIT_CHUNK = 512  # positions per log-softmax chunk: 512 x 49K x 4 bytes = 100 MB at most
@@ -228,8 +230,35 @@ def score_sequences(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """No-grad summed log-prob of each reply given its prompt, and its token count, in input order.
 
-    Sequences are batched by length; ``as_reference`` switches a LoRA adapter off (the base model).
+    Sequences are batched by length; ``as_reference`` switches a LoRA adapter off (the base model). A model
+    loaded frozen from disk (``load_for_inference``) that scored the same sequences the same way before in
+    this process gives its remembered result: the same batches would give the same numbers again.
     """
+    key = _memo_key(model, prompts, replies, pad_token_id, batch_size, as_reference)
+    if key is not None and key in _SCORE_MEMO:
+        _SCORE_MEMO.move_to_end(key)
+        sums, counts = _SCORE_MEMO[key]
+        return sums.clone(), counts.clone()
+    sums, counts = _score_sequences(
+        model, prompts, replies, pad_token_id, batch_size, description, as_reference, progress
+    )
+    if key is not None:
+        _SCORE_MEMO[key] = (sums.clone(), counts.clone())
+        while len(_SCORE_MEMO) > SCORE_MEMO_ENTRIES:
+            _SCORE_MEMO.popitem(last=False)
+    return sums, counts
+
+
+def _score_sequences(
+    model: torch.nn.Module,
+    prompts: Sequence[list[int]],
+    replies: Sequence[list[int]],
+    pad_token_id: int,
+    batch_size: int,
+    description: str,
+    as_reference: bool,
+    progress: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
     device = next(model.parameters()).device
     n = len(prompts)
     sums = torch.zeros(n, dtype=torch.float64)
@@ -251,6 +280,42 @@ def score_sequences(
     finally:
         model.train(was_training)
     return sums, counts
+
+
+# The judge and the guard score the same human pairs with the same frozen models round after round (pi_init
+# every round, pi_{i-1} once by the guard and again by the next judge): a few dozen results, kept per process.
+SCORE_MEMO_ENTRIES = 32
+_SCORE_MEMO: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+
+
+def clear_score_memo() -> None:
+    _SCORE_MEMO.clear()
+
+
+def _memo_key(
+    model: torch.nn.Module,
+    prompts: Sequence[list[int]],
+    replies: Sequence[list[int]],
+    pad_token_id: int,
+    batch_size: int,
+    as_reference: bool,
+) -> str | None:
+    """What a scoring pass's numbers depend on: the weights on disk (None for a model not loaded frozen from
+    disk, such as one being trained: never remembered), the adapter on or off, the batching, the device, dtype,
+    autocast and attention kernel, and the token ids."""
+    identity = getattr(model, BASE_IDENTITY if as_reference else WEIGHTS_IDENTITY, None)
+    if identity is None:
+        return None
+    parameter = next(model.parameters())
+    device = parameter.device.type
+    autocast = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device)
+    attention = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    digest = hashlib.sha256(
+        repr((identity, as_reference, pad_token_id, batch_size, device, parameter.dtype, autocast, attention)).encode()
+    )
+    for prompt, reply in zip(prompts, replies):
+        digest.update(repr((prompt, reply)).encode())
+    return digest.hexdigest()
 
 
 def score_pairs(

@@ -39,6 +39,9 @@ EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TRAINED_ADAPTER = "default"  # peft's name for the adapter a stage trains
 REFERENCE_ADAPTER = "reference"  # a continued adapter's frozen copy: pi_{i-1}, for DND
+# Attributes load_for_inference sets: which weights on disk the model computes with (adapter on; adapter off).
+WEIGHTS_IDENTITY = "spreadpref_weights"
+BASE_IDENTITY = "spreadpref_base_weights"
 
 
 def cache_root() -> Path:
@@ -269,11 +272,33 @@ def load_for_inference(
     loads as its base with the adapter on; ``merge_adapter`` folds it into the weights (faster to sample
     from, but not bit-for-bit the numerics a training pass over the adapter has: scoring keeps it apart)."""
     model = load_model(settings, path=str(path) if path else None)
-    if merge_adapter and is_peft_model(model):
-        model = model.merge_and_unload()
+    identity = weights_identity(resolve_model_path(str(path or settings.name_or_path)))
+    if is_peft_model(model):
+        base = weights_identity(resolve_model_path(settings.name_or_path))
+        identity = None if identity is None or base is None else f"{identity} on {base}"
+        setattr(model, BASE_IDENTITY, base)
+        if merge_adapter:
+            model = model.merge_and_unload()
+            identity = identity and f"{identity}, merged"
     model.to(resolve_device(settings.device))
     model.eval()
+    # Frozen weights from disk: their scores can be remembered (dpo.logprobs.score_sequences) under this name.
+    setattr(model, WEIGHTS_IDENTITY, identity)
     return model
+
+
+def weights_identity(path: str) -> str | None:
+    """A local model or adapter directory's name for the weights in it now: the path and each weight file's size
+    and modification time (a model saved again under the same path is another identity). None for a hub id."""
+    directory = Path(path)
+    if not directory.is_dir():
+        return None
+    files = sorted(
+        f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}"
+        for f in directory.iterdir()
+        if f.suffix in (".safetensors", ".bin", ".json") and f.is_file()
+    )
+    return f"{directory.resolve()}|{','.join(files)}"
 
 
 def is_adapter_directory(path: str | Path) -> bool:

@@ -60,6 +60,20 @@ def test_a_length_balanced_seed_keeps_the_chosen_reply_as_often_shorter_as_longe
     assert len(plain) == 13 and skipped == 0  # without balancing: every decided pair
 
 
+def test_round_prompts_that_repeat_a_seed_prompt_are_drawn_again_and_the_others_kept():
+    """Seed 1000's full world drew a round prompt equal to a seed pair's: the loop dropped it and every replay
+    variant stopped one prompt short (960 needed, 959 in the pool)."""
+    world = WorldSettings()
+    seed_rows = [{"prompt": "t1 w4 w5"}, {"prompt": "t2 w9 w8"}]
+    rounds = ["t0 w1 w2", "t1 w4 w5", "t3 w7 w7", "t2 w9 w8", "t1 w4 w5"]
+    kept, redrawn = goldworld.distinct_from_seed_prompts(world, rounds, seed_rows, seed=1000)
+    assert redrawn == 3 and len(kept) == len(rounds)
+    assert [kept[i] for i in (0, 2)] == [rounds[i] for i in (0, 2)]  # no repeat: the same prompt, same place
+    assert not {row["prompt"] for row in seed_rows} & set(kept)
+    assert goldworld.distinct_from_seed_prompts(world, rounds, seed_rows, seed=1000)[0] == kept  # seeded
+    assert goldworld.distinct_from_seed_prompts(world, ["t0 w1"], seed_rows, seed=1) == (["t0 w1"], 0)
+
+
 def test_t_interval_over_seeds():
     stats = t_interval([0.3, 0.35, 0.4])
     assert stats["mean"] == pytest.approx(0.35) and stats["n"] == 3

@@ -287,6 +287,22 @@ def make_prompts(world: WorldSettings, count: int, rng: random.Random) -> list[s
     ]
 
 
+def distinct_from_seed_prompts(
+    world: WorldSettings, round_prompts: list[str], seed_rows: list[dict[str, Any]], seed: int
+) -> tuple[list[str], int]:
+    """(round prompts, how many were drawn again): a round prompt that repeats a seed pair's prompt is replaced
+    by a fresh draw. The loop drops such prompts from its pool (no round trains on a human pair's prompt), and
+    with replay every variant would then be short of prompts; a world without a repeat is unchanged."""
+    taken = {row["prompt"] for row in seed_rows}
+    rng = random.Random(f"prompts-again-{seed}")
+    kept, redrawn = [], 0
+    for prompt in round_prompts:
+        while prompt in taken:
+            prompt, redrawn = make_prompts(world, 1, rng)[0], redrawn + 1
+        kept.append(prompt)
+    return kept, redrawn
+
+
 def draw_reply(world: WorldSettings, prompt: str, good_rate: float, rng: random.Random) -> str:
     """A reply whose words come from the prompt's topic with probability ``good_rate``, else from the others."""
     topic = int(prompt.split()[0][1:])
@@ -545,6 +561,7 @@ def build_world(world: WorldSettings, seed: int, directory: Path) -> SeedWorld:
     offline_rows, offline_ties, _ = gold_pairs(
         base, tokenizer, world, offline_prompts, world.seed_pairs + rounds_total, seed
     )
+    round_prompts, redrawn = distinct_from_seed_prompts(world, round_prompts, seed_rows, seed)
     paths = {name: directory / f"{name}.jsonl" for name in ("seed_pairs", "offline_pairs", "round_prompts")}
     write_jsonl(paths["seed_pairs"], seed_rows)
     write_jsonl(paths["offline_pairs"], offline_rows)
@@ -566,6 +583,7 @@ def build_world(world: WorldSettings, seed: int, directory: Path) -> SeedWorld:
         "offline_pairs": len(offline_rows),
         "offline_ties_skipped": offline_ties,
         "round_prompts": rounds_total,
+        "round_prompts_redrawn": redrawn,
         "held_out_prompts": len(eval_prompts),
         "seconds": round(time.perf_counter() - started, 1),
     }

@@ -452,7 +452,13 @@ def sandbox(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where the worlds and the tables go.")] = Path(
         "runs/sandbox"
     ),
-    reduced: Annotated[bool, typer.Option(help="The smaller world of the regression test: faster, noisier.")] = False,
+    reduced: Annotated[
+        bool,
+        typer.Option(
+            help="The regression test's smaller world: its effects are about half the full world's and small "
+            "per-seed differences can change sign there; decide with the full world."
+        ),
+    ] = False,
 ) -> None:
     """Try a config's SPA settings in a synthetic world with a gold reward you can see, seed by seed, against
     seed-only DPO, the paper's SPA and iterative DPO on gold labels (minutes on a laptop CPU)."""

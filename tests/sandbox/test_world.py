@@ -136,6 +136,18 @@ def test_the_comparison_pairs_seeds_and_takes_the_final_round():
     assert final["gold_vs_seed_only"]["mean"] == pytest.approx(0.04)
     text = compare.markdown(summary, [10, 11], 120.0)
     assert "| SPA + refinement + DND (the paper) | DPO on the seed only | +0.040" in text and "contains 0" in text
+    assert "World:" not in text
+    assert "\nWorld: reduced (16 seed pairs" in compare.markdown(summary, [10], 1.0, "reduced (16 seed pairs)")
+
+
+def test_the_sandbox_names_its_world_and_says_the_reduced_one_is_smaller_not_noisier():
+    from spreadpref.sandbox import describe_world
+
+    assert describe_world(WorldSettings()) == "full (30 seed pairs, 3 rounds of 320 prompts, 256 evaluation prompts)"
+    reduced = describe_world(goldworld.REDUCED_WORLD)
+    assert reduced.startswith("reduced (16 seed pairs, 3 rounds of 160 prompts, 128 evaluation prompts)")
+    assert "half the full world's" in reduced and "decide with the full world" in reduced
+    assert describe_world(WorldSettings(seed_pairs=8)).startswith("8 seed pairs")  # neither: its size alone
 
 
 def test_the_guard_analysis_applies_the_pipeline_rule_seed_by_seed():

@@ -167,8 +167,24 @@ def _run_seeds(
     document = {"seeds": list(seeds), "overrides": overrides, "left_to_the_world": notes, **summary}
     atomic_write_json(directory / "sandbox.json", document)
     seconds = sum(r["seconds"] for r in results)
-    atomic_write_text(directory / "sandbox.md", compare.markdown(summary, list(seeds), seconds))
+    atomic_write_text(
+        directory / "sandbox.md", compare.markdown(summary, list(seeds), seconds, describe_world(settings))
+    )
     return document
+
+
+def describe_world(settings: world.WorldSettings) -> str:
+    """Which world the seeds ran in: the reduced one is smaller, not a noisier copy of the full one."""
+    size = (
+        f"{settings.seed_pairs} seed pairs, {len(settings.prompts_per_round)} rounds of "
+        f"{'/'.join(map(str, sorted(set(settings.prompts_per_round))))} prompts, {settings.eval_prompts} evaluation prompts"
+    )
+    if settings == world.REDUCED_WORLD:
+        return (
+            f"reduced ({size}); its effects are about half the full world's and a seed's small differences can "
+            "change sign there (README, sandbox): decide with the full world"
+        )
+    return size if settings != world.WorldSettings() else f"full ({size})"
 
 
 def seeds_needed(half_width: float, n: int, difference: float, most: int = 200) -> int | None:

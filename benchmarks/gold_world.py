@@ -24,6 +24,7 @@ from pathlib import Path
 
 from spreadpref.runtime.files import atomic_write_json, atomic_write_text
 from spreadpref.sandbox import world as goldworld
+from spreadpref.sandbox.settings import REDUCED_WORLD, WorldSettings, world_settings_dict
 from spreadpref.sandbox.compare import aggregate, markdown
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +46,7 @@ PLOTTED = (
 
 
 def run_one_seed(
-    seed: int, workdir: Path, out_file: Path, world: goldworld.WorldSettings, variants: tuple[str, ...]
+    seed: int, workdir: Path, out_file: Path, world: WorldSettings, variants: tuple[str, ...]
 ) -> None:
     """One seed's variants into ``out_file``; variants already in it are kept and not run again."""
     previous = json.loads(out_file.read_text()) if out_file.is_file() else None
@@ -54,7 +55,7 @@ def run_one_seed(
     if previous is not None:  # the world and its seed model are rebuilt identically: the new rows join the old
         result["variants"] = {**previous["variants"], **result["variants"]}
         result["seconds"] = round(previous["seconds"] + result["seconds"], 1)
-    result["world_settings"] = goldworld.world_settings_dict(world)
+    result["world_settings"] = world_settings_dict(world)
     atomic_write_json(out_file, result)
 
 
@@ -156,7 +157,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", choices=list(goldworld.VARIANTS), help="default: every variant")
     parser.add_argument("--one-seed", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    world = goldworld.REDUCED_WORLD if args.reduced else goldworld.WorldSettings()
+    world = REDUCED_WORLD if args.reduced else WorldSettings()
     world = dataclasses.replace(
         world,
         seed_length_balanced=args.seed_length_balanced,
@@ -191,7 +192,7 @@ def main() -> None:
     seconds = sum(r["seconds"] for r in results)
     document = {
         "seeds": seeds,
-        "world": goldworld.world_settings_dict(world),
+        "world": world_settings_dict(world),
         "pipeline_overrides": list(goldworld.DEFAULT_SPA),
         "seed_seconds": seconds,
         "wall_seconds": round(time.time() - started, 1) if ran else _previous(out / "gold_world.json", "wall_seconds"),

@@ -464,9 +464,10 @@ def sandbox(
     seed-only DPO, the paper's SPA and iterative DPO on gold labels (minutes on a laptop CPU)."""
 
     def action() -> None:
-        from spreadpref.sandbox import differences_table, power_note, run_sandbox, world
+        from spreadpref.sandbox import differences_table, power_note, run_sandbox
+        from spreadpref.sandbox.settings import REDUCED_WORLD, WorldSettings
 
-        settings = world.REDUCED_WORLD if reduced else world.WorldSettings()
+        settings = REDUCED_WORLD if reduced else WorldSettings()
         seed_list = list(range(first_seed, first_seed + seeds))
         document = run_sandbox(_load(config, overrides), seed_list, output, settings)
         console.print(differences_table(document))

@@ -6,7 +6,7 @@ from spreadpref.config import load_config
 from spreadpref.errors import ConfigError, JudgeError
 from spreadpref.judges import make_judge
 from spreadpref.judges.base import Comparison
-from spreadpref.sandbox.world import GoldJudge, RandomJudge
+from spreadpref.sandbox.gold import GoldJudge, RandomJudge
 
 
 def settings(*overrides):
@@ -38,8 +38,8 @@ def test_a_custom_judge_needs_a_factory():
         ("no_such_module_xyz:make", "cannot import 'no_such_module_xyz'"),
         ("spreadpref.sandbox.world:no_such_factory", "has no attribute"),
         ("spreadpref.sandbox.world:VARIANTS", "not callable"),
-        ("spreadpref.sandbox.world:world_settings_dict", "refused judge.custom.kwargs"),
-        ("spreadpref.sandbox.world:WorldSettings", "not a spreadpref.judges.Judge"),
+        ("spreadpref.sandbox.settings:world_settings_dict", "refused judge.custom.kwargs"),
+        ("spreadpref.sandbox.settings:WorldSettings", "not a spreadpref.judges.Judge"),
     ],
 )
 def test_a_bad_factory_gets_a_message_that_names_it(factory, message):

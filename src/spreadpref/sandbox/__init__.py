@@ -33,6 +33,7 @@ from spreadpref.runtime.lock import directory_lock
 from spreadpref.runtime.manifest import Manifest
 from spreadpref.runtime.progress import console, quiet_pipeline
 from spreadpref.sandbox import compare, world
+from spreadpref.sandbox.settings import REDUCED_WORLD, WorldSettings
 
 # The settings a config brings into the world: the method's own. The rest (model, data, sizes, budget, devices)
 # belongs to the world, whose budget was chosen on its development seeds.
@@ -112,11 +113,11 @@ def run_sandbox(
     config: Config,
     seeds: Sequence[int],
     directory: Path,
-    settings: world.WorldSettings | None = None,
+    settings: WorldSettings | None = None,
 ) -> dict[str, Any]:
     """The config's settings ("custom") beside seed-only DPO, the paper's SPA and iterative gold DPO, on each
     seed's world; writes ``sandbox.json`` and ``sandbox.md`` in ``directory`` and returns the summary."""
-    settings = settings or world.WorldSettings()
+    settings = settings or WorldSettings()
     quiet_transformers_bars()  # the world saves its models itself: no "Writing model shards" bars in its output
     overrides, notes = method_overrides(config)
     # The same directory rules as `spreadpref run`: one process at a time, and a user's own files (a
@@ -144,7 +145,7 @@ def _run_seeds(
     notes: list[str],
     seeds: Sequence[int],
     directory: Path,
-    settings: world.WorldSettings,
+    settings: WorldSettings,
 ) -> dict[str, Any]:
     shown = [o.replace("{{", "{").replace("}}", "}") for o in overrides if "={" not in o]  # not the world's paths
     console.print(f"Your settings in the gold world: {', '.join(shown) or 'the schema defaults'}")
@@ -173,18 +174,18 @@ def _run_seeds(
     return document
 
 
-def describe_world(settings: world.WorldSettings) -> str:
+def describe_world(settings: WorldSettings) -> str:
     """Which world the seeds ran in: the reduced one is smaller, not a noisier copy of the full one."""
     size = (
         f"{settings.seed_pairs} seed pairs, {len(settings.prompts_per_round)} rounds of "
         f"{'/'.join(map(str, sorted(set(settings.prompts_per_round))))} prompts, {settings.eval_prompts} evaluation prompts"
     )
-    if settings == world.REDUCED_WORLD:
+    if settings == REDUCED_WORLD:
         return (
             f"reduced ({size}); its effects are about half the full world's and a seed's small differences can "
             "change sign there (README, sandbox): decide with the full world"
         )
-    return size if settings != world.WorldSettings() else f"full ({size})"
+    return size if settings != WorldSettings() else f"full ({size})"
 
 
 def seeds_needed(half_width: float, n: int, difference: float, most: int = 200) -> int | None:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from spreadpref.eval.stats import t_interval
 from spreadpref.sandbox import world
+from spreadpref.sandbox.settings import GUARD_PAIRS
 
 FINAL = "final"  # the last round of a round variant, round 0 of the others
 SAFEGUARD_VARIANTS = tuple(v for v in world.ROUND_VARIANTS if v.startswith(("spa_", "base_", "paper_")))
@@ -94,7 +95,7 @@ def guard_analysis(results: list[dict], variants: Sequence[str]) -> list[dict]:
 
     rows = []
     for variant in variants:
-        for n in world.GUARD_PAIRS:
+        for n in GUARD_PAIRS:
             key = f"held_out_agreement_{n}"
             for rule in RULES:
                 deltas, below, oracle_hits, warned, warned_right = [], 0, 0, 0, 0

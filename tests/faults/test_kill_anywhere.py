@@ -99,9 +99,19 @@ def interrupt_during_generation(reference, model_dir, out, delay: str):
     """Start a run, wait for its first round-1 generation part, send SIGINT; None if the run ended first (the
     window was missed: a timing miss of the test, not a result), else the finished process and its output."""
     args = overrides(model_dir, reference["seed"], reference["prompts"], out)
-    process = subprocess.Popen(
-        command(args), env=env(SPREADPREF_UNIT_DELAY=delay), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    # A pytest started in the background of a non-interactive shell ignores SIGINT, and a child inherits an
+    # ignored signal: handled here for the start, the run gets the default disposition as a terminal gives it.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen(
+            command(args),
+            env=env(SPREADPREF_UNIT_DELAY=delay),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     parts = out / round_name(1) / ".generations.jsonl.parts"
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None and not (parts.is_dir() and any(parts.iterdir())):

@@ -132,3 +132,33 @@ def test_an_spa_round_on_vllm_resumes_after_a_kill_during_generation(tmp_path):
     assert {row["finish_reason"] for row in rows} == {"stop", "length"}  # both endings occur and are handled
     summary = json.loads((killed / SUMMARY_FILE).read_text())
     assert summary["rounds"]["1"]["pairs"] > 0 and summary["final_model"].endswith(round_stage(1, "train") + "/model")
+
+
+def test_a_lora_round_samples_from_a_temporary_merged_copy_with_the_real_engine(tmp_path):
+    """A LoRA run keeps no full model: vLLM gets pi_0 (pi_init + the seed adapter) as a merged copy in the round's
+    directory, removed after generation; the round's rows keep every promise of the schema."""
+    from helpers import arithmetic_pairs, loop_overrides, write_jsonl
+
+    from spreadpref.config import load_config
+    from spreadpref.spa.loop import run
+
+    model = make_tiny_model_dir(tmp_path / "model", vllm_compatible=True)
+    seed = write_jsonl(tmp_path / "seed.jsonl", arithmetic_pairs(8))
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"id": f"q{i}", "prompt": f"Say {i}."} for i in range(8)])
+    out = tmp_path / "run"
+    lora = ["model.lora.enabled=true", "model.lora.r=4", "model.lora.alpha=8", "train.disable_dropout=true"]
+    overrides = loop_overrides(model, seed, prompts, out) + lora
+    overrides += ["loop.rounds=1", "loop.prompts_per_round=[6]", "generation.backend=vllm"]
+    result = run(load_config(None, overrides))
+
+    round_dir = out / round_name(1)
+    assert "Processed prompts" in (round_dir / "vllm.log").read_text(errors="replace")  # the engine sampled
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    assert manifest["stages"][round_stage(1, "generate")]["metrics"]["backend"] == "vllm"
+    tokenizer = make_tiny_tokenizer()
+    rows = read_jsonl(round_dir / "generations.jsonl")
+    check_rows(rows, tokenizer.eos_token_id, tokenizer.bos_token_id, 12)
+    assert len(rows) == 6 * 2
+    leftovers = [p for p in round_dir.rglob("*") if p.name == "config.json" or p.suffix == ".safetensors"]
+    assert all("adapter" in p.parts for p in leftovers), leftovers  # only the round's adapter: no merged copy
+    assert result.final_model == round_dir / "train" / "adapter"

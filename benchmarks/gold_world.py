@@ -24,8 +24,8 @@ from pathlib import Path
 
 from spreadpref.runtime.files import atomic_write_json, atomic_write_text
 from spreadpref.sandbox import world as goldworld
-from spreadpref.sandbox.settings import REDUCED_WORLD, WorldSettings, world_settings_dict
 from spreadpref.sandbox.compare import aggregate, markdown
+from spreadpref.sandbox.settings import REDUCED_WORLD, WorldSettings, world_settings_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 # World v1 (fixed SFT length) was reported on seeds 0-9 (docs/results/gold_world_v1.*); it showed two degenerate

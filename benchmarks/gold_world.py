@@ -45,9 +45,7 @@ PLOTTED = (
 )
 
 
-def run_one_seed(
-    seed: int, workdir: Path, out_file: Path, world: WorldSettings, variants: tuple[str, ...]
-) -> None:
+def run_one_seed(seed: int, workdir: Path, out_file: Path, world: WorldSettings, variants: tuple[str, ...]) -> None:
     """One seed's variants into ``out_file``; variants already in it are kept and not run again."""
     previous = json.loads(out_file.read_text()) if out_file.is_file() else None
     missing = tuple(v for v in variants if previous is None or v not in previous["variants"])

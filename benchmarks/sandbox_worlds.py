@@ -18,10 +18,12 @@ from pathlib import Path
 
 def final_rewards(directory: Path) -> dict[int, dict[str, float]]:
     """Each seed's final gold reward per variant."""
+    from spreadpref.sandbox.compare import FINAL, value
+
     rewards = {}
     for path in sorted(directory.glob("seed-*.json")):
         result = json.loads(path.read_text())
-        rewards[result["seed"]] = {name: rows[-1]["gold_reward"] for name, rows in result["variants"].items()}
+        rewards[result["seed"]] = {name: value(result, name, FINAL, "gold_reward") for name in result["variants"]}
     return rewards
 
 
@@ -39,18 +41,14 @@ def comparison(reduced: Path, full: Path) -> str:
     ]
     agree_all = 0
     for a, b in COMPARISONS:
-        cells, agree = [], 0
-        for s in seeds:
-            x, y = small[s][a] - small[s][b], large[s][a] - large[s][b]
-            same = (x > 0) == (y > 0)
-            agree += same
-            cells.append(f"{x:+.3f} / {y:+.3f}{'' if same else ' *'}")
-        mean_small = statistics.mean(small[s][a] - small[s][b] for s in seeds)
-        mean_large = statistics.mean(large[s][a] - large[s][b] for s in seeds)
-        agree_all += agree
+        reduced_d = [small[s][a] - small[s][b] for s in seeds]
+        full_d = [large[s][a] - large[s][b] for s in seeds]
+        same = [(x > 0) == (y > 0) for x, y in zip(reduced_d, full_d)]
+        cells = [f"{x:+.3f} / {y:+.3f}{'' if ok else ' *'}" for x, y, ok in zip(reduced_d, full_d, same)]
+        agree_all += sum(same)
         lines.append(
-            f"| {label(a)} | {label(b)} | {' | '.join(cells)} | {mean_small:+.3f} / {mean_large:+.3f} | "
-            f"{agree} of {len(seeds)} |"
+            f"| {label(a)} | {label(b)} | {' | '.join(cells)} | {statistics.mean(reduced_d):+.3f} / "
+            f"{statistics.mean(full_d):+.3f} | {sum(same)} of {len(seeds)} |"
         )
     lines += ["", f"Per-seed signs agree in {agree_all} of {len(seeds) * len(COMPARISONS)}."]
     return "\n".join(lines) + "\n"

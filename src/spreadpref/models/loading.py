@@ -294,9 +294,9 @@ def weights_identity(path: str) -> str | None:
     if not directory.is_dir():
         return None
     files = sorted(
-        f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}"
+        f"{f.name}:{stat.st_size}:{stat.st_mtime_ns}"
         for f in directory.iterdir()
-        if f.suffix in (".safetensors", ".bin", ".json") and f.is_file()
+        if f.suffix in (".safetensors", ".bin", ".json") and f.is_file() and (stat := f.stat())
     )
     return f"{directory.resolve()}|{','.join(files)}"
 

@@ -138,10 +138,10 @@ def fmt(cell: dict | None, spec: str = ".3f") -> str:
     return f"{cell['mean']:{spec}} ± {cell['half_width']:{spec.lstrip('+')}}"
 
 
-def markdown(summary: dict, seeds: list[int], seconds: float, world: str | None = None) -> str:
+def markdown(summary: dict, seeds: list[int], seconds: float, world_name: str | None = None) -> str:
     lines = [
         f"Seeds {', '.join(map(str, seeds))}: mean ± half-width of the 95% t-interval over seeds.",
-        *([f"World: {world}."] if world else []),
+        *([f"World: {world_name}."] if world_name else []),
         "",
         "| variant | round | gold reward | − seed only (paired) | win rate vs SFT | words | KL from pi_init "
         "| self-label acc. | length skew | smoothed | smoothing precision | smoothing recall |",

@@ -27,7 +27,8 @@ Variants (each from the same seed-stage model pi_0 of its seed):
 
 Reported per variant and round, mean over seeds with a 95% t-interval: held-out constraint
 satisfaction, gold win rate against SFT (verifier as judge, ties one half), mean answer words, and
-seed agreement (pi_{i-1}'s implicit reward on the seed pairs), and the fraction of labels smoothed.
+seed agreement (pi_{i-1}'s implicit reward on the seed pairs), and the fraction of labels smoothed; and,
+once benchmarks/spread_kl.py has measured every seed, each model's KL from pi_init.
 
 Each seed's numbers go to --out-dir/seeds/seed-N.json as soon as the seed is done; a later call
 reuses a seed file whose settings match (--rerun runs it again) and refuses one whose settings do
@@ -598,6 +599,24 @@ def read_seed_record(args: argparse.Namespace, seed: int) -> dict[str, Any] | No
     return record
 
 
+def with_kl(args: argparse.Namespace, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records with each model's KL from pi_init (benchmarks/spread_kl.py, measured after the run) added,
+    when every seed has it; otherwise unchanged (a mean over some of the seeds would not be the table's)."""
+    paths = [args.out_dir / "kl" / f"seed-{r['seed']}.json" for r in records]
+    if not all(p.is_file() for p in paths):
+        if any(p.is_file() for p in paths):
+            print("KL from pi_init: not every seed has it (benchmarks/spread_kl.py); the column is left out")
+        return records
+    merged = []
+    for record, path in zip(records, paths):
+        kl = json.loads(path.read_text(encoding="utf-8"))["values"]
+        values = {
+            key: {**row, "kl_from_init": kl.get(key, {}).get("kl_from_init")} for key, row in record["values"].items()
+        }
+        merged.append({**record, "values": values})
+    return merged
+
+
 def mean_ci(values: list[float | None]) -> tuple[float | None, float | None]:
     """Mean and the half-width of a 95% t-interval across seeds (0 for one seed; None for no values)."""
     values = [v for v in values if v is not None and not math.isnan(v)]
@@ -716,11 +735,14 @@ def write_outputs(args, aggregate: dict[str, Any]) -> None:
             figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
         plt.close(figure)
     ceiling = "paired_gold" in aggregate
+    kl = any(r.get("kl_from_init") is not None for r in rows)
     lines = [
         "| variant | round | constraints met | − seed only (paired) | "
         + ("− verifier ceiling (paired) | " if ceiling else "")
-        + "gold win rate vs SFT | words | pairs | self-label accuracy | seed agreement | smoothed |",
-        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if ceiling else ""),
+        + "gold win rate vs SFT | words | "
+        + ("KL from π_init | " if kl else "")
+        + "pairs | self-label accuracy | seed agreement | smoothed |",
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if ceiling else "") + ("---|" if kl else ""),
     ]
     order = {v: i for i, v in enumerate(shown)}
     paired = {(d["variant"], d["round"]): d for d in aggregate.get("paired", [])}
@@ -731,7 +753,9 @@ def write_outputs(args, aggregate: dict[str, Any]) -> None:
             diff_cell += " | " + _paired_cell(paired_gold.get((r["variant"], r["round"])))
         lines.append(
             f"| {LABELS[r['variant']]} | {r['round']} | {_cell(r, 'constraint_satisfaction')} | {diff_cell} | "
-            f"{_cell(r, 'win_rate')} | {_cell(r, 'mean_words', '.1f')} | {_cell(r, 'pairs', '.0f')} | "
+            f"{_cell(r, 'win_rate')} | {_cell(r, 'mean_words', '.1f')} | "
+            + (f"{_cell(r, 'kl_from_init', '.2f')} | " if kl else "")
+            + f"{_cell(r, 'pairs', '.0f')} | "
             f"{_cell(r, 'self_label_accuracy')} | {_cell(r, 'seed_agreement')} | {_cell(r, 'smoothed_fraction', '.2f')} |"
         )
     command = "python benchmarks/spread.py " + " ".join(sys.argv[1:])
@@ -783,7 +807,7 @@ def main(argv: list[str] | None = None) -> int:
             record = seed_record(args, seed, evaluated, dirs, seed_file, time.perf_counter() - started)
             atomic_write_json(seed_path(args, seed), record)
         records.append(record)
-    write_outputs(args, aggregate(args, records))
+    write_outputs(args, aggregate(args, with_kl(args, records)))
     return 0
 
 

@@ -4,6 +4,7 @@ asserted: timings belong in the benchmarks, not in tests."""
 
 import importlib
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -95,9 +96,16 @@ def test_spread_benchmark_runs_every_variant_and_reuses_finished_seeds(workdir, 
         assert all(0.0 <= v <= 1.0 for v in row["constraint_satisfaction_per_seed"] + row["win_rate_per_seed"])
     assert result["seed_pairs"] > 0 and result["eval_prompts"] == 8
     assert rows[("spa_dnd", 1)]["smoothed_fraction"] is not None
-    # A second call finds both seed files and only aggregates.
+    # KL from pi_init, measured after the run from the models it kept; then a second call finds both seed files
+    # and only aggregates, now with the KL column.
+    spread_kl = importlib.import_module("spread_kl")
+    assert spread_kl.main(argv) == 0
+    kl = json.loads((out / "kl" / "seed-1.json").read_text())["values"]
+    assert kl["sft/0"]["kl_from_init"] == 0.0 and kl["spa_dnd/1"]["reply_tokens"] > 0
+    assert all(math.isfinite(kl[f"{v}/1"]["kl_from_init"]) for v in variants)
     monkeypatch.setattr(spread, "run_seed", lambda *a, **k: pytest.fail("a finished seed was run again"))
     assert spread.main(argv) == 0
+    assert "KL from π_init" in (out / "table.md").read_text()
 
 
 def test_the_long_profile_runs_on_its_development_split_and_measures_its_labels(workdir):

@@ -186,3 +186,39 @@ def test_only_variants_with_the_same_judge_settings_share_round_one_judging(spre
     spread.run_seed(args, "model", tmp_path / "seed.jsonl", 0)
     assert shared["spa_length_replay"] == ("spa_dnd", ["seed", "round-1/generate"])  # its length penalty pairs anew
     assert shared["spa_direct"] == ("spa_dnd", ["seed", "round-1/generate", "round-1/judge"])
+
+
+def test_kl_from_pi_init_joins_the_table_only_when_every_seed_has_it(spread, tmp_path):
+    args = spread.parse_args(["--init", "sft", "--seeds", "0", "1", "--rounds", "1", "--out-dir", str(tmp_path)])
+    records = [fake_record(spread, args, seed, 0.05 * seed) for seed in (0, 1)]
+    kl = tmp_path / "kl"
+    kl.mkdir()
+    (kl / "seed-0.json").write_text(json.dumps({"values": {"spa_dnd/1": {"kl_from_init": 2.0}}}))
+    assert spread.with_kl(args, records) is records  # seed 1 has none: a partial mean would mislead
+    (kl / "seed-1.json").write_text(json.dumps({"values": {"spa_dnd/1": {"kl_from_init": 4.0}, "sft/0": {}}}))
+    merged = spread.with_kl(args, records)
+    assert [r["values"]["spa_dnd/1"]["kl_from_init"] for r in merged] == [2.0, 4.0]
+    assert merged[0]["values"]["gold/1"]["kl_from_init"] is None and "kl_from_init" not in records[0]["values"]["sft/0"]
+    result = spread.aggregate(args, merged)
+    row = next(r for r in result["rows"] if (r["variant"], r["round"]) == ("spa_dnd", 1))
+    assert row["kl_from_init"] == pytest.approx(3.0) and row["kl_from_init_per_seed"] == [2.0, 4.0]
+    spread.write_outputs(args, result)
+    table = (tmp_path / "table.md").read_text().splitlines()
+    header = next(line for line in table if line.startswith("| variant"))
+    assert "KL from π_init" in header
+    assert all(line.count("|") == header.count("|") for line in table if line.startswith("|"))
+
+
+def test_kl_is_measured_for_every_reported_model_each_distinct_model_once(tmp_path):
+    spread_kl = load_script(BENCHMARKS / "spread_kl.py", "spread_kl_benchmark")
+    args = spread_kl.spread.parse_args(
+        ["--init", "sft", "--seeds", "7", "--rounds", "2", "--eval-rounds", "2", "--work", str(tmp_path)]
+    )
+    record = {"seed": 7, "guard_rounds": {v: 0 for v in args.variants} | {"gold": 1}}
+    dirs = spread_kl.model_dirs(args, record, "pi_init")
+    run = tmp_path / "seed-7"
+    assert dirs["dpo_seed/0"] == str(run / "spa_dnd" / "seed" / "model")
+    assert dirs["seed_base/2"] == str(run / "seed_base" / "round-2" / "train" / "model")
+    assert dirs["no_seed/guard"] == "pi_init" and dirs["seed_base/guard"] == dirs["dpo_seed/0"]
+    assert dirs["gold/guard"] == str(run / "gold" / "round-1" / "train" / "model")
+    assert "spa_dnd/1" not in dirs  # round 1 is reported only as a guard's choice

@@ -54,17 +54,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--tasks", type=int, default=None, help="the first N training tasks only (a reduced world)")
     return parser.parse_args(argv)
 
 
-def round_tasks(work: Path, system_prompt: str | None = None) -> list:
+def round_tasks(args: argparse.Namespace, system_prompt: str | None = None) -> list:
     """The rounds' training tasks (outside the development split), as PromptRecords."""
     import spread
 
     from spreadpref.data.loading import load_prompts
 
-    round_file, _ = spread.split_prompts(argparse.Namespace(work=work))
-    prompts, _ = load_prompts(str(round_file), system_prompt=system_prompt)
+    round_file, _ = spread.split_prompts(argparse.Namespace(work=args.work))
+    prompts, _ = load_prompts(str(round_file), system_prompt=system_prompt, limit=args.tasks)
     return prompts
 
 
@@ -97,7 +98,7 @@ def sample_base(args: argparse.Namespace) -> list[list]:
         generate_samples(
             model,
             tokenizer,
-            round_tasks(args.work, system),
+            round_tasks(args, system),
             config.generation,
             config.data,
             args.seed,
@@ -115,7 +116,7 @@ def select_demonstrations(args: argparse.Namespace, passes: list[list]) -> tuple
     from spreadpref.models.loading import load_tokenizer
     from spreadpref.models.sampling import prepare_prompt_ids
 
-    prompts = round_tasks(args.work)
+    prompts = round_tasks(args)
     config = sampling_config(args)
     plain_ids = prepare_prompt_ids(load_tokenizer(config.model), prompts, config.data)
     judge = VerifierJudge()
@@ -201,10 +202,23 @@ def train_sft(args: argparse.Namespace, demonstrations: list[dict[str, Any]], ou
     return {"train_loss": result.training_loss, "steps": result.global_step}
 
 
+def check_cached_settings(args: argparse.Namespace) -> None:
+    """A cached pi_init is reused only if it was built with these settings (another base is another pi_init)."""
+    recorded = json.loads((args.work / "pi_init.json").read_text())["settings"]
+    wanted = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "work"}
+    differ = {k: (recorded.get(k), v) for k, v in wanted.items() if recorded.get(k) != v}
+    if differ:
+        raise SystemExit(
+            f"{args.work / 'pi_init'} was built with other settings ({differ}: built with, asked for); "
+            "give another --work, or remove it to build again"
+        )
+
+
 def build_pi_init(args: argparse.Namespace) -> Path:
     """pi_init in ``args.work / "pi_init"``, built once (each step reused when its output exists)."""
     out = args.work / "pi_init"
     if (out / "config.json").is_file():
+        check_cached_settings(args)
         return out
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -222,3 +222,28 @@ def test_kl_is_measured_for_every_reported_model_each_distinct_model_once(tmp_pa
     assert dirs["no_seed/guard"] == "pi_init" and dirs["seed_base/guard"] == dirs["dpo_seed/0"]
     assert dirs["gold/guard"] == str(run / "gold" / "round-1" / "train" / "model")
     assert "spa_dnd/1" not in dirs  # round 1 is reported only as a guard's choice
+
+
+def test_a_cached_pi_init_is_reused_only_with_the_settings_it_was_built_with(tmp_path):
+    sft_init = load_script(BENCHMARKS / "sft_init.py", "sft_init_benchmark")
+    args = sft_init.parse_args(["--work", str(tmp_path), "--tasks", "8"])
+    (tmp_path / "pi_init").mkdir()
+    (tmp_path / "pi_init" / "config.json").write_text("{}")
+    recorded = {k: (str(v) if k == "work" else v) for k, v in vars(args).items()}
+    (tmp_path / "pi_init.json").write_text(json.dumps({"settings": recorded}))
+    assert sft_init.build_pi_init(args) == tmp_path / "pi_init"
+    other = sft_init.parse_args(["--work", str(tmp_path), "--base", "tiny-base", "--tasks", "8"])
+    with pytest.raises(SystemExit, match=r"pi_init was built with other settings.*'base'.*another --work"):
+        sft_init.build_pi_init(other)
+
+
+def test_a_reduced_sft_world_keeps_its_pi_init_apart_and_says_so_in_its_settings(spread, tmp_path):
+    report = ["--init", "sft", "--work", str(tmp_path / "report")]
+    args = spread.parse_args(report)
+    assert args.sft_work == spread.SFT_WORK and args.annotation_work == spread.SFT_WORK
+    assert "sft_tasks" not in spread.settings(args)  # the report's seed files keep matching
+    reduced = spread.parse_args(report + ["--sft-work", str(tmp_path / "sft"), "--sft-tasks", "24"])
+    reduced_settings = spread.settings(reduced)
+    assert reduced.annotation_work == tmp_path / "sft" and reduced_settings["sft_tasks"] == 24
+    tiny = spread.parse_args(["--init", "sft", "--model", "tiny", "--work", str(tmp_path / "w")])
+    assert tiny.sft_work == tmp_path / "w" / "sft"  # never the embedded model's pi_init

@@ -162,6 +162,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--sft-tasks", type=int, default=None, help="--init sft: training tasks sampled for demonstrations (all)"
     )
+    parser.add_argument("--sft-samples", type=int, default=None, help="--init sft: best-of-N draws per task (4)")
     parser.add_argument("--eval-prompts", type=int, default=40)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS))
@@ -274,6 +275,7 @@ def model_source(args: argparse.Namespace) -> str:
 
         args.base_model = base_model_source(args)
         tasks = [] if args.sft_tasks is None else ["--tasks", str(args.sft_tasks)]
+        tasks += [] if args.sft_samples is None else ["--samples", str(args.sft_samples)]
         return str(
             sft_init.build_pi_init(
                 sft_init.parse_args(["--base", args.base_model, "--work", str(args.sft_work)] + tasks)
@@ -525,7 +527,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         ),
         **({"init": "sft"} if args.init == "sft" else {}),
         # A reduced world (the slow test's); the report's seed files predate these and keep matching.
-        **{k: getattr(args, k) for k in ("seed_prompts", "sft_tasks") if getattr(args, k) is not None},
+        **{k: getattr(args, k) for k in ("seed_prompts", "sft_tasks", "sft_samples") if getattr(args, k) is not None},
     }
 
 

@@ -89,6 +89,7 @@ def measure_seed(args, seed: int, model: str, seed_file: Path) -> dict[str, Any]
         "temperature": KL_TEMPERATURE,
         "prompts": len(prompts),
         "seed_commit": record.get("commit"),
+        "commit": spread.source_commit(),
         "provenance": f"python benchmarks/spread_kl.py --seeds {seed}, {time.strftime('%Y-%m-%d')}",
     }
 

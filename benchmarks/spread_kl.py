@@ -2,7 +2,8 @@
 
     python benchmarks/spread_kl.py <the spread.py arguments of the run> --seeds 204 205
 
-How far each model moved from the SFT model it started from, on the evaluation prompts: one reply per prompt
+How far each model moved from the SFT model it started from, on the first --kl-prompts evaluation prompts (32 by
+default, for one core's minutes a model): one reply per prompt
 sampled from the model at temperature 1 (the policy's own distribution, the evaluation's max_new_tokens), and
 the mean over replies of log pi(y|x) - log pi_init(y|x), summed over the reply's tokens (nats per reply; an
 unbiased estimate of the sequence-level KL). The same sampling seed for every model of a seed (common random
@@ -12,6 +13,7 @@ numbers). Nothing of the run is changed or re-run: it reads the models the run k
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -23,6 +25,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import spread  # noqa: E402  (the run's own settings, paths and seed records)
 
 KL_TEMPERATURE = 1.0  # the policy itself: the KL of a tempered sampler is another quantity
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """spread.py's arguments (the run's settings), and --kl-prompts."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument(
+        "--kl-prompts", type=int, default=32, help="the first N evaluation prompts (default 32: one core, minutes)"
+    )
+    own, rest = parser.parse_known_args(argv)
+    args = spread.parse_args(rest)
+    args.kl_prompts = own.kl_prompts
+    return args
 
 
 def kl_path(args, seed: int) -> Path:
@@ -60,6 +74,7 @@ def measure_seed(args, seed: int, model: str, seed_file: Path) -> dict[str, Any]
     # One reply per prompt (a round needs two, hence the settings' own check: not a round here).
     sampling = config.generation.model_copy(update={"num_samples": 1, "temperature": KL_TEMPERATURE, "top_p": 1.0})
     prompts, _ = load_prompts(config.eval.prompts, limit=config.eval.limit, system_prompt=config.data.system_prompt)
+    prompts = prompts[: args.kl_prompts]
     tokenizer = load_tokenizer(config.model)
     init = load_for_inference(config.model, model)
     by_path: dict[str, dict[str, float]] = {}
@@ -95,7 +110,7 @@ def measure_seed(args, seed: int, model: str, seed_file: Path) -> dict[str, Any]
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = spread.parse_args(argv)
+    args = parse_args(argv)
     model = seed_file = None
     for seed in args.seeds:
         if kl_path(args, seed).is_file():

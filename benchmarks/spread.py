@@ -526,7 +526,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
             else {"profile": args.profile, "dev": args.dev, "eval_rounds": args.eval_rounds, "set": list(args.set)}
         ),
         **({"init": "sft"} if args.init == "sft" else {}),
-        # A reduced world (the slow test's); the report's seed files predate these and keep matching.
+        # A reduced world (smaller than the report's); the report's seed files predate these and keep matching.
         **{k: getattr(args, k) for k in ("seed_prompts", "sft_tasks", "sft_samples") if getattr(args, k) is not None},
     }
 

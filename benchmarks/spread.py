@@ -428,6 +428,16 @@ def run_variant(args, model: str, seed_file: Path, seed: int, variant: str) -> P
     return out
 
 
+def round_model_dir(run: Path, round_index: int) -> Path:
+    """Where a variant's run keeps the model a round trained."""
+    return run / f"round-{round_index}" / "train" / "model"
+
+
+def start_model(variant: str) -> str:
+    """The model a variant's rounds start from: pi_init for no_seed, the seed-only model pi_0 for the others."""
+    return "sft" if variant == "no_seed" else "dpo_seed"
+
+
 def judge_overrides(variant: str) -> list[str]:
     """A variant's settings of the judge stage: variants that share them can share its output."""
     return sorted(o for o in VARIANTS[variant] if o.startswith("judge."))
@@ -467,8 +477,7 @@ def evaluate_seed(args, model: str, seed_file: Path, seed: int, dirs: dict[str, 
         if args.init == "sft":  # the guard's choice is evaluated too, whichever round it is
             rounds.add(guard_choice(json.loads((directory / "summary.json").read_text()), args.rounds))
         models += [
-            EvalModel(f"s{seed}/{variant}/round-{i}", str(directory / f"round-{i}" / "train" / "model"))
-            for i in sorted(rounds - {0})
+            EvalModel(f"s{seed}/{variant}/round-{i}", str(round_model_dir(directory, i))) for i in sorted(rounds - {0})
         ]
     # One evaluation directory per seed, so that seeds can run as parallel processes (--seeds 0, --seeds 1, ...).
     # The shared answers copied in first make the directory hold files the evaluation did not write: allowed here.
@@ -581,7 +590,7 @@ def seed_record(
             # held-out agreements: round 0 is the seed model (pi_init for no_seed, which holds nothing out).
             chosen = guard_choice(summary, args.rounds)
             guard_rounds[variant] = chosen
-            start = "sft/0" if variant == "no_seed" else "dpo_seed/0"
+            start = f"{start_model(variant)}/0"
             row = models.get(f"s{seed}/{variant}/round-{chosen}", {})
             values[f"{variant}/guard"] = dict(values[start]) if chosen == 0 else {k: row.get(k) for k in METRICS}
     return {
@@ -738,7 +747,7 @@ def write_outputs(args, aggregate: dict[str, Any]) -> None:
                 if r["variant"] == variant and r[metric] is not None and isinstance(r["round"], int)
             )
             if variant in VARIANTS:  # rounds start from the seed model (no_seed: from pi_init)
-                start = [r for r in rows if r["variant"] == ("sft" if variant == "no_seed" else "dpo_seed")]
+                start = [r for r in rows if r["variant"] == start_model(variant)]
                 points = [(0, start[0][metric], start[0][f"{metric}_ci"])] + points if start else points
             dodge = (k - (len(shown) - 1) / 2) * 0.03  # side by side, so that the intervals stay readable
             axis.errorbar(

@@ -50,12 +50,11 @@ def model_dirs(args, record: dict[str, Any], model: str) -> dict[str, str]:
     start = {"sft": model, "dpo_seed": str(runs[args.variants[0]] / "seed" / "model")}
     dirs = {"sft/0": start["sft"], "dpo_seed/0": start["dpo_seed"]}
     for variant, run in runs.items():
-        rounds = {i: str(run / f"round-{i}" / "train" / "model") for i in args.eval_rounds}
-        dirs |= {f"{variant}/{i}": path for i, path in rounds.items()}
+        dirs |= {f"{variant}/{i}": str(spread.round_model_dir(run, i)) for i in args.eval_rounds}
         chosen = record["guard_rounds"].get(variant)
         if chosen is not None:
-            first = start["sft" if variant == "no_seed" else "dpo_seed"]
-            dirs[f"{variant}/guard"] = first if chosen == 0 else str(run / f"round-{chosen}" / "train" / "model")
+            first = start[spread.start_model(variant)]
+            dirs[f"{variant}/guard"] = first if chosen == 0 else str(spread.round_model_dir(run, chosen))
     return dirs
 
 
@@ -77,8 +76,9 @@ def measure_seed(args, seed: int, model: str, seed_file: Path) -> dict[str, Any]
     prompts = prompts[: args.kl_prompts]
     tokenizer = load_tokenizer(config.model)
     init = load_for_inference(config.model, model)
+    dirs = model_dirs(args, record, model)
     by_path: dict[str, dict[str, float]] = {}
-    for key, path in model_dirs(args, record, model).items():
+    for key, path in dirs.items():
         if path in by_path:
             continue
         if path == model:
@@ -96,7 +96,7 @@ def measure_seed(args, seed: int, model: str, seed_file: Path) -> dict[str, Any]
             "reply_tokens": float(counts.float().mean()),
         }
         print(f"seed {seed} {key}: KL from pi_init {by_path[path]['kl_from_init']:.3f} nats per reply", flush=True)
-    values = {key: by_path[path] for key, path in model_dirs(args, record, model).items()}
+    values = {key: by_path[path] for key, path in dirs.items()}
     return {
         "seed": seed,
         "settings": spread.settings(args),

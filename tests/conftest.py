@@ -1,9 +1,20 @@
+import os
 from pathlib import Path
 
 import pytest
 from helpers import arithmetic_pairs, write_jsonl
 
 from spreadpref.testing import make_tiny_model_dir, make_tiny_tokenizer
+
+
+def pytest_configure(config):
+    # Under pytest-xdist (`-n 2`) each worker gets one core: two workers with two OpenMP threads each spin
+    # on a 2-core machine (about 5x slower). Subprocesses the tests start inherit the setting.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

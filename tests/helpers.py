@@ -7,6 +7,11 @@ import json
 from pathlib import Path
 
 
+def unwrapped(text: str) -> str:
+    """``text`` without whitespace: rich wraps a long path mid-word at the console's width."""
+    return "".join(text.split())
+
+
 def write_jsonl(path: Path, rows) -> Path:
     with open(path, "w", encoding="utf-8") as handle:
         for row in rows:

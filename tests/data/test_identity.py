@@ -4,7 +4,7 @@ the same content under another path, or a run from before content keys, is not a
 import json
 import os
 
-from helpers import arithmetic_pairs, loop_overrides, tiny_train_overrides, write_jsonl
+from helpers import arithmetic_pairs, loop_overrides, tiny_train_overrides, unwrapped, write_jsonl
 
 from spreadpref.config import load_config
 from spreadpref.data.identity import DATA_IDENTITIES, path_identities, source_identity
@@ -42,7 +42,8 @@ def test_an_edited_training_file_is_trained_on_again_and_the_same_file_by_anothe
     capsys.readouterr()
     edited = train_policy(load_config(None, tiny_train_overrides(tiny_model_dir, data, out)))
     assert not edited.skipped
-    assert f"data.train ({data}) changed since this stage was trained" in " ".join(capsys.readouterr().err.split())
+    said = unwrapped(capsys.readouterr().err)
+    assert unwrapped(f"data.train ({data}) changed since this stage was trained") in said
     assert Manifest(out).stage("train")["data"]["pairs"] + Manifest(out).stage("train")["data"]["held_out"] == 6
     assert first.model_dir == edited.model_dir
 
@@ -63,8 +64,8 @@ def test_an_edited_prompt_pool_reruns_the_rounds_but_not_the_seed_stage(tiny_mod
     capsys.readouterr()
     result = run(load_config(None, overrides))
     assert not result.skipped
-    said = " ".join(capsys.readouterr().err.split())
-    assert f"data.prompts ({prompts}) changed since round-1/generate ran" in said
+    said = unwrapped(capsys.readouterr().err)
+    assert unwrapped(f"data.prompts ({prompts}) changed since round-1/generate ran") in said
     manifest = Manifest(out)
     assert manifest.stage("seed")["started"] == seed_started  # the stage it does not feed stays
     assert manifest.stage(round_stage(1, "generate"))["status"] == "complete"

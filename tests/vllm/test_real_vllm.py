@@ -2,7 +2,7 @@
 
 Runs in its own environment, since vLLM pins its own transformers (see the README's vLLM section):
 
-    .venv-vllm/bin/python -m pytest -m vllm
+    .venv-vllm/bin/python -m pytest -n 0 -m vllm
 
 Without vLLM these tests skip; with SPREADPREF_REQUIRE_VLLM=1 (CI) they fail instead. Each engine
 start costs 40-90 s on 2 CPU cores, so each test checks as much as one start allows.

@@ -1,6 +1,7 @@
-"""Generation engines on the CPU: today's ``generate_samples`` (``hf``: spreadpref's own decode loop) against
-transformers' ``generate`` (``hf-generate``, the engine before; with a static cache; compiled) and other
-engines, side by side (issue 38).
+"""Generation engines on the CPU: today's ``generate_samples`` (``hf``: spreadpref's own decode loop, each prompt
+read once for its K replies) against the same loop reading each reply's prompt (``hf-prefill-each``, the loop
+before), transformers' ``generate`` (``hf-generate``, the engine before that; with a static cache; compiled) and
+other engines, side by side (issue 38).
 
 Every side draws K=2 replies (temperature 0.7, full vocabulary, at most 128 new tokens) for the same first
 ``--prompts`` bundled prompts, as token ids rendered exactly as ``spreadpref.models.sampling.prepare_prompt_ids``
@@ -12,8 +13,8 @@ compilation happens inside its first ``generate``). Reported: generated tokens/s
 limit (a 2048^3 float32 matrix product on the same threads, measured in the same run, divided by 2 x parameters
 operations a token), peak RSS, what the side adds to the project's environment (site-packages bytes of its
 distributions and their dependencies that the project venv lacks), the one-time conversion, and whether two
-repetitions drew the same samples (a fixed seed). A side whose packages are missing is reported as
-"not installed".
+repetitions drew the same samples (a fixed seed), and the same samples as ``hf``. A side whose packages are
+missing is reported as "not installed".
 
     python benchmarks/bench_engines.py --threads 1 --reps 2 --prompts 32
         [--sides hf,hf-static,ctranslate2,...] [--python ctranslate2=/work/engines-venv/bin/python]
@@ -85,6 +86,7 @@ SIDES = {
     side.name: side
     for side in [
         Side("hf", "transformers", None, (), DECODE_SAMPLER),
+        Side("hf-prefill-each", "transformers", None, (), DECODE_SAMPLER),
         Side("hf-generate", "transformers", None, (), HF_SAMPLER),
         Side("hf-static", "transformers", None, (), HF_SAMPLER),
         Side("hf-static-compile", "transformers", None, (), HF_SAMPLER),
@@ -170,6 +172,8 @@ def generate_hf(job: dict, model_dir: str, engine: str = "spreadpref", static: b
             )
         for sample in sorted(samples, key=lambda s: (s.prompt_index, s.sample)):
             replies[sample.prompt_index].append(sample.reply_ids)
+    elif engine == "spreadpref-prefill-each":
+        replies = decode_prefill_each(model, tokenizer, prompt_ids, config, job["seed"])
     else:
         extra: dict[str, Any] = {"cache_implementation": "static"} if static else {}
         if compile_:
@@ -191,6 +195,30 @@ def generate_hf(job: dict, model_dir: str, engine: str = "spreadpref", static: b
             replies[index] = group
     seconds = time.perf_counter() - started
     return replies, load_seconds, seconds, {"torch": torch.__version__}
+
+
+def decode_prefill_each(model, tokenizer, prompt_ids: list[list[int]], config, seed: int) -> list[list[list[int]]]:
+    """``generate_samples``' batches and seeds with the decode loop before it read each prompt once: K copies
+    of every prompt in the batch, each read by the prefill."""
+    import torch
+
+    from spreadpref.models import sampling
+    from spreadpref.models.decode import decode
+
+    settings, k = config.generation, config.generation.num_samples
+    size = sampling.generation_batch_size(settings, model.config, model.dtype, prompt_ids, config.data.max_length)
+    stops = sampling.stop_token_ids(tokenizer, model.generation_config)
+    replies: list[list[list[int]]] = [[] for _ in prompt_ids]
+    for b, indices in enumerate(sampling.prompt_batches(prompt_ids, size)):
+        generator = torch.Generator().manual_seed(sampling.unit_seed(seed, "generate", 1, b))
+        input_ids, attention = sampling.left_padded(
+            [prompt_ids[i] for i in indices for _ in range(k)], tokenizer.pad_token_id
+        )
+        budget = max(min(settings.max_new_tokens, config.data.max_length - input_ids.shape[1]), 1)
+        rows = decode(model, input_ids, attention, budget, stops, settings.temperature, settings.top_p, generator)
+        for row, tokens in enumerate(rows):
+            replies[indices[row // k]].append(sampling.split_reply(tokens, set(stops), tokenizer.pad_token_id)[0])
+    return replies
 
 
 def generate_ctranslate2(job: dict, model_dir: str):
@@ -320,6 +348,7 @@ def generate_openvino_genai(job: dict, model_dir: str):
 
 GENERATORS: dict[str, Callable] = {
     "hf": generate_hf,
+    "hf-prefill-each": lambda job, model_dir: generate_hf(job, model_dir, engine="spreadpref-prefill-each"),
     "hf-generate": lambda job, model_dir: generate_hf(job, model_dir, engine="generate"),
     "hf-static": lambda job, model_dir: generate_hf(job, model_dir, engine="generate", static=True),
     "hf-static-compile": lambda job, model_dir: generate_hf(
@@ -512,6 +541,7 @@ def report(args, job, chosen, status, conversions, limits, results, common) -> t
     flops = common.summary(limits)
     limit = flops["median"] / (2 * job["parameters"])
     base = [r["rate"] for r in results.get("hf", []) if "rate" in r]
+    base_samples = next((r["samples_sha256"] for r in results.get("hf", []) if "samples_sha256" in r), None)
     stats: dict[str, Any] = {}
     rows = []
     for name in chosen:
@@ -536,6 +566,7 @@ def report(args, job, chosen, status, conversions, limits, results, common) -> t
             "install_bytes": install,
             "conversion": conversion,
             "identical_samples_every_rep": len({r["samples_sha256"] for r in runs}) == 1 if len(runs) > 1 else None,
+            "same_samples_as_hf": runs[0]["samples_sha256"] == base_samples if base_samples else None,
             "sampler": side.sampler,
             "python": runs[0]["python"],
             "versions": runs[0]["versions"],
@@ -555,11 +586,14 @@ def report(args, job, chosen, status, conversions, limits, results, common) -> t
                 if conversion and "seconds" in conversion
                 else "none",
                 "–" if same is None else ("yes" if same else "NO"),
+                "–"
+                if name == "hf" or stats[name]["same_samples_as_hf"] is None
+                else ("yes" if stats[name]["same_samples_as_hf"] else "no"),
             ]
         )
     headers = ["side", "tokens (replies at 128)", "tokens/s median (min–max)", "share of the compute limit",
                "speed-up over hf", "peak RSS GiB", "load s", "install", "conversion (once)",
-               "same samples every rep"]  # fmt: skip
+               "same samples every rep", "same samples as hf"]  # fmt: skip
     lines = [
         f"### Generation engines: {args.prompts} prompts x {job['num_samples']} replies, temperature "
         f"{job['temperature']}, at most {job['max_new_tokens']} new tokens, {job['threads']} thread(s), "

@@ -83,3 +83,17 @@ def test_without_stop_tokens_every_row_runs_to_the_budget(tiny_model_dir):
     input_ids, attention = left_padded([[5, 9, 11], [7, 3]], pad_token_id=0)
     replies = decode(model, input_ids, attention, 7, [], temperature=0.0)
     assert [len(r) for r in replies] == [7, 7]
+
+
+def test_a_prompt_read_once_for_k_replies_draws_what_k_copies_of_it_draw(tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    prompts = [[5, 9, 11], [7, 3, 8, 20], [30, 31]]
+
+    def draw(rows, repeats):
+        input_ids, attention = left_padded(rows, pad_token_id=0)
+        generator = torch.Generator().manual_seed(7)
+        return decode(model, input_ids, attention, 12, [2, 17], 1.0, 1.0, generator, repeats=repeats)
+
+    once = draw(prompts, 3)
+    assert len(once) == 9 and len({tuple(r) for r in once}) > 3  # each prompt's replies differ
+    assert once == draw([p for p in prompts for _ in range(3)], 1)

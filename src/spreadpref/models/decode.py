@@ -9,6 +9,10 @@ distribution as ``generate`` with the same temperature and top-p (full vocabular
 uniform number per row and step (inverse CDF) from a generator the caller seeds: the same seed and batch draw
 the same tokens, run after run. They are not the tokens ``generate`` draws for that seed (another use of the
 random numbers).
+
+The K replies of a prompt share its prefill: the prompt is read once and its KV cache copied to its K rows
+(``repeats``), which halves the prefill at K = 2 and draws the very tokens K copies of the prompt would (on the
+embedded model's default round, every token; a test checks it on the tiny model).
 """
 
 from __future__ import annotations
@@ -65,9 +69,11 @@ def decode(
     temperature: float,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
+    repeats: int = 1,
 ) -> list[list[int]]:
     """New tokens for every row of a left-padded batch, each ending at its first stop token (kept) or after
-    ``max_new_tokens``."""
+    ``max_new_tokens``; with ``repeats`` = K, K rows for each row of the batch (row i's j-th reply at i * K + j),
+    whose prompt is read once: its KV cache and first logits are copied to its K rows."""
     device = input_ids.device
     cache = DynamicCache(config=model.config)
     cache_kwarg = _cache_argument(model)
@@ -81,10 +87,15 @@ def decode(
         **{cache_kwarg: cache},
         **extra,
     ).logits[:, -1]
-    rows = torch.arange(input_ids.shape[0], device=device)  # which of the batch's rows are still writing
+    if repeats > 1:
+        cache.batch_repeat_interleave(repeats)
+        logits, positions, attention_mask = (
+            t.repeat_interleave(repeats, dim=0) for t in (logits, positions, attention_mask)
+        )
+    rows = torch.arange(logits.shape[0], device=device)  # which of the batch's rows are still writing
     next_position = positions[:, -1] + 1
     stops = torch.tensor(stop_ids, dtype=torch.long, device=device)
-    replies: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+    replies: list[list[int]] = [[] for _ in range(logits.shape[0])]
     for step in range(max_new_tokens):
         tokens = sample_next(logits, temperature, top_p, generator)
         for row, token in zip(rows.tolist(), tokens.tolist()):

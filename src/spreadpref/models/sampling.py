@@ -204,8 +204,7 @@ def generate_samples(
 
     def process(batch_index: int, indices: list[int]) -> list[Sample]:
         generator = torch.Generator(device=device).manual_seed(unit_seed(seed, "generate", round_index, batch_index))
-        rows = [prompt_ids[i] for i in indices for _ in range(settings.num_samples)]
-        input_ids, attention = left_padded(rows, pad)
+        input_ids, attention = left_padded([prompt_ids[i] for i in indices], pad)
         budget = max(min(settings.max_new_tokens, data.max_length - input_ids.shape[1]), 1)
         replies = decode(
             model,
@@ -216,6 +215,7 @@ def generate_samples(
             settings.temperature,
             settings.top_p,
             generator,
+            repeats=settings.num_samples,
         )
         samples = []
         for row, sequence in enumerate(replies):

@@ -8,8 +8,9 @@ from spreadpref.testing import make_tiny_model_dir, make_tiny_tokenizer
 
 
 def pytest_configure(config):
-    # Under pytest-xdist (`-n 2`) each worker gets one core: two workers with two OpenMP threads each spin
-    # on a 2-core machine (about 5x slower). Subprocesses the tests start inherit the setting.
+    # Under pytest-xdist (`-n auto`, pyproject's addopts: a worker per core) each worker gets one torch thread:
+    # two workers of two OpenMP threads each spin on a 2-core machine (about 5x slower). Subprocesses the tests
+    # start inherit the setting.
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch
 

@@ -142,6 +142,29 @@ def test_a_slow_drip_server_hits_the_total_deadline(raw, respond):
     assert time.perf_counter() - started < 6  # two tries of one second, not forever
 
 
+def test_a_socket_timeout_before_the_watchdog_runs_is_the_same_deadline(raw, monkeypatch):
+    # On a busy machine the socket's own timeout (as long as the deadline) can fire before the watchdog thread
+    # runs: here the watchdog never does.
+    import spreadpref.judges.llm as llm
+
+    class IdleTimer:
+        daemon = False
+
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def start(self):
+            pass
+
+        def cancel(self):
+            pass
+
+    monkeypatch.setattr(llm.threading, "Timer", IdleTimer)
+    judge = HTTPLLMJudge(raw(silent).url, "m", max_retries=1, timeout=1.0, sleep=lambda s: None)
+    with pytest.raises(JudgeError, match=r"after 2 tries \(no complete answer within judge.llm.timeout=1 s\)"):
+        judge.prob_first(QUESTION)
+
+
 def test_an_endless_answer_is_cut_at_the_size_cap(raw):
     judge = HTTPLLMJudge(raw(flood).url, "m", max_retries=3, timeout=30, sleep=lambda s: None)
     with pytest.raises(JudgeError, match="sent more than 1 MB"):

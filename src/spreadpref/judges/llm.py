@@ -325,8 +325,10 @@ def bounded_post(
         if expired.is_set():
             raise DeadlineExceeded
         return response.status, b"".join(chunks)
-    except (OSError, http.client.HTTPException):
-        if expired.is_set():
+    except (OSError, http.client.HTTPException) as err:
+        # A socket timeout is as long as the whole deadline, so it too means the deadline has passed; on a busy
+        # machine it can fire before the watchdog's thread runs.
+        if expired.is_set() or isinstance(err, TimeoutError):
             raise DeadlineExceeded from None
         raise
     finally:

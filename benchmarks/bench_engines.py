@@ -138,9 +138,12 @@ def cut_reply(tokens: list[int], stops: set[int]) -> list[int]:
 
 def generate_hf(job: dict, model_dir: str, engine: str = "spreadpref", static: bool = False, compile_: bool = False):
     """``spreadpref``: today's engine, ``generate_samples`` itself (its own decode loop; batch size ``auto``:
-    32 prompts in one batch). ``generate``: transformers' ``model.generate`` over the same batches with the
+    32 prompts in one batch); ``spreadpref-prefill-each``: the same with the loop before it read each prompt once.
+    ``generate``: transformers' ``model.generate`` over the same batches with the
     same seeds (the engine before), optionally with the static KV cache and a compiled decode step."""
     import tempfile
+    from contextlib import nullcontext
+    from unittest import mock
 
     import torch
     from transformers import AutoModelForCausalLM
@@ -165,15 +168,14 @@ def generate_hf(job: dict, model_dir: str, engine: str = "spreadpref", static: b
         raise SystemExit("hf worker: prompt ids differ from the job's")
     replies: list[list[list[int]]] = [[] for _ in prompts]
     started = time.perf_counter()
-    if engine == "spreadpref":
-        with tempfile.TemporaryDirectory() as tmp:
+    if engine in ("spreadpref", "spreadpref-prefill-each"):
+        loop = nullcontext() if engine == "spreadpref" else mock.patch.object(sampling, "decode", decode_prefill_each)
+        with loop, tempfile.TemporaryDirectory() as tmp:
             samples = sampling.generate_samples(
                 model, tokenizer, prompts, config.generation, config.data, job["seed"], Path(tmp) / "s.jsonl", 1
             )
         for sample in sorted(samples, key=lambda s: (s.prompt_index, s.sample)):
             replies[sample.prompt_index].append(sample.reply_ids)
-    elif engine == "spreadpref-prefill-each":
-        replies = decode_prefill_each(model, tokenizer, prompt_ids, config, job["seed"])
     else:
         extra: dict[str, Any] = {"cache_implementation": "static"} if static else {}
         if compile_:
@@ -197,28 +199,13 @@ def generate_hf(job: dict, model_dir: str, engine: str = "spreadpref", static: b
     return replies, load_seconds, seconds, {"torch": torch.__version__}
 
 
-def decode_prefill_each(model, tokenizer, prompt_ids: list[list[int]], config, seed: int) -> list[list[list[int]]]:
-    """``generate_samples``' batches and seeds with the decode loop before it read each prompt once: K copies
-    of every prompt in the batch, each read by the prefill."""
-    import torch
-
-    from spreadpref.models import sampling
+def decode_prefill_each(model, input_ids, attention_mask, *args, repeats: int = 1, **kwargs) -> list[list[int]]:
+    """The decode loop before it read each prompt once: K copies of every prompt row, each read by the prefill
+    (``generate_samples``' batches, seeds and cutting stay as they are)."""
     from spreadpref.models.decode import decode
 
-    settings, k = config.generation, config.generation.num_samples
-    size = sampling.generation_batch_size(settings, model.config, model.dtype, prompt_ids, config.data.max_length)
-    stops = sampling.stop_token_ids(tokenizer, model.generation_config)
-    replies: list[list[list[int]]] = [[] for _ in prompt_ids]
-    for b, indices in enumerate(sampling.prompt_batches(prompt_ids, size)):
-        generator = torch.Generator().manual_seed(sampling.unit_seed(seed, "generate", 1, b))
-        input_ids, attention = sampling.left_padded(
-            [prompt_ids[i] for i in indices for _ in range(k)], tokenizer.pad_token_id
-        )
-        budget = max(min(settings.max_new_tokens, config.data.max_length - input_ids.shape[1]), 1)
-        rows = decode(model, input_ids, attention, budget, stops, settings.temperature, settings.top_p, generator)
-        for row, tokens in enumerate(rows):
-            replies[indices[row // k]].append(sampling.split_reply(tokens, set(stops), tokenizer.pad_token_id)[0])
-    return replies
+    rows = (input_ids.repeat_interleave(repeats, dim=0), attention_mask.repeat_interleave(repeats, dim=0))
+    return decode(model, *rows, *args, **kwargs)
 
 
 def generate_ctranslate2(job: dict, model_dir: str):
